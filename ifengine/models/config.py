@@ -21,6 +21,15 @@ SD_DOWN_BLOCKS = ("DownBlock2D", "CrossAttnDownBlock2D")
 SD_UP_BLOCKS = ("UpBlock2D", "CrossAttnUpBlock2D")
 MID_BLOCKS = ("UNetMidBlock2DSimpleCrossAttn", "UNetMidBlock2DCrossAttn")
 
+# Settings our modules do not implement, with the value that makes them a no-op: a checkpoint that sets
+# anything else would load and silently compute something different, so from_dict refuses it.
+_UNET_FIXED = {"time_embedding_type": "positional", "conv_in_kernel": 3, "conv_out_kernel": 3,
+               "class_embeddings_concat": False, "center_input_sample": False, "attention_type": "default",
+               "timestep_post_act": None, "time_cond_proj_dim": None, "dual_cross_attention": False,
+               "projection_class_embeddings_input_dim": None, "addition_time_embed_dim": None,
+               "reverse_transformer_layers_per_block": None}
+_VAE_FIXED = {"use_post_quant_conv": True, "shift_factor": None, "latents_mean": None, "latents_std": None}
+
 # Per-block settings diffusers accepts either as one value or as one value per down block.
 _PER_BLOCK = ("layers_per_block", "attention_head_dim", "num_attention_heads", "only_cross_attention",
               "cross_attention_dim", "transformer_layers_per_block")
@@ -77,6 +86,7 @@ class UNetConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "UNetConfig":
+        _refuse_unsupported(raw, _UNET_FIXED, "U-Net")
         raw = _known(cls, raw)
         n = len(raw["block_out_channels"])
         if isinstance(raw.get("only_cross_attention"), bool) and raw.get("mid_block_only_cross_attention") is None:
@@ -141,6 +151,7 @@ class VAEConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "VAEConfig":
+        _refuse_unsupported(raw, _VAE_FIXED, "VAE")
         raw = _known(cls, raw)
         for key in ("block_out_channels", "up_block_types", "down_block_types"):
             if key in raw:
@@ -188,6 +199,13 @@ def _known(cls: type, raw: dict[str, Any]) -> dict[str, Any]:
     if ignored:
         log.debug("%s ignores config keys %s", cls.__name__, ignored)
     return {k: v for k, v in raw.items() if k in names}
+
+
+def _refuse_unsupported(raw: dict[str, Any], fixed: dict[str, Any], what: str) -> None:
+    for key, neutral in fixed.items():
+        if key in raw and raw[key] != neutral:
+            raise ValueError(f"{what} config sets {key}={raw[key]!r}, which ifengine does not implement "
+                             f"(supported: {neutral!r})")
 
 
 def _per_block(value: Any, n: int, key: str) -> tuple:
