@@ -1,0 +1,175 @@
+"""The user-facing cascade: prompt(s) -> T5 -> stage I -> stage II -> stage III."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from ..models.checkpoint import resolve
+from ..text.clean import preprocess
+from ..text.encoder import PromptEncoder
+from . import components, options, sizes
+from .images import convert
+from .noise import make_generator
+from .options import Request, RequestError
+from .stages import IFStage, RunContext, X4Stage, run_if_stage, run_x4_stage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CascadeOutput:
+    images: Any  # list of PIL images, NHWC float numpy array or NCHW tensor, in [0, 1]
+    stages: list[torch.Tensor]  # each stage's output, NCHW in [-1, 1]
+    seed: int | None = None
+    nsfw_detected: list[bool] | None = None
+    settings: dict = field(default_factory=dict)
+
+
+class Cascade:
+    """DeepFloyd IF on our own modules. Any stage may be absent; the run stops at the last one present."""
+
+    def __init__(self, *, text: PromptEncoder | None, stage1: IFStage | None, stage2: IFStage | None = None,
+                 stage3: X4Stage | None = None, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32, safety=None,
+                 defaults: options.RunDefaults = options.RunDefaults()):
+        self.text, self.stage1, self.stage2, self.stage3 = text, stage1, stage2, stage3
+        self.device, self.dtype, self.safety = torch.device(device), dtype, safety
+        self.defaults = defaults
+
+    @classmethod
+    def from_pretrained(cls, stage1: str | Path | None = None, stage2: str | Path | None = None,
+                        stage3: str | Path | None = None, *, device: torch.device | str = "cpu",
+                        dtype: torch.dtype = torch.float32, variant: str | None = None,
+                        text_dtype: torch.dtype | None = None, safety: bool = True) -> "Cascade":
+        """Load checkpoints given as local folders in the Hub layout or as Hub ids."""
+        if stage1 is None and stage2 is None and stage3 is None:
+            raise ValueError("give at least one checkpoint (stage1=, stage2=, stage3=)")
+        device = torch.device(device)
+        ckpts = {n: resolve(src, n, variant) for n, src in ((1, stage1), (2, stage2), (3, stage3)) if src}
+        text = cls._load_text(ckpts, dtype, device, variant, text_dtype)
+        ifs = {n: components.load_if_stage(ckpts[n], dtype, device, variant) for n in (1, 2) if n in ckpts}
+        x4 = components.load_x4_stage(ckpts[3], dtype, device, variant) if 3 in ckpts else None
+        checker = _load_safety(ckpts.get(1), device) if safety else None
+        return cls(text=text, stage1=ifs.get(1), stage2=ifs.get(2), stage3=x4, device=device, dtype=dtype,
+                   safety=checker)
+
+    @staticmethod
+    def _load_text(ckpts, dtype, device, variant, text_dtype) -> PromptEncoder | None:
+        for n in (1, 2):
+            if n in ckpts and ckpts[n].has("text_encoder"):
+                return components.load_t5(ckpts[n], dtype, device, variant, text_dtype)
+        if 1 in ckpts or 2 in ckpts:
+            raise ValueError("no T5 text encoder found: the stage I checkpoint should ship text_encoder/")
+        return None
+
+    @property
+    def loaded_stages(self) -> tuple[int, ...]:
+        return tuple(n for n, s in ((1, self.stage1), (2, self.stage2), (3, self.stage3)) if s is not None)
+
+    def __call__(self, prompt: str | Sequence[str], negative_prompt: str | Sequence[str] | None = None,
+                 height: int | None = None, width: int | None = None, num_images_per_prompt: int = 1,
+                 generator=None, seed: int | None = None, steps=None, guidance=None, noise_level=None,
+                 timesteps=(None, None, None), last_stage: int | None = None, output_type: str = "pil",
+                 clean_caption: bool = True, progress: bool = True) -> CascadeOutput:
+        """Text to image. ``steps``/``guidance``/``noise_level`` take one value for every stage or one per
+        stage; None means the cascade's defaults ((100, 50, 75), (7, 4, 9), (250, 20) for real weights)."""
+        request = self.make_request(prompt, negative_prompt, height, width, num_images_per_prompt, steps,
+                                    guidance, noise_level, timesteps, last_stage, output_type)
+        generator, seed = make_generator(generator, seed)
+        ctx = RunContext(self.device, self.dtype, generator, progress)
+        outs = self._run(request, ctx, clean_caption)
+        _check_finite(outs)
+        return self._finish(request, outs, seed)
+
+    def make_request(self, prompt, negative_prompt, height, width, num_images_per_prompt, steps, guidance,
+                     noise_level, timesteps, last_stage, output_type) -> Request:
+        """Validate everything a run needs before any work starts."""
+        if self.stage1 is None:
+            raise RequestError("text-to-image needs a stage I checkpoint (stage1=)")
+        last = self._last_stage(last_stage)
+        prompts = options.as_prompts(prompt)
+        default = self.stage1.unet.config.sample_size
+        req = Request(prompts=prompts, negatives=options.negatives_for(prompts, negative_prompt),
+                      height=default if height is None else height, width=default if width is None else width,
+                      num_images_per_prompt=options.check_images_per_prompt(num_images_per_prompt),
+                      last_stage=last, output_type=options.check_output_type(output_type),
+                      stages=options.stage_options(steps, guidance, timesteps, noise_level, self.defaults))
+        sizes.check_size(req.height, req.width, self.size_multiple(last))
+        options.check_timesteps(req.stages)
+        return req
+
+    def _last_stage(self, last_stage: int | None) -> int:
+        loaded = self.loaded_stages
+        if last_stage is None:
+            return max(n for n in loaded if set(range(1, n + 1)) <= set(loaded))
+        if last_stage not in (1, 2, 3):
+            raise RequestError(f"last_stage must be 1, 2 or 3, got {last_stage!r}")
+        missing = [n for n in range(1, last_stage + 1) if n not in loaded]
+        if missing:
+            raise RequestError(f"last_stage={last_stage} needs stage {missing[0]}, which was not loaded")
+        return last_stage
+
+    def size_multiple(self, last_stage: int) -> int:
+        stages = {1: self.stage1, 2: self.stage2, 3: self.stage3}
+        return sizes.size_multiple({n: stages[n].unet.config.downsample_factor for n in range(1, last_stage + 1)})
+
+    def encode(self, request: Request, clean_caption: bool) -> torch.Tensor:
+        """T5 embeddings for the run's batch, [negatives; prompts] when any IF stage uses guidance."""
+        n = request.num_images_per_prompt
+        pos = self.text.encode(preprocess(list(request.prompts), clean_caption)).repeat_interleave(n, 0)
+        neg = self.text.encode(preprocess(list(request.negatives), clean_caption)).repeat_interleave(n, 0)
+        return pos, neg
+
+    def _run(self, req: Request, ctx: RunContext, clean_caption: bool) -> list[torch.Tensor]:
+        pos, neg = self.encode(req, clean_caption)
+        embeds = lambda opts: torch.cat([neg, pos]) if opts.cfg else pos  # noqa: E731
+        o1, o2, o3 = req.stages
+        outs = [run_if_stage(1, self.stage1, o1, embeds(o1), (req.batch, 3, *req.size(1)), ctx)]
+        if req.last_stage >= 2:
+            outs.append(run_if_stage(2, self.stage2, o2, embeds(o2), (req.batch, 3, *req.size(2)), ctx,
+                                     image=outs[-1]))
+        if req.last_stage >= 3:
+            prompts = [p for p in req.prompts for _ in range(req.num_images_per_prompt)]
+            negatives = [p for p in req.negatives for _ in range(req.num_images_per_prompt)]
+            outs.append(run_x4_stage(self.stage3, o3, prompts, negatives, outs[-1], ctx))
+        return outs
+
+    def _finish(self, req: Request, outs: list[torch.Tensor], seed: int | None) -> CascadeOutput:
+        final = outs[-1]
+        nsfw = None
+        if req.output_type == "pil" and self.safety is not None:
+            images, nsfw = self.safety(final, watermark_size=self._watermark_size(req.last_stage))
+        else:
+            images = convert(final, req.output_type)
+        settings = {"prompt": list(req.prompts), "negative_prompt": list(req.negatives), "seed": seed,
+                    "height": req.height, "width": req.width, "last_stage": req.last_stage,
+                    "num_images_per_prompt": req.num_images_per_prompt,
+                    "stages": [vars(s) for s in req.stages[: req.last_stage]]}
+        return CascadeOutput(images=images, stages=[o.float().cpu() for o in outs], seed=seed,
+                             nsfw_detected=nsfw, settings=settings)
+
+
+    def _watermark_size(self, last_stage: int) -> int | None:
+        """IF pipelines scale the logo by their U-Net's sample size; the x4 pipeline by the image itself."""
+        return None if last_stage == 3 else (self.stage1, self.stage2)[last_stage - 1].unet.config.sample_size
+
+
+def _check_finite(outs: list[torch.Tensor]) -> None:
+    flags = torch.stack([torch.isfinite(o).all() for o in outs]).cpu()  # the run's one host sync
+    for stage, ok in enumerate(flags.tolist(), start=1):
+        if not ok:
+            raise FloatingPointError(
+                f"stage {stage} produced NaN or infinite values; with float16 try dtype=torch.bfloat16 or float32")
+
+
+def _load_safety(ckpt, device):
+    if ckpt is None:
+        return None
+    from .safety import load_safety
+
+    return load_safety(ckpt, device)

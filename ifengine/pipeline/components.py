@@ -1,0 +1,102 @@
+"""Load each stage's components from a resolved checkpoint into our modules."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import torch
+
+from ..models.checkpoint import Checkpoint, CheckpointError
+from ..models.config import UNetConfig, VAEConfig
+from ..models.if_unet import IFUNet
+from ..models.vae import DECODER_PREFIXES, VAEDecoder, decode_dtype
+from ..models.weights import load_component
+from ..models.x4_unet import X4UNet
+from ..schedule.ddim import DDIMConfig
+from ..schedule.ddpm import DDPMConfig
+from ..text.encoder import PromptEncoder
+from .stages import IFStage, X4Stage
+
+log = logging.getLogger(__name__)
+
+
+def load_unet(ckpt: Checkpoint, cls, dtype: torch.dtype, device, variant: str | None):
+    config = UNetConfig.from_dict(ckpt.config("unet"))
+    _check_unet_kind(ckpt, config)
+    unet = load_component(lambda: cls(config), ckpt.root / "unet", dtype, variant)
+    return unet.to(device)
+
+
+def _check_unet_kind(ckpt: Checkpoint, config: UNetConfig) -> None:
+    expected = {1: 3, 2: 6, 3: 7}[ckpt.stage]
+    if config.in_channels != expected:
+        raise CheckpointError(f"{ckpt.root}/unet takes {config.in_channels} input channels, but a stage "
+                              f"{ckpt.stage} U-Net takes {expected}: is this the right checkpoint for the stage?")
+
+
+def _scheduler(ckpt: Checkpoint, name: str, cls):
+    return cls.from_dict(ckpt.config(name, "scheduler_config.json"))
+
+
+def load_if_stage(ckpt: Checkpoint, dtype: torch.dtype, device, variant: str | None) -> IFStage:
+    unet = load_unet(ckpt, IFUNet, dtype, device, variant)
+    noising = _scheduler(ckpt, "image_noising_scheduler", DDPMConfig) if ckpt.stage == 2 else None
+    return IFStage(unet=unet, scheduler=_scheduler(ckpt, "scheduler", DDPMConfig), noising=noising)
+
+
+def load_x4_stage(ckpt: Checkpoint, dtype: torch.dtype, device, variant: str | None) -> X4Stage:
+    unet = load_unet(ckpt, X4UNet, dtype, device, variant)
+    vae_config = VAEConfig.from_dict(ckpt.config("vae"))
+    keep = lambda key: key.startswith(DECODER_PREFIXES)  # noqa: E731 - the cascade never encodes
+    # the x4 VAE overflows in fp16 (force_upcast): decode_dtype keeps it in fp32 then
+    vae = load_component(lambda: VAEDecoder(vae_config), ckpt.root / "vae", decode_dtype(vae_config, dtype),
+                         variant, keep=keep)
+    text = load_clip(ckpt, dtype, device, variant)
+    index = json.loads((ckpt.root / "model_index.json").read_text())
+    return X4Stage(unet=unet, vae=vae.to(device), text=text,
+                   scheduler=_scheduler(ckpt, "scheduler", DDIMConfig),
+                   low_res=_scheduler(ckpt, "low_res_scheduler", DDPMConfig),
+                   max_noise_level=int(index.get("max_noise_level", 350)))
+
+
+def _pretrained(cls, folder, dtype, variant):
+    """transformers loading, falling back to the default weights when the variant is absent."""
+    try:
+        return cls.from_pretrained(folder, dtype=dtype, variant=variant)
+    except (OSError, ValueError):
+        if variant is None:
+            raise
+        log.info("no %s variant in %s; loading the default weights", variant, folder)
+        return cls.from_pretrained(folder, dtype=dtype)
+
+
+def t5_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """T5 v1.1 overflows fp16 (FFN activations > 65504): bf16 on GPUs that have it, else fp32."""
+    if dtype != torch.float16:
+        return dtype
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_t5(ckpt: Checkpoint, dtype: torch.dtype, device: torch.device, variant: str | None,
+            text_dtype: torch.dtype | None = None) -> PromptEncoder:
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    if not ckpt.has("text_encoder") or not ckpt.has("tokenizer"):
+        raise CheckpointError(f"{ckpt.root} ships no T5 text_encoder/tokenizer; stage I checkpoints do")
+    run_dtype = text_dtype or t5_dtype(dtype, device)
+    model = _pretrained(T5EncoderModel, ckpt.root / "text_encoder", run_dtype, variant).to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(ckpt.root / "tokenizer")
+    return PromptEncoder(tokenizer, model, out_dtype=dtype, use_mask=True)
+
+
+def load_clip(ckpt: Checkpoint, dtype: torch.dtype, device, variant: str | None) -> PromptEncoder:
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    model = _pretrained(CLIPTextModel, ckpt.root / "text_encoder", dtype, variant).to(device).eval()
+    tokenizer = CLIPTokenizer.from_pretrained(ckpt.root / "tokenizer")
+    use_mask = bool(getattr(model.config, "use_attention_mask", False))
+    return PromptEncoder(tokenizer, model, out_dtype=dtype, use_mask=use_mask,
+                         max_length=tokenizer.model_max_length)

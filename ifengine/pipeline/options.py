@@ -1,0 +1,171 @@
+"""What one generate call asks for, normalised and validated before any work starts."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+DEFAULT_STEPS = (100, 50, 75)
+DEFAULT_GUIDANCE = (7.0, 4.0, 9.0)
+DEFAULT_NOISE_LEVEL = (250, 20)
+OUTPUT_TYPES = ("pil", "np", "pt")
+SR_SCALE = 4  # stage II and III each upscale x4 (64 -> 256 -> 1024)
+MAX_NOISE_LEVEL = (1000, 350)  # stage II noising schedule length; x4 upscaler's max_noise_level
+
+
+@dataclass(frozen=True)
+class RunDefaults:
+    """Per-cascade defaults for arguments left as None (the demo cascade uses fewer steps)."""
+
+    steps: tuple[int, int, int] = DEFAULT_STEPS
+    guidance: tuple[float, float, float] = DEFAULT_GUIDANCE
+    noise_level: tuple[int, int] = DEFAULT_NOISE_LEVEL
+
+
+class RequestError(ValueError):
+    """A generate request that cannot run; the message says what is accepted."""
+
+
+@dataclass(frozen=True)
+class StageOptions:
+    """Settings of one stage: steps or an explicit/named timestep list, guidance, noise level."""
+
+    steps: int
+    guidance: float
+    timesteps: tuple[int, ...] | str | None = None
+    noise_level: int | None = None
+
+    @property
+    def cfg(self) -> bool:
+        return self.guidance > 1.0
+
+
+@dataclass(frozen=True)
+class Request:
+    prompts: tuple[str, ...]
+    negatives: tuple[str, ...]
+    height: int
+    width: int
+    num_images_per_prompt: int
+    last_stage: int
+    output_type: str
+    stages: tuple[StageOptions, StageOptions, StageOptions]
+
+    @property
+    def batch(self) -> int:
+        return len(self.prompts) * self.num_images_per_prompt
+
+    def size(self, stage: int) -> tuple[int, int]:
+        """Output (height, width) of a stage: stage I's size times 4 per super-resolution stage."""
+        factor = SR_SCALE ** (stage - 1)
+        return self.height * factor, self.width * factor
+
+
+def per_stage(value: Any, default: tuple, name: str) -> tuple:
+    """A scalar applies to every stage; a sequence gives stages in order (missing ones keep defaults)."""
+    if value is None:
+        return default
+    if isinstance(value, (str, int, float)) or value is None:
+        return (value,) * len(default)
+    value = tuple(value)
+    if len(value) > len(default):
+        raise RequestError(f"{name} takes at most {len(default)} values (one per stage), got {len(value)}")
+    return tuple(v if v is not None else d for v, d in zip(value, default)) + default[len(value):]
+
+
+def as_prompts(prompt: str | Sequence[str], name: str = "prompt") -> tuple[str, ...]:
+    if isinstance(prompt, str):
+        return (prompt,)
+    if isinstance(prompt, Sequence) and prompt and all(isinstance(p, str) for p in prompt):
+        return tuple(prompt)
+    raise RequestError(f"{name} must be a string or a non-empty list of strings, got {prompt!r}")
+
+
+def negatives_for(prompts: tuple[str, ...], negative: str | Sequence[str] | None) -> tuple[str, ...]:
+    if negative is None:
+        return ("",) * len(prompts)
+    if isinstance(negative, str):
+        return (negative,) * len(prompts)
+    negatives = as_prompts(negative, "negative_prompt")
+    if len(negatives) != len(prompts):
+        raise RequestError(f"negative_prompt has {len(negatives)} entries but prompt has {len(prompts)}; "
+                           "give one negative prompt, or one per prompt")
+    return negatives
+
+
+def stage_options(steps, guidance, timesteps, noise_level,
+                  defaults: RunDefaults = RunDefaults()) -> tuple[StageOptions, ...]:
+    steps = per_stage(steps, defaults.steps, "steps")
+    guidance = per_stage(guidance, defaults.guidance, "guidance")
+    timesteps = per_stage(timesteps, (None, None, None), "timesteps") if not _is_int_list(timesteps) \
+        else (tuple(timesteps), None, None)
+    levels = (None,) + per_stage(noise_level, defaults.noise_level, "noise_level")
+    out = []
+    for i in range(3):
+        out.append(StageOptions(steps=_steps(steps[i], i + 1), guidance=_guidance(guidance[i], i + 1),
+                                timesteps=_timesteps(timesteps[i]), noise_level=_level(levels[i], i + 1)))
+    return tuple(out)
+
+
+def _is_int_list(value) -> bool:
+    return isinstance(value, (list, tuple)) and bool(value) and all(isinstance(v, int) for v in value)
+
+
+def _steps(value, stage: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise RequestError(f"stage {stage} steps must be a whole number >= 1, got {value!r}")
+    return value
+
+
+def _guidance(value, stage: int) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise RequestError(f"stage {stage} guidance must be a finite number >= 0 (1 or less disables "
+                           f"classifier-free guidance), got {value!r}")
+    return float(value)
+
+
+def _timesteps(value):
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple)):
+        return tuple(value)
+    raise RequestError(f"timesteps must be a list of ints or a named list (e.g. 'smart27'), got {value!r}")
+
+
+def _level(value, stage: int) -> int | None:
+    if stage == 1:
+        return None
+    top = MAX_NOISE_LEVEL[stage - 2]
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < top + (stage == 3):
+        raise RequestError(f"stage {stage} noise_level must be a whole number in [0, {top - (stage == 2)}], "
+                           f"got {value!r}")
+    return value
+
+
+def check_output_type(output_type: str) -> str:
+    if output_type not in OUTPUT_TYPES:
+        raise RequestError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+    return output_type
+
+
+def check_images_per_prompt(n) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise RequestError(f"num_images_per_prompt must be a whole number >= 1, got {n!r}")
+    return n
+
+
+def check_timesteps(stages: tuple[StageOptions, ...]) -> None:
+    """Named or explicit lists are for the DDPM stages (I, II); stage III's DDIM takes a step count."""
+    from ..schedule import named_timesteps, validate_timesteps
+
+    for number, opts in enumerate(stages[:2], start=1):
+        try:
+            if isinstance(opts.timesteps, str):
+                named_timesteps(opts.timesteps)
+            elif opts.timesteps is not None:
+                validate_timesteps(opts.timesteps)
+        except ValueError as err:
+            raise RequestError(f"stage {number} timesteps: {err}") from None
+    if stages[2].timesteps is not None:
+        raise RequestError("stage III (DDIM) takes a step count, not a timestep list; use steps=(..., ..., N)")

@@ -1,0 +1,52 @@
+"""Image sizes every U-Net of the cascade can downsample and upsample back exactly.
+
+diffusers crashes mid-run on sizes that do not divide by a U-Net's total downsampling (its issue 7842);
+we reject them before any work with the nearest sizes that do work.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .options import SR_SCALE, RequestError
+
+
+def size_multiple(downsample_factors: dict[int, int]) -> int:
+    """The multiple stage I's height/width must have, given each used stage's total downsampling.
+
+    Stage s runs at stage I's size times 4**(s-1), so its factor constrains stage I's size less.
+    """
+    step = 1
+    for stage, factor in downsample_factors.items():
+        scale = SR_SCALE ** (stage - 1)
+        need = factor // math.gcd(factor, scale)
+        step = step * need // math.gcd(step, need)
+    return step
+
+
+def check_size(height: int, width: int, multiple: int) -> None:
+    for name, value in (("height", height), ("width", width)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise RequestError(f"{name} must be a positive whole number of pixels, got {value!r}")
+    bad = [(n, v) for n, v in (("height", height), ("width", width)) if v % multiple]
+    if bad:
+        name, value = bad[0]
+        raise RequestError(
+            f"stage I {name} {value} cannot be processed: every stage's U-Net needs stage I sizes that are "
+            f"multiples of {multiple}. Nearest valid {name}s: {', '.join(map(str, nearest(value, multiple)))}")
+
+
+def nearest(value: int, multiple: int) -> list[int]:
+    low = (value // multiple) * multiple
+    return [v for v in (low, low + multiple) if v >= multiple]
+
+
+def aspect_size(ratio: str, short_side: int, multiple: int = 8) -> tuple[int, int]:
+    """'W:H' -> (height, width) with the short side fixed and the long side a multiple of ``multiple``."""
+    try:
+        w, h = (float(x) for x in ratio.split(":"))
+        assert w > 0 and h > 0
+    except (ValueError, AssertionError):
+        raise RequestError(f"aspect ratio must look like '16:9' (width:height), got {ratio!r}") from None
+    long_side = max(multiple, round(short_side * max(w, h) / min(w, h) / multiple) * multiple)
+    return (short_side, long_side) if w >= h else (long_side, short_side)

@@ -1,0 +1,121 @@
+"""Run each stage's denoising loop on the torch backend.
+
+Every loop has the same shape: build the schedule tables and draw all noise before the loop, move both
+to the device once, then call the stage's step function per step with a device-side step index. The
+loop body never reads a tensor back, so on a GPU the host only enqueues work.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..schedule import add_noise, ddim_tables, ddpm_tables
+from ..schedule.ddim import DDIMConfig
+from ..schedule.ddpm import DDPMConfig
+from ..text.encoder import PromptEncoder
+from .noise import Generator, ddpm_stage_noise, x4_stage_noise
+from .options import StageOptions
+from .steps import if_step, x4_step
+
+log = logging.getLogger(__name__)
+STAGE_LABELS = {1: "stage I", 2: "stage II", 3: "stage III"}
+
+
+@dataclass
+class IFStage:
+    """Loaded stage I or II: the U-Net, its sampling schedule and (stage II) the image-noising schedule."""
+
+    unet: nn.Module
+    scheduler: DDPMConfig
+    noising: DDPMConfig | None = None
+
+
+@dataclass
+class X4Stage:
+    """Loaded stage III: x4 U-Net, VAE decoder, CLIP prompt encoder and both schedules."""
+
+    unet: nn.Module
+    vae: nn.Module
+    text: PromptEncoder
+    scheduler: DDIMConfig
+    low_res: DDPMConfig
+    max_noise_level: int = 350
+
+
+@dataclass(frozen=True)
+class RunContext:
+    device: torch.device
+    dtype: torch.dtype
+    generator: Generator
+    progress: bool = True
+
+
+def _tables(build, config, opts: StageOptions):
+    if opts.timesteps is not None:
+        return build(config, timesteps=opts.timesteps)
+    return build(config, num_inference_steps=opts.steps)
+
+
+def _steps(stage: int, n: int, ctx: RunContext):
+    return tqdm(range(n), desc=STAGE_LABELS[stage], disable=not ctx.progress, leave=False)
+
+
+@torch.no_grad()
+def run_if_stage(stage_no: int, stage: IFStage, opts: StageOptions, embeds: torch.Tensor,
+                 shape: tuple[int, ...], ctx: RunContext, image: torch.Tensor | None = None) -> torch.Tensor:
+    """Stage I from noise, or stage II from noise conditioned on ``image`` upscaled to ``shape``."""
+    tables = _tables(ddpm_tables, stage.scheduler, opts)
+    draws = [t > 0 for t in tables.host_timesteps]
+    noise = ddpm_stage_noise(shape, draws, ctx.generator, ctx.dtype,
+                             image_shape=shape if image is not None else None).to(ctx.device)
+    tables = tables.to(ctx.device)
+    upscaled = level = None
+    if image is not None:
+        upscaled, level = _noised_upscale(stage, opts, image, noise.image, shape)
+        if opts.cfg:
+            level = torch.cat([level, level])
+    guidance = torch.tensor(opts.guidance, device=ctx.device, dtype=ctx.dtype)
+    index = torch.arange(len(tables), device=ctx.device)
+    x = noise.init
+    for i in _steps(stage_no, len(tables), ctx):
+        x = if_step(stage.unet, tables, index[i], x, embeds, noise.steps[i], guidance, opts.cfg,
+                    upscaled=upscaled, noise_level=level)
+    return x
+
+
+def _noised_upscale(stage: IFStage, opts: StageOptions, image: torch.Tensor, noise: torch.Tensor,
+                    shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    upscaled = F.interpolate(image.to(noise.dtype), shape[-2:], mode="bilinear", align_corners=True)
+    level = torch.full((shape[0],), opts.noise_level, dtype=torch.long, device=noise.device)
+    alphas = stage.noising.alphas_cumprod().to(noise.device)
+    return add_noise(alphas, upscaled, noise, level), level
+
+
+@torch.no_grad()
+def run_x4_stage(stage: X4Stage, opts: StageOptions, prompts: list[str], negatives: list[str],
+                 image: torch.Tensor, ctx: RunContext) -> torch.Tensor:
+    """Stage III: CLIP-conditioned DDIM on latents the size of ``image``, then VAE decode (x4)."""
+    embeds = stage.text.encode(prompts)
+    if opts.cfg:
+        embeds = torch.cat([stage.text.encode(negatives), embeds])
+    b, _, h, w = image.shape
+    latent_channels = stage.unet.config.out_channels
+    noise = x4_stage_noise((b, latent_channels, h, w), tuple(image.shape), ctx.generator, ctx.dtype)
+    noise = noise.to(ctx.device)
+    tables = _tables(ddim_tables, stage.scheduler, opts).to(ctx.device)
+    level = torch.full((b,), opts.noise_level, dtype=torch.long, device=ctx.device)
+    low_res = add_noise(stage.low_res.alphas_cumprod().to(ctx.device), image.to(ctx.dtype), noise.image, level)
+    if opts.cfg:
+        low_res, level = torch.cat([low_res, low_res]), torch.cat([level, level])
+    guidance = torch.tensor(opts.guidance, device=ctx.device, dtype=ctx.dtype)
+    index = torch.arange(len(tables), device=ctx.device)
+    latents = noise.init
+    for i in _steps(3, len(tables), ctx):
+        latents = x4_step(stage.unet, tables, index[i], latents, low_res, embeds, level, guidance, opts.cfg)
+    return stage.vae.decode(latents)
