@@ -58,6 +58,15 @@ class Cascade:
         return cls(text=text, stage1=ifs.get(1), stage2=ifs.get(2), stage3=x4, device=device, dtype=dtype,
                    safety=checker)
 
+    @classmethod
+    def from_artifacts(cls, artifacts: str | Path, backend: str = "onnxruntime", **kwargs) -> "Cascade":
+        """Run from exported graphs (``ifengine export``) instead of torch modules."""
+        if backend != "onnxruntime":
+            raise ValueError(f"unknown backend {backend!r}; from_artifacts supports 'onnxruntime'")
+        from ..runtime.onnx_backend import load_onnx_cascade
+
+        return load_onnx_cascade(cls, Path(artifacts), **kwargs)
+
     @staticmethod
     def _load_text(ckpts, dtype, device, variant, text_dtype) -> PromptEncoder | None:
         for n in (1, 2):
