@@ -43,6 +43,16 @@ def register(sub) -> None:
     p.add_argument("--no-safety", action="store_true", help="skip the safety checker and watermark")
     p.add_argument("--no-clean-caption", action="store_true", help="do not clean the prompt text")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    edit = p.add_argument_group("image editing (zero-shot, through the same weights)")
+    edit.add_argument("--image", help="source image: img2img, or inpainting with --mask, or --style")
+    edit.add_argument("--mask", help="inpainting mask, white = repaint (same aspect ratio as --image)")
+    edit.add_argument("--strength", type=_csv(float), default=None,
+                      help="how much of the schedule to redo, in (0, 1], for stage I or 'I,II' "
+                           "(img2img 0.7,0.8; inpaint 1.0,0.8; style 0.5,0.5)")
+    edit.add_argument("--style", action="store_true",
+                      help="style transfer: the prompt is a style prompt applied to --image")
+    edit.add_argument("--positive", default=None, help="style transfer: positive prompt mixed into guidance")
+    edit.add_argument("--mixer", type=float, default=None, help="style transfer: weight of --positive (0.5)")
     p.set_defaults(run=run)
 
 
@@ -59,6 +69,7 @@ def run(args) -> int:
     if args.aspect:
         args.height, args.width = aspect_size(args.aspect, args.height or 64)
     output_paths(args.out, args.num_images, None)  # reject a bad --out before any work
+    _check_edit_flags(args)
     if not (args.stage1 or args.stage2 or args.stage3):
         log.warning("no checkpoints given: running the built-in tiny DEMO cascade with random weights; "
                     "its pictures are noise. Pass --stage1/--stage2/--stage3 for real images.")
@@ -66,12 +77,34 @@ def run(args) -> int:
     else:
         pipe = Cascade.from_pretrained(args.stage1, args.stage2, args.stage3, device=device, dtype=dtype,
                                        variant=args.variant, safety=not args.no_safety)
-    out = pipe(args.prompt, negative_prompt=args.negative, height=args.height, width=args.width,
-               num_images_per_prompt=args.num_images, seed=args.seed, steps=args.steps,
-               guidance=args.guidance, noise_level=args.noise_level, timesteps=args.timesteps,
-               last_stage=args.last_stage, clean_caption=not args.no_clean_caption, progress=not args.quiet)
+    common = dict(negative_prompt=args.negative, num_images_per_prompt=args.num_images, seed=args.seed,
+                  steps=args.steps, guidance=args.guidance, noise_level=args.noise_level,
+                  timesteps=args.timesteps, last_stage=args.last_stage,
+                  clean_caption=not args.no_clean_caption, progress=not args.quiet)
+    out = _dispatch(pipe, args, common)
     paths = output_paths(args.out, len(out.images), out.seed)
     save_images(out.images, paths, out.settings)
     for path in paths:
         sys.stdout.write(f"{path}\n")
     return 0
+
+
+def _check_edit_flags(args) -> None:
+    if args.image is None and (args.mask or args.style or args.strength is not None or args.positive):
+        raise ValueError("--mask, --strength, --style and --positive need a source --image")
+    if args.mask and args.style:
+        raise ValueError("choose one editing mode: --mask (inpainting) or --style (style transfer)")
+    if (args.positive or args.mixer is not None) and not args.style:
+        raise ValueError("--positive and --mixer are style-transfer options (add --style)")
+
+
+def _dispatch(pipe, args, common: dict):
+    """Text to image, or the editing mode the flags ask for."""
+    if args.image is None:
+        return pipe(args.prompt, height=args.height, width=args.width, **common)
+    if args.style:
+        return pipe.style_transfer(args.image, args.prompt, positive_prompt=args.positive, mixer=args.mixer,
+                                   strength=args.strength, **common)
+    if args.mask:
+        return pipe.inpaint(args.image, args.mask, args.prompt, strength=args.strength or 1.0, **common)
+    return pipe.img2img(args.image, args.prompt, strength=args.strength or 0.7, **common)

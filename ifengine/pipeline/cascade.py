@@ -12,7 +12,7 @@ import torch
 from ..models.checkpoint import resolve
 from ..text.clean import preprocess
 from ..text.encoder import PromptEncoder
-from . import components, options, sizes
+from . import components, edit, options, sizes
 from .images import convert
 from .noise import make_generator
 from .options import Request, RequestError
@@ -91,16 +91,30 @@ class Cascade:
                                     guidance, noise_level, timesteps, last_stage, output_type)
         generator, seed = make_generator(generator, seed)
         ctx = RunContext(self.device, self.dtype, generator, progress)
-        outs = self._run(request, ctx, clean_caption)
-        _check_finite(outs)
-        return self._finish(request, outs, seed)
+        return self.finish(request, self._run(request, ctx, clean_caption), seed)
+
+    def img2img(self, image, prompt: str | Sequence[str], strength=0.7, **kwargs) -> CascadeOutput:
+        """Zero-shot image to image: the source is noised part way (``strength``; a pair sets stage I and
+        II) and denoised with ``prompt``; other keyword arguments as ``__call__``."""
+        return edit.run(self, "img2img", image, prompt, strength=strength, **kwargs)
+
+    def inpaint(self, image, mask, prompt: str | Sequence[str], strength=1.0, **kwargs) -> CascadeOutput:
+        """Repaint where ``mask`` is white; pixels outside it stay the source's."""
+        return edit.run(self, "inpaint", image, prompt, mask=mask, strength=strength, **kwargs)
+
+    def style_transfer(self, image, style_prompt: str | Sequence[str], positive_prompt=None, mixer=None,
+                       strength=None, **kwargs) -> CascadeOutput:
+        """Restyle ``image`` with ``style_prompt`` through stages I-II(-III), keeping its layout; an
+        optional ``positive_prompt`` is mixed into the guidance with weight ``mixer`` (default 0.5)."""
+        return edit.run(self, "style", image, style_prompt, positive_prompt=positive_prompt, mixer=mixer,
+                        strength=strength, **kwargs)
 
     def make_request(self, prompt, negative_prompt, height, width, num_images_per_prompt, steps, guidance,
                      noise_level, timesteps, last_stage, output_type) -> Request:
         """Validate everything a run needs before any work starts."""
         if self.stage1 is None:
             raise RequestError("text-to-image needs a stage I checkpoint (stage1=)")
-        last = self._last_stage(last_stage)
+        last = self.resolve_last_stage(last_stage)
         prompts = options.as_prompts(prompt)
         default = self.stage1.unet.config.sample_size
         req = Request(prompts=prompts, negatives=options.negatives_for(prompts, negative_prompt),
@@ -112,7 +126,7 @@ class Cascade:
         options.check_timesteps(req.stages)
         return req
 
-    def _last_stage(self, last_stage: int | None) -> int:
+    def resolve_last_stage(self, last_stage: int | None) -> int:
         loaded = self.loaded_stages
         if last_stage is None:
             return max(n for n in loaded if set(range(1, n + 1)) <= set(loaded))
@@ -148,7 +162,9 @@ class Cascade:
             outs.append(run_x4_stage(self.stage3, o3, prompts, negatives, outs[-1], ctx))
         return outs
 
-    def _finish(self, req: Request, outs: list[torch.Tensor], seed: int | None) -> CascadeOutput:
+    def finish(self, req: Request, outs: list[torch.Tensor], seed: int | None) -> CascadeOutput:
+        """Check the stage outputs once (the run's one host sync) and build the result."""
+        _check_finite(outs)
         final = outs[-1]
         nsfw = None
         if req.output_type == "pil" and self.safety is not None:

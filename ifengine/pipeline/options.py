@@ -169,3 +169,10 @@ def check_timesteps(stages: tuple[StageOptions, ...]) -> None:
             raise RequestError(f"stage {number} timesteps: {err}") from None
     if stages[2].timesteps is not None:
         raise RequestError("stage III (DDIM) takes a step count, not a timestep list; use steps=(..., ..., N)")
+
+
+def timestep_list(opts: StageOptions) -> tuple[int, ...]:
+    """The explicit or named timestep list of a stage (call only when ``opts.timesteps`` is set)."""
+    from ..schedule import named_timesteps
+
+    return named_timesteps(opts.timesteps) if isinstance(opts.timesteps, str) else tuple(opts.timesteps)

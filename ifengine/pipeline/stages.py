@@ -66,27 +66,66 @@ def _steps(stage: int, n: int, ctx: RunContext):
     return tqdm(range(n), desc=STAGE_LABELS[stage], disable=not ctx.progress, leave=False)
 
 
+@dataclass(frozen=True)
+class Start:
+    """An editing run's start: the source at this stage's resolution (NCHW, [-1, 1]), the share of
+    the schedule to redo, and optionally the repaint mask (N1HW, 1 = repaint)."""
+
+    source: torch.Tensor
+    strength: float
+    mask: torch.Tensor | None = None
+
+
+def first_kept_step(num_steps: int, strength: float) -> int:
+    """Index of the first step an edit runs: the last int(N * strength) steps are kept, as diffusers does."""
+    keep = min(int(num_steps * strength), num_steps)
+    if keep < 1:
+        raise ValueError(f"strength {strength} keeps no step out of {num_steps}; "
+                         f"use strength >= {1 / num_steps:.3g} or more steps")
+    return num_steps - keep
+
+
 @torch.no_grad()
 def run_if_stage(stage_no: int, stage: IFStage, opts: StageOptions, embeds: torch.Tensor,
-                 shape: tuple[int, ...], ctx: RunContext, image: torch.Tensor | None = None) -> torch.Tensor:
-    """Stage I from noise, or stage II from noise conditioned on ``image`` upscaled to ``shape``."""
+                 shape: tuple[int, ...], ctx: RunContext, image: torch.Tensor | None = None,
+                 start: Start | None = None, mixer: float | None = None) -> torch.Tensor:
+    """Stage I from noise, or stage II from noise conditioned on ``image`` upscaled to ``shape``.
+
+    With ``start`` the run begins from the noised source instead (img2img / inpainting); ``mixer``
+    means ``embeds`` holds [uncond; cond; positive] (style transfer).
+    """
     tables = _tables(ddpm_tables, stage.scheduler, opts)
+    if start is not None:
+        tables = tables.from_step(first_kept_step(len(tables), start.strength))
     draws = [t > 0 for t in tables.host_timesteps]
     noise = ddpm_stage_noise(shape, draws, ctx.generator, ctx.dtype,
                              image_shape=shape if image is not None else None).to(ctx.device)
     tables = tables.to(ctx.device)
+    branches = 1 if not opts.cfg else (2 if mixer is None else 3)
     upscaled = level = None
     if image is not None:
         upscaled, level = _noised_upscale(stage, opts, image, noise.image, shape)
-        if opts.cfg:
-            level = torch.cat([level, level])
-    guidance = torch.tensor(opts.guidance, device=ctx.device, dtype=ctx.dtype)
+        level = torch.cat([level] * branches)
+    x = noise.init if start is None else _start_sample(tables, start, noise.init, ctx)
+    mask = None if start is None or start.mask is None else start.mask.to(ctx.device, ctx.dtype)
+    tensor = lambda v: None if v is None else torch.tensor(v, device=ctx.device, dtype=ctx.dtype)  # noqa: E731
+    guidance, mix = tensor(opts.guidance), tensor(mixer if opts.cfg else None)
     index = torch.arange(len(tables), device=ctx.device)
-    x = noise.init
     for i in _steps(stage_no, len(tables), ctx):
         x = if_step(stage.unet, tables, index[i], x, embeds, noise.steps[i], guidance, opts.cfg,
-                    upscaled=upscaled, noise_level=level)
+                    upscaled=upscaled, noise_level=level, mask=mask, mixer=mix)
     return x
+
+
+def _start_sample(tables, start: Start, noise: torch.Tensor, ctx: RunContext) -> torch.Tensor:
+    """The source noised to the first kept timestep; outside an inpainting mask, the clean source."""
+    source = start.source.to(ctx.device, ctx.dtype)
+    level = tables.timesteps[:1].expand(source.shape[0])
+    noised = add_noise(tables, source, noise, level)
+    if start.mask is None:
+        return noised
+    mask = start.mask.to(ctx.device, ctx.dtype)
+    return (1 - mask) * source + mask * noised
 
 
 def _noised_upscale(stage: IFStage, opts: StageOptions, image: torch.Tensor, noise: torch.Tensor,

@@ -1,0 +1,166 @@
+"""Image editing through the cascade: zero-shot img2img, inpainting and style transfer.
+
+Each mode is the text-to-image machinery started from the source image instead of noise: every IF stage
+takes the source at its own resolution, noises it to the first kept timestep (strength keeps the last
+int(N * strength) steps) and denoises with the prompt; inpainting keeps pixels outside the mask; style
+transfer mixes an optional positive prompt into the guidance. Stage III upscales stage II's result.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..text.clean import preprocess
+from . import options
+from .inputs import check_mask, check_strength, image_tensor, load_image, mask_tensor, target_size
+from .noise import make_generator
+from .options import Request, RequestError, RunDefaults
+from .stages import RunContext, Start, first_kept_step, run_if_stage, run_x4_stage
+
+
+@dataclass(frozen=True)
+class Mode:
+    """Per-mode defaults (diffusers' pipelines for img2img/inpainting; the original repo's style example)."""
+
+    defaults: RunDefaults
+    strength: tuple[float, float]
+
+
+MODES = {
+    "img2img": Mode(RunDefaults(steps=(80, 50, 75), guidance=(10.0, 4.0, 9.0), noise_level=(250, 20)), (0.7, 0.8)),
+    "inpaint": Mode(RunDefaults(steps=(50, 100, 75), guidance=(7.0, 4.0, 9.0), noise_level=(0, 20)), (1.0, 0.8)),
+    "style": Mode(RunDefaults(steps=(50, 50, 75), guidance=(10.0, 4.0, 9.0), noise_level=(250, 20)), (0.5, 0.5)),
+}
+
+
+@dataclass(frozen=True)
+class EditPlan:
+    request: Request
+    strength: tuple[float, float]
+    sources: tuple[torch.Tensor, ...]  # the source at each IF stage's resolution, (1, 3, H, W)
+    masks: tuple[torch.Tensor | None, ...]
+    positives: tuple[str, ...] | None
+    mixer: float | None
+
+
+def run(pipe, mode: str, image, prompt, *, mask=None, strength=None, positive_prompt=None, mixer=None,
+        negative_prompt=None, num_images_per_prompt: int = 1, generator=None, seed=None, steps=None,
+        guidance=None, noise_level=None, timesteps=(None, None, None), last_stage=None, output_type="pil",
+        clean_caption: bool = True, progress: bool = True):
+    """Validate everything, then run the stages from the source image."""
+    plan = make_plan(pipe, mode, image, prompt, mask, strength, positive_prompt, mixer, negative_prompt,
+                     num_images_per_prompt, steps, guidance, noise_level, timesteps, last_stage, output_type)
+    generator, seed = make_generator(generator, seed)
+    outs = _run_stages(pipe, plan, RunContext(pipe.device, pipe.dtype, generator, progress), clean_caption)
+    result = pipe.finish(plan.request, outs, seed)
+    result.settings.update(mode=mode, strength=list(plan.strength[: min(2, plan.request.last_stage)]),
+                           positive_prompt=list(plan.positives or []), mixer=plan.mixer)
+    return result
+
+
+def make_plan(pipe, mode, image, prompt, mask, strength, positive_prompt, mixer, negative_prompt, n, steps,
+              guidance, noise_level, timesteps, last_stage, output_type) -> EditPlan:
+    spec = MODES[mode]
+    if pipe.stage1 is None:
+        raise RequestError(f"{mode} needs a stage I checkpoint (stage1=)")
+    if mode == "style" and pipe.stage2 is None:
+        raise RequestError("style transfer needs a stage II checkpoint (stage2=): the style is carried "
+                           "through the super-resolution stages")
+    src = load_image(image)
+    if mode == "inpaint":
+        if mask is None:
+            raise RequestError("inpaint needs a mask (white = repaint)")
+        mask = load_image(mask, "mask")
+        check_mask(src, mask)
+    last = pipe.resolve_last_stage(last_stage)
+    sizes = _stage_sizes(pipe, src, last)
+    prompts = options.as_prompts(prompt, "style_prompt" if mode == "style" else "prompt")
+    defaults = _defaults(pipe, spec)
+    request = Request(prompts=prompts, negatives=options.negatives_for(prompts, negative_prompt),
+                      height=sizes[0][0], width=sizes[0][1],
+                      num_images_per_prompt=options.check_images_per_prompt(n), last_stage=last,
+                      output_type=options.check_output_type(output_type),
+                      stages=options.stage_options(steps, guidance, timesteps, noise_level, defaults))
+    options.check_timesteps(request.stages)
+    strengths = _strengths(strength, spec, request)
+    sources = tuple(image_tensor(src, short, mult) for short, mult in _resolutions(pipe, last))
+    masks = tuple(mask_tensor(mask, short, mult) if mask is not None else None
+                  for short, mult in _resolutions(pipe, last))
+    positives, mixer = _positive(mode, positive_prompt, mixer, prompts)
+    return EditPlan(request, strengths, sources, masks, positives, mixer)
+
+
+def _defaults(pipe, spec: Mode) -> RunDefaults:
+    # a cascade with its own step defaults (the demo) keeps them; otherwise the mode's reference defaults
+    if pipe.defaults.steps != RunDefaults().steps:
+        return RunDefaults(steps=pipe.defaults.steps, guidance=spec.defaults.guidance,
+                           noise_level=spec.defaults.noise_level)
+    return spec.defaults
+
+
+def _resolutions(pipe, last: int) -> list[tuple[int, int]]:
+    """(short side, size multiple) of each IF stage used: the U-Net's sample size, multiples of 8 or more."""
+    stages = [pipe.stage1, pipe.stage2][: min(last, 2)]
+    return [(s.unet.config.sample_size, math.lcm(8, s.unet.config.downsample_factor)) for s in stages]
+
+
+def _stage_sizes(pipe, img, last: int) -> list[tuple[int, int]]:
+    return [tuple(reversed(target_size(img.width, img.height, short, mult)))
+            for short, mult in _resolutions(pipe, last)]
+
+
+def _strengths(strength, spec: Mode, request: Request) -> tuple[float, float]:
+    if strength is None:
+        strength = spec.strength
+    elif isinstance(strength, (int, float)):
+        strength = (strength, spec.strength[1])
+    strength = tuple(strength)
+    if len(strength) != 2:
+        raise RequestError(f"strength takes one value (stage I) or two (stages I and II), got {strength!r}")
+    out = tuple(check_strength(s, f"stage {i} strength") for i, s in enumerate(strength, start=1))
+    for number in range(1, min(request.last_stage, 2) + 1):
+        opts = request.stages[number - 1]
+        count = len(options.timestep_list(opts)) if opts.timesteps is not None else opts.steps
+        try:
+            first_kept_step(count, out[number - 1])
+        except ValueError as err:
+            raise RequestError(f"stage {number}: {err}") from None
+    return out
+
+
+def _positive(mode, positive_prompt, mixer, prompts):
+    if positive_prompt is None:
+        return None, None
+    if mode != "style":
+        raise RequestError("positive_prompt is a style-transfer option")
+    positives = options.negatives_for(prompts, positive_prompt)  # same broadcasting rules as negatives
+    mixer = 0.5 if mixer is None else mixer
+    if isinstance(mixer, bool) or not isinstance(mixer, (int, float)) or not 0 <= mixer <= 1:
+        raise RequestError(f"mixer must be a number in [0, 1], got {mixer!r}")
+    return positives, float(mixer)
+
+
+def _run_stages(pipe, plan: EditPlan, ctx: RunContext, clean: bool) -> list[torch.Tensor]:
+    req = plan.request
+    n, batch = req.num_images_per_prompt, req.batch
+    pos, neg = pipe.encode(req, clean)
+    branches = [neg, pos]
+    if plan.positives:
+        branches.append(pipe.text.encode(preprocess(list(plan.positives), clean)).repeat_interleave(n, 0))
+    embeds = lambda o: torch.cat(branches) if o.cfg else pos  # noqa: E731
+    outs: list[torch.Tensor] = []
+    for number, stage in ((1, pipe.stage1), (2, pipe.stage2))[: min(req.last_stage, 2)]:
+        opts = req.stages[number - 1]
+        source = plan.sources[number - 1].expand(batch, -1, -1, -1)
+        mask = plan.masks[number - 1]
+        start = Start(source, plan.strength[number - 1], None if mask is None else mask.expand(batch, -1, -1, -1))
+        outs.append(run_if_stage(number, stage, opts, embeds(opts), tuple(source.shape), ctx,
+                                 image=outs[-1] if outs else None, start=start, mixer=plan.mixer))
+    if req.last_stage >= 3:
+        prompts = [p for p in req.prompts for _ in range(n)]
+        negatives = [p for p in req.negatives for _ in range(n)]
+        outs.append(run_x4_stage(pipe.stage3, req.stages[2], prompts, negatives, outs[-1], ctx))
+    return outs
