@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
 from ifengine.models.config import UNetConfig
 from ifengine.models.if_unet import IFUNet
 from ifengine.models.presets import UNET_PRESETS
+from reference_utils import config_kwargs, perturb, rel_err
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers.models.attention_processor import AttnAddedKVProcessor, AttnAddedKVProcessor2_0  # noqa: E402
@@ -20,7 +19,7 @@ SIZES = [(1, 16, 16), (2, 24, 16), (2, 16, 32)]  # (batch, H, W): square and bot
 
 def diffusers_kwargs(cfg: UNetConfig) -> dict:
     """Our config as UNet2DConditionModel keyword arguments."""
-    kw = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+    kw = config_kwargs(cfg)
     assert len(set(kw["cross_attention_dim"])) == 1
     kw["cross_attention_dim"] = kw["cross_attention_dim"][0]  # the SimpleCrossAttn blocks need one int
     if kw["num_attention_heads"] is None:
@@ -32,9 +31,7 @@ def reference_unet(cfg: UNetConfig, seed: int = 0) -> torch.nn.Module:
     """A random diffusers U-Net with every parameter perturbed, so no zero/one init makes a check trivial."""
     torch.manual_seed(seed)
     ref = diffusers.UNet2DConditionModel(**diffusers_kwargs(cfg)).eval()
-    with torch.no_grad():
-        for p in ref.parameters():
-            p.add_(0.1 * torch.randn_like(p))
+    perturb(ref, 0.1)
     return ref
 
 
@@ -53,10 +50,6 @@ def inputs(cfg: UNetConfig, batch: int, h: int, w: int, seed: int = 1) -> dict:
     if cfg.class_embed_type == "timestep":
         args["class_labels"] = torch.tensor([250, 20][:batch])
     return args
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((out.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -223,3 +216,16 @@ def test_full_size_parameter_count_matches_diffusers(name, billions):
     assert count == sum(p.numel() for p in ref.parameters())
     assert round(count / 1e9, 2) == billions
     assert list(ours.state_dict()) == list(ref.state_dict())
+
+
+def test_every_preset_builds():
+    """Full-size presets are what benchmarks and the planner build: each must construct."""
+    import torch
+
+    from ifengine.models.presets import UNET_PRESETS
+    from ifengine.models.x4_unet import X4UNet
+
+    for name, config in UNET_PRESETS.items():
+        with torch.device("meta"):
+            model = (X4UNet if "x4" in name else IFUNet)(config)
+        assert sum(p.numel() for p in model.parameters()) > 0, name

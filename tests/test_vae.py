@@ -9,30 +9,15 @@ import pytest
 import torch
 from diffusers import AutoencoderKL
 
-from ifengine.models.config import VAEConfig
 from ifengine.models.presets import VAE_PRESETS
 from ifengine.models.vae import DECODER_PREFIXES, VAEDecoder, decode_dtype, decoder_state_dict
+from reference_utils import assert_strict_load_refuses, config_kwargs, perturb, rel_err
 
 TINY = VAE_PRESETS["tiny-vae"]
 SF = TINY.scaling_factor
 # Tiles normalise with their own GroupNorm statistics (as in diffusers' tiled decode), so tiling is an
 # approximation; on the smooth periodic latent below the tiny random VAE shows 4.5e-2 relative.
 TILE_TOLERANCE = 0.08
-
-
-def diffusers_kwargs(config: VAEConfig) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
-
-
-def perturb(model: torch.nn.Module, scale: float = 0.02) -> None:
-    """Add noise to every parameter so zero or unit initialisations cannot hide a wiring mistake."""
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(scale * torch.randn_like(p))
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((out.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
 
 
 def latents(batch: int, h: int, w: int) -> torch.Tensor:
@@ -52,7 +37,7 @@ def smooth_latents(h: int, w: int, period: float = 16.0) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def pair() -> tuple[VAEDecoder, AutoencoderKL]:
     torch.manual_seed(0)
-    ref = AutoencoderKL(**diffusers_kwargs(TINY)).eval()
+    ref = AutoencoderKL(**config_kwargs(TINY)).eval()
     perturb(ref)
     ours = VAEDecoder(TINY).eval()
     ours.load_state_dict(decoder_state_dict(ref.state_dict()), strict=True)
@@ -69,12 +54,9 @@ def test_state_dict_keys_equal_diffusers_decoder(pair):
 
 def test_strict_load_rejects_missing_and_unexpected_keys(pair):
     _, ref = pair
-    fresh = VAEDecoder(TINY)
-    state = decoder_state_dict(ref.state_dict())
-    with pytest.raises(RuntimeError, match="Missing"):
-        fresh.load_state_dict({k: v for k, v in state.items() if k != "post_quant_conv.weight"})
-    with pytest.raises(RuntimeError, match="Unexpected"):
-        fresh.load_state_dict(ref.state_dict())  # unfiltered: encoder keys are unexpected
+    full = ref.state_dict()
+    # unfiltered, the full AutoencoderKL state brings encoder keys: unexpected in a decoder
+    assert_strict_load_refuses(VAEDecoder(TINY), decoder_state_dict(full), "post_quant_conv.weight", full)
 
 
 @pytest.mark.parametrize("size", [(8, 8), (8, 12)])
@@ -178,7 +160,7 @@ def test_full_size_parameter_count_on_meta():
     config = VAE_PRESETS["x4-vae"]
     with torch.device("meta"):
         ours = VAEDecoder(config)
-        ref = AutoencoderKL(**diffusers_kwargs(config))
+        ref = AutoencoderKL(**config_kwargs(config))
     expected = {k: v.shape for k, v in ref.state_dict().items() if k.startswith(DECODER_PREFIXES)}
     assert {k: v.shape for k, v in ours.state_dict().items()} == expected
     assert sum(p.numel() for p in ours.parameters()) == sum(s.numel() for s in expected.values())

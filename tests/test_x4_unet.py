@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
@@ -11,6 +9,7 @@ from diffusers import UNet2DConditionModel
 from ifengine.models.config import UNetConfig
 from ifengine.models.presets import UNET_PRESETS
 from ifengine.models.x4_unet import X4UNet
+from reference_utils import assert_strict_load_refuses, config_kwargs, perturb, rel_err
 
 TINY = UNET_PRESETS["tiny-x4"]
 TEXT_TOKENS = 7
@@ -18,23 +17,12 @@ TEXT_TOKENS = 7
 
 def diffusers_kwargs(config: UNetConfig) -> dict:
     """Our dataclass as UNet2DConditionModel keyword arguments."""
-    kwargs = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+    kwargs = config_kwargs(config)
     if len(set(kwargs["cross_attention_dim"])) == 1:
         kwargs["cross_attention_dim"] = kwargs["cross_attention_dim"][0]
     if kwargs["num_attention_heads"] is None:
         del kwargs["num_attention_heads"]  # diffusers refuses it; attention_head_dim carries the heads
     return kwargs
-
-
-def perturb(model: torch.nn.Module, scale: float = 0.02) -> None:
-    """Add noise to every parameter so zero or unit initialisations cannot hide a wiring mistake."""
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(scale * torch.randn_like(p))
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((out.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
 
 
 @pytest.fixture(scope="module")
@@ -63,13 +51,9 @@ def test_state_dict_keys_equal_diffusers(pair):
 
 
 def test_strict_load_rejects_missing_and_unexpected_keys(pair):
-    ours, ref = pair
-    fresh = X4UNet(TINY)
-    state = dict(ref.state_dict())
-    with pytest.raises(RuntimeError, match="Missing"):
-        fresh.load_state_dict({k: v for k, v in state.items() if k != "conv_in.weight"})
-    with pytest.raises(RuntimeError, match="Unexpected"):
-        fresh.load_state_dict({**state, "add_embedding.linear_1.weight": torch.zeros(1)})
+    _, ref = pair
+    assert_strict_load_refuses(X4UNet(TINY), ref.state_dict(), "conv_in.weight",
+                               {"add_embedding.linear_1.weight": torch.zeros(1)})
 
 
 @pytest.mark.parametrize("batch", [1, 2])

@@ -7,35 +7,13 @@ Loops run over ModuleLists fixed at construction: no branch ever depends on a te
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from .if_attention import AddedKVAttention
-from .layers import ResnetBlock2D
-
-
-@dataclass(frozen=True)
-class ResnetSettings:
-    """How the U-Net builds every ResnetBlock2D (the same for all blocks but the mid block's scale)."""
-
-    temb_ch: int
-    groups: int
-    eps: float
-    act: str
-    time_norm: str
-    skip_time_act: bool
-    output_scale: float
-
-    def make(self, in_ch: int, out_ch: int, *, up: bool = False, down: bool = False) -> ResnetBlock2D:
-        return ResnetBlock2D(in_ch, out_ch, temb_ch=self.temb_ch, groups=self.groups, eps=self.eps,
-                             act=self.act, time_norm=self.time_norm, skip_time_act=self.skip_time_act,
-                             output_scale=self.output_scale, up=up, down=down)
-
-    def with_scale(self, output_scale: float) -> "ResnetSettings":
-        return dataclasses.replace(self, output_scale=output_scale)
+from .layers import ResnetSettings
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,9 @@ from torch import nn
 
 from .config import IF_DOWN_BLOCKS, IF_UP_BLOCKS, UNetConfig
 from .if_attention import TextTimeEmbedding
-from .if_blocks import (AttentionSettings, ResnetDownsampleBlock2D, ResnetSettings, ResnetUpsampleBlock2D,
-                        SimpleCrossAttnDownBlock2D, SimpleCrossAttnUpBlock2D, UNetMidBlock2DSimpleCrossAttn)
-from .layers import Timesteps, TimestepEmbedding, activation
+from .if_blocks import (AttentionSettings, ResnetDownsampleBlock2D, ResnetUpsampleBlock2D, SimpleCrossAttnDownBlock2D,
+                        SimpleCrossAttnUpBlock2D, UNetMidBlock2DSimpleCrossAttn)
+from .layers import ResnetSettings, Timesteps, TimestepEmbedding, activation
 
 IF_MID_BLOCK = "UNetMidBlock2DSimpleCrossAttn"
 Number = int | float

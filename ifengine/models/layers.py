@@ -8,7 +8,9 @@ tensor values, so the modules trace, export to ONNX and capture in CUDA graphs u
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -143,6 +145,31 @@ class ResnetBlock2D(nn.Module):
             return self.norm2(h + temb)
         scale, shift = temb.chunk(2, dim=1)
         return self.norm2(h) * (1 + scale) + shift
+
+
+@dataclass(frozen=True)
+class ResnetSettings:
+    """How one U-Net builds its ResnetBlock2Ds: the same for every block but the mid block's scale.
+
+    Serves both U-Net families; the defaults are ResnetBlock2D's, which the x4 upscaler always keeps for
+    ``skip_time_act`` and ``output_scale`` while the IF U-Nets set them from their config.
+    """
+
+    temb_ch: int
+    groups: int
+    eps: float
+    act: str
+    time_norm: str = "default"
+    skip_time_act: bool = False
+    output_scale: float = 1.0
+
+    def make(self, in_ch: int, out_ch: int, *, up: bool = False, down: bool = False) -> ResnetBlock2D:
+        return ResnetBlock2D(in_ch, out_ch, temb_ch=self.temb_ch, groups=self.groups, eps=self.eps,
+                             act=self.act, time_norm=self.time_norm, skip_time_act=self.skip_time_act,
+                             output_scale=self.output_scale, up=up, down=down)
+
+    def with_scale(self, output_scale: float) -> ResnetSettings:
+        return dataclasses.replace(self, output_scale=output_scale)
 
 
 def _block_resampler(channels: int, up: bool, down: bool) -> nn.Module | None:

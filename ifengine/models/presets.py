@@ -63,7 +63,7 @@ def _x4_unet(widths: tuple[int, ...], layers: int, heads: int, text_dim: int, gr
 UNET_PRESETS: dict[str, UNetConfig] = {
     "IF-I-XL": _if_stage1((704, 1408, 2112, 2816), layers=3),
     "IF-I-L": _if_stage1((320, 640, 960, 1280), layers=3),  # ESTIMATE from 0.9 B parameters
-    "IF-I-M": _if_stage1((224, 448, 672, 896), layers=3),  # ESTIMATE from 0.4 B parameters
+    "IF-I-M": _if_stage1((192, 384, 576, 768), layers=3),  # ESTIMATE from 0.4 B parameters (0.36 B)
     "IF-II-L": _if_stage2((160, 320, 640, 960, 1280), layers=(2, 2, 3, 5, 5)),
     "IF-II-M": _if_stage2((96, 192, 384, 576, 768), layers=(2, 2, 3, 5, 5)),  # ESTIMATE from 0.45 B
     "x4-upscaler": _x4_unet((256, 512, 512, 1024), layers=2, heads=8, text_dim=1024),

@@ -14,18 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import Downsample2D, ResnetBlock2D, Upsample2D
-
-
-@dataclass(frozen=True)
-class ResnetSettings:
-    """What every resnet of one U-Net shares."""
-
-    temb_ch: int
-    groups: int
-    eps: float
-    act: str
-    time_norm: str = "default"
+from .layers import Downsample2D, ResnetSettings, Upsample2D
 
 
 @dataclass(frozen=True)
@@ -39,11 +28,6 @@ class AttnSettings:
     linear_proj: bool = True
     only_cross: bool = False
     upcast: bool = False
-
-
-def make_resnet(s: ResnetSettings, in_ch: int, out_ch: int, output_scale: float = 1.0) -> ResnetBlock2D:
-    return ResnetBlock2D(in_ch, out_ch, temb_ch=s.temb_ch, groups=s.groups, eps=s.eps, act=s.act,
-                         time_norm=s.time_norm, output_scale=output_scale)
 
 
 class Attention(nn.Module):
@@ -165,7 +149,7 @@ class DownBlock2D(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, layers: int, rs: ResnetSettings, add_downsample: bool,
                  padding: int = 1):
         super().__init__()
-        self.resnets = nn.ModuleList([make_resnet(rs, in_ch if i == 0 else out_ch, out_ch) for i in range(layers)])
+        self.resnets = nn.ModuleList([rs.make(in_ch if i == 0 else out_ch, out_ch) for i in range(layers)])
         self.downsamplers = (nn.ModuleList([Downsample2D(out_ch, True, out_ch, padding=padding)])
                              if add_downsample else None)
 
@@ -204,7 +188,7 @@ class UpBlock2D(nn.Module):
         super().__init__()
         # the last resnet takes the skip that entered the matching down block, hence in_ch
         widths = [(prev_ch if i == 0 else out_ch) + (in_ch if i == layers - 1 else out_ch) for i in range(layers)]
-        self.resnets = nn.ModuleList([make_resnet(rs, w, out_ch) for w in widths])
+        self.resnets = nn.ModuleList([rs.make(w, out_ch) for w in widths])
         self.upsamplers = nn.ModuleList([Upsample2D(out_ch, True, out_ch)]) if add_upsample else None
 
     def forward(self, x: torch.Tensor, skips: list[torch.Tensor], temb: torch.Tensor,
@@ -235,11 +219,9 @@ class CrossAttnUpBlock2D(UpBlock2D):
 class UNetMidBlock2DCrossAttn(nn.Module):
     """resnet, then (transformer, resnet) pairs at the lowest resolution."""
 
-    def __init__(self, channels: int, rs: ResnetSettings, attn: AttnSettings, output_scale: float = 1.0,
-                 layers: int = 1):
+    def __init__(self, channels: int, rs: ResnetSettings, attn: AttnSettings, layers: int = 1):
         super().__init__()
-        self.resnets = nn.ModuleList([make_resnet(rs, channels, channels, output_scale)
-                                      for _ in range(layers + 1)])
+        self.resnets = nn.ModuleList([rs.make(channels, channels) for _ in range(layers + 1)])
         self.attentions = nn.ModuleList([Transformer2DModel(channels, attn) for _ in range(layers)])
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor, context: torch.Tensor) -> torch.Tensor:

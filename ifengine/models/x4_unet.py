@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from .config import SD_DOWN_BLOCKS, SD_UP_BLOCKS, UNetConfig
-from .layers import TimestepEmbedding, Timesteps, activation
-from .x4_blocks import (AttnSettings, CrossAttnDownBlock2D, CrossAttnUpBlock2D, DownBlock2D, ResnetSettings,
+from .layers import ResnetSettings, TimestepEmbedding, Timesteps, activation
+from .x4_blocks import (AttnSettings, CrossAttnDownBlock2D, CrossAttnUpBlock2D, DownBlock2D,
                         UNetMidBlock2DCrossAttn, UpBlock2D)
 
 # Settings this module does not implement, with the values that mean "off" (diffusers ignores most of
@@ -75,13 +75,14 @@ class X4UNet(nn.Module):
         self.time_embedding = TimestepEmbedding(c0, temb_dim, act=config.act_fn)
         self.class_embedding = nn.Embedding(config.num_class_embeds, temb_dim) if config.num_class_embeds else None
         self.time_embed_act = activation(config.time_embedding_act_fn) if config.time_embedding_act_fn else None
-        rs = ResnetSettings(temb_dim, config.norm_num_groups, config.norm_eps, config.act_fn,
-                            config.resnet_time_scale_shift)
+        # skip_time_act and output_scale keep their defaults: check_x4_config refuses any other value
+        rs = ResnetSettings(temb_ch=temb_dim, groups=config.norm_num_groups, eps=config.norm_eps,
+                            act=config.act_fn, time_norm=config.resnet_time_scale_shift)
         self.down_blocks = nn.ModuleList(_down_blocks(config, rs))
         # the mid block never uses only_cross_attention (diffusers does not pass it there either)
         mid_attn = dataclasses.replace(_attn(config, -1), only_cross=False)
-        self.mid_block = UNetMidBlock2DCrossAttn(config.block_out_channels[-1], rs, mid_attn,
-                                                 output_scale=config.mid_block_scale_factor)
+        self.mid_block = UNetMidBlock2DCrossAttn(config.block_out_channels[-1],
+                                                 rs.with_scale(config.mid_block_scale_factor), mid_attn)
         self.up_blocks = nn.ModuleList(_up_blocks(config, rs))
         self.conv_norm_out = nn.GroupNorm(config.norm_num_groups, c0, eps=config.norm_eps)
         self.conv_act = activation(config.act_fn)

@@ -6,14 +6,14 @@ import dataclasses
 import logging
 import warnings
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 
 log = logging.getLogger(__name__)
 
 C = TypeVar("C")
-T = TypeVar("T")
+T = TypeVar("T", bound="StepTables")
 
 # Keys of diffusers scheduler configs that change the maths but that this package does not implement.
 _UNSUPPORTED_IF_TRUTHY = ("rescale_betas_zero_snr",)
@@ -69,25 +69,40 @@ def gather(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return table.index_select(0, index)
 
 
-def tables_to(tables: T, device: torch.device | str | None, dtype: torch.dtype | None) -> T:
-    """Move every tensor field; floating ones also take `dtype`, integer ones keep theirs."""
-    changes = {}
-    for f in dataclasses.fields(tables):
-        value = getattr(tables, f.name)
-        if isinstance(value, torch.Tensor):
-            target = dtype if (dtype is not None and value.is_floating_point()) else value.dtype
-            changes[f.name] = value.to(device=device, dtype=target)
-    return dataclasses.replace(tables, **changes)
+class StepTables:
+    """What the samplers' frozen per-step table dataclasses share: one row per step, tensors as fields.
 
+    A plain mixin, not a dataclass, so each sampler's tables keep exactly their own fields.
+    """
 
-def tables_from_step(tables: T, start: int, whole_schedule: tuple[str, ...]) -> T:
-    """Drop the first `start` steps (img2img strength); whole-schedule fields stay untouched."""
-    count = len(tables.host_timesteps)
-    if not 0 <= start < count:
-        raise ValueError(f"start must be in [0, {count}), got {start}")
-    changes: dict[str, Any] = {"host_timesteps": tables.host_timesteps[start:]}
-    for f in dataclasses.fields(tables):
-        value = getattr(tables, f.name)
-        if isinstance(value, torch.Tensor) and f.name not in whole_schedule:
-            changes[f.name] = value[start:]
-    return dataclasses.replace(tables, **changes)
+    host_timesteps: tuple[int, ...]
+    # Indexed by training timestep, not by step: moved along with the rest but never sliced.
+    _WHOLE_SCHEDULE: ClassVar[tuple[str, ...]] = ("alphas_cumprod",)
+
+    def __len__(self) -> int:
+        return len(self.host_timesteps)
+
+    def to(self: T, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> T:
+        """Move every tensor; floating ones also take `dtype`, integer ones keep theirs.
+
+        Keep the tables float32 even for half samples (x0 at t=999 overflows fp16).
+        """
+        changes = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor):
+                target = dtype if (dtype is not None and value.is_floating_point()) else value.dtype
+                changes[f.name] = value.to(device=device, dtype=target)
+        return dataclasses.replace(self, **changes)
+
+    def from_step(self: T, start: int) -> T:
+        """The tail of the run from step `start` (img2img keeps the last steps of a full schedule)."""
+        count = len(self.host_timesteps)
+        if not 0 <= start < count:
+            raise ValueError(f"start must be in [0, {count}), got {start}")
+        changes: dict[str, Any] = {"host_timesteps": self.host_timesteps[start:]}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor) and f.name not in self._WHOLE_SCHEDULE:
+                changes[f.name] = value[start:]
+        return dataclasses.replace(self, **changes)

@@ -2,72 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
 
 import torch
 
-from ._common import (
-    check_choice,
-    check_positive,
-    config_from_dict,
-    gather,
-    step_index,
-    tables_from_step,
-    tables_to,
-)
-from .betas import BETA_SCHEDULES, make_alphas_cumprod
-from .timesteps import SPACINGS, spaced_timesteps
-from .x0 import X0Clamp, apply_x0_clamp, make_x0_clamp
-
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+from ._common import StepTables, gather, step_index
+from .config import PREDICTION_TYPES, SchedulerConfig  # noqa: F401  (PREDICTION_TYPES: kept importable from here)
+from .timesteps import spaced_timesteps
+from .x0 import X0Clamp, apply_x0_clamp
 
 
-@dataclass(frozen=True)
-class DDIMConfig:
+@dataclass(frozen=True, kw_only=True)
+class DDIMConfig(SchedulerConfig):
     """A DDIM scheduler config; defaults are diffusers' so partial JSON files mean the same thing."""
 
-    num_train_timesteps: int = 1000
-    beta_start: float = 0.0001
-    beta_end: float = 0.02
-    beta_schedule: str = "linear"
-    trained_betas: tuple[float, ...] | None = None
-    prediction_type: str = "epsilon"
-    set_alpha_to_one: bool = True
-    thresholding: bool = False
-    dynamic_thresholding_ratio: float = 0.995
-    sample_max_value: float = 1.0
-    clip_sample: bool = True
-    clip_sample_range: float = 1.0
-    timestep_spacing: str = "leading"
-    steps_offset: int = 0
-
-    def __post_init__(self) -> None:
-        name = type(self).__name__
-        if self.num_train_timesteps < 1:
-            raise ValueError(f"{name}: num_train_timesteps must be >= 1, got {self.num_train_timesteps}")
-        check_choice(name, "beta_schedule", self.beta_schedule, BETA_SCHEDULES)
-        check_choice(name, "prediction_type", self.prediction_type, PREDICTION_TYPES)
-        check_choice(name, "timestep_spacing", self.timestep_spacing, SPACINGS)
-        check_positive(name, "sample_max_value", self.sample_max_value)
-        check_positive(name, "clip_sample_range", self.clip_sample_range)
-        if not 0.0 <= self.dynamic_thresholding_ratio <= 1.0:
-            raise ValueError(f"{name}: dynamic_thresholding_ratio must be in [0, 1]")
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> DDIMConfig:
-        """From a scheduler_config.json dict; unknown keys (e.g. skip_prk_steps) are ignored."""
-        return config_from_dict(cls, data)
-
-    def alphas_cumprod(self) -> torch.Tensor:
-        return make_alphas_cumprod(
-            self.beta_schedule, self.num_train_timesteps, self.beta_start, self.beta_end, self.trained_betas
-        )
+    set_alpha_to_one: bool = True  # the cumulative alpha the last step jumps to: 1, or the first step's
 
 
 @dataclass(frozen=True)
-class DDIMTables:
+class DDIMTables(StepTables):
     """Per-step DDIM coefficients (1-D, indexed by step) and the static choices of one run."""
 
     host_timesteps: tuple[int, ...]
@@ -81,18 +34,6 @@ class DDIMTables:
     sqrt_alpha_prod_prev: torch.Tensor
     coef_eps: torch.Tensor
     noise_std: torch.Tensor
-
-    _WHOLE_SCHEDULE: ClassVar[tuple[str, ...]] = ("alphas_cumprod",)
-
-    def __len__(self) -> int:
-        return len(self.host_timesteps)
-
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> DDIMTables:
-        return tables_to(self, device, dtype)
-
-    def from_step(self, start: int) -> DDIMTables:
-        """The tail of the run from step `start`."""
-        return tables_from_step(self, start, self._WHOLE_SCHEDULE)
 
 
 def _step_coefficients(
@@ -126,18 +67,11 @@ def ddim_tables(config: DDIMConfig, num_inference_steps: int, eta: float = 0.0) 
         num_inference_steps, config.num_train_timesteps, config.timestep_spacing, config.steps_offset
     )
     alphas_cumprod = config.alphas_cumprod()
-    x0_clamp = make_x0_clamp(
-        config.thresholding,
-        config.clip_sample,
-        config.clip_sample_range,
-        config.dynamic_thresholding_ratio,
-        config.sample_max_value,
-    )
     return DDIMTables(
         host_timesteps=steps,
         prediction_type=config.prediction_type,
         eta=float(eta),
-        x0_clamp=x0_clamp,
+        x0_clamp=config.x0_clamp(),
         alphas_cumprod=alphas_cumprod,
         **_step_coefficients(config, alphas_cumprod, steps, float(eta)),
     )

@@ -6,77 +6,34 @@ tensor values and no host sync, so it can be traced, exported to ONNX or capture
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, ClassVar
 
 import torch
 
-from ._common import (
-    check_choice,
-    check_positive,
-    config_from_dict,
-    gather,
-    static_dim,
-    step_index,
-    tables_from_step,
-    tables_to,
-)
-from .betas import BETA_SCHEDULES, make_alphas_cumprod
-from .timesteps import SPACINGS, resolve_timesteps
-from .x0 import X0Clamp, apply_x0_clamp, make_x0_clamp
+from ._common import StepTables, check_choice, gather, static_dim, step_index
+from .config import PREDICTION_TYPES, SchedulerConfig  # noqa: F401  (PREDICTION_TYPES: kept importable from here)
+from .timesteps import resolve_timesteps
+from .x0 import X0Clamp, apply_x0_clamp
 
 VARIANCE_TYPES = ("learned_range", "fixed_small")
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 # The posterior variance is 0 at the last step; its log is taken, so it is floored (as the reference does).
 _MIN_VARIANCE = 1e-20
 
 
-@dataclass(frozen=True)
-class DDPMConfig:
+@dataclass(frozen=True, kw_only=True)
+class DDPMConfig(SchedulerConfig):
     """A DDPM scheduler config; defaults are diffusers' so partial JSON files mean the same thing."""
 
-    num_train_timesteps: int = 1000
-    beta_start: float = 0.0001
-    beta_end: float = 0.02
-    beta_schedule: str = "linear"
-    trained_betas: tuple[float, ...] | None = None
     variance_type: str = "fixed_small"
-    prediction_type: str = "epsilon"
-    thresholding: bool = False
-    dynamic_thresholding_ratio: float = 0.995
-    sample_max_value: float = 1.0
-    clip_sample: bool = True
-    clip_sample_range: float = 1.0
-    timestep_spacing: str = "leading"
-    steps_offset: int = 0
 
     def __post_init__(self) -> None:
-        name = type(self).__name__
-        if self.num_train_timesteps < 1:
-            raise ValueError(f"{name}: num_train_timesteps must be >= 1, got {self.num_train_timesteps}")
-        check_choice(name, "beta_schedule", self.beta_schedule, BETA_SCHEDULES)
-        check_choice(name, "variance_type", self.variance_type, VARIANCE_TYPES)
-        check_choice(name, "prediction_type", self.prediction_type, PREDICTION_TYPES)
-        check_choice(name, "timestep_spacing", self.timestep_spacing, SPACINGS)
-        check_positive(name, "sample_max_value", self.sample_max_value)
-        check_positive(name, "clip_sample_range", self.clip_sample_range)
-        if not 0.0 <= self.dynamic_thresholding_ratio <= 1.0:
-            raise ValueError(f"{name}: dynamic_thresholding_ratio must be in [0, 1]")
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> DDPMConfig:
-        """From a scheduler_config.json dict; unknown keys (e.g. _class_name) are ignored."""
-        return config_from_dict(cls, data)
-
-    def alphas_cumprod(self) -> torch.Tensor:
-        return make_alphas_cumprod(
-            self.beta_schedule, self.num_train_timesteps, self.beta_start, self.beta_end, self.trained_betas
-        )
+        super().__post_init__()
+        check_choice(type(self).__name__, "variance_type", self.variance_type, VARIANCE_TYPES)
 
 
 @dataclass(frozen=True)
-class DDPMTables:
+class DDPMTables(StepTables):
     """Per-step coefficients (1-D, indexed by step) and the static choices of one sampling run."""
 
     host_timesteps: tuple[int, ...]
@@ -95,19 +52,6 @@ class DDPMTables:
     log_variance_max: torch.Tensor
     noise_std: torch.Tensor
     noise_mask: torch.Tensor
-
-    _WHOLE_SCHEDULE: ClassVar[tuple[str, ...]] = ("alphas_cumprod",)
-
-    def __len__(self) -> int:
-        return len(self.host_timesteps)
-
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> DDPMTables:
-        """Move the tables; keep them float32 even for half samples (x0 at t=999 overflows fp16)."""
-        return tables_to(self, device, dtype)
-
-    def from_step(self, start: int) -> DDPMTables:
-        """The tail of the run from step `start` (img2img keeps the last steps of a full schedule)."""
-        return tables_from_step(self, start, self._WHOLE_SCHEDULE)
 
     def draws_noise(self, i: int) -> bool:
         """Host-side: whether step i adds noise (the reference draws no noise at t == 0)."""
@@ -153,18 +97,11 @@ def ddpm_tables(
         config.steps_offset,
     )
     alphas_cumprod = config.alphas_cumprod()
-    x0_clamp = make_x0_clamp(
-        config.thresholding,
-        config.clip_sample,
-        config.clip_sample_range,
-        config.dynamic_thresholding_ratio,
-        config.sample_max_value,
-    )
     return DDPMTables(
         host_timesteps=steps,
         prediction_type=config.prediction_type,
         variance_type=config.variance_type,
-        x0_clamp=x0_clamp,
+        x0_clamp=config.x0_clamp(),
         alphas_cumprod=alphas_cumprod,
         **_step_coefficients(alphas_cumprod, steps),
     )

@@ -5,6 +5,8 @@ Prefer `DDPMConfig.from_dict` / `DDIMConfig.from_dict` on a checkpoint's own fil
 
 from __future__ import annotations
 
+import dataclasses
+
 from .ddim import DDIMConfig
 from .ddpm import DDPMConfig
 
@@ -20,16 +22,7 @@ IF_STAGE1_DDPM = DDPMConfig(
 )
 
 # Stage II: as stage I but sample_max_value 1.0, which turns thresholding into a plain clip.
-IF_STAGE2_DDPM = DDPMConfig(
-    beta_schedule="squaredcos_cap_v2",
-    variance_type="learned_range",
-    prediction_type="epsilon",
-    thresholding=True,
-    dynamic_thresholding_ratio=0.95,
-    sample_max_value=1.0,
-    clip_sample=True,
-    clip_sample_range=1.0,
-)
+IF_STAGE2_DDPM = dataclasses.replace(IF_STAGE1_DDPM, sample_max_value=1.0)
 
 # Stage II's image_noising_scheduler: only its alphas_cumprod matters (add_noise at t = noise_level).
 IF_STAGE2_IMAGE_NOISING_DDPM = DDPMConfig(beta_schedule="squaredcos_cap_v2")
