@@ -1,0 +1,80 @@
+"""`ifengine build`: TensorRT engines from a recipe (build/*.toml), exporting missing graphs first."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("ifengine.cli")
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "build", help="build TensorRT engines from a recipe",
+        description="Build TensorRT engines as a recipe says (components, precisions, batch range, image sizes, "
+                    "builder options). Graphs missing under --artifacts are exported first from --stage1/2/3. "
+                    "Engines land in --out, one folder per GPU and TensorRT version; fresh ones are reused. "
+                    "--dry-run prints the resolved plan as JSON and needs no TensorRT.")
+    p.add_argument("recipe", help="a recipe .toml file or a shipped recipe name (24gb, 16gb, 8-12gb, datacenter)")
+    p.add_argument("--stage1", help="stage I checkpoint (folder or Hub id) to export T5 / U-Net I from")
+    p.add_argument("--stage2", help="stage II checkpoint to export U-Net II from")
+    p.add_argument("--stage3", help="stage III (x4 upscaler) checkpoint to export its U-Net, VAE and CLIP from")
+    p.add_argument("--variant", default=None, help="weight variant to read, e.g. fp16")
+    p.add_argument("--artifacts", type=Path, default=Path("artifacts"),
+                   help="exported graphs: reused when present, written when missing (default: artifacts)")
+    p.add_argument("--out", type=Path, default=Path("engines"), help="engine cache folder (default: engines)")
+    p.add_argument("--components", default=None, help="only these of the recipe's components, e.g. unet1,unet2")
+    p.add_argument("--dry-run", action="store_true", help="print the plan as JSON; build nothing")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from ..engines.errors import TensorRTError, TensorRTUnavailable
+    from ..engines.exports import find_exports
+    from ..engines.plan import make_plan
+    from ..engines.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    checkpoints = _checkpoints(args)
+    components = tuple(c.strip() for c in args.components.split(",") if c.strip()) if args.components else None
+    plan = make_plan(recipe, args.artifacts, args.out, exports=find_exports(args.artifacts),
+                     checkpoints=checkpoints, components=components)
+    if args.dry_run:
+        sys.stdout.write(json.dumps(plan.to_json(), indent=2) + "\n")
+        return 0
+    try:
+        return _build(plan, args, checkpoints, components)
+    except TensorRTUnavailable as err:  # no traceback: the message is the install instructions
+        sys.stderr.write(f"ifengine: error: {err}\n")
+        return 2
+    except TensorRTError as err:
+        log.debug("details", exc_info=True)
+        sys.stderr.write(f"ifengine: error: {err}\n")
+        return 1
+
+
+def _build(plan, args, checkpoints, components) -> int:
+    from ..engines.builder import build_plan, complete_exports
+    from ..engines.trt_build import build_serialized
+    from ..engines.trt_runtime import current_target
+
+    target = current_target()  # before any export: without TensorRT, fail in a second, not after minutes
+    stages = {n: src for n, src in ((1, args.stage1), (2, args.stage2), (3, args.stage3)) if src}
+    plan = complete_exports(plan, stages, checkpoints, components, progress=not args.quiet)
+    log.info("building %d engine(s) for %s into %s", len(plan.jobs), target.slug, args.out)
+    results = build_plan(plan, target, build_serialized, progress=not args.quiet)
+    for result in results:
+        state = f"built in {result.seconds:.1f} s" if result.built else "up to date"
+        sys.stdout.write(f"{result.engine}\t{state}\n")
+    return 0
+
+
+def _checkpoints(args) -> dict:
+    """Checkpoints given on the command line, resolved once: their configs fix the planned I/O shapes."""
+    from ..models.checkpoint import resolve
+
+    given = ((1, args.stage1), (2, args.stage2), (3, args.stage3))
+    return {n: resolve(src, n, args.variant) for n, src in given if src}

@@ -1,0 +1,217 @@
+"""The engine cache: where engines live, what their manifests record, and why a loaded engine is trusted.
+
+Layout: ``OUT/<target>/`` per GPU + TensorRT version (``sm89-nvidia-geforce-rtx-4090-trt10.13.0``), holding
+``<job>-<key>.engine`` + ``<job>-<key>.json`` (manifest) per engine, ``index.json`` (component -> engines)
+and the target's timing cache. The key hashes everything that changes an engine: graph sha256, precision,
+profile, builder flags, TensorRT version and GPU. Engines are written atomically (temporary file, fsync,
+rename; the manifest last, so a manifest always describes a complete engine), and a file lock per engine
+makes a second concurrent build of the same engine wait and then reuse the first one's result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from filelock import FileLock, Timeout
+
+from .errors import EngineCorrupt, EngineForeign, EngineMissing, EngineStale
+
+log = logging.getLogger(__name__)
+FORMAT = 1
+INDEX = "index.json"
+CHUNK = 64 * 2 ** 20
+
+
+@dataclass(frozen=True)
+class Target:
+    """The GPU and TensorRT an engine is built for; engines do not move between targets."""
+
+    gpu: str
+    compute_capability: str  # "8.9"
+    tensorrt: str  # "10.13.0.35"
+
+    @property
+    def slug(self) -> str:
+        gpu = re.sub(r"[^a-z0-9]+", "-", self.gpu.lower()).strip("-")
+        return f"sm{self.compute_capability.replace('.', '')}-{gpu}-trt{self.tensorrt}"
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class EnginePaths:
+    engine: Path
+    manifest: Path
+    lock: Path
+
+
+def cache_key(fields: dict[str, Any], target: Target) -> str:
+    canonical = json.dumps({"job": fields, "target": target.to_json()}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def engine_paths(out: str | Path, target: Target, job_name: str, key: str) -> EnginePaths:
+    stem = Path(out) / target.slug / f"{job_name}-{key}"
+    return EnginePaths(stem.with_suffix(".engine"), stem.with_suffix(".json"), stem.with_suffix(".lock"))
+
+
+def write_atomic(path: Path, data) -> tuple[str, int]:
+    """Write a bytes-like object (buffer protocol; no copy) atomically; return its sha256 and size."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    view = memoryview(data).cast("B")
+    digest = hashlib.sha256()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for start in range(0, len(view), CHUNK):
+                chunk = view[start:start + CHUNK]
+                digest.update(chunk)
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())  # the rename must not land before the bytes do
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return digest.hexdigest(), len(view)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    write_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: Path, what: str) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise
+    except (ValueError, OSError) as err:
+        raise EngineCorrupt(f"{what} {path} is unreadable ({err})") from None
+
+
+def is_fresh(paths: EnginePaths, key: str) -> bool:
+    """A complete engine for this key exists (cheap check: manifest key and file size; load verifies the hash)."""
+    try:
+        manifest = json.loads(paths.manifest.read_text())
+        return manifest.get("key") == key and paths.engine.stat().st_size == manifest.get("engine_bytes")
+    except (OSError, ValueError):
+        return False
+
+
+def build_once(paths: EnginePaths, key: str, build: Callable[[], Any],
+               describe: Callable[[], dict]) -> tuple[bool, dict]:
+    """Build and store an engine unless a fresh one exists; (built, manifest). Concurrent callers wait."""
+    paths.engine.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(paths.lock))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("another build of %s is running; waiting for it", paths.engine.name)
+        lock.acquire()
+    try:
+        if is_fresh(paths, key):
+            return False, json.loads(paths.manifest.read_text())
+        start = time.perf_counter()
+        data = build()
+        seconds = time.perf_counter() - start
+        sha256, size = write_atomic(paths.engine, data)
+        del data  # engines are GBs: do not hold the host copy while writing the manifest
+        manifest = {**describe(), "format": FORMAT, "key": key, "engine": paths.engine.name,
+                    "engine_sha256": sha256, "engine_bytes": size, "build_seconds": round(seconds, 2)}
+        write_json_atomic(paths.manifest, manifest)  # last: a manifest always describes a complete engine
+        return True, manifest
+    finally:
+        lock.release()
+
+
+def update_index(target_dir: Path, manifest: dict, build_command: str, replace: bool = False) -> None:
+    """Record an engine under its component in the target's index (locked read-modify-write).
+
+    ``replace`` drops the component's other entries: a build defines the engine set of every component it
+    builds (another precision or profile built earlier must not be loaded next to it)."""
+    path = target_dir / INDEX
+    with FileLock(str(path.with_suffix(".lock"))):
+        index = json.loads(path.read_text()) if path.is_file() else {"format": FORMAT, "engines": {}}
+        if replace:
+            index["engines"].pop(manifest["component"], None)
+        entries = index["engines"].setdefault(manifest["component"], {})
+        entries[manifest["name"]] = {"manifest": Path(manifest["engine"]).with_suffix(".json").name,
+                                     "profile": manifest["profile"], "precision": manifest["precision"]}
+        index.update(target=manifest["target"], build_command=build_command, updated=time.time())
+        write_json_atomic(path, index)
+
+
+def engine_manifests(out: str | Path, target: Target, component: str) -> list[Path]:
+    """The manifests the index lists for ``component``; errors say which build command makes them."""
+    out = Path(out)
+    index_path = out / target.slug / INDEX
+    if not index_path.is_file():
+        others = sorted(p.parent.name for p in out.glob(f"*/{INDEX}"))
+        if others:
+            raise EngineForeign(f"{out} has engines only for {', '.join(others)}, not for this machine "
+                                f"({target.slug}); engines do not move between GPUs or TensorRT versions: run "
+                                f"`ifengine build RECIPE --out {out}` here")
+        raise EngineMissing(f"no TensorRT engines in {out}: run `ifengine build RECIPE --out {out}` first")
+    index = read_json(index_path, "engine index")
+    entries = index.get("engines", {}).get(component)
+    if not entries:
+        raise EngineMissing(f"{index_path} has no {component} engine: run "
+                            f"`{index.get('build_command', f'ifengine build RECIPE --out {out}')}` with a recipe "
+                            f"that builds {component}")
+    return [index_path.parent / e["manifest"] for e in entries.values()]
+
+
+def load_verified(manifest_path: Path, target: Target, export_fingerprint: str | None = None,
+                  checksum: bool = True) -> tuple[dict, bytes]:
+    """Read an engine and prove it usable here: complete, intact, built for this target, and (given the
+    current export's fingerprint) built from the graph that is exported now."""
+    generic = f"ifengine build RECIPE --out {manifest_path.parent.parent}"
+    try:
+        manifest = read_json(manifest_path, "engine manifest")
+    except FileNotFoundError:
+        raise EngineMissing(f"engine manifest {manifest_path} is missing: run `{generic}`") from None
+    except EngineCorrupt as err:
+        raise EngineCorrupt(f"{err}: run `{generic}`") from None
+    rebuild = manifest.get("build_command", generic)
+    check_target(manifest, target, manifest_path, rebuild)
+    built_from = str(manifest.get("export_fingerprint"))
+    if export_fingerprint is not None and built_from != export_fingerprint:
+        raise EngineStale(f"{manifest_path.name} was built from a graph that has since been re-exported "
+                          f"(export {built_from[:12]}..., now {export_fingerprint[:12]}...): run `{rebuild}`")
+    engine_path = manifest_path.with_name(str(manifest.get("engine", "")))
+    data = _read_engine(engine_path, manifest, rebuild, checksum)
+    return manifest, data
+
+
+def check_target(manifest: dict, target: Target, where: Path, rebuild: str) -> None:
+    built = manifest.get("target") or {}
+    for field, what in (("tensorrt", "TensorRT"), ("compute_capability", "GPU compute capability")):
+        if built.get(field) != getattr(target, field):
+            raise EngineForeign(f"{where.name} was built for {what} {built.get(field)}, this machine has "
+                                f"{getattr(target, field)}: run `{rebuild}` on this machine")
+    if built.get("gpu") != target.gpu:
+        # same architecture, different board: TensorRT accepts it, but tactics were timed elsewhere
+        log.warning("%s was built on a %s and runs on a %s (same compute capability)", where.name,
+                    built.get("gpu"), target.gpu)
+
+
+def _read_engine(path: Path, manifest: dict, rebuild: str, checksum: bool) -> bytes:
+    if not path.name or not path.is_file():
+        raise EngineCorrupt(f"engine file {path} listed by its manifest is missing: run `{rebuild}`")
+    data = path.read_bytes()
+    if len(data) != manifest.get("engine_bytes"):
+        raise EngineCorrupt(f"{path.name} has {len(data)} bytes, its manifest says {manifest.get('engine_bytes')} "
+                            f"(truncated or replaced): run `{rebuild}`")
+    if checksum and hashlib.sha256(data).hexdigest() != manifest.get("engine_sha256"):
+        raise EngineCorrupt(f"{path.name} does not match its manifest's sha256 (corrupt): run `{rebuild}`")
+    return data
