@@ -1,0 +1,169 @@
+"""The lean GPU runtime behind one call: ``configure(cascade, vram_budget=..., cuda_graphs=...)``.
+
+The returned ``Runtime`` offers ``run_if_stage`` / ``run_x4_stage`` with the exact signatures and results
+of ``ifengine.pipeline.stages`` (graph-backed, static buffers, one upload per stage), ``ensure`` for the
+planner's weight moves, and ``fetch_no_sync`` for the single end-of-call synchronisation.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+from .backend import TorchBackendOptions, UNetBackend
+from .buffers import HostFetch, fetch_no_sync
+from .gpu_runner import DecodeSettings, GraphRunner
+from .graphs import GraphCache, check_graph_device
+from .memory import Workload
+from .offload import WeightPlacer
+from .plan_inputs import cascade_modules, plan_inputs
+from .planner import UNETS, MemoryPlan, PlanOptions, plan_memory
+from .sizes import GiB, parse_size
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """Every switch of the GPU runtime (see ``backend`` for why the defaults are what they are)."""
+
+    vram_budget: int | None = None  # bytes the allocator may use; None: no planning, weights stay put
+    cuda_graphs: bool = True  # False: eager steps through the same static buffers (debugging)
+    warmup_steps: int = 2
+    mode: str = "latency"  # "throughput": stage I and stages II/III on two streams (see throughput.py)
+    graph_scope: str = "auto"
+    limit_allocator: bool = False  # enforce the budget with torch.cuda.set_per_process_memory_fraction
+    backend: TorchBackendOptions = field(default_factory=TorchBackendOptions)
+    plan: PlanOptions | None = None  # planner knobs (reserve, margin); derived from the above when None
+
+
+class Runtime:
+    """Graph-backed stage runners plus (with a budget) the weight placement that serves them."""
+
+    def __init__(self, cascade, options: RuntimeOptions, runner: GraphRunner, backend: UNetBackend,
+                 plan: MemoryPlan | None = None, placer: WeightPlacer | None = None):
+        self.cascade, self.options, self.runner, self.backend = cascade, options, runner, backend
+        self.plan, self.placer = plan, placer
+
+    def run_if_stage(self, *args, **kwargs) -> torch.Tensor:
+        """``pipeline.stages.run_if_stage``'s signature and result."""
+        return self.runner.run_if_stage(*args, **kwargs)
+
+    def run_x4_stage(self, *args, **kwargs) -> torch.Tensor:
+        """``pipeline.stages.run_x4_stage``'s signature and result."""
+        return self.runner.run_x4_stage(*args, **kwargs)
+
+    def ensure(self, component: str) -> None:
+        """Bring an offloaded component in ("t5", "unet1", ...); T5 also does this itself on first use."""
+        if self.placer is not None:
+            self.placer.ensure(component)
+
+    @staticmethod
+    def fetch_no_sync(outputs: list[torch.Tensor]) -> HostFetch:
+        """Results to pinned host memory; ``.wait()`` on the result is the call's one host sync."""
+        return fetch_no_sync(outputs)
+
+    def close(self) -> None:
+        for cache in {id(c): c for c in self.runner.graphs.values()}.values():
+            cache.clear()
+        if self.placer is not None:
+            self.placer.remove_hooks()
+
+
+def default_workload(cascade) -> Workload:
+    if cascade.stage1 is None:
+        return Workload()
+    size = cascade.stage1.unet.config.sample_size
+    steps, guidance = cascade.defaults.steps, cascade.defaults.guidance
+    return Workload(height=size, width=size, steps=tuple(steps), cfg=tuple(g > 1 for g in guidance))
+
+
+def configure(cascade, vram_budget: int | str | None = None, cuda_graphs: bool | None = None,
+              compile: bool = False, channels_last: bool = False, *, workload: Workload | None = None,
+              mode: str = "latency", limit_allocator: bool = False,
+              options: RuntimeOptions | None = None) -> Runtime:
+    """Build the GPU runtime for ``cascade``.
+
+    ``vram_budget`` ("8GiB", "12GB" or bytes) makes the planner place every weight and moves them now:
+    load the cascade on the CPU first so that nothing has to fit the device before planning.
+    ``cuda_graphs`` defaults to on for CUDA cascades and off elsewhere. ``workload`` is the largest call
+    the plan must hold (default: the cascade's default size and steps, one image).
+    """
+    device = torch.device(cascade.device)
+    graphs = (device.type == "cuda") if cuda_graphs is None else cuda_graphs
+    if options is None:
+        budget = parse_size(vram_budget) if vram_budget is not None else None
+        options = RuntimeOptions(vram_budget=budget, cuda_graphs=graphs, mode=mode, limit_allocator=limit_allocator,
+                                 backend=TorchBackendOptions(channels_last=channels_last, compile=compile))
+    if options.cuda_graphs:
+        check_graph_device(device)
+    backend = UNetBackend(options.backend)
+    for unet in _unets(cascade):
+        backend.prepare(unet)
+    plan = placer = None
+    workload = workload or default_workload(cascade)
+    if options.vram_budget is not None:
+        plan, placer = _place(cascade, options, workload, device)
+    caches = _graph_caches(device, options)
+    decode = DecodeSettings(plan.vae_tile, plan.vae_overlap) if plan and plan.vae_tile else DecodeSettings()
+    runner = GraphRunner(device, graphs=caches, ensure=placer.ensure if placer else _nothing,
+                         unet_for=backend.unet_for, decode=decode,
+                         release_graphs_after_stage=bool(plan and plan.graph_scope == "stage"))
+    _reserve(runner, cascade, workload)
+    return Runtime(cascade, options, runner, backend, plan, placer)
+
+
+def _reserve(runner: GraphRunner, cascade, workload: Workload) -> None:
+    """Buffers at the workload's size now: later calls up to it are views (graphs never go stale)."""
+    stages = (cascade.stage1, cascade.stage2, cascade.stage3)
+    for n, stage in enumerate(stages, start=1):
+        if stage is None:
+            continue
+        config = stage.unet.config
+        height, width = workload.size(min(n, 2))
+        runner.reserve_for(n, batch=workload.batch, height=height, width=width, steps=workload.steps[n - 1],
+                           text_dim=config.encoder_hid_dim or config.cross_attention_dim[0], dtype=cascade.dtype)
+
+
+def _nothing(component: str) -> None:
+    return None
+
+
+def _unets(cascade):
+    return [s.unet for s in (cascade.stage1, cascade.stage2, cascade.stage3) if s is not None]
+
+
+def _graph_caches(device: torch.device, options: RuntimeOptions) -> dict[int, GraphCache]:
+    make = lambda: GraphCache(device, enabled=options.cuda_graphs, warmup_steps=options.warmup_steps)  # noqa: E731
+    if options.mode == "throughput":
+        front, back = make(), make()  # the two streams run concurrently: their graphs must not share a pool
+        return {1: front, 2: back, 3: back}
+    shared = make()  # one stream: stages never overlap, so one pool serves all of them
+    return {1: shared, 2: shared, 3: shared}
+
+
+def _place(cascade, options: RuntimeOptions, workload: Workload, device: torch.device):
+    modules = cascade_modules(cascade)
+    plan_options = options.plan or PlanOptions(cuda_graphs=options.cuda_graphs, graph_scope=options.graph_scope,
+                                               mode=options.mode)
+    plan = plan_memory(plan_inputs(modules, workload), options.vram_budget, plan_options)
+    streamed = [p.name for p in plan.placements if p.name in UNETS and p.streamed_units]
+    if options.backend.compile and streamed:
+        raise ValueError(f"compile=True cannot be combined with weight streaming of {streamed}, which this "
+                         "budget needs; use compile=False or a larger vram_budget")
+    if options.limit_allocator:
+        _limit_allocator(options.vram_budget, device)
+    log.info("memory plan for %.2f GiB: %s", options.vram_budget / GiB, plan.modes())
+    return plan, WeightPlacer(plan, modules, device).apply()
+
+
+def _limit_allocator(budget: int, device: torch.device) -> None:
+    """Make the caching allocator refuse to hold more than ``budget`` (raises OutOfMemoryError beyond)."""
+    if device.type != "cuda":
+        raise ValueError("limit_allocator needs a CUDA device")
+    total = torch.cuda.get_device_properties(device).total_memory
+    if budget > total:
+        raise ValueError(f"vram_budget {budget / GiB:.2f} GiB exceeds the device's {total / GiB:.2f} GiB")
+    torch.cuda.set_per_process_memory_fraction(budget / total, device)

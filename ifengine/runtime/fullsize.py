@@ -1,0 +1,71 @@
+"""A full-size cascade (T5-XXL, IF-I-XL, IF-II-L, x4) with random weights, built in host memory.
+
+Speed and memory do not depend on trained values, so GPU checks need no download: every module is built
+on the meta device from the presets, materialised on the CPU and filled with seeded values that keep
+activations finite through the deep nets (uniform in +-1/sqrt(fan_in) for matrices and kernels, as
+torch's default init; ones for norm weights; zeros for biases). The tokenizers are the tiny offline demo
+ones: ids only pick embedding rows and every prompt is padded to 77 tokens, so the work is the real one.
+Modules stay on the CPU: ``configure(cascade, vram_budget=...)`` places them, or ``move_to`` moves all.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..pipeline.stages import IFStage, X4Stage
+from ..schedule import presets as sched
+from ..text.encoder import PromptEncoder
+from .plan_inputs import preset_modules
+
+
+def randomize(module: nn.Module, generator: torch.Generator) -> nn.Module:
+    """Materialise a meta module on the CPU and fill it deterministically (see the module docstring)."""
+    module = module.to_empty(device="cpu")
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if p.dim() >= 2:
+                bound = 1.0 / math.sqrt(p[0].numel())
+                p.uniform_(-bound, bound, generator=generator)
+            elif name.endswith("weight") and "norm" in name.lower():
+                p.fill_(1.0)
+            else:
+                p.zero_()
+        for name, b in module.named_buffers():
+            if name.endswith("position_ids"):  # CLIP's non-persistent arange
+                b.copy_(torch.arange(b.shape[-1]).expand_as(b))
+    return module.eval().requires_grad_(False)
+
+
+def random_cascade(presets: tuple[str, ...] = ("IF-I-XL", "IF-II-L", "x4"), dtype: torch.dtype = torch.float16,
+                   device: torch.device | str = "cuda", seed: int = 0):
+    """A Cascade of random full-size modules on the CPU, set to run on ``device``."""
+    from transformers import AutoTokenizer
+
+    from ..demo.tokenizers import clip_tokenizer_dir, t5_tokenizer_dir
+    from ..pipeline.cascade import Cascade
+
+    generator = torch.Generator().manual_seed(seed)
+    t5_tok = AutoTokenizer.from_pretrained(t5_tokenizer_dir())
+    clip_tok = AutoTokenizer.from_pretrained(clip_tokenizer_dir())
+    vocab = max(len(t5_tok), len(clip_tok))  # the full-size vocabularies are larger already
+    meta = preset_modules.__wrapped__(tuple(presets), dtype, vocab)  # fresh meta modules: to_empty mutates them
+    m = {name: randomize(module, generator) for name, module in meta.items()}
+    text = PromptEncoder(t5_tok, m["t5"], out_dtype=dtype, use_mask=True)
+    stage2 = IFStage(m["unet2"], sched.IF_STAGE2_DDPM, sched.IF_STAGE2_IMAGE_NOISING_DDPM) if "unet2" in m else None
+    stage3 = None
+    if "unet3" in m:
+        clip = PromptEncoder(clip_tok, m["clip"], out_dtype=dtype, use_mask=False, max_length=77)
+        stage3 = X4Stage(m["unet3"], m["vae"], clip, sched.X4_DDIM, sched.X4_LOW_RES_DDPM, sched.X4_MAX_NOISE_LEVEL)
+    return Cascade(text=text, stage1=IFStage(m["unet1"], sched.IF_STAGE1_DDPM), stage2=stage2, stage3=stage3,
+                   device=device, dtype=dtype)
+
+
+def move_to(cascade, device: torch.device | str) -> None:
+    """Move every module of the cascade (the no-budget path: everything resident)."""
+    from .plan_inputs import cascade_modules
+
+    for module in cascade_modules(cascade).values():
+        module.to(device)

@@ -1,0 +1,127 @@
+"""What the planner needs to know about a cascade: weight bytes, streamable units, activation peaks.
+
+Weights are counted from real module trees built on the meta device (exact parameter counts, no
+memory), in the dtype each component runs in on a GPU: T5 in bfloat16 when the cascade runs float16
+(T5 v1.1 overflows float16), the x4 VAE in float32 when the cascade runs float16 (force_upcast).
+Activation peaks of the U-Net steps and the VAE decode are measured by running the exact step
+functions on meta tensors (``meta_trace``); the text encoders' are a formula (T5 cannot run on meta).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .partition import DEFAULT_MAX_UNIT_BYTES, Partition, partition
+
+# The phases of one generate call, in order, and the components each one runs.
+PHASES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("text", ("t5",)), ("stage1", ("unet1",)), ("stage2", ("unet2",)), ("stage3", ("clip", "unet3")),
+    ("decode", ("vae",)))
+CAPTURED_PHASES = ("stage1", "stage2", "stage3")  # phases whose steps run as CUDA graphs
+PHASE_LABELS = {"text": "T5 encode", "stage1": "stage I", "stage2": "stage II", "stage3": "stage III",
+                "decode": "VAE decode"}
+TEXT_TOKENS = 77
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What one generate call asks for (stage I size; each later stage is 4x)."""
+
+    height: int = 64
+    width: int = 64
+    batch: int = 1  # images per call (prompts x images per prompt)
+    steps: tuple[int, int, int] = (100, 50, 75)
+    cfg: tuple[bool, bool, bool] = (True, True, True)
+
+    def size(self, stage: int) -> tuple[int, int]:
+        return self.height * 4 ** (stage - 1), self.width * 4 ** (stage - 1)
+
+    def unet_batch(self, stage: int) -> int:
+        return self.batch * (2 if self.cfg[stage - 1] else 1)
+
+
+@dataclass(frozen=True)
+class ComponentInfo:
+    name: str
+    params: int
+    weight_bytes: int
+    dtype: torch.dtype
+    partition: Partition
+    forwards_per_run: int  # streamed bytes are paid this many times per generate call
+
+
+@dataclass(frozen=True)
+class PhaseInfo:
+    name: str
+    components: tuple[str, ...]
+    activation_bytes: int
+    captured: bool
+
+
+@dataclass(frozen=True)
+class PlanInputs:
+    components: tuple[ComponentInfo, ...]
+    phases: tuple[PhaseInfo, ...]  # the decode phase's activation is taken from decode_options
+    decode_options: tuple[tuple[int | None, int], ...]  # (latent tile or None, activation bytes)
+    buffer_bytes: int
+    workload: Workload
+
+    def component(self, name: str) -> ComponentInfo:
+        return next(c for c in self.components if c.name == name)
+
+
+def component_info(name: str, module: nn.Module, forwards: int,
+                   max_unit_bytes: int = DEFAULT_MAX_UNIT_BYTES) -> ComponentInfo:
+    part = partition(module, max_unit_bytes)
+    tensors = {id(t): t for t in (*module.parameters(), *module.buffers())}.values()
+    params = sum(p.numel() for p in {id(p): p for p in module.parameters()}.values())
+    dtype = next(iter(module.parameters())).dtype
+    return ComponentInfo(name, params, sum(t.numel() * t.element_size() for t in tensors), dtype, part, forwards)
+
+
+def text_activation_bytes(hidden: int, ffn: int, heads: int, batch: int, itemsize: int) -> int:
+    """One encoder layer's working set at 77 tokens: residual stream copies, the (gated) FFN, the scores."""
+    tokens = batch * TEXT_TOKENS
+    return tokens * (8 * hidden + 3 * ffn) * itemsize + batch * heads * TEXT_TOKENS**2 * 4 * 3
+
+
+def forwards_per_run(name: str, workload: Workload) -> int:
+    steps = dict(zip(("unet1", "unet2", "unet3"), workload.steps))
+    return steps.get(name, 2 if name in ("t5", "clip") else 1)  # encoders: prompts, then negatives
+
+
+@functools.lru_cache(maxsize=64)
+def unet_step_activation(kind: str, config, dtype: torch.dtype, batch: int, height: int, width: int,
+                         cfg: bool, text_dim: int) -> int:
+    """Peak activation bytes of one whole step (U-Net on the CFG batch + guidance + scheduler update)."""
+    from .step_trace import trace_step
+
+    return trace_step(kind, config, dtype, batch, height, width, cfg, text_dim)
+
+
+@functools.lru_cache(maxsize=64)
+def decode_activation(config, dtype: torch.dtype, batch: int, height: int, width: int, tile: int | None,
+                      overlap: int) -> int:
+    """Peak activation bytes of the VAE decode of (batch, 4, height, width) latents, whole or tiled."""
+    from .step_trace import trace_decode
+
+    return trace_decode(config, dtype, batch, height, width, tile, overlap)
+
+
+def buffer_bytes(workload: Workload, text_dims: tuple[int, int, int], itemsize: int) -> int:
+    """Static arenas, uploads and stage outputs of one call (arenas persist across stages and calls)."""
+    total = 0
+    for stage in (1, 2, 3):
+        h, w = workload.size(min(stage, 2))  # stage III's latents have stage II's size
+        image = workload.batch * 3 * h * w
+        steps = workload.steps[stage - 1] if stage < 3 else 0
+        noise = (steps + 3) * image  # start sample, image noise, one slice per step
+        state = 5 * image + workload.unet_batch(stage) * TEXT_TOKENS * text_dims[stage - 1]
+        total += noise + state
+    out_h, out_w = workload.size(3)
+    final = workload.batch * 3 * out_h * out_w * (itemsize + 4)  # the image and its float32 copy
+    return total * itemsize + final + 3 * 2**20  # + schedule tables, scalars, alignment

@@ -1,0 +1,107 @@
+"""Everything a stage needs from the host, drawn and built up front and packed for one upload.
+
+The noise is drawn with ``ifengine.pipeline.noise`` in exactly the reference order (so the same
+generator gives the same images as the eager loop), and travels in the same pinned pack as the
+schedule tables and the guidance / noise-level scalars: one host-to-device copy per stage, and no
+``torch.tensor(..., device=cuda)`` anywhere, since each of those is a blocking copy that syncs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from ..pipeline.noise import StageNoise, ddpm_stage_noise, x4_stage_noise
+from ..pipeline.options import StageOptions
+from ..pipeline.stages import first_kept_step
+from ..schedule import ddim_tables, ddpm_tables
+from .buffers import HostPack
+
+TABLE_PREFIX = "table."
+
+
+def host_tables(build, config, opts: StageOptions):
+    """The stage's schedule tables on the host (same rule as the eager loop: explicit list or step count)."""
+    if opts.timesteps is not None:
+        return build(config, timesteps=opts.timesteps)
+    return build(config, num_inference_steps=opts.steps)
+
+
+def table_fields(tables) -> list[str]:
+    return [f.name for f in dataclasses.fields(tables) if isinstance(getattr(tables, f.name), torch.Tensor)]
+
+
+def add_tables(pack: HostPack, tables) -> None:
+    for name in table_fields(tables):
+        pack.add(TABLE_PREFIX + name, getattr(tables, name))
+
+
+def device_tables(tables, views: dict[str, torch.Tensor]):
+    """The tables with every tensor field replaced by its view in the uploaded buffer."""
+    return dataclasses.replace(tables, **{n: views[TABLE_PREFIX + n] for n in table_fields(tables)})
+
+
+def static_choices(tables) -> tuple:
+    """The non-tensor fields that change the step's code path (part of a graph's identity)."""
+    return tuple((f.name, getattr(tables, f.name)) for f in dataclasses.fields(tables)
+                 if f.name != "host_timesteps" and not isinstance(getattr(tables, f.name), torch.Tensor))
+
+
+def _scalars(pack: HostPack, opts: StageOptions, dtype: torch.dtype, level_batch: int | None,
+             mixer: float | None = None) -> None:
+    pack.add("guidance", torch.tensor(opts.guidance, dtype=dtype))
+    if mixer is not None and opts.cfg:
+        pack.add("mixer", torch.tensor(mixer, dtype=dtype))
+    if level_batch is not None:
+        pack.add("level", torch.full((level_batch,), opts.noise_level, dtype=torch.long))
+
+
+def branches(opts: StageOptions, mixer: float | None) -> int:
+    """U-Net batch multiple: 1 without guidance, [uncond; cond] with it, plus a positive branch with a mixer."""
+    return 1 if not opts.cfg else (2 if mixer is None else 3)
+
+
+def if_stage_pack(stage, opts: StageOptions, shape: tuple[int, ...], generator, dtype: torch.dtype,
+                  with_image: bool, start=None, mixer: float | None = None):
+    """(pack, host tables) of an IF stage: noise [init, image, per step], tables, scalars, alphas, edit start.
+
+    ``start`` (img2img / inpainting) trims the schedule to its kept steps before the noise is drawn, as
+    the eager loop does, and its source image and mask travel in the same upload.
+    """
+    tables = host_tables(ddpm_tables, stage.scheduler, opts)
+    if start is not None:
+        tables = tables.from_step(first_kept_step(len(tables), start.strength))
+    draws = [t > 0 for t in tables.host_timesteps]
+    noise = ddpm_stage_noise(shape, draws, generator, dtype, image_shape=shape if with_image else None)
+    pack = _noise_pack(noise)
+    add_tables(pack, tables)
+    _scalars(pack, opts, dtype, shape[0] * branches(opts, mixer) if with_image else None, mixer)
+    if with_image:
+        pack.add("noising_alphas", stage.noising.alphas_cumprod())
+    if start is not None:
+        pack.add("source", start.source.to(dtype=dtype))
+        if start.mask is not None:
+            pack.add("mask", start.mask.to(dtype=dtype))
+    return pack, tables
+
+
+def x4_stage_pack(stage, opts: StageOptions, latent_shape: tuple[int, ...], image_shape: tuple[int, ...],
+                  generator, dtype: torch.dtype):
+    """(pack, host tables) of stage III: image noise then start latents, DDIM tables, scalars, alphas."""
+    noise = x4_stage_noise(latent_shape, image_shape, generator, dtype)
+    tables = host_tables(ddim_tables, stage.scheduler, opts)
+    pack = _noise_pack(noise)
+    add_tables(pack, tables)
+    _scalars(pack, opts, dtype, 2 * latent_shape[0] if opts.cfg else latent_shape[0])
+    pack.add("low_res_alphas", stage.low_res.alphas_cumprod())
+    return pack, tables
+
+
+def _noise_pack(noise: StageNoise) -> HostPack:
+    pack = HostPack()
+    pack.add("init", noise.init)
+    if noise.image is not None:
+        pack.add("image_noise", noise.image)
+    pack.add("steps", noise.steps)
+    return pack

@@ -1,0 +1,87 @@
+"""GPU-only checks of the runtime (skipped without CUDA), and the GPU check script's no-CUDA message."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ifengine.runtime import configure
+from ifengine.runtime.fullsize import move_to, random_cascade
+from ifengine.runtime.memory import Workload
+from ifengine.runtime.throughput import run_throughput
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_runtime_check.py"
+TINY = ("tiny-I", "tiny-II", "tiny-x4")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without CUDA")
+def test_gpu_check_script_explains_that_it_needs_cuda():
+    done = subprocess.run([sys.executable, str(SCRIPT), "--out", "unused.json"], capture_output=True, text=True)
+    assert done.returncode == 2 and "needs a CUDA GPU" in done.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_cuda():
+    cascade = random_cascade(TINY, dtype=torch.float16, device="cuda")
+    move_to(cascade, "cuda")
+    return cascade
+
+
+def stage1(cascade, runtime, seed=0, observe=None):
+    from ifengine.pipeline.options import StageOptions
+    from ifengine.pipeline.stages import RunContext
+
+    runtime.runner.observe = observe
+    embeds = torch.randn(2, 77, 32, generator=torch.Generator().manual_seed(1)).to("cuda", torch.float16)
+    ctx = RunContext(torch.device("cuda"), torch.float16, torch.Generator().manual_seed(seed), False)
+    return runtime.run_if_stage(1, cascade.stage1, StageOptions(steps=8, guidance=7.0), embeds, (1, 3, 16, 16), ctx)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_graph_replay_equals_eager_per_step_in_float16(tiny_cuda):
+    eager_states, graph_states = [], []
+    stage1(tiny_cuda, configure(tiny_cuda, cuda_graphs=False), observe=lambda n, x: eager_states.append(x.clone()))
+    stage1(tiny_cuda, configure(tiny_cuda, cuda_graphs=True), observe=lambda n, x: graph_states.append(x.clone()))
+    assert len(eager_states) == len(graph_states) == 8
+    for e, g in zip(eager_states, graph_states):
+        assert (e.float() - g.float()).abs().max().item() <= 1e-3
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_replays_never_synchronise_the_host(tiny_cuda):
+    runtime = configure(tiny_cuda, cuda_graphs=True)
+    stage1(tiny_cuda, runtime)  # warm-up and capture (capture synchronises once, by design)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        stage1(tiny_cuda, runtime, seed=1)  # upload, replays and the result copy: no sync allowed
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_budgeted_tiny_cascade_stays_under_its_limit():
+    cascade = random_cascade(TINY, dtype=torch.float16, device="cuda")
+    workload = Workload(height=16, width=16, steps=(4, 3, 3))
+    runtime = configure(cascade, vram_budget="640MiB", limit_allocator=True, workload=workload)
+    torch.cuda.reset_peak_memory_stats()
+    result = run_throughput(cascade, runtime, ["a red cat"], steps=(4, 3, 3), height=16, width=16)
+    assert result.images == 1 and torch.cuda.max_memory_reserved() <= 640 * 2**20
+    torch.cuda.set_per_process_memory_fraction(1.0)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_overlapped_streams_give_the_sequential_images(tiny_cuda):
+    runtime = configure(tiny_cuda, mode="throughput")
+    kwargs = dict(steps=(4, 3, 3), height=16, width=16, seed=3)
+    overlapped = run_throughput(tiny_cuda, runtime, ["a", "b", "c"], overlap=True, **kwargs)
+    sequential = run_throughput(tiny_cuda, runtime, ["a", "b", "c"], overlap=False, **kwargs)
+    for a, b in zip(overlapped.outputs, sequential.outputs):
+        assert all((x - y).abs().max().item() <= 1e-3 for x, y in zip(a, b))
