@@ -13,10 +13,12 @@ from ..models.checkpoint import resolve
 from ..text.clean import preprocess
 from ..text.encoder import PromptEncoder
 from . import components, edit, options, sizes
+from ..runtime.buffers import fetch_no_sync
 from .images import convert
 from .noise import make_generator
 from .options import Request, RequestError
-from .stages import IFStage, RunContext, X4Stage, run_if_stage, run_x4_stage
+from . import stages
+from .stages import IFStage, RunContext, X4Stage
 
 log = logging.getLogger(__name__)
 
@@ -36,27 +38,65 @@ class Cascade:
     def __init__(self, *, text: PromptEncoder | None, stage1: IFStage | None, stage2: IFStage | None = None,
                  stage3: X4Stage | None = None, device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.float32, safety=None,
-                 defaults: options.RunDefaults = options.RunDefaults()):
+                 defaults: options.RunDefaults = options.RunDefaults(), executor: str = "auto"):
         self.text, self.stage1, self.stage2, self.stage3 = text, stage1, stage2, stage3
         self.device, self.dtype, self.safety = torch.device(device), dtype, safety
         self.defaults = defaults
+        self.runtime = None  # the GPU runtime (static buffers, CUDA graphs, planner) once use_runtime() ran
+        self.set_executor(executor)
+
+    def set_executor(self, executor: str) -> "Cascade":
+        """How denoising steps run: "eager" (module calls), "traced" (one frozen TorchScript graph per step,
+        text-only work hoisted out of the loop; see runtime/traced.py) or "auto" (traced where measured
+        equal and faster: CPU runs of 20+ steps). Stages run by another backend are left as they are."""
+        from ..runtime.traced import attach_executor
+
+        for stage in (self.stage1, self.stage2, self.stage3):
+            attach_executor(stage, executor)
+        return self
 
     @classmethod
     def from_pretrained(cls, stage1: str | Path | None = None, stage2: str | Path | None = None,
                         stage3: str | Path | None = None, *, device: torch.device | str = "cpu",
                         dtype: torch.dtype = torch.float32, variant: str | None = None,
-                        text_dtype: torch.dtype | None = None, safety: bool = True) -> "Cascade":
-        """Load checkpoints given as local folders in the Hub layout or as Hub ids."""
+                        text_dtype: torch.dtype | None = None, safety: bool = True,
+                        vram_budget: int | str | None = None, cuda_graphs: bool | None = None,
+                        compile: bool = False) -> "Cascade":
+        """Load checkpoints given as local folders in the Hub layout or as Hub ids.
+
+        On a CUDA device the GPU runtime is set up too (CUDA graphs unless ``cuda_graphs=False``);
+        ``vram_budget`` ("8GiB", ...) loads on the host first and lets the planner place every weight.
+        """
         if stage1 is None and stage2 is None and stage3 is None:
             raise ValueError("give at least one checkpoint (stage1=, stage2=, stage3=)")
         device = torch.device(device)
+        # under a budget nothing may have to fit the device before the planner has placed it
+        load_on = torch.device("cpu") if vram_budget is not None else device
         ckpts = {n: resolve(src, n, variant) for n, src in ((1, stage1), (2, stage2), (3, stage3)) if src}
-        text = cls._load_text(ckpts, dtype, device, variant, text_dtype)
-        ifs = {n: components.load_if_stage(ckpts[n], dtype, device, variant) for n in (1, 2) if n in ckpts}
-        x4 = components.load_x4_stage(ckpts[3], dtype, device, variant) if 3 in ckpts else None
+        text = cls._load_text(ckpts, dtype, load_on, variant, text_dtype)
+        ifs = {n: components.load_if_stage(ckpts[n], dtype, load_on, variant) for n in (1, 2) if n in ckpts}
+        x4 = components.load_x4_stage(ckpts[3], dtype, load_on, variant) if 3 in ckpts else None
         checker = _load_safety(ckpts.get(1), device) if safety else None
-        return cls(text=text, stage1=ifs.get(1), stage2=ifs.get(2), stage3=x4, device=device, dtype=dtype,
+        pipe = cls(text=text, stage1=ifs.get(1), stage2=ifs.get(2), stage3=x4, device=device, dtype=dtype,
                    safety=checker)
+        if device.type == "cuda" or vram_budget is not None or cuda_graphs:
+            pipe.use_runtime(vram_budget=vram_budget, cuda_graphs=cuda_graphs, compile=compile)
+        return pipe
+
+    def use_runtime(self, vram_budget: int | str | None = None, cuda_graphs: bool | None = None,
+                    compile: bool = False, **options) -> "Cascade":
+        """Run stages through the lean runtime (ifengine/runtime): static buffers, one pinned upload per
+        stage, CUDA graphs per step shape, and with ``vram_budget`` the memory planner's placement."""
+        from ..runtime import configure
+
+        self.runtime = configure(self, vram_budget=vram_budget, cuda_graphs=cuda_graphs, compile=compile,
+                                 **options)
+        return self
+
+    @property
+    def runner(self):
+        """What runs the stage loops: the runtime when configured, else the plain torch loops."""
+        return self.runtime if self.runtime is not None else stages
 
     @classmethod
     def from_artifacts(cls, artifacts: str | Path, backend: str = "onnxruntime", **kwargs) -> "Cascade":
@@ -152,19 +192,21 @@ class Cascade:
         pos, neg = self.encode(req, clean_caption)
         embeds = lambda opts: torch.cat([neg, pos]) if opts.cfg else pos  # noqa: E731
         o1, o2, o3 = req.stages
-        outs = [run_if_stage(1, self.stage1, o1, embeds(o1), (req.batch, 3, *req.size(1)), ctx)]
+        run = self.runner
+        outs = [run.run_if_stage(1, self.stage1, o1, embeds(o1), (req.batch, 3, *req.size(1)), ctx)]
         if req.last_stage >= 2:
-            outs.append(run_if_stage(2, self.stage2, o2, embeds(o2), (req.batch, 3, *req.size(2)), ctx,
-                                     image=outs[-1]))
+            outs.append(run.run_if_stage(2, self.stage2, o2, embeds(o2), (req.batch, 3, *req.size(2)), ctx,
+                                         image=outs[-1]))
         if req.last_stage >= 3:
             prompts = [p for p in req.prompts for _ in range(req.num_images_per_prompt)]
             negatives = [p for p in req.negatives for _ in range(req.num_images_per_prompt)]
-            outs.append(run_x4_stage(self.stage3, o3, prompts, negatives, outs[-1], ctx))
+            outs.append(run.run_x4_stage(self.stage3, o3, prompts, negatives, outs[-1], ctx))
         return outs
 
     def finish(self, req: Request, outs: list[torch.Tensor], seed: int | None) -> CascadeOutput:
-        """Check the stage outputs once (the run's one host sync) and build the result."""
-        _check_finite(outs)
+        """Bring the stage outputs to pinned host memory with their NaN flags: the run's one host sync."""
+        outs, finite = fetch_no_sync(outs).wait()
+        _check_finite(finite)
         final = outs[-1]
         nsfw = None
         if req.output_type == "pil" and self.safety is not None:
@@ -175,7 +217,7 @@ class Cascade:
                     "height": req.height, "width": req.width, "last_stage": req.last_stage,
                     "num_images_per_prompt": req.num_images_per_prompt,
                     "stages": [vars(s) for s in req.stages[: req.last_stage]]}
-        return CascadeOutput(images=images, stages=[o.float().cpu() for o in outs], seed=seed,
+        return CascadeOutput(images=images, stages=outs, seed=seed,
                              nsfw_detected=nsfw, settings=settings)
 
 
@@ -184,9 +226,8 @@ class Cascade:
         return None if last_stage == 3 else (self.stage1, self.stage2)[last_stage - 1].unet.config.sample_size
 
 
-def _check_finite(outs: list[torch.Tensor]) -> None:
-    flags = torch.stack([torch.isfinite(o).all() for o in outs]).cpu()  # the run's one host sync
-    for stage, ok in enumerate(flags.tolist(), start=1):
+def _check_finite(finite: list[bool]) -> None:
+    for stage, ok in enumerate(finite, start=1):
         if not ok:
             raise FloatingPointError(
                 f"stage {stage} produced NaN or infinite values; with float16 try dtype=torch.bfloat16 or float32")

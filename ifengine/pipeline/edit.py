@@ -18,7 +18,7 @@ from . import options
 from .inputs import check_mask, check_strength, image_tensor, load_image, mask_tensor, target_size
 from .noise import make_generator
 from .options import Request, RequestError, RunDefaults
-from .stages import RunContext, Start, first_kept_step, run_if_stage, run_x4_stage
+from .stages import RunContext, Start, first_kept_step
 
 
 @dataclass(frozen=True)
@@ -157,10 +157,10 @@ def _run_stages(pipe, plan: EditPlan, ctx: RunContext, clean: bool) -> list[torc
         source = plan.sources[number - 1].expand(batch, -1, -1, -1)
         mask = plan.masks[number - 1]
         start = Start(source, plan.strength[number - 1], None if mask is None else mask.expand(batch, -1, -1, -1))
-        outs.append(run_if_stage(number, stage, opts, embeds(opts), tuple(source.shape), ctx,
-                                 image=outs[-1] if outs else None, start=start, mixer=plan.mixer))
+        outs.append(pipe.runner.run_if_stage(number, stage, opts, embeds(opts), tuple(source.shape), ctx,
+                                             image=outs[-1] if outs else None, start=start, mixer=plan.mixer))
     if req.last_stage >= 3:
         prompts = [p for p in req.prompts for _ in range(n)]
         negatives = [p for p in req.negatives for _ in range(n)]
-        outs.append(run_x4_stage(pipe.stage3, req.stages[2], prompts, negatives, outs[-1], ctx))
+        outs.append(pipe.runner.run_x4_stage(pipe.stage3, req.stages[2], prompts, negatives, outs[-1], ctx))
     return outs

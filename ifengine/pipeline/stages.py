@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +35,7 @@ class IFStage:
     unet: nn.Module
     scheduler: DDPMConfig
     noising: DDPMConfig | None = None
+    step_fn: Callable | None = None  # runs one step in place of steps.if_step (same signature); None: eager
 
 
 @dataclass
@@ -46,6 +48,7 @@ class X4Stage:
     scheduler: DDIMConfig
     low_res: DDPMConfig
     max_noise_level: int = 350
+    step_fn: Callable | None = None  # runs one step in place of steps.x4_step (same signature); None: eager
 
 
 @dataclass(frozen=True)
@@ -111,9 +114,10 @@ def run_if_stage(stage_no: int, stage: IFStage, opts: StageOptions, embeds: torc
     tensor = lambda v: None if v is None else torch.tensor(v, device=ctx.device, dtype=ctx.dtype)  # noqa: E731
     guidance, mix = tensor(opts.guidance), tensor(mixer if opts.cfg else None)
     index = torch.arange(len(tables), device=ctx.device)
+    step = stage.step_fn or if_step
     for i in _steps(stage_no, len(tables), ctx):
-        x = if_step(stage.unet, tables, index[i], x, embeds, noise.steps[i], guidance, opts.cfg,
-                    upscaled=upscaled, noise_level=level, mask=mask, mixer=mix)
+        x = step(stage.unet, tables, index[i], x, embeds, noise.steps[i], guidance, opts.cfg,
+                 upscaled=upscaled, noise_level=level, mask=mask, mixer=mix)
     return x
 
 
@@ -155,6 +159,7 @@ def run_x4_stage(stage: X4Stage, opts: StageOptions, prompts: list[str], negativ
     guidance = torch.tensor(opts.guidance, device=ctx.device, dtype=ctx.dtype)
     index = torch.arange(len(tables), device=ctx.device)
     latents = noise.init
+    step = stage.step_fn or x4_step
     for i in _steps(3, len(tables), ctx):
-        latents = x4_step(stage.unet, tables, index[i], latents, low_res, embeds, level, guidance, opts.cfg)
+        latents = step(stage.unet, tables, index[i], latents, low_res, embeds, level, guidance, opts.cfg)
     return stage.vae.decode(latents)
