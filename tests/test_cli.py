@@ -64,3 +64,20 @@ def test_bad_input_is_one_clear_line_and_no_file(tmp_path, capsys, extra, messag
 def test_wrong_stage_checkpoint(stage2_dir, tmp_path, capsys):
     assert main(["generate", "a cat", "--stage1", str(stage2_dir), "--out", str(tmp_path / "x.png")]) == 2
     assert "holds stage II" in capsys.readouterr().err
+
+
+def test_every_editing_mode_runs_on_the_demo_cascade(tmp_path):
+    src, mask = tmp_path / "src.png", tmp_path / "mask.png"
+    Image.new("RGB", (48, 32), (200, 30, 30)).save(src)
+    m = Image.new("L", (48, 32), 0)
+    m.paste(255, (0, 0, 24, 16))
+    m.save(mask)
+    base = ["generate", "--steps", "2", "--quiet", "--seed", "0", "--image", str(src)]
+    runs = {"img2img": ["a boat"], "inpaint": ["a door", "--mask", str(mask)],
+            "style": ["in style lego", "--style", "--positive", "a boat"]}
+    for mode, extra in runs.items():
+        out = tmp_path / f"{mode}.png"
+        assert main(base + extra + ["--out", str(out)]) == 0
+        img = Image.open(out)
+        assert json.loads(img.text["ifengine"])["mode"] == mode
+        assert img.size == (384, 256)  # 24x16 -> 96x64 -> x4 upscaler 384x256

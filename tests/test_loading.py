@@ -99,13 +99,15 @@ def test_unsupported_config_value_is_named(stage1_dir, tmp_path):
         UNetConfig.from_dict({**raw, "addition_embed_type": "image"})
 
 
-def test_checkpoint_config_wins_over_preset(stage1_dir, stage2_dir):
+def test_checkpoint_config_wins_over_preset(stage1_dir, stage2_dir, tmp_path):
     from ifengine.models.presets import unet_preset
 
-    pipe = ifengine.Cascade.from_pretrained(stage1=stage1_dir, stage2=stage2_dir)
-    config = pipe.stage2.unet.config
-    assert config.sample_size == resolve(stage2_dir, 2).config("unet")["sample_size"] == 64
-    assert unet_preset("tiny-II").sample_size == 32  # the preset differs; the checkpoint's file won
+    copy = tmp_path / "stage2"
+    shutil.copytree(stage2_dir, copy)
+    raw = json.loads((copy / "unet" / "config.json").read_text())
+    (copy / "unet" / "config.json").write_text(json.dumps({**raw, "sample_size": 128}))
+    pipe = ifengine.Cascade.from_pretrained(stage1=stage1_dir, stage2=copy)
+    assert pipe.stage2.unet.config.sample_size == 128 != unet_preset("tiny-II").sample_size
 
 
 def test_later_stages_may_be_omitted(stage1_dir, stage2_dir):

@@ -24,7 +24,7 @@ from ..schedule import presets as sched
 from .tokenizers import clip_tokenizer_dir, t5_tokenizer_dir
 
 log = logging.getLogger(__name__)
-DEMO_VERSION = "2"
+DEMO_VERSION = "3"
 SEED = 20230428  # IF's release date: any fixed seed makes the demo weights reproducible
 # Few steps: the demo shows the machinery working end to end in seconds, not pictures.
 DEMO_DEFAULTS_STEPS = (20, 10, 10)

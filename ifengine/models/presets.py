@@ -68,7 +68,7 @@ UNET_PRESETS: dict[str, UNetConfig] = {
     "IF-II-M": _if_stage2((96, 192, 384, 576, 768), layers=(2, 2, 3, 5, 5)),  # ESTIMATE from 0.45 B
     "x4-upscaler": _x4_unet((256, 512, 512, 1024), layers=2, heads=8, text_dim=1024),
     "tiny-I": _if_stage1((16, 32, 64), layers=1, sample=16, heads=2, groups=8, head_dim=8, text_dim=32),
-    "tiny-II": _if_stage2((16, 32, 64), layers=(1, 1, 2), sample=32, heads=2, groups=8, head_dim=8,
+    "tiny-II": _if_stage2((16, 32, 64), layers=(1, 1, 2), sample=64, heads=2, groups=8, head_dim=8,
                           text_dim=32, attn_blocks=1),
     "tiny-x4": _x4_unet((16, 32, 32, 48), layers=1, heads=2, text_dim=32, groups=8, sample=16),
 }
