@@ -1,0 +1,108 @@
+"""Proof that an exported graph is what its spec says: ONNX checker, shape inference, I/O conformance,
+and runs on ONNX Runtime.
+
+``check_graph`` runs on every export before it is published. ``run_onnx`` runs a graph on ORT (CPU by
+default) from numpy or torch inputs; bf16 graphs, which ORT's CPU provider cannot execute, run through
+``bf16.emulate_bf16`` and are reported as emulated.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import onnx
+
+from .spec import ComponentSpec, SpecError
+
+log = logging.getLogger(__name__)
+
+ONNX_DTYPES = {"float32": onnx.TensorProto.FLOAT, "float16": onnx.TensorProto.FLOAT16,
+               "bfloat16": onnx.TensorProto.BFLOAT16, "int64": onnx.TensorProto.INT64}
+
+
+class GraphCheckError(ValueError):
+    """An exported graph that fails the ONNX checker, shape inference, or its spec."""
+
+
+def check_graph(path: Path, spec: ComponentSpec) -> None:
+    """onnx.checker (full, with strict shape inference) and the graph's I/O against the concrete spec."""
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            onnx.shape_inference.infer_shapes_path(str(path), str(Path(tmp) / "inferred.onnx"), strict_mode=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
+        raise GraphCheckError(f"{path} fails the ONNX checks: {err}") from err
+    check_io(onnx.load(str(path), load_external_data=False), spec)
+
+
+def check_io(model: onnx.ModelProto, spec: ComponentSpec) -> None:
+    """Names, order, element types and dims of the graph's inputs and outputs equal the spec's."""
+    for kind, graph_io, wanted in (("input", model.graph.input, spec.inputs),
+                                   ("output", model.graph.output, spec.outputs)):
+        names = [v.name for v in graph_io]
+        if names != [t.name for t in wanted]:
+            raise GraphCheckError(f"{spec.name}: graph {kind}s {names} differ from the spec's "
+                                  f"{[t.name for t in wanted]}")
+        for value, t in zip(graph_io, wanted):
+            _check_value(spec.name, value, t)
+
+
+def _check_value(component: str, value: onnx.ValueInfoProto, t) -> None:
+    tensor = value.type.tensor_type
+    if tensor.elem_type != ONNX_DTYPES[t.dtype]:
+        got = onnx.TensorProto.DataType.Name(tensor.elem_type)
+        raise GraphCheckError(f"{component}: {t.name} is {got} in the graph, {t.dtype} in the spec")
+    dims = [d.dim_param or d.dim_value for d in tensor.shape.dim]
+    if len(dims) != len(t.dims) or any(isinstance(w, int) and g != w for g, w in zip(dims, t.dims)):
+        raise GraphCheckError(f"{component}: {t.name} has dims {dims} in the graph, {list(t.dims)} in the spec")
+    fixed = [g for g, w in zip(dims, t.dims) if isinstance(w, str) and not isinstance(g, str)]
+    if fixed:
+        raise GraphCheckError(f"{component}: {t.name} has fixed sizes {dims} where the spec has named dims {t.dims}")
+
+
+def is_bf16(model_or_path) -> bool:
+    model = model_or_path if isinstance(model_or_path, onnx.ModelProto) else onnx.load(
+        str(model_or_path), load_external_data=False)
+    io = list(model.graph.input) + list(model.graph.output)
+    return any(v.type.tensor_type.elem_type == onnx.TensorProto.BFLOAT16 for v in io)
+
+
+def session(path: Path, providers: Sequence[str] = ("CPUExecutionProvider",), emulate_bf16: bool = True):
+    """An ORT session for ``path``; a bf16 graph on the CPU provider runs emulated (see bf16.py)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if emulate_bf16 and list(providers) == ["CPUExecutionProvider"] and is_bf16(path):
+        from .bf16 import emulate_bf16 as emulate
+
+        model = emulate(onnx.load(str(path)))
+        # no graph optimisation: it could fold the rounding Cast pairs that carry the bf16 precision
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        return ort.InferenceSession(model.SerializeToString(), options, providers=list(providers))
+    return ort.InferenceSession(str(path), options, providers=list(providers))
+
+
+def run_onnx(sess, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """Run with feeds cast to what the session declares (bf16 feeds go in as float32 when emulated)."""
+    declared = {i.name: i.type for i in sess.get_inputs()}
+    cast = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
+    unknown = set(feeds) - set(declared)
+    if unknown:
+        raise SpecError(f"feeds {sorted(unknown)} are not inputs of the graph ({sorted(declared)})")
+    return sess.run(None, {k: np.asarray(v).astype(cast.get(declared[k], np.float32)) for k, v in feeds.items()})
+
+
+def relative_error(out: np.ndarray, ref: np.ndarray) -> float:
+    """max |out - ref| / max |ref|: error relative to the output's scale."""
+    out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
+    return float(np.abs(out - ref).max() / max(np.abs(ref).max(), 1e-12))
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
