@@ -56,7 +56,8 @@ def export_artifacts(stages: Mapping[int, str | Path], out: str | Path, componen
     every = plan_sources(ckpts, variant=variant)
     sources = plan_sources(ckpts, components, variant) if components else every
     jobs = [(s, p) for s in sources for p in precisions if _supported(s, p)]
-    store, hashes = ArtifactStore(out), HashCache(ArtifactStore(out).hash_cache_path)
+    store = ArtifactStore(out)
+    hashes = HashCache(store.hash_cache_path)
     digests = _stage_digests(ckpts, every, hashes)
     paths = []
     bar = tqdm(jobs, desc="ifengine export", unit="graph", disable=not progress)
