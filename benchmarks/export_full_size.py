@@ -201,7 +201,8 @@ def markdown(data: dict) -> str:
                          f"{r['wall_s']} | {size:.2f} | {r['external_data']} | {r['note']} |")
         wrote = run["checkpoint_write_s"]
         lines += ["", (f"Writing the random checkpoint took {wrote} s" if wrote is not None else
-                       "The random checkpoint was reused from an earlier run") + " (not included above). Peak RSS "
+                       "The random checkpoint was reused from an earlier run") + " (not included above). Wall time "
+                  "includes the first component's sha256 of the whole checkpoint (cached for the next). Peak RSS "
                   "includes pages of the memory-mapped checkpoint (page cache the kernel can reclaim); the anonymous "
                   "peak is the process's own memory, sampled every 0.2 s.", ""]
     if data.get("int8"):
