@@ -25,11 +25,10 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from ..demo.build import _index, _write_json, scheduler_json, unet_config_json, vae_config_json
+from ..demo.build import _write_json, unet_config_json, vae_config_json, write_layout
 from ..demo.tokenizers import clip_tokenizer_dir, t5_tokenizer_dir
 from ..models.presets import text_preset, unet_preset, vae_preset
 from ..models.weights import build_on_meta
-from ..schedule import presets as sched
 from .flops import text_model
 
 log = logging.getLogger(__name__)
@@ -151,13 +150,8 @@ def _write_stage1(root: Path, spec: CascadeSpec, seed: int, progress: bool) -> N
 
     config = unet_preset(spec.stage1)
     _save_diffusers(root / "unet", build_on_meta(lambda: IFUNet(config)), unet_config_json(config), seed, progress)
-    _write_json(root / "scheduler" / "scheduler_config.json", scheduler_json(sched.IF_STAGE1_DDPM, "DDPMScheduler"))
     _save_text(root / "text_encoder", spec.t5, t5_tokenizer_dir(), seed + 1, progress)
-    shutil.copytree(t5_tokenizer_dir(), root / "tokenizer")
-    _write_json(root / "model_index.json", _index("IFPipeline", {
-        "unet": ("diffusers", "UNet2DConditionModel"), "scheduler": ("diffusers", "DDPMScheduler"),
-        "text_encoder": ("transformers", "T5EncoderModel"), "tokenizer": ("transformers", "T5Tokenizer"),
-        "safety_checker": None, "feature_extractor": None, "watermarker": None}))
+    write_layout(root, 1)
 
 
 def _write_stage2(root: Path, spec: CascadeSpec, seed: int, progress: bool) -> None:
@@ -165,15 +159,7 @@ def _write_stage2(root: Path, spec: CascadeSpec, seed: int, progress: bool) -> N
 
     config = unet_preset(spec.stage2)
     _save_diffusers(root / "unet", build_on_meta(lambda: IFUNet(config)), unet_config_json(config), seed, progress)
-    _write_json(root / "scheduler" / "scheduler_config.json", scheduler_json(sched.IF_STAGE2_DDPM, "DDPMScheduler"))
-    _write_json(root / "image_noising_scheduler" / "scheduler_config.json",
-                scheduler_json(sched.IF_STAGE2_IMAGE_NOISING_DDPM, "DDPMScheduler"))
-    shutil.copytree(t5_tokenizer_dir(), root / "tokenizer")
-    _write_json(root / "model_index.json", _index("IFSuperResolutionPipeline", {
-        "unet": ("diffusers", "UNet2DConditionModel"), "scheduler": ("diffusers", "DDPMScheduler"),
-        "image_noising_scheduler": ("diffusers", "DDPMScheduler"), "text_encoder": None,
-        "tokenizer": ("transformers", "T5Tokenizer"), "safety_checker": None, "feature_extractor": None,
-        "watermarker": None}))
+    write_layout(root, 2)
 
 
 def _write_stage3(root: Path, spec: CascadeSpec, seed: int, progress: bool) -> None:
@@ -182,16 +168,8 @@ def _write_stage3(root: Path, spec: CascadeSpec, seed: int, progress: bool) -> N
     config, vae = unet_preset(spec.stage3), vae_preset(spec.vae)
     _save_diffusers(root / "unet", build_on_meta(lambda: X4UNet(config)), unet_config_json(config), seed, progress)
     _save_vae(root / "vae", vae, seed + 1, progress)
-    _write_json(root / "scheduler" / "scheduler_config.json", scheduler_json(sched.X4_DDIM, "DDIMScheduler"))
-    _write_json(root / "low_res_scheduler" / "scheduler_config.json",
-                scheduler_json(sched.X4_LOW_RES_DDPM, "DDPMScheduler"))
     _save_text(root / "text_encoder", spec.clip, clip_tokenizer_dir(), seed + 2, progress)
-    shutil.copytree(clip_tokenizer_dir(), root / "tokenizer")
-    index = _index("StableDiffusionUpscalePipeline", {
-        "unet": ("diffusers", "UNet2DConditionModel"), "vae": ("diffusers", "AutoencoderKL"),
-        "scheduler": ("diffusers", "DDIMScheduler"), "low_res_scheduler": ("diffusers", "DDPMScheduler"),
-        "text_encoder": ("transformers", "CLIPTextModel"), "tokenizer": ("transformers", "CLIPTokenizer")})
-    _write_json(root / "model_index.json", {**index, "max_noise_level": sched.X4_MAX_NOISE_LEVEL})
+    write_layout(root, 3)
 
 
 def _save_vae(folder: Path, config, seed: int, progress: bool) -> None:

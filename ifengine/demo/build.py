@@ -92,18 +92,49 @@ def _index(class_name: str, parts: dict[str, tuple[str, str] | None]) -> dict:
     return {"_class_name": class_name, "_diffusers_version": "0.30.0", **entries}
 
 
+_T5_TOKENIZER = ("transformers", "T5Tokenizer")
+_DDPM = ("diffusers", "DDPMScheduler")
+_UNET = ("diffusers", "UNet2DConditionModel")
+
+
+def write_layout(root: Path, stage: int) -> None:
+    """Everything of a stage's Hub layout but the weights: schedulers, tokenizer, model_index.json.
+
+    Shared by the demo and the full-size benchmark checkpoints, which differ only in their weights.
+    """
+    if stage == 1:
+        _write_json(root / "scheduler" / "scheduler_config.json", scheduler_json(sched.IF_STAGE1_DDPM, "DDPMScheduler"))
+        shutil.copytree(t5_tokenizer_dir(), root / "tokenizer")
+        _write_json(root / "model_index.json", _index("IFPipeline", {
+            "unet": _UNET, "scheduler": _DDPM, "text_encoder": ("transformers", "T5EncoderModel"),
+            "tokenizer": _T5_TOKENIZER, "safety_checker": None, "feature_extractor": None, "watermarker": None}))
+    elif stage == 2:
+        _write_json(root / "scheduler" / "scheduler_config.json", scheduler_json(sched.IF_STAGE2_DDPM, "DDPMScheduler"))
+        _write_json(root / "image_noising_scheduler" / "scheduler_config.json",
+                    scheduler_json(sched.IF_STAGE2_IMAGE_NOISING_DDPM, "DDPMScheduler"))
+        shutil.copytree(t5_tokenizer_dir(), root / "tokenizer")
+        _write_json(root / "model_index.json", _index("IFSuperResolutionPipeline", {
+            "unet": _UNET, "scheduler": _DDPM, "image_noising_scheduler": _DDPM, "text_encoder": None,
+            "tokenizer": _T5_TOKENIZER, "safety_checker": None, "feature_extractor": None, "watermarker": None}))
+    else:
+        _write_json(root / "scheduler" / "scheduler_config.json", scheduler_json(sched.X4_DDIM, "DDIMScheduler"))
+        _write_json(root / "low_res_scheduler" / "scheduler_config.json",
+                    scheduler_json(sched.X4_LOW_RES_DDPM, "DDPMScheduler"))
+        shutil.copytree(clip_tokenizer_dir(), root / "tokenizer")
+        index = _index("StableDiffusionUpscalePipeline", {
+            "unet": _UNET, "vae": ("diffusers", "AutoencoderKL"), "scheduler": ("diffusers", "DDIMScheduler"),
+            "low_res_scheduler": _DDPM, "text_encoder": ("transformers", "CLIPTextModel"),
+            "tokenizer": ("transformers", "CLIPTokenizer")})
+        _write_json(root / "model_index.json", {**index, "max_noise_level": sched.X4_MAX_NOISE_LEVEL})
+
+
 def write_stage1(root: Path) -> None:
     from ..models.if_unet import IFUNet
 
     config = unet_preset("tiny-I")
     _save_module(root / "unet", _seeded(SEED + 1, lambda: IFUNet(config)), unet_config_json(config))
-    _write_json(root / "scheduler" / "scheduler_config.json", scheduler_json(sched.IF_STAGE1_DDPM, "DDPMScheduler"))
     _text_model(root / "text_encoder", "t5", SEED)
-    shutil.copytree(t5_tokenizer_dir(), root / "tokenizer")
-    _write_json(root / "model_index.json", _index("IFPipeline", {
-        "unet": ("diffusers", "UNet2DConditionModel"), "scheduler": ("diffusers", "DDPMScheduler"),
-        "text_encoder": ("transformers", "T5EncoderModel"), "tokenizer": ("transformers", "T5Tokenizer"),
-        "safety_checker": None, "feature_extractor": None, "watermarker": None}))
+    write_layout(root, 1)
 
 
 def write_stage2(root: Path) -> None:
@@ -111,15 +142,7 @@ def write_stage2(root: Path) -> None:
 
     config = unet_preset("tiny-II")
     _save_module(root / "unet", _seeded(SEED + 2, lambda: IFUNet(config)), unet_config_json(config))
-    _write_json(root / "scheduler" / "scheduler_config.json", scheduler_json(sched.IF_STAGE2_DDPM, "DDPMScheduler"))
-    _write_json(root / "image_noising_scheduler" / "scheduler_config.json",
-                scheduler_json(sched.IF_STAGE2_IMAGE_NOISING_DDPM, "DDPMScheduler"))
-    shutil.copytree(t5_tokenizer_dir(), root / "tokenizer")
-    _write_json(root / "model_index.json", _index("IFSuperResolutionPipeline", {
-        "unet": ("diffusers", "UNet2DConditionModel"), "scheduler": ("diffusers", "DDPMScheduler"),
-        "image_noising_scheduler": ("diffusers", "DDPMScheduler"), "text_encoder": None,
-        "tokenizer": ("transformers", "T5Tokenizer"), "safety_checker": None, "feature_extractor": None,
-        "watermarker": None}))
+    write_layout(root, 2)
 
 
 def write_stage3(root: Path) -> None:
@@ -129,16 +152,8 @@ def write_stage3(root: Path) -> None:
     config, vae = unet_preset("tiny-x4"), vae_preset("tiny-vae")
     _save_module(root / "unet", _seeded(SEED + 3, lambda: X4UNet(config)), unet_config_json(config))
     _save_module(root / "vae", _seeded(SEED + 4, lambda: VAEDecoder(vae)), vae_config_json(vae))
-    _write_json(root / "scheduler" / "scheduler_config.json", scheduler_json(sched.X4_DDIM, "DDIMScheduler"))
-    _write_json(root / "low_res_scheduler" / "scheduler_config.json",
-                scheduler_json(sched.X4_LOW_RES_DDPM, "DDPMScheduler"))
     _text_model(root / "text_encoder", "clip", SEED + 5)
-    shutil.copytree(clip_tokenizer_dir(), root / "tokenizer")
-    index = _index("StableDiffusionUpscalePipeline", {
-        "unet": ("diffusers", "UNet2DConditionModel"), "vae": ("diffusers", "AutoencoderKL"),
-        "scheduler": ("diffusers", "DDIMScheduler"), "low_res_scheduler": ("diffusers", "DDPMScheduler"),
-        "text_encoder": ("transformers", "CLIPTextModel"), "tokenizer": ("transformers", "CLIPTokenizer")})
-    _write_json(root / "model_index.json", {**index, "max_noise_level": sched.X4_MAX_NOISE_LEVEL})
+    write_layout(root, 3)
 
 
 WRITERS = {"stage1": write_stage1, "stage2": write_stage2, "stage3": write_stage3}
