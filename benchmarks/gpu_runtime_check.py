@@ -5,7 +5,8 @@
 1. equality: each full-size stage (random IF-I-XL / IF-II-L / x4 weights, float16): every step replayed
    from a CUDA graph against the eager step from the same state (target <= 1e-3 max abs per step);
 2. budgets: the whole cascade at 1024x1024 under 24, 16, 12 and 8 GiB, each in a fresh process with
-   torch.cuda.set_per_process_memory_fraction; measured peak (allocated and reserved) vs plan vs budget;
+   torch.cuda.set_per_process_memory_fraction; measured peak (allocated and reserved) vs plan vs budget,
+   and which U-Nets weights="auto" made int8 (IF-I-XL under 8 GiB, by the plan);
 3. throughput: images/s for a stream of prompts with stages overlapped on two streams, and without;
 4. --sweep: per-step time per stage for float16/bfloat16 x eager/graphs/channels-last(/compile), the
    measurement the backend defaults should be chosen by.
@@ -25,9 +26,11 @@ from pathlib import Path
 
 import torch
 
+from ifengine.models.int8 import is_quantized
 from ifengine.runtime import configure
 from ifengine.runtime.fullsize import move_to, random_cascade
 from ifengine.runtime.memory import Workload
+from ifengine.runtime.plan_inputs import cascade_modules
 from ifengine.runtime.sizes import GiB, parse_size
 from ifengine.runtime.throughput import run_throughput
 
@@ -96,7 +99,8 @@ def budget_child(budget: str, steps, out: Path) -> None:
     try:
         cascade = random_cascade(device="cuda")
         rt = configure(cascade, vram_budget=budget, limit_allocator=True, workload=Workload(steps=steps))
-        result.update(plan_modes=rt.plan.modes(), predicted_peak=rt.plan.peak_bytes, vae_tile=rt.plan.vae_tile,
+        int8 = [n for n, m in cascade_modules(cascade).items() if is_quantized(m)]  # weights="auto" chose these
+        result.update(int8_weights=int8, plan_modes=rt.plan.modes(), predicted_peak=rt.plan.peak_bytes, vae_tile=rt.plan.vae_tile,
                       graph_scope=rt.plan.graph_scope, phases={p.phase: p.peak_bytes for p in rt.plan.phases})
         torch.cuda.reset_peak_memory_stats()
         for label in ("first_call", "second_call"):

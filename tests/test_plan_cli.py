@@ -18,10 +18,19 @@ def test_8_gib_plan_prints_placements_and_peaks_per_stage(capsys):
     assert "budget 8.00 GiB" in out and "64x64 -> 256x256 -> 1024x1024" in out
     lines = {line.split()[0]: line for line in out.splitlines() if line.split()}
     assert "stream" in lines["t5"] and "released after encoding (before stage I)" in lines["t5"]
-    assert "stream" in lines["unet1"] and "offload" in lines["unet2"]
+    # native fp16 would stream ~2 GiB of stage I weights every step; "auto" makes stage I int8 instead
+    assert "int8" in lines["unet1"] and "offload" in lines["unet1"] and "float16" in lines["unet2"]
+    assert "int8 weights (weight-only, per output channel; compute stays float16): unet1" in out
     for phase in ("T5 encode", "stage I ", "stage II ", "stage III", "VAE decode"):
         assert any(line.startswith(phase) and "GiB" in line for line in out.splitlines()), phase
     assert "VAE decode: tiled" in out and "predicted peak" in out
+
+
+def test_native_weights_stream_stage_one_under_8_gib(capsys):
+    code, out, _ = run(capsys, "--vram", "8GiB", "--weights", "native")
+    lines = {line.split()[0]: line for line in out.splitlines() if line.split()}
+    assert code == 0 and "float16" in lines["unet1"] and "stream" in lines["unet1"]
+    assert "U-Net weights streamed per call" in out and "int8" not in out
 
 
 def test_a_roomy_budget_keeps_the_unets_resident(capsys):

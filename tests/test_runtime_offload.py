@@ -114,7 +114,8 @@ def test_tiny_cascade_under_a_tight_budget_equals_the_eager_cascade(stage1_dir, 
     plan_options = PlanOptions(cuda_graphs=False, reserve_bytes=0, activation_margin=1.0)
     budget = minimum_budget(plan_inputs(cascade_modules(cascade), workload), plan_options, precision=64 * 1024)
     runtime = configure(cascade, workload=workload,
-                        options=RuntimeOptions(vram_budget=budget, cuda_graphs=False, plan=plan_options))
+                        options=RuntimeOptions(vram_budget=budget, cuda_graphs=False, plan=plan_options,
+                                               weights="native"))
     modes = runtime.plan.modes()
     assert STREAM in modes.values() and RESIDENT not in (modes["unet1"], modes["unet2"])
     assert runtime.plan.peak_bytes <= budget

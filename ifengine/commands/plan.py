@@ -36,6 +36,9 @@ def register(sub) -> None:
     p.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
     p.add_argument("--steps", type=csv_values(int), default=None, help="steps per stage (default 100,50,75)")
     p.add_argument("--dtype", choices=DTYPES, default="float16", help="U-Net precision (default float16)")
+    p.add_argument("--weights", choices=("auto", "native", "int8"), default="auto",
+                   help="U-Net weights: native (--dtype), int8 (weight-only), or auto (default): int8 only for "
+                        "U-Nets whose native weights would otherwise stream over PCIe every step")
     p.add_argument("--no-cuda-graphs", action="store_true", help="plan for eager steps")
     p.add_argument("--throughput", action="store_true", help="plan for overlapped stages (all U-Nets resident)")
     p.add_argument("--reserve", type=_size, default=None, help="headroom for workspaces (default 512MiB)")
@@ -49,6 +52,7 @@ def run(args) -> int:
     from ..runtime.plan_inputs import checkpoint_modules, plan_inputs, preset_modules
     from ..runtime.plan_report import format_plan
     from ..runtime.planner import PlanOptions, plan_memory
+    from ..runtime.weight_precision import choose_weights, int8_twin
 
     dtype = getattr(torch, args.dtype)
     if args.stage1 or args.stage2 or args.stage3:
@@ -63,6 +67,8 @@ def run(args) -> int:
                         steps=_steps(args.steps))
     options = PlanOptions(cuda_graphs=not args.no_cuda_graphs, mode="throughput" if args.throughput else "latency",
                           **({"reserve_bytes": args.reserve} if args.reserve else {}))
+    choice = choose_weights(modules, workload, args.vram, options, args.weights)
+    modules = {n: int8_twin(m) if n in choice.int8 else m for n, m in modules.items()}
     inputs = plan_inputs(modules, workload)
     plan = plan_memory(inputs, args.vram, options)
     sys.stdout.write(format_plan(plan, inputs) + "\n")

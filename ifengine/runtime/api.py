@@ -21,6 +21,7 @@ from .offload import WeightPlacer
 from .plan_inputs import cascade_modules, plan_inputs
 from .planner import UNETS, MemoryPlan, PlanOptions, plan_memory
 from .sizes import GiB, parse_size
+from .weight_precision import apply_int8, check_weights, choose_weights
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class RuntimeOptions:
     mode: str = "latency"  # "throughput": stage I and stages II/III on two streams (see throughput.py)
     graph_scope: str = "auto"
     limit_allocator: bool = False  # enforce the budget with torch.cuda.set_per_process_memory_fraction
+    weights: str = "auto"  # U-Net weights: "native", "int8", or "auto" (int8 only where native would stream)
     backend: TorchBackendOptions = field(default_factory=TorchBackendOptions)
     plan: PlanOptions | None = None  # planner knobs (reserve, margin); derived from the above when None
 
@@ -82,37 +84,47 @@ def default_workload(cascade) -> Workload:
 
 def configure(cascade, vram_budget: int | str | None = None, cuda_graphs: bool | None = None,
               compile: bool = False, channels_last: bool = False, *, workload: Workload | None = None,
-              mode: str = "latency", limit_allocator: bool = False,
+              mode: str = "latency", limit_allocator: bool = False, weights: str = "auto",
               options: RuntimeOptions | None = None) -> Runtime:
-    """Build the GPU runtime for ``cascade``.
+    """Build the GPU runtime for ``cascade`` and attach it (``cascade.runtime``): its calls then run here.
 
     ``vram_budget`` ("8GiB", "12GB" or bytes) makes the planner place every weight and moves them now:
     load the cascade on the CPU first so that nothing has to fit the device before planning.
     ``cuda_graphs`` defaults to on for CUDA cascades and off elsewhere. ``workload`` is the largest call
-    the plan must hold (default: the cascade's default size and steps, one image).
+    the plan must hold (default: the cascade's default size and steps, one image). ``weights``: "native"
+    keeps the U-Nets' dtype, "int8" makes them weight-only int8, "auto" does so only for U-Nets the
+    budget would otherwise stream every step (see weight_precision.py).
     """
     device = torch.device(cascade.device)
     graphs = (device.type == "cuda") if cuda_graphs is None else cuda_graphs
     if options is None:
         budget = parse_size(vram_budget) if vram_budget is not None else None
         options = RuntimeOptions(vram_budget=budget, cuda_graphs=graphs, mode=mode, limit_allocator=limit_allocator,
+                                 weights=check_weights(weights),
                                  backend=TorchBackendOptions(channels_last=channels_last, compile=compile))
     if options.cuda_graphs:
         check_graph_device(device)
+    workload = workload or default_workload(cascade)
+    plan_options = options.plan or PlanOptions(cuda_graphs=options.cuda_graphs, graph_scope=options.graph_scope,
+                                               mode=options.mode)
+    _choose_int8(cascade, options, workload, plan_options)  # before layout changes and placement
     backend = UNetBackend(options.backend)
     for unet in _unets(cascade):
         backend.prepare(unet)
     plan = placer = None
-    workload = workload or default_workload(cascade)
     if options.vram_budget is not None:
-        plan, placer = _place(cascade, options, workload, device)
+        plan, placer = _place(cascade, options, workload, device, plan_options)
     caches = _graph_caches(device, options)
     decode = DecodeSettings(plan.vae_tile, plan.vae_overlap) if plan and plan.vae_tile else DecodeSettings()
     runner = GraphRunner(device, graphs=caches, ensure=placer.ensure if placer else _nothing,
                          unet_for=backend.unet_for, decode=decode,
                          release_graphs_after_stage=bool(plan and plan.graph_scope == "stage"))
     _reserve(runner, cascade, workload)
-    return Runtime(cascade, options, runner, backend, plan, placer)
+    runtime = Runtime(cascade, options, runner, backend, plan, placer)
+    # attached, because placed weights are only valid through the runtime's ensure(): a cascade left on
+    # its plain loops would compute with whichever component last filled the swap area
+    cascade.runtime = runtime
+    return runtime
 
 
 def _reserve(runner: GraphRunner, cascade, workload: Workload) -> None:
@@ -144,10 +156,18 @@ def _graph_caches(device: torch.device, options: RuntimeOptions) -> dict[int, Gr
     return {1: shared, 2: shared, 3: shared}
 
 
-def _place(cascade, options: RuntimeOptions, workload: Workload, device: torch.device):
+def _choose_int8(cascade, options: RuntimeOptions, workload: Workload, plan_options: PlanOptions) -> None:
     modules = cascade_modules(cascade)
-    plan_options = options.plan or PlanOptions(cuda_graphs=options.cuda_graphs, graph_scope=options.graph_scope,
-                                               mode=options.mode)
+    if options.vram_budget is not None:
+        int8 = choose_weights(modules, workload, options.vram_budget, plan_options, options.weights).int8
+    else:
+        int8 = tuple(n for n in UNETS if n in modules) if options.weights == "int8" else ()
+    apply_int8(modules, int8)
+
+
+def _place(cascade, options: RuntimeOptions, workload: Workload, device: torch.device, plan_options: PlanOptions):
+    modules = cascade_modules(cascade)
+    # planned from the real (possibly now int8) modules: unit paths and sizes are what the placer moves
     plan = plan_memory(plan_inputs(modules, workload), options.vram_budget, plan_options)
     streamed = [p.name for p in plan.placements if p.name in UNETS and p.streamed_units]
     if options.backend.compile and streamed:

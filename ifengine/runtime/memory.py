@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..models.int8 import compute_dtype, is_quantized
 from .partition import DEFAULT_MAX_UNIT_BYTES, Partition, partition
 
 # The phases of one generate call, in order, and the components each one runs.
@@ -52,6 +53,7 @@ class ComponentInfo:
     dtype: torch.dtype
     partition: Partition
     forwards_per_run: int  # streamed bytes are paid this many times per generate call
+    int8: bool = False  # weight-only int8 (models/int8.py); ``dtype`` is then the compute dtype
 
 
 @dataclass(frozen=True)
@@ -79,8 +81,8 @@ def component_info(name: str, module: nn.Module, forwards: int,
     part = partition(module, max_unit_bytes)
     tensors = {id(t): t for t in (*module.parameters(), *module.buffers())}.values()
     params = sum(p.numel() for p in {id(p): p for p in module.parameters()}.values())
-    dtype = next(iter(module.parameters())).dtype
-    return ComponentInfo(name, params, sum(t.numel() * t.element_size() for t in tensors), dtype, part, forwards)
+    return ComponentInfo(name, params, sum(t.numel() * t.element_size() for t in tensors), compute_dtype(module),
+                         part, forwards, is_quantized(module))
 
 
 def text_activation_bytes(hidden: int, ffn: int, heads: int, batch: int, itemsize: int) -> int:

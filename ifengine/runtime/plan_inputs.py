@@ -16,6 +16,7 @@ from torch import nn
 
 from ..models.config import UNetConfig, VAEConfig
 from ..models.if_unet import IFUNet
+from ..models.int8 import compute_dtype, largest_dequantized_bytes
 from ..models.presets import text_preset, unet_preset, vae_preset
 from ..models.vae import VAEDecoder, decode_dtype
 from ..models.x4_unet import X4UNet
@@ -124,7 +125,7 @@ def cascade_modules(cascade) -> dict[str, nn.Module]:
 
 
 def _dtype(module: nn.Module) -> torch.dtype:
-    return next(iter(module.parameters())).dtype
+    return compute_dtype(module)
 
 
 def _text_dims(module: nn.Module) -> tuple[int, int, int]:
@@ -140,7 +141,9 @@ def _unet_phase(modules, name: str, stage: int, workload: Workload) -> int:
     text = config.encoder_hid_dim or config.cross_attention_dim[0]
     kind = "x4" if stage == 3 else f"if{stage}"
     h, w = workload.size(min(stage, 2))
-    return unet_step_activation(kind, config, _dtype(unet), workload.batch, h, w, workload.cfg[stage - 1], text)
+    act = unet_step_activation(kind, config, _dtype(unet), workload.batch, h, w, workload.cfg[stage - 1], text)
+    # the step trace runs an unquantised twin: add the one-layer weight an int8 layer dequantises
+    return act + largest_dequantized_bytes(unet)
 
 
 def _text_phase(module: nn.Module, workload: Workload) -> int:

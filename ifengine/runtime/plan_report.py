@@ -52,8 +52,9 @@ def _components(plan: MemoryPlan, inputs: PlanInputs) -> list[str]:
     rows = [f"{'component':<10} {'params':>9} {'weights':>11} {'dtype':>9}  placement"]
     for p in plan.placements:
         info = inputs.component(p.name)
+        dtype = "int8" if info.int8 else _dtype_name(info.dtype)
         rows.append(f"{p.name:<10} {_params(info.params):>9} {format_size(info.weight_bytes):>11} "
-                    f"{_dtype_name(info.dtype):>9}  {_placement_text(p, len(info.partition.units))}")
+                    f"{dtype:>9}  {_placement_text(p, len(info.partition.units))}")
     return rows
 
 
@@ -67,7 +68,7 @@ def _phases(plan: MemoryPlan) -> list[str]:
     return rows
 
 
-def _footer(plan: MemoryPlan) -> list[str]:
+def _footer(plan: MemoryPlan, inputs: PlanInputs) -> list[str]:
     decode = ("whole image" if plan.vae_tile is None else
               f"tiled, {plan.vae_tile}x{plan.vae_tile} latent tiles overlapping by {plan.vae_overlap}")
     lines = [f"swap area {format_size(plan.swap_bytes)} (one device buffer shared by all non-resident "
@@ -78,6 +79,10 @@ def _footer(plan: MemoryPlan) -> list[str]:
     if plan.unet_streamed_bytes_per_call:
         lines.append(f"U-Net weights streamed per call: {format_size(plan.unet_streamed_bytes_per_call)} "
                      "(every step re-reads them over PCIe: expect a slower stage)")
+    int8 = [c.name for c in inputs.components if c.int8]
+    if int8:
+        lines.append(f"int8 weights (weight-only, per output channel; compute stays "
+                     f"{_dtype_name(inputs.component(int8[0]).dtype)}): {', '.join(int8)}")
     lines.append("activations include a margin over the meta-device measurement; graph pools are counted where "
                  "they outlive their stage")
     lines.append(f"predicted peak {format_size(plan.peak_bytes)} of {format_size(plan.budget_bytes)}; the CUDA "
@@ -87,4 +92,4 @@ def _footer(plan: MemoryPlan) -> list[str]:
 
 def format_plan(plan: MemoryPlan, inputs: PlanInputs) -> str:
     return "\n".join(_header(plan, inputs) + _components(plan, inputs) + [""] + _phases(plan) + [""]
-                     + _footer(plan))
+                     + _footer(plan, inputs))
