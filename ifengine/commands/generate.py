@@ -16,7 +16,14 @@ def register(sub) -> None:
         "generate", help="text to image through the cascade",
         description="Generate images with DeepFloyd IF. Without --stage1/2/3 a built-in tiny demo cascade "
                     "with random weights runs in seconds on a CPU (its pictures are noise).")
-    p.add_argument("prompt", help="the text prompt")
+    p.add_argument("prompt", nargs="?", default=None, help="the text prompt (or --prompts-file)")
+    p.add_argument("--prompts-file", type=Path, default=None,
+                   help="many prompts, one per line (blank lines and lines starting with # are skipped): one "
+                        "image each, written to the --out folder; reports images per second")
+    p.add_argument("--batch-size", type=int, default=1, help="with --prompts-file: prompts per batch (default 1)")
+    p.add_argument("--throughput", action="store_true",
+                   help="with --prompts-file on a GPU: overlap stage I of the next batch with stages II/III of "
+                        "the current one on two CUDA streams (keeps every U-Net resident)")
     p.add_argument("--negative", default=None, help="negative prompt (default: empty)")
     p.add_argument("--stage1", help="stage I checkpoint: local folder in the Hub layout or Hub id, "
                                     "e.g. DeepFloyd/IF-I-XL-v1.0")
@@ -43,6 +50,7 @@ def register(sub) -> None:
     p.add_argument("--no-safety", action="store_true", help="skip the safety checker and watermark")
     p.add_argument("--no-clean-caption", action="store_true", help="do not clean the prompt text")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _runtime_flags(p.add_argument_group("GPU runtime (static buffers, CUDA graphs, memory planner)"))
     edit = p.add_argument_group("image editing (zero-shot, through the same weights)")
     edit.add_argument("--image", help="source image: img2img, or inpainting with --mask, or --style")
     edit.add_argument("--mask", help="inpainting mask, white = repaint (same aspect ratio as --image)")
@@ -54,6 +62,27 @@ def register(sub) -> None:
     edit.add_argument("--positive", default=None, help="style transfer: positive prompt mixed into guidance")
     edit.add_argument("--mixer", type=float, default=None, help="style transfer: weight of --positive (0.5)")
     p.set_defaults(run=run)
+
+
+def _runtime_flags(group) -> None:
+    group.add_argument("--vram", default=None,
+                       help="GPU memory budget, e.g. 8GiB or 12GB: the planner decides which weights stay on the "
+                            "GPU, which move in per stage from pinned host memory, and when the VAE decodes in "
+                            "tiles (see `ifengine plan`). Default: no planning, every weight on the device")
+    group.add_argument("--weights", choices=("auto", "native", "int8"), default="auto",
+                       help="U-Net weights: native (--dtype), int8 (weight-only), or auto (default): int8 only "
+                            "for U-Nets that --vram would otherwise stream over PCIe every step")
+    group.add_argument("--no-cuda-graphs", action="store_true", help="run each step eagerly (debugging)")
+    group.add_argument("--compile", action="store_true", help="torch.compile the U-Nets (minutes per shape)")
+    group.add_argument("--channels-last", action="store_true", help="channels-last U-Net weights")
+
+
+def _runtime(args) -> dict:
+    from ..runtime.sizes import parse_size
+
+    budget = parse_size(args.vram) if args.vram is not None else None  # a bad size fails before loading
+    return dict(vram_budget=budget, cuda_graphs=False if args.no_cuda_graphs else None, compile=args.compile,
+                channels_last=args.channels_last, weights=args.weights, throughput=args.throughput)
 
 
 def run(args) -> int:
@@ -68,15 +97,20 @@ def run(args) -> int:
     dtype = getattr(torch, args.dtype or ("float16" if device.startswith("cuda") else "float32"))
     if args.aspect:
         args.height, args.width = aspect_size(args.aspect, args.height or 64)
-    output_paths(args.out, args.num_images, None)  # reject a bad --out before any work
+    prompts = _check_prompt_flags(args)  # everything a user can get wrong is refused before any loading
+    if prompts is None:
+        output_paths(args.out, args.num_images, None)
     _check_edit_flags(args)
+    runtime = _runtime(args)
     if not (args.stage1 or args.stage2 or args.stage3):
         log.warning("no checkpoints given: running the built-in tiny DEMO cascade with random weights; "
                     "its pictures are noise. Pass --stage1/--stage2/--stage3 for real images.")
-        pipe = demo_cascade(device=device, dtype=dtype)
+        pipe = demo_cascade(device=device, dtype=dtype, **runtime)
     else:
         pipe = Cascade.from_pretrained(args.stage1, args.stage2, args.stage3, device=device, dtype=dtype,
-                                       variant=args.variant, safety=not args.no_safety)
+                                       variant=args.variant, safety=not args.no_safety, **runtime)
+    if prompts is not None:
+        return _many(pipe, prompts, args)
     common = dict(negative_prompt=args.negative, num_images_per_prompt=args.num_images, seed=args.seed,
                   steps=args.steps, guidance=args.guidance, noise_level=args.noise_level,
                   timesteps=args.timesteps, last_stage=args.last_stage,
@@ -86,6 +120,47 @@ def run(args) -> int:
     save_images(out.images, paths, out.settings)
     for path in paths:
         sys.stdout.write(f"{path}\n")
+    return 0
+
+
+def _check_prompt_flags(args) -> list[str] | None:
+    """The prompts of a --prompts-file run (None for a single prompt), after checking the flags around them."""
+    if args.prompts_file is None:
+        if args.prompt is None:
+            raise ValueError("give a prompt, or --prompts-file FILE with one prompt per line")
+        if args.throughput or args.batch_size != 1:
+            raise ValueError("--throughput and --batch-size go with --prompts-file")
+        return None
+    if args.prompt is not None:
+        raise ValueError("give either a prompt or --prompts-file, not both")
+    if args.image or args.num_images != 1:
+        raise ValueError("--prompts-file makes one text-to-image picture per prompt: drop --image/--num-images")
+    if args.out.suffix.lower() == ".png":
+        raise ValueError(f"--out {args.out} names one PNG file; --prompts-file writes many: give a folder")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    try:
+        lines = args.prompts_file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"cannot read --prompts-file {args.prompts_file}: {err}") from err
+    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise ValueError(f"--prompts-file {args.prompts_file} has no prompts (one per line; # starts a comment)")
+    return prompts
+
+
+def _many(pipe, prompts: list[str], args) -> int:
+    from ..pipeline.save import save_images
+
+    out = pipe.generate_many(prompts, batch_size=args.batch_size, seed=args.seed, negative_prompt=args.negative,
+                             height=args.height, width=args.width, steps=args.steps, guidance=args.guidance,
+                             noise_level=args.noise_level, clean_caption=not args.no_clean_caption)
+    for i, (image, prompt, seed) in enumerate(zip(out.images, out.prompts, out.seeds)):
+        path = args.out / f"if-{seed}-{i:04d}.png"
+        save_images([image], [path], {**out.settings, "prompt": [prompt], "seed": seed})
+        sys.stdout.write(f"{path}\n")
+    log.info("%d images in %.2f s: %.3f images/s (text encoding not included)", len(out.images), out.seconds,
+                out.images_per_second)
     return 0
 
 

@@ -15,6 +15,7 @@ from ..text.encoder import PromptEncoder
 from . import components, edit, options, sizes
 from ..runtime.buffers import fetch_no_sync
 from .images import convert
+from .many import ManyOutput, generate_many
 from .noise import make_generator
 from .options import Request, RequestError
 from . import stages
@@ -61,11 +62,15 @@ class Cascade:
                         dtype: torch.dtype = torch.float32, variant: str | None = None,
                         text_dtype: torch.dtype | None = None, safety: bool = True,
                         vram_budget: int | str | None = None, cuda_graphs: bool | None = None,
-                        compile: bool = False) -> "Cascade":
+                        compile: bool = False, channels_last: bool = False, weights: str = "auto",
+                        throughput: bool = False) -> "Cascade":
         """Load checkpoints given as local folders in the Hub layout or as Hub ids.
 
         On a CUDA device the GPU runtime is set up too (CUDA graphs unless ``cuda_graphs=False``);
         ``vram_budget`` ("8GiB", ...) loads on the host first and lets the planner place every weight.
+        ``weights``: "native" (``dtype``), "int8" (weight-only U-Nets), or "auto": int8 only for U-Nets
+        the budget would otherwise stream every step. ``throughput=True`` builds the runtime for
+        ``generate_many`` with overlapped stages (every U-Net then stays resident).
         """
         if stage1 is None and stage2 is None and stage3 is None:
             raise ValueError("give at least one checkpoint (stage1=, stage2=, stage3=)")
@@ -79,8 +84,10 @@ class Cascade:
         checker = _load_safety(ckpts.get(1), device) if safety else None
         pipe = cls(text=text, stage1=ifs.get(1), stage2=ifs.get(2), stage3=x4, device=device, dtype=dtype,
                    safety=checker)
-        if device.type == "cuda" or vram_budget is not None or cuda_graphs:
-            pipe.use_runtime(vram_budget=vram_budget, cuda_graphs=cuda_graphs, compile=compile)
+        if device.type == "cuda" or vram_budget is not None or cuda_graphs or weights == "int8" or throughput:
+            pipe.use_runtime(vram_budget=vram_budget, cuda_graphs=cuda_graphs, compile=compile,
+                             channels_last=channels_last, weights=weights,
+                             mode="throughput" if throughput else "latency")
         return pipe
 
     def use_runtime(self, vram_budget: int | str | None = None, cuda_graphs: bool | None = None,
@@ -89,8 +96,7 @@ class Cascade:
         stage, CUDA graphs per step shape, and with ``vram_budget`` the memory planner's placement."""
         from ..runtime import configure
 
-        self.runtime = configure(self, vram_budget=vram_budget, cuda_graphs=cuda_graphs, compile=compile,
-                                 **options)
+        configure(self, vram_budget=vram_budget, cuda_graphs=cuda_graphs, compile=compile, **options)
         return self
 
     @property
@@ -132,6 +138,14 @@ class Cascade:
         generator, seed = make_generator(generator, seed)
         ctx = RunContext(self.device, self.dtype, generator, progress)
         return self.finish(request, self._run(request, ctx, clean_caption), seed)
+
+    def generate_many(self, prompts: Sequence[str], *, batch_size: int = 1, seed: int | None = None,
+                      **kwargs) -> ManyOutput:
+        """One image per prompt, in batches of ``batch_size``; reports images per second. With a throughput
+        runtime (``from_pretrained(..., throughput=True)`` on a GPU) stage I of the next batch overlaps
+        stages II/III of the current one. Batch k uses ``seed + k``. Other keyword arguments: negative_prompt,
+        height, width, steps, guidance, noise_level, clean_caption, output_type."""
+        return generate_many(self, prompts, batch_size=batch_size, seed=seed, **kwargs)
 
     def img2img(self, image, prompt: str | Sequence[str], strength=0.7, **kwargs) -> CascadeOutput:
         """Zero-shot image to image: the source is noised part way (``strength``; a pair sets stage I and
@@ -207,12 +221,7 @@ class Cascade:
         """Bring the stage outputs to pinned host memory with their NaN flags: the run's one host sync."""
         outs, finite = fetch_no_sync(outs).wait()
         _check_finite(finite)
-        final = outs[-1]
-        nsfw = None
-        if req.output_type == "pil" and self.safety is not None:
-            images, nsfw = self.safety(final, watermark_size=self._watermark_size(req.last_stage))
-        else:
-            images = convert(final, req.output_type)
+        images, nsfw = self.to_images(outs[-1], req.last_stage, req.output_type)
         settings = {"prompt": list(req.prompts), "negative_prompt": list(req.negatives), "seed": seed,
                     "height": req.height, "width": req.width, "last_stage": req.last_stage,
                     "num_images_per_prompt": req.num_images_per_prompt,
@@ -220,6 +229,13 @@ class Cascade:
         return CascadeOutput(images=images, stages=outs, seed=seed,
                              nsfw_detected=nsfw, settings=settings)
 
+
+    def to_images(self, final: torch.Tensor, last_stage: int, output_type: str) -> tuple[Any, list[bool] | None]:
+        """A last stage's output (on the host, [-1, 1]) as ``output_type``; PIL images pass the safety
+        checker and get the watermark when the cascade has them. Returns (images, nsfw flags or None)."""
+        if output_type == "pil" and self.safety is not None:
+            return self.safety(final, watermark_size=self._watermark_size(last_stage))
+        return convert(final, output_type), None
 
     def _watermark_size(self, last_stage: int) -> int | None:
         """IF pipelines scale the logo by their U-Net's sample size; the x4 pipeline by the image itself."""

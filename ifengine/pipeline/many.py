@@ -1,0 +1,76 @@
+"""Many prompts in one call: batches through the cascade, overlapped on a throughput runtime.
+
+``Cascade.generate_many`` hands the batches to ``runtime.throughput.run_throughput``. With a runtime
+built for throughput (``from_pretrained(..., throughput=True)`` on a GPU) stage I of batch k+1 runs on
+one CUDA stream while stages II/III of batch k run on another; otherwise the batches run one after
+another through the same code. Batch k is seeded with ``seed + k``, so its images equal a plain call
+with that seed and the batch's prompts.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from ..runtime.buffers import fetch_no_sync
+from . import stages
+from .noise import make_generator
+from .options import RequestError, as_prompts
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ManyOutput:
+    images: list[Any]  # one per prompt, in prompt order (PIL images, or arrays/tensors per output_type)
+    prompts: list[str]
+    seeds: list[int]  # the seed of each image's batch
+    seconds: float  # from the first enqueue to the images on the host (text encoding excluded)
+    nsfw_detected: list[bool] | None = None
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def images_per_second(self) -> float:
+        return len(self.images) / self.seconds if self.seconds > 0 else float("inf")
+
+
+@dataclass(frozen=True)
+class _PlainOptions:
+    mode: str = "latency"
+
+
+class _PlainRunner:
+    """The plain stage loops behind the runtime's interface, for a cascade that has no runtime."""
+
+    options = _PlainOptions()
+    run_if_stage = staticmethod(stages.run_if_stage)
+    run_x4_stage = staticmethod(stages.run_x4_stage)
+    fetch_no_sync = staticmethod(fetch_no_sync)
+
+
+def generate_many(cascade, prompts: Sequence[str], *, batch_size: int = 1, seed: int | None = None,
+                  output_type: str = "pil", **kwargs) -> ManyOutput:
+    from ..runtime.throughput import run_throughput
+
+    prompts = list(as_prompts(prompts, "prompts"))
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise RequestError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+    _, seed = make_generator(None, seed)
+    runtime = cascade.runtime or _PlainRunner()
+    overlap = runtime.options.mode == "throughput"
+    if not overlap and torch.device(cascade.device).type == "cuda":
+        log.info("batches run one after another; from_pretrained(..., throughput=True) overlaps their stages")
+    result = run_throughput(cascade, runtime, prompts, batch_size=batch_size, seed=seed, overlap=overlap, **kwargs)
+    images, nsfw, seeds = [], [], []
+    for k, outs in enumerate(result.outputs):
+        batch_images, batch_nsfw = cascade.to_images(outs[-1], len(outs), output_type)
+        images.extend(batch_images)
+        nsfw.extend(batch_nsfw or [False] * len(batch_images))
+        seeds.extend([seed + k] * len(batch_images))
+    settings = {"prompt": prompts, "seed": seed, "batch_size": batch_size, "seeds": "seed + batch index",
+                **{k: v for k, v in kwargs.items() if v is not None}}
+    has_nsfw = cascade.safety is not None and output_type == "pil"
+    return ManyOutput(images, prompts, seeds, result.seconds, nsfw if has_nsfw else None, settings)
