@@ -88,7 +88,7 @@ def test_cascade_smoke_on_cpu(tmp_path, tiny_checkpoints):
 def test_memory_smoke_on_cpu(tmp_path, tiny_checkpoints):
     config = MemoryBenchConfig(preset="tiny", device="cpu", dtype="float32", vram=(), steps=(1, 1, 1),
                                checkpoints=str(tiny_checkpoints["stage1"].parent),
-                               systems=("ifengine-eager", "ifengine-graphs"))
+                               systems=("ifengine-eager", "ifengine-graphs", "ifengine-graphs-int8"))
     paths = write_memory_results(run_memory_bench(config, progress=False), tmp_path)
     payload = assert_outputs(paths, {"results"}, "| budget (GiB) | system |")
     assert [e["system"] for e in payload["results"]] == list(config.systems)

@@ -24,7 +24,8 @@ from .report import command_line, markdown_table, stage_chart, write_outputs
 from .systems import STAGES, RunSpec, load_systems
 
 log = logging.getLogger(__name__)
-INT8_NOTE = "int8: no backend in this checkout runs the cascade in int8 (ONNX/TensorRT int8 engines come from `ifengine export`/`build`)"
+INT8_NOTE = ("int8 as a dtype row: skipped; int8 U-Net weights are the system ifengine-graphs-int8 (fp16 compute), and "
+             "int8 ONNX/TensorRT engines come from `ifengine export`/`build`")
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,8 @@ class MemoryBenchConfig:
     device: str = "cuda"
     dtype: str = "float16"
     batch: int = 1
-    systems: tuple[str, ...] = ("ifengine-eager", "ifengine-graphs", "diffusers-eager", "diffusers-offload")
+    systems: tuple[str, ...] = ("ifengine-eager", "ifengine-graphs", "ifengine-graphs-native", "diffusers-eager",
+                                "diffusers-offload")
     vram: tuple[float, ...] = (24.0, 16.0, 12.0, 8.0)  # GiB budgets, after the unconstrained run
     steps: tuple[int, int, int] = (100, 50, 75)
     checkpoints: str | None = None

@@ -45,9 +45,12 @@ class System:
     close: Callable[[], None] = lambda: None
 
 
-SYSTEMS = ("ifengine-eager", "ifengine-traced", "ifengine-auto", "ifengine-graphs", "ifengine-onnxruntime",
+# ifengine-graphs plans with weights="auto" (int8 U-Nets only where a budget would stream them);
+# -native never quantises (streams instead), -int8 quantises every U-Net
+_RUNTIME_WEIGHTS = {"ifengine-graphs": "auto", "ifengine-graphs-native": "native", "ifengine-graphs-int8": "int8"}
+SYSTEMS = ("ifengine-eager", "ifengine-traced", "ifengine-auto", *_RUNTIME_WEIGHTS, "ifengine-onnxruntime",
            "diffusers-eager", "diffusers-compile", "diffusers-offload")
-_OWN_LOADS = ("ifengine-graphs", "ifengine-onnxruntime")  # systems that need their own copy of the weights
+_OWN_LOADS = (*_RUNTIME_WEIGHTS, "ifengine-onnxruntime")  # systems that need their own copy of the weights
 
 
 def load_systems(names: list[str], paths: dict[str, Path], device: torch.device, dtype: torch.dtype,
@@ -63,8 +66,8 @@ def load_systems(names: list[str], paths: dict[str, Path], device: torch.device,
     ours = [n for n in names if n.startswith("ifengine-") and n not in _OWN_LOADS]
     if ours:
         out.update(_ifengine_family(ours, paths, device, dtype))
-    if "ifengine-graphs" in names:
-        out["ifengine-graphs"] = _ifengine_runtime(paths, device, dtype, vram_budget)
+    for name in (n for n in names if n in _RUNTIME_WEIGHTS):
+        out[name] = _ifengine_runtime(name, paths, device, dtype, vram_budget)
     if "ifengine-onnxruntime" in names:
         out["ifengine-onnxruntime"] = _ifengine_artifacts(artifacts, device, dtype)
     theirs = [n for n in names if n.startswith("diffusers-")]
@@ -89,7 +92,7 @@ def _ifengine_family(names: list[str], paths, device, dtype) -> dict[str, System
     return systems
 
 
-def _ifengine_runtime(paths, device: torch.device, dtype, vram_budget: int | None) -> System:
+def _ifengine_runtime(name: str, paths, device: torch.device, dtype, vram_budget: int | None) -> System:
     """ifengine's GPU runtime (static buffers, CUDA graphs, memory planner) behind the same chain."""
     from ..pipeline.cascade import Cascade
     from ..pipeline.components import t5_dtype
@@ -103,8 +106,9 @@ def _ifengine_runtime(paths, device: torch.device, dtype, vram_budget: int | Non
     pipe = Cascade.from_pretrained(paths["stage1"], paths["stage2"], paths["stage3"], device=where, dtype=dtype,
                                    variant="fp16", safety=False, text_dtype=t5_dtype(dtype, device))
     pipe.set_executor("eager").device = device  # the runtime captures the plain step itself
-    runtime = configure(pipe, vram_budget=vram_budget, cuda_graphs=device.type == "cuda")
-    return System("ifengine-graphs", _ifengine_runner(pipe, None, runtime), close=runtime.close)
+    runtime = configure(pipe, vram_budget=vram_budget, cuda_graphs=device.type == "cuda",
+                        weights=_RUNTIME_WEIGHTS[name])
+    return System(name, _ifengine_runner(pipe, None, runtime), close=runtime.close)
 
 
 def _ifengine_artifacts(artifacts: Path | None, device, dtype) -> System:

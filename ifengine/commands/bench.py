@@ -80,7 +80,10 @@ def _memory_args(p) -> None:
     p.add_argument("--dtype", default="float16")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--systems", type=_tuple(str),
-                   default=("ifengine-eager", "ifengine-graphs", "diffusers-eager", "diffusers-offload"))
+                   default=("ifengine-eager", "ifengine-graphs", "ifengine-graphs-native", "diffusers-eager",
+                            "diffusers-offload"),
+                   help="comma-separated; ifengine-graphs plans with int8 U-Nets where a budget would stream "
+                        "them, ifengine-graphs-native streams fp16 instead, ifengine-graphs-int8 is int8 always")
     p.add_argument("--vram", type=_budgets, default=(24.0, 16.0, 12.0, 8.0),
                    help="GiB budgets to run under, e.g. 24,16,12 (none: only the unconstrained run)")
 
