@@ -17,13 +17,6 @@ def register(sub) -> None:
         description="Generate images with DeepFloyd IF. Without --stage1/2/3 a built-in tiny demo cascade "
                     "with random weights runs in seconds on a CPU (its pictures are noise).")
     p.add_argument("prompt", nargs="?", default=None, help="the text prompt (or --prompts-file)")
-    p.add_argument("--prompts-file", type=Path, default=None,
-                   help="many prompts, one per line (blank lines and lines starting with # are skipped): one "
-                        "image each, written to the --out folder; reports images per second")
-    p.add_argument("--batch-size", type=int, default=1, help="with --prompts-file: prompts per batch (default 1)")
-    p.add_argument("--throughput", action="store_true",
-                   help="with --prompts-file on a GPU: overlap stage I of the next batch with stages II/III of "
-                        "the current one on two CUDA streams (keeps every U-Net resident)")
     p.add_argument("--negative", default=None, help="negative prompt (default: empty)")
     p.add_argument("--stage1", help="stage I checkpoint: local folder in the Hub layout or Hub id, "
                                     "e.g. DeepFloyd/IF-I-XL-v1.0")
@@ -51,6 +44,7 @@ def register(sub) -> None:
     p.add_argument("--no-clean-caption", action="store_true", help="do not clean the prompt text")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _runtime_flags(p.add_argument_group("GPU runtime (static buffers, CUDA graphs, memory planner)"))
+    _many_flags(p.add_argument_group("many prompts (throughput)"))
     edit = p.add_argument_group("image editing (zero-shot, through the same weights)")
     edit.add_argument("--image", help="source image: img2img, or inpainting with --mask, or --style")
     edit.add_argument("--mask", help="inpainting mask, white = repaint (same aspect ratio as --image)")
@@ -75,6 +69,16 @@ def _runtime_flags(group) -> None:
     group.add_argument("--no-cuda-graphs", action="store_true", help="run each step eagerly (debugging)")
     group.add_argument("--compile", action="store_true", help="torch.compile the U-Nets (minutes per shape)")
     group.add_argument("--channels-last", action="store_true", help="channels-last U-Net weights")
+
+
+def _many_flags(group) -> None:
+    group.add_argument("--prompts-file", type=Path, default=None,
+                       help="many prompts, one per line (blank lines and lines starting with # are skipped): one "
+                            "image each, written to the --out folder; reports images per second")
+    group.add_argument("--batch-size", type=int, default=1, help="prompts per batch (default 1)")
+    group.add_argument("--throughput", action="store_true",
+                       help="on a GPU: overlap stage I of the next batch with stages II/III of the current one "
+                            "on two CUDA streams (keeps every U-Net resident)")
 
 
 def _runtime(args) -> dict:
