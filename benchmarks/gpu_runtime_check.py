@@ -8,8 +8,8 @@
    torch.cuda.set_per_process_memory_fraction; measured peak (allocated and reserved) vs plan vs budget,
    and which U-Nets weights="auto" made int8 (IF-I-XL under 8 GiB, by the plan);
 3. throughput: images/s for a stream of prompts with stages overlapped on two streams, and without;
-4. --sweep: per-step time per stage for float16/bfloat16 x eager/graphs/channels-last(/compile), the
-   measurement the backend defaults should be chosen by.
+4. --sweep: per-step time per stage for float16/bfloat16 x eager/graphs/channels-last(/compile)/int8
+   weights, the measurement the backend defaults should be chosen by.
 
 Writes one JSON file. Without CUDA it exits with status 2 and says why.
 """
@@ -167,6 +167,8 @@ def sweep(steps, with_compile: bool) -> dict:
         if with_compile:
             report[f"{name}/graphs+compile"] = stage_times(cascade, steps, cuda_graphs=True, compile=True)
         report[f"{name}/graphs+channels_last"] = stage_times(cascade, steps, cuda_graphs=True, channels_last=True)
+        # last: quantising is in place and cannot be undone; this is the dequantise-per-layer cost
+        report[f"{name}/graphs+int8_weights"] = stage_times(cascade, steps, cuda_graphs=True, weights="int8")
         del cascade
         torch.cuda.empty_cache()
     return report

@@ -76,3 +76,17 @@ def test_bad_prompt_flags_are_one_clear_line(tmp_path, capsys, argv, message):
     assert main(["generate", *argv]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "imgs").exists()
+
+
+def test_calls_bigger_than_the_plan_are_warned_about_and_max_batch_plans_for_them(stage1_dir, caplog):
+    small = ifengine.Cascade.from_pretrained(stage1_dir, safety=False, vram_budget="2GiB")
+    assert small.runtime.plan.workload.batch == 1
+    small("a cat", num_images_per_prompt=2, seed=0, steps=2, output_type="pt", progress=False)
+    assert any("bigger than the memory plan's batch 1" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    roomy = ifengine.Cascade.from_pretrained(stage1_dir, safety=False, vram_budget="2GiB", max_batch=2)
+    assert roomy.runtime.plan.workload.batch == 2
+    roomy.generate_many(["a cat", "a dog"], batch_size=2, seed=0, steps=2, output_type="pt")
+    assert not any("memory plan" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ValueError, match="max_batch"):
+        ifengine.Cascade.from_pretrained(stage1_dir, safety=False, vram_budget="2GiB", max_batch=0)

@@ -63,14 +63,15 @@ class Cascade:
                         text_dtype: torch.dtype | None = None, safety: bool = True,
                         vram_budget: int | str | None = None, cuda_graphs: bool | None = None,
                         compile: bool = False, channels_last: bool = False, weights: str = "auto",
-                        throughput: bool = False) -> "Cascade":
+                        throughput: bool = False, max_batch: int = 1) -> "Cascade":
         """Load checkpoints given as local folders in the Hub layout or as Hub ids.
 
         On a CUDA device the GPU runtime is set up too (CUDA graphs unless ``cuda_graphs=False``);
         ``vram_budget`` ("8GiB", ...) loads on the host first and lets the planner place every weight.
         ``weights``: "native" (``dtype``), "int8" (weight-only U-Nets), or "auto": int8 only for U-Nets
         the budget would otherwise stream every step. ``throughput=True`` builds the runtime for
-        ``generate_many`` with overlapped stages (every U-Net then stays resident).
+        ``generate_many`` with overlapped stages (every U-Net then stays resident). ``max_batch``: the most
+        images one call (or one ``generate_many`` batch) makes; buffers and the memory plan are sized for it.
         """
         if stage1 is None and stage2 is None and stage3 is None:
             raise ValueError("give at least one checkpoint (stage1=, stage2=, stage3=)")
@@ -87,7 +88,7 @@ class Cascade:
         if device.type == "cuda" or vram_budget is not None or cuda_graphs or weights == "int8" or throughput:
             pipe.use_runtime(vram_budget=vram_budget, cuda_graphs=cuda_graphs, compile=compile,
                              channels_last=channels_last, weights=weights,
-                             mode="throughput" if throughput else "latency")
+                             mode="throughput" if throughput else "latency", max_batch=max_batch)
         return pipe
 
     def use_runtime(self, vram_budget: int | str | None = None, cuda_graphs: bool | None = None,

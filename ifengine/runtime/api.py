@@ -20,7 +20,7 @@ from .memory import Workload
 from .offload import WeightPlacer
 from .plan_inputs import cascade_modules, plan_inputs
 from .planner import UNETS, MemoryPlan, PlanOptions, plan_memory
-from .sizes import GiB, parse_size
+from .sizes import GiB, format_size, parse_size
 from .weight_precision import apply_int8, check_weights, choose_weights
 
 log = logging.getLogger(__name__)
@@ -48,14 +48,31 @@ class Runtime:
                  plan: MemoryPlan | None = None, placer: WeightPlacer | None = None):
         self.cascade, self.options, self.runner, self.backend = cascade, options, runner, backend
         self.plan, self.placer = plan, placer
+        self._warned: set[tuple] = set()
 
-    def run_if_stage(self, *args, **kwargs) -> torch.Tensor:
+    def run_if_stage(self, stage_no: int, stage, opts, embeds, shape, ctx, **kwargs) -> torch.Tensor:
         """``pipeline.stages.run_if_stage``'s signature and result."""
-        return self.runner.run_if_stage(*args, **kwargs)
+        self._check_planned(stage_no, shape[0], shape[-2:])
+        return self.runner.run_if_stage(stage_no, stage, opts, embeds, shape, ctx, **kwargs)
 
-    def run_x4_stage(self, *args, **kwargs) -> torch.Tensor:
+    def run_x4_stage(self, stage, opts, prompts, negatives, image, ctx) -> torch.Tensor:
         """``pipeline.stages.run_x4_stage``'s signature and result."""
-        return self.runner.run_x4_stage(*args, **kwargs)
+        self._check_planned(3, image.shape[0], image.shape[-2:])
+        return self.runner.run_x4_stage(stage, opts, prompts, negatives, image, ctx)
+
+    def _check_planned(self, stage_no: int, batch: int, size) -> None:
+        """Calls bigger than the planned workload run, but their peak may pass the budget: say so once."""
+        if self.plan is None:
+            return
+        work = self.plan.workload
+        h, w = work.size(min(stage_no, 2))
+        key = (stage_no, batch, tuple(size))
+        if (batch <= work.batch and size[0] * size[1] <= h * w) or key in self._warned:
+            return
+        self._warned.add(key)
+        log.warning("stage %d: batch %d at %dx%d is bigger than the memory plan's batch %d at %dx%d, so the "
+                    "peak may pass the %s budget; configure with max_batch= (or workload=) for such calls",
+                    stage_no, batch, size[0], size[1], work.batch, h, w, format_size(self.plan.budget_bytes))
 
     def ensure(self, component: str) -> None:
         """Bring an offloaded component in ("t5", "unet1", ...); T5 also does this itself on first use."""
@@ -74,26 +91,26 @@ class Runtime:
             self.placer.remove_hooks()
 
 
-def default_workload(cascade) -> Workload:
+def default_workload(cascade, batch: int = 1) -> Workload:
     if cascade.stage1 is None:
-        return Workload()
+        return Workload(batch=batch)
     size = cascade.stage1.unet.config.sample_size
     steps, guidance = cascade.defaults.steps, cascade.defaults.guidance
-    return Workload(height=size, width=size, steps=tuple(steps), cfg=tuple(g > 1 for g in guidance))
+    return Workload(height=size, width=size, batch=batch, steps=tuple(steps), cfg=tuple(g > 1 for g in guidance))
 
 
 def configure(cascade, vram_budget: int | str | None = None, cuda_graphs: bool | None = None,
               compile: bool = False, channels_last: bool = False, *, workload: Workload | None = None,
-              mode: str = "latency", limit_allocator: bool = False, weights: str = "auto",
+              mode: str = "latency", limit_allocator: bool = False, weights: str = "auto", max_batch: int = 1,
               options: RuntimeOptions | None = None) -> Runtime:
     """Build the GPU runtime for ``cascade`` and attach it (``cascade.runtime``): its calls then run here.
 
     ``vram_budget`` ("8GiB", "12GB" or bytes) makes the planner place every weight and moves them now:
     load the cascade on the CPU first so that nothing has to fit the device before planning.
     ``cuda_graphs`` defaults to on for CUDA cascades and off elsewhere. ``workload`` is the largest call
-    the plan must hold (default: the cascade's default size and steps, one image). ``weights``: "native"
-    keeps the U-Nets' dtype, "int8" makes them weight-only int8, "auto" does so only for U-Nets the
-    budget would otherwise stream every step (see weight_precision.py).
+    the plan must hold (default: the cascade's default size and steps, ``max_batch`` images per call).
+    ``weights``: "native" keeps the U-Nets' dtype, "int8" makes them weight-only int8, "auto" does so
+    only for U-Nets the budget would otherwise stream every step (see weight_precision.py).
     """
     device = torch.device(cascade.device)
     graphs = (device.type == "cuda") if cuda_graphs is None else cuda_graphs
@@ -104,7 +121,9 @@ def configure(cascade, vram_budget: int | str | None = None, cuda_graphs: bool |
                                  backend=TorchBackendOptions(channels_last=channels_last, compile=compile))
     if options.cuda_graphs:
         check_graph_device(device)
-    workload = workload or default_workload(cascade)
+    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+        raise ValueError(f"max_batch must be a whole number >= 1, got {max_batch!r}")
+    workload = workload or default_workload(cascade, max_batch)
     plan_options = options.plan or PlanOptions(cuda_graphs=options.cuda_graphs, graph_scope=options.graph_scope,
                                                mode=options.mode)
     _choose_int8(cascade, options, workload, plan_options)  # before layout changes and placement
