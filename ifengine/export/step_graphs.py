@@ -77,7 +77,8 @@ def bound_x0(clamp: X0Clamp, x0: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class _DDPMColumns:
-    """The schedule input's columns under the DDPMTables field names the step math reads."""
+    """The schedule input's columns (``DDPM_COLUMNS``, by name) under the DDPMTables field names the step
+    math reads, plus the two static choices; the graph never sees the tables' other fields."""
 
     prediction_type: str
     variance_type: str
@@ -118,8 +119,10 @@ class IFStepGraph(nn.Module):
         self.channels = if_sample_channels(unet.config, stage)
 
     def forward(self, sample, step, schedule, text_embeds, noise, guidance, upscaled=None, noise_level=None):
-        cols = _DDPMColumns(self.scheduler.prediction_type, self.scheduler.variance_type,
-                            *(schedule[:, j] for j in range(len(DDPM_COLUMNS))))
+        # bound by name: a column missing from, or extra to, _DDPMColumns is a TypeError, never a silent shift
+        cols = _DDPMColumns(prediction_type=self.scheduler.prediction_type,
+                            variance_type=self.scheduler.variance_type,
+                            **{name: schedule[:, j] for j, name in enumerate(DDPM_COLUMNS)})
         model_in = sample if upscaled is None else torch.cat([sample, upscaled], dim=1)
         out = self.unet(torch.cat([model_in, model_in]), timestep_at(cols, step), text_embeds, noise_level)
         out = guide(out, self.channels, guidance)
