@@ -13,7 +13,7 @@ from ..models.checkpoint import resolve
 from ..text.clean import preprocess
 from ..text.encoder import PromptEncoder
 from . import components, edit, options, sizes
-from ..runtime.buffers import fetch_no_sync
+from .fetch import fetch_checked
 from .images import convert
 from .many import ManyOutput, generate_many
 from .noise import make_generator
@@ -44,7 +44,14 @@ class Cascade:
         self.device, self.dtype, self.safety = torch.device(device), dtype, safety
         self.defaults = defaults
         self.runtime = None  # the GPU runtime (static buffers, CUDA graphs, planner) once use_runtime() ran
+        for encoder in self.encoders():
+            # their finite checks travel with the images (pipeline/fetch.py): encoding never waits
+            encoder.defer_checks = True
         self.set_executor(executor)
+
+    def encoders(self) -> list[PromptEncoder]:
+        """The text encoders (T5, and stage III's CLIP) that are loaded."""
+        return [e for e in (self.text, getattr(self.stage3, "text", None)) if e is not None]
 
     def set_executor(self, executor: str) -> "Cascade":
         """How denoising steps run: "eager" (module calls), "traced" (one frozen TorchScript graph per step,
@@ -220,8 +227,7 @@ class Cascade:
 
     def finish(self, req: Request, outs: list[torch.Tensor], seed: int | None) -> CascadeOutput:
         """Bring the stage outputs to pinned host memory with their NaN flags: the run's one host sync."""
-        outs, finite = fetch_no_sync(outs).wait()
-        _check_finite(finite)
+        outs = fetch_checked(outs, self.encoders())
         images, nsfw = self.to_images(outs[-1], req.last_stage, req.output_type)
         settings = {"prompt": list(req.prompts), "negative_prompt": list(req.negatives), "seed": seed,
                     "height": req.height, "width": req.width, "last_stage": req.last_stage,
@@ -241,13 +247,6 @@ class Cascade:
     def _watermark_size(self, last_stage: int) -> int | None:
         """IF pipelines scale the logo by their U-Net's sample size; the x4 pipeline by the image itself."""
         return None if last_stage == 3 else (self.stage1, self.stage2)[last_stage - 1].unet.config.sample_size
-
-
-def _check_finite(finite: list[bool]) -> None:
-    for stage, ok in enumerate(finite, start=1):
-        if not ok:
-            raise FloatingPointError(
-                f"stage {stage} produced NaN or infinite values; with float16 try dtype=torch.bfloat16 or float32")
 
 
 def _load_safety(ckpt, device):

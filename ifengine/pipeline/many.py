@@ -15,7 +15,6 @@ from typing import Any, Sequence
 
 import torch
 
-from ..runtime.buffers import fetch_no_sync
 from . import stages
 from .noise import make_generator
 from .options import RequestError, as_prompts
@@ -48,7 +47,6 @@ class _PlainRunner:
     options = _PlainOptions()
     run_if_stage = staticmethod(stages.run_if_stage)
     run_x4_stage = staticmethod(stages.run_x4_stage)
-    fetch_no_sync = staticmethod(fetch_no_sync)
 
 
 def generate_many(cascade, prompts: Sequence[str], *, batch_size: int = 1, seed: int | None = None,

@@ -14,6 +14,7 @@ back with one asynchronous copy into page-locked memory and one wait (``fetch_no
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -165,16 +166,19 @@ class HostFetch:
         return self.tensors, [bool(v) for v in self.finite.tolist()]
 
 
-def fetch_no_sync(outputs: list[torch.Tensor], dtype: torch.dtype = torch.float32) -> HostFetch:
+def fetch_no_sync(outputs: list[torch.Tensor], dtype: torch.dtype = torch.float32,
+                  extra_flags: Sequence[torch.Tensor] = ()) -> HostFetch:
     """Enqueue the copies of ``outputs`` (as ``dtype``) and of their all-finite flags to pinned host memory.
 
     Nothing here waits: the flags are computed on the device and travel with the images, so checking
-    for NaN costs no extra synchronisation. Call ``wait()`` once when the host needs the values.
+    for NaN costs no extra synchronisation. ``extra_flags`` (0-d bool tensors, e.g. the text encoders'
+    deferred checks) travel in the same copy and come last in ``wait()``'s flag list. Call ``wait()``
+    once when the host needs the values.
     """
     if not outputs:
         return HostFetch([], torch.zeros(0, dtype=torch.bool), None)
     device = outputs[0].device
-    flags = torch.stack([torch.isfinite(o).all() for o in outputs])
+    flags = torch.stack([torch.isfinite(o).all() for o in outputs] + [f.to(device) for f in extra_flags])
     if device.type != "cuda":
         return HostFetch([o.to(dtype) for o in outputs], flags, None)
     pin = dict(device="cpu", pin_memory=True)

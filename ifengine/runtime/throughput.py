@@ -3,8 +3,8 @@
 Two CUDA streams: the *front* stream runs stage I, the *back* stream stages II and III. The host
 enqueues stage I of batch k on the front, then stages II/III of batch k-1 on the back (waiting on an
 event recorded after that batch's stage I), and never waits in between; the device runs both streams
-at once. All prompts are encoded before the loop (T5 and CLIP fill their embedding caches), because an
-encoder run reads its finiteness check back to the host and would stall the pipeline mid-way.
+at once. All prompts are encoded before the loop (T5 and CLIP fill their embedding caches), so no encoder work
+sits between the stages of the pipeline; their finite checks come back with the images.
 
 Each batch has its own generator (seed + k), so batch k's images equal a plain cascade call with that
 seed. On a CPU the same code runs the batches one after another (no streams), which is what the CPU
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..pipeline.fetch import fetch_checked
 from ..pipeline.stages import RunContext
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ def run_throughput(cascade, runtime, prompts: Sequence[str], *, batch_size: int 
             with _on(back):
                 _wait(back, batches[k - 1])
                 _stages23(cascade, runtime, batches[k - 1])
-    outputs = _fetch(runtime, batches, front, back, check_finite)
+    outputs = _fetch(cascade, batches, front, back, check_finite)
     seconds = time.perf_counter() - started
     images = sum(b.request.batch for b in batches)
     log.info("throughput: %d images in %.2f s (%.3f images/s)", images, seconds, images / max(seconds, 1e-9))
@@ -140,15 +141,14 @@ def _wait(back, batch: _Batch) -> None:
         tensor.record_stream(back)
 
 
-def _fetch(runtime, batches: list[_Batch], front, back, check_finite: bool) -> list[list[torch.Tensor]]:
+def _fetch(cascade, batches: list[_Batch], front, back, check_finite: bool) -> list[list[torch.Tensor]]:
     if front is not None:
         current = torch.cuda.current_stream()
         current.wait_stream(front)
         current.wait_stream(back)
     flat = [t for b in batches for t in b.outs]
-    host, finite = runtime.fetch_no_sync(flat).wait()  # the one host synchronisation
-    if check_finite and not all(finite):
-        raise FloatingPointError("a batch produced NaN or infinite values; with float16 try bfloat16")
+    labels = [f"batch {k} stage {n}" for k, b in enumerate(batches) for n in range(1, len(b.outs) + 1)]
+    host = fetch_checked(flat, cascade.encoders(), check_finite, labels)  # the one host synchronisation
     out, i = [], 0
     for b in batches:
         out.append(host[i:i + len(b.outs)])

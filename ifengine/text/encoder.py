@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .masks import host_attention_mask
+
 log = logging.getLogger(__name__)
 
 
@@ -38,14 +40,21 @@ class PromptEncoder:
 
     Embeddings are cached per exact prompt string on the output device, so the unconditional ""
     and prompts repeated across calls cost one encoder run in total.
+
+    Every run's output is checked for non-finite values. By default the check reads the result back
+    (an error right here); with ``defer_checks`` it stays a device flag that the caller fetches with its
+    images (``take_checks``), so encoding never synchronises with the host; ``reject`` then drops the
+    embeddings a failed check covered.
     """
 
     def __init__(self, tokenizer, model, *, out_dtype: torch.dtype, use_mask: bool = True,
-                 max_length: int = 77, cache_size: int = 64):
+                 max_length: int = 77, cache_size: int = 64, defer_checks: bool = False):
         self.tokenizer, self.model = tokenizer, model
         self.out_dtype, self.use_mask, self.max_length = out_dtype, use_mask, max_length
-        self.cache_size = cache_size
+        self.cache_size, self.defer_checks = cache_size, defer_checks
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._unchecked: dict[tuple[str, ...], torch.Tensor] = {}  # prompts of one run -> its finite flag
+        self._hidden_dtype: torch.dtype | None = None
 
     @property
     def device(self) -> torch.device:
@@ -64,13 +73,37 @@ class PromptEncoder:
     @torch.no_grad()
     def _run(self, prompts: list[str]) -> torch.Tensor:
         tokens = tokenize(self.tokenizer, prompts, self.max_length)
-        mask = tokens.mask.to(self.device) if self.use_mask else None
-        out = self.model(tokens.ids.to(self.device), attention_mask=mask)
+        out = self.model(tokens.ids.to(self.device), attention_mask=self._mask(tokens))
         hidden = out[0]
-        if not torch.isfinite(hidden).all():
-            raise FloatingPointError(
-                f"the text encoder produced non-finite values in {hidden.dtype}; run it in bfloat16 or float32")
+        finite = torch.isfinite(hidden).all()
+        self._hidden_dtype = hidden.dtype
+        if self.defer_checks:
+            self._unchecked[tuple(prompts)] = finite
+            while len(self._unchecked) > self.cache_size:  # nobody is taking them: keep the newest
+                self._unchecked.pop(next(iter(self._unchecked)))
+        elif not finite:
+            raise FloatingPointError(self.failure_message(hidden.dtype))
         return hidden.to(self.out_dtype)
+
+    def _mask(self, tokens: Tokens) -> torch.Tensor | None:
+        if not self.use_mask:
+            return None
+        mask = host_attention_mask(self.model, tokens.mask)
+        return None if mask is None else mask.to(self.device)
+
+    def failure_message(self, dtype: torch.dtype | None = None) -> str:
+        dtype = dtype or self._hidden_dtype
+        return f"the text encoder produced non-finite values in {dtype}; run it in bfloat16 or float32"
+
+    def take_checks(self) -> list[tuple[tuple[str, ...], torch.Tensor]]:
+        """The deferred finite flags since the last call, each with the prompts it covers."""
+        checks, self._unchecked = list(self._unchecked.items()), {}
+        return checks
+
+    def reject(self, prompts: tuple[str, ...]) -> None:
+        """Forget the embeddings of ``prompts`` (their run failed its deferred check)."""
+        for p in prompts:
+            self._cache.pop(p, None)
 
     def _remember(self, prompt: str, emb: torch.Tensor) -> None:
         self._cache[prompt] = emb
@@ -79,3 +112,4 @@ class PromptEncoder:
 
     def clear_cache(self) -> None:
         self._cache.clear()
+        self._unchecked.clear()
