@@ -78,7 +78,7 @@ def test_bad_prompt_flags_are_one_clear_line(tmp_path, capsys, argv, message):
     assert not (tmp_path / "imgs").exists()
 
 
-def test_calls_bigger_than_the_plan_are_warned_about_and_max_batch_plans_for_them(stage1_dir, caplog):
+def test_calls_bigger_than_the_plan_are_warned_about_and_max_batch_and_size_plan_for_them(stage1_dir, caplog):
     small = ifengine.Cascade.from_pretrained(stage1_dir, safety=False, vram_budget="2GiB")
     assert small.runtime.plan.workload.batch == 1
     small("a cat", num_images_per_prompt=2, seed=0, steps=2, output_type="pt", progress=False)
@@ -88,5 +88,13 @@ def test_calls_bigger_than_the_plan_are_warned_about_and_max_batch_plans_for_the
     assert roomy.runtime.plan.workload.batch == 2
     roomy.generate_many(["a cat", "a dog"], batch_size=2, seed=0, steps=2, output_type="pt")
     assert not any("memory plan" in r.getMessage() for r in caplog.records)
+    wide = ifengine.Cascade.from_pretrained(stage1_dir, safety=False, vram_budget="2GiB", max_size=(None, 24))
+    assert (wide.runtime.plan.workload.height, wide.runtime.plan.workload.width) == (16, 24)
+    wide("a cat", width=24, seed=0, steps=2, output_type="pt", progress=False)
+    small("a cat", width=24, seed=0, steps=2, output_type="pt", progress=False)
+    planned = [r.getMessage() for r in caplog.records if "memory plan" in r.getMessage()]
+    assert len(planned) == 1 and "at 16x24 is bigger than the memory plan's batch 1 at 16x16" in planned[0]
     with pytest.raises(ValueError, match="max_batch"):
         ifengine.Cascade.from_pretrained(stage1_dir, safety=False, vram_budget="2GiB", max_batch=0)
+    with pytest.raises(ValueError, match="max_size"):
+        ifengine.Cascade.from_pretrained(stage1_dir, safety=False, vram_budget="2GiB", max_size=(16, -8))

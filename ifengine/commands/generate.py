@@ -87,7 +87,9 @@ def _runtime(args) -> dict:
     budget = parse_size(args.vram) if args.vram is not None else None  # a bad size fails before loading
     return dict(vram_budget=budget, cuda_graphs=False if args.no_cuda_graphs else None, compile=args.compile,
                 channels_last=args.channels_last, weights=args.weights, throughput=args.throughput,
-                max_batch=max(args.batch_size, args.num_images))  # buffers and the plan hold the largest batch
+                # buffers and the plan hold this run's batch and size
+                max_batch=max(args.batch_size, args.num_images),
+                max_size=None if args.height is None and args.width is None else (args.height, args.width))
 
 
 def run(args) -> int:

@@ -70,7 +70,8 @@ class Cascade:
                         text_dtype: torch.dtype | None = None, safety: bool = True,
                         vram_budget: int | str | None = None, cuda_graphs: bool | None = None,
                         compile: bool = False, channels_last: bool = False, weights: str = "auto",
-                        throughput: bool = False, max_batch: int = 1) -> "Cascade":
+                        throughput: bool = False, max_batch: int = 1,
+                        max_size: tuple[int | None, int | None] | None = None) -> "Cascade":
         """Load checkpoints given as local folders in the Hub layout or as Hub ids.
 
         On a CUDA device the GPU runtime is set up too (CUDA graphs unless ``cuda_graphs=False``);
@@ -78,7 +79,8 @@ class Cascade:
         ``weights``: "native" (``dtype``), "int8" (weight-only U-Nets), or "auto": int8 only for U-Nets
         the budget would otherwise stream every step. ``throughput=True`` builds the runtime for
         ``generate_many`` with overlapped stages (every U-Net then stays resident). ``max_batch``: the most
-        images one call (or one ``generate_many`` batch) makes; buffers and the memory plan are sized for it.
+        images one call (or one ``generate_many`` batch) makes, and ``max_size`` its largest stage I
+        (height, width); buffers and the memory plan are sized for them.
         """
         if stage1 is None and stage2 is None and stage3 is None:
             raise ValueError("give at least one checkpoint (stage1=, stage2=, stage3=)")
@@ -95,7 +97,8 @@ class Cascade:
         if device.type == "cuda" or vram_budget is not None or cuda_graphs or weights == "int8" or throughput:
             pipe.use_runtime(vram_budget=vram_budget, cuda_graphs=cuda_graphs, compile=compile,
                              channels_last=channels_last, weights=weights,
-                             mode="throughput" if throughput else "latency", max_batch=max_batch)
+                             mode="throughput" if throughput else "latency", max_batch=max_batch,
+                             max_size=max_size)
         return pipe
 
     def use_runtime(self, vram_budget: int | str | None = None, cuda_graphs: bool | None = None,
@@ -235,7 +238,6 @@ class Cascade:
                     "stages": [vars(s) for s in req.stages[: req.last_stage]]}
         return CascadeOutput(images=images, stages=outs, seed=seed,
                              nsfw_detected=nsfw, settings=settings)
-
 
     def to_images(self, final: torch.Tensor, last_stage: int, output_type: str) -> tuple[Any, list[bool] | None]:
         """A last stage's output (on the host, [-1, 1]) as ``output_type``; PIL images pass the safety

@@ -71,7 +71,7 @@ class Runtime:
             return
         self._warned.add(key)
         log.warning("stage %d: batch %d at %dx%d is bigger than the memory plan's batch %d at %dx%d, so the "
-                    "peak may pass the %s budget; configure with max_batch= (or workload=) for such calls",
+                    "peak may pass the %s budget; plan for such calls with max_batch= / max_size=",
                     stage_no, batch, size[0], size[1], work.batch, h, w, format_size(self.plan.budget_bytes))
 
     def ensure(self, component: str) -> None:
@@ -91,24 +91,29 @@ class Runtime:
             self.placer.remove_hooks()
 
 
-def default_workload(cascade, batch: int = 1) -> Workload:
+def default_workload(cascade, batch: int = 1, size: tuple[int | None, int | None] | None = None) -> Workload:
+    """The cascade's default call with ``batch`` images at stage I ``size`` (None parts: the default size)."""
+    height, width = size or (None, None)
     if cascade.stage1 is None:
-        return Workload(batch=batch)
-    size = cascade.stage1.unet.config.sample_size
+        return Workload(height=height or 64, width=width or 64, batch=batch)
+    default = cascade.stage1.unet.config.sample_size
     steps, guidance = cascade.defaults.steps, cascade.defaults.guidance
-    return Workload(height=size, width=size, batch=batch, steps=tuple(steps), cfg=tuple(g > 1 for g in guidance))
+    return Workload(height=height or default, width=width or default, batch=batch, steps=tuple(steps),
+                    cfg=tuple(g > 1 for g in guidance))
 
 
 def configure(cascade, vram_budget: int | str | None = None, cuda_graphs: bool | None = None,
               compile: bool = False, channels_last: bool = False, *, workload: Workload | None = None,
               mode: str = "latency", limit_allocator: bool = False, weights: str = "auto", max_batch: int = 1,
-              options: RuntimeOptions | None = None) -> Runtime:
+              max_size: tuple[int | None, int | None] | None = None, options: RuntimeOptions | None = None
+              ) -> Runtime:
     """Build the GPU runtime for ``cascade`` and attach it (``cascade.runtime``): its calls then run here.
 
     ``vram_budget`` ("8GiB", "12GB" or bytes) makes the planner place every weight and moves them now:
     load the cascade on the CPU first so that nothing has to fit the device before planning.
     ``cuda_graphs`` defaults to on for CUDA cascades and off elsewhere. ``workload`` is the largest call
-    the plan must hold (default: the cascade's default size and steps, ``max_batch`` images per call).
+    the plan must hold (default: the cascade's default steps, ``max_batch`` images per call at stage I
+    size ``max_size`` = (height, width), whose None parts mean the default size).
     ``weights``: "native" keeps the U-Nets' dtype, "int8" makes them weight-only int8, "auto" does so
     only for U-Nets the budget would otherwise stream every step (see weight_precision.py).
     """
@@ -121,9 +126,11 @@ def configure(cascade, vram_budget: int | str | None = None, cuda_graphs: bool |
                                  backend=TorchBackendOptions(channels_last=channels_last, compile=compile))
     if options.cuda_graphs:
         check_graph_device(device)
-    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
-        raise ValueError(f"max_batch must be a whole number >= 1, got {max_batch!r}")
-    workload = workload or default_workload(cascade, max_batch)
+    _check_positive("max_batch", max_batch)
+    for part in max_size or ():
+        if part is not None:
+            _check_positive("max_size", part)
+    workload = workload or default_workload(cascade, max_batch, max_size)
     plan_options = options.plan or PlanOptions(cuda_graphs=options.cuda_graphs, graph_scope=options.graph_scope,
                                                mode=options.mode)
     _choose_int8(cascade, options, workload, plan_options)  # before layout changes and placement
@@ -144,6 +151,11 @@ def configure(cascade, vram_budget: int | str | None = None, cuda_graphs: bool |
     # its plain loops would compute with whichever component last filled the swap area
     cascade.runtime = runtime
     return runtime
+
+
+def _check_positive(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be whole numbers >= 1, got {value!r}")
 
 
 def _reserve(runner: GraphRunner, cascade, workload: Workload) -> None:
