@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
 QMAX = 127  # symmetric: -127..127, so that negating a weight never overflows
@@ -96,24 +97,24 @@ class QuantizeReport:
     bytes_after: int
 
 
-def quantize_module(module: nn.Module, *, skip: tuple[str, ...] = SKIP_NAMES,
-                    min_numel: int = MIN_NUMEL) -> QuantizeReport:
+def quantize_module(module: nn.Module, *, skip: tuple[str, ...] = SKIP_NAMES, min_numel: int = MIN_NUMEL,
+                    progress: str | None = None) -> QuantizeReport:
     """Replace every big-enough Linear/Conv2d of ``module`` in place by its int8 weight-only twin.
 
     Works on meta modules too (the planner sizes int8 components that way). Layers whose own name is in
-    ``skip`` or whose weight has fewer than ``min_numel`` elements keep their precision.
+    ``skip`` or whose weight has fewer than ``min_numel`` elements keep their precision. ``progress``
+    names a progress bar (a full-size U-Net takes seconds to a minute on a CPU).
     """
-    before = after = layers = 0
-    for parent_name, parent in list(module.named_modules()):
-        for name, child in list(parent.named_children()):
-            kind = _REPLACEMENTS.get(type(child))
-            if kind is None or name in skip or child.weight.numel() < min_numel:
-                continue
-            new = kind(child)
-            before += _bytes(child)
-            after += _bytes(new)
-            setattr(parent, name, new)
-            layers += 1
+    todo = [(parent, name, child) for _, parent in module.named_modules()
+            for name, child in parent.named_children()
+            if type(child) in _REPLACEMENTS and name not in skip and child.weight.numel() >= min_numel]
+    before = after = 0
+    for parent, name, child in tqdm(todo, desc=progress, disable=progress is None, leave=False):
+        new = _REPLACEMENTS[type(child)](child)
+        before += _bytes(child)
+        after += _bytes(new)
+        setattr(parent, name, new)
+    layers = len(todo)
     if layers == 0:
         log.warning("quantize_module: no Linear or Conv2d layer of %s was big enough to quantise",
                     type(module).__name__)

@@ -100,6 +100,6 @@ def apply_int8(modules: dict[str, nn.Module], names: tuple[str, ...]) -> None:
     for name in names:
         if is_quantized(modules[name]):
             continue
-        report = quantize_module(modules[name])
+        report = quantize_module(modules[name], progress=f"{name} to int8")
         log.info("%s: %d layers to int8 weights, %s -> %s", name, report.layers,
                  format_size(report.bytes_before), format_size(report.bytes_after))
