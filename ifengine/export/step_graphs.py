@@ -2,23 +2,20 @@
 
 The schedule is an input table (``step_spec.DDPM_COLUMNS`` / ``DDIM_COLUMNS``) gathered with the step
 index, so the graph holds no per-run constants. Stage III reuses the torch step (``x4_step``) as is.
-Stages I and II restate ``ddpm_step`` with one change: the dynamic-thresholding quantile takes its
-TopK k from the sample's runtime shape (the torch step fixes k from the shape it is traced at), so one
-graph serves every height and width. ``tests/test_export_steps.py`` holds both to the torch steps.
+Stages I and II run ``ddpm_step`` with one change: the dynamic-thresholding quantile takes its TopK k
+from the sample's runtime shape (the torch step fixes k from the shape it is traced at), so one graph
+serves every height and width. ``tests/test_export_steps.py`` holds both to the torch steps.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..pipeline.steps import guide, timestep_at, x4_step
-from ..schedule._common import gather, step_index
 from ..schedule.ddim import DDIMConfig, DDIMTables
-from ..schedule.ddpm import DDPMConfig, DDPMTables, predict_x0
-from ..schedule.x0 import X0Clamp, apply_x0_clamp, make_x0_clamp
+from ..schedule.ddpm import DDPMConfig, DDPMTables, ddpm_step
+from ..schedule.x0 import X0Clamp, make_x0_clamp
 from .step_spec import DDIM_COLUMNS, DDPM_COLUMNS, if_sample_channels
 
 
@@ -59,55 +56,15 @@ def quantile_dynamic(x: torch.Tensor, q: float) -> torch.Tensor:
     return torch.lerp(low, high, weight).squeeze(-1)
 
 
-def dynamic_threshold_dynamic(x0: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
-    """``schedule.x0.dynamic_threshold`` with the shape-following quantile above."""
-    dtype = x0.dtype
-    work = x0 if dtype in (torch.float32, torch.float64) else x0.float()
-    flat = work.reshape(work.shape[0], -1)
-    s = quantile_dynamic(flat.abs(), ratio).clamp(min=1.0, max=max_value).unsqueeze(1)
-    bounded = torch.minimum(torch.maximum(flat, -s), s) / s
-    return bounded.reshape(x0.shape).to(dtype)
-
-
-def bound_x0(clamp: X0Clamp, x0: torch.Tensor) -> torch.Tensor:
-    if clamp.mode == "dynamic":
-        return dynamic_threshold_dynamic(x0, clamp.ratio, clamp.max_value)
-    return apply_x0_clamp(clamp, x0)
-
-
-@dataclass(frozen=True)
-class _DDPMColumns:
-    """The schedule input's columns (``DDPM_COLUMNS``, by name) under the DDPMTables field names the step
-    math reads, plus the two static choices; the graph never sees the tables' other fields."""
-
-    prediction_type: str
-    variance_type: str
-    timesteps: torch.Tensor
-    sqrt_alpha_prod_t: torch.Tensor
-    sqrt_beta_prod_t: torch.Tensor
-    coef_x0: torch.Tensor
-    coef_xt: torch.Tensor
-    log_variance_min: torch.Tensor
-    log_variance_max: torch.Tensor
-    noise_std: torch.Tensor
-    noise_mask: torch.Tensor
-
-
-def ddpm_update(cols: _DDPMColumns, clamp: X0Clamp, i: torch.Tensor, model_output: torch.Tensor,
-                sample: torch.Tensor, noise: torch.Tensor, channels: int) -> torch.Tensor:
-    """``schedule.ddpm.ddpm_step`` for a guided IF output, with ``bound_x0`` for the x0 clamp."""
-    index = step_index(i, cols.timesteps.device)
-    prediction, variance = model_output[:, :channels], model_output[:, channels:]
-    x0 = bound_x0(clamp, predict_x0(cols, index, prediction, sample))
-    mean = gather(cols.coef_x0, index) * x0 + gather(cols.coef_xt, index) * sample
-    if cols.variance_type == "learned_range":
-        frac = (variance + 1) / 2
-        log_var = frac * gather(cols.log_variance_max, index) + (1 - frac) * gather(cols.log_variance_min, index)
-        scale = torch.exp(0.5 * log_var)
-    else:
-        scale = gather(cols.noise_std, index)
-    noise_term = torch.where(gather(cols.noise_mask, index) > 0.5, scale * noise, 0.0)
-    return (mean + noise_term).to(sample.dtype)
+def _ddpm_tables(scheduler: DDPMConfig, clamp: X0Clamp, schedule: torch.Tensor) -> DDPMTables:
+    """The schedule input unpacked into DDPMTables (as X4StepGraph does for DDIM): the columns the step
+    reads, by name, and empty placeholders for the host-side fields it does not."""
+    cols = {name: schedule[:, j] for j, name in enumerate(DDPM_COLUMNS)}
+    cols["noise_mask"] = cols["noise_mask"] > 0.5  # packed as float; the step takes the bool mask
+    unused = schedule[:0, 0]
+    return DDPMTables(host_timesteps=(), prediction_type=scheduler.prediction_type,
+                      variance_type=scheduler.variance_type, x0_clamp=clamp, alphas_cumprod=unused,
+                      alpha_prod_t=unused, alpha_prod_t_prev=unused, **cols)
 
 
 class IFStepGraph(nn.Module):
@@ -119,14 +76,10 @@ class IFStepGraph(nn.Module):
         self.channels = if_sample_channels(unet.config, stage)
 
     def forward(self, sample, step, schedule, text_embeds, noise, guidance, upscaled=None, noise_level=None):
-        # bound by name: a column missing from, or extra to, _DDPMColumns is a TypeError, never a silent shift
-        cols = _DDPMColumns(prediction_type=self.scheduler.prediction_type,
-                            variance_type=self.scheduler.variance_type,
-                            **{name: schedule[:, j] for j, name in enumerate(DDPM_COLUMNS)})
+        tables = _ddpm_tables(self.scheduler, self.clamp, schedule)
         model_in = sample if upscaled is None else torch.cat([sample, upscaled], dim=1)
-        out = self.unet(torch.cat([model_in, model_in]), timestep_at(cols, step), text_embeds, noise_level)
-        out = guide(out, self.channels, guidance)
-        return ddpm_update(cols, self.clamp, step, out, sample, noise, self.channels)
+        out = self.unet(torch.cat([model_in, model_in]), timestep_at(tables, step), text_embeds, noise_level)
+        return ddpm_step(tables, step, guide(out, self.channels, guidance), sample, noise, quantile_dynamic)
 
 
 class X4StepGraph(nn.Module):

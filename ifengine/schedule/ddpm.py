@@ -6,7 +6,7 @@ tensor values and no host sync, so it can be traced, exported to ONNX or capture
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -14,7 +14,7 @@ import torch
 from ._common import StepTables, check_choice, gather, static_dim, step_index
 from .config import PREDICTION_TYPES, SchedulerConfig  # noqa: F401  (PREDICTION_TYPES: kept importable from here)
 from .timesteps import resolve_timesteps
-from .x0 import X0Clamp, apply_x0_clamp
+from .x0 import X0Clamp, apply_x0_clamp, quantile_last_dim
 
 VARIANCE_TYPES = ("learned_range", "fixed_small")
 # The posterior variance is 0 at the last step; its log is taken, so it is floored (as the reference does).
@@ -152,16 +152,18 @@ def ddpm_step(
     model_output: torch.Tensor,
     sample: torch.Tensor,
     noise: torch.Tensor,
+    quantile: Callable[[torch.Tensor, float], torch.Tensor] = quantile_last_dim,
 ) -> torch.Tensor:
     """x_{t-1} from x_t at step i (int or 0-d int64 tensor).
 
     `model_output` is the prediction (C channels) or prediction + learned variance (2C channels);
     with "fixed_small" the extra channels are ignored. `noise` (shaped like `sample`) is always
-    required and is masked out at t == 0.
+    required and is masked out at t == 0. `quantile` serves dynamic thresholding (exported step graphs
+    pass one whose top-k follows the runtime shape).
     """
     index = step_index(i, tables.timesteps.device)
     prediction, variance = _split_output(tables, model_output, sample)
-    x0 = apply_x0_clamp(tables.x0_clamp, predict_x0(tables, index, prediction, sample))
+    x0 = apply_x0_clamp(tables.x0_clamp, predict_x0(tables, index, prediction, sample), quantile)
     mean = gather(tables.coef_x0, index) * x0 + gather(tables.coef_xt, index) * sample
     # where(), not a multiply by 0: an unbounded learned variance can overflow exp() to inf at t == 0.
     scaled_noise = _noise_scale(tables, index, variance) * noise

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -82,21 +83,26 @@ def quantile_last_dim(x: torch.Tensor, q: float) -> torch.Tensor:
     return torch.lerp(low, high, weight)
 
 
-def dynamic_threshold(x0: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
-    """Per-sample s = clamp(quantile(|x0|, ratio), 1, max_value); returns clamp(x0, -s, s) / s."""
+def dynamic_threshold(x0: torch.Tensor, ratio: float, max_value: float,
+                      quantile: Callable[[torch.Tensor, float], torch.Tensor] = quantile_last_dim) -> torch.Tensor:
+    """Per-sample s = clamp(quantile(|x0|, ratio), 1, max_value); returns clamp(x0, -s, s) / s.
+
+    ``quantile`` is swappable because exported step graphs need one whose top-k follows the runtime shape.
+    """
     dtype = x0.dtype
     work = x0 if dtype in (torch.float32, torch.float64) else x0.float()
     flat = work.reshape(work.shape[0], -1)
-    s = quantile_last_dim(flat.abs(), ratio).clamp(min=1.0, max=max_value).unsqueeze(1)
+    s = quantile(flat.abs(), ratio).clamp(min=1.0, max=max_value).unsqueeze(1)
     # minimum/maximum rather than clamp(tensor bounds): ONNX Clip only takes scalar bounds.
     bounded = torch.minimum(torch.maximum(flat, -s), s) / s
     return bounded.reshape(x0.shape).to(dtype)
 
 
-def apply_x0_clamp(spec: X0Clamp, x0: torch.Tensor) -> torch.Tensor:
+def apply_x0_clamp(spec: X0Clamp, x0: torch.Tensor,
+                   quantile: Callable[[torch.Tensor, float], torch.Tensor] = quantile_last_dim) -> torch.Tensor:
     """Bound x0 as the spec says (the branch is on static config, never on tensor values)."""
     if spec.mode == "dynamic":
-        return dynamic_threshold(x0, spec.ratio, spec.max_value)
+        return dynamic_threshold(x0, spec.ratio, spec.max_value, quantile)
     if spec.mode == "clip":
         clipped = x0.clamp(-spec.bound, spec.bound)
         return clipped if spec.divisor == 1.0 else clipped / spec.divisor
