@@ -49,10 +49,10 @@ def run(args) -> int:
     import torch
 
     from ..runtime.memory import Workload
-    from ..runtime.plan_inputs import checkpoint_modules, plan_inputs, preset_modules
+    from ..runtime.plan_inputs import checkpoint_modules, preset_modules
     from ..runtime.plan_report import format_plan
-    from ..runtime.planner import PlanOptions, plan_memory
-    from ..runtime.weight_precision import choose_weights, int8_twin
+    from ..runtime.planner import PlanOptions
+    from ..runtime.weight_precision import choose_weights
 
     dtype = getattr(torch, args.dtype)
     if args.stage1 or args.stage2 or args.stage3:
@@ -68,10 +68,7 @@ def run(args) -> int:
     options = PlanOptions(cuda_graphs=not args.no_cuda_graphs, mode="throughput" if args.throughput else "latency",
                           **({"reserve_bytes": args.reserve} if args.reserve else {}))
     choice = choose_weights(modules, workload, args.vram, options, args.weights)
-    modules = {n: int8_twin(m) if n in choice.int8 else m for n, m in modules.items()}
-    inputs = plan_inputs(modules, workload)
-    plan = plan_memory(inputs, args.vram, options)
-    sys.stdout.write(format_plan(plan, inputs) + "\n")
+    sys.stdout.write(format_plan(choice.plan, choice.inputs) + "\n")
     return 0
 
 

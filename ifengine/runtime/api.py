@@ -18,8 +18,8 @@ from .gpu_runner import DecodeSettings, GraphRunner
 from .graphs import GraphCache, check_graph_device
 from .memory import Workload
 from .offload import WeightPlacer
-from .plan_inputs import cascade_modules, plan_inputs
-from .planner import UNETS, MemoryPlan, PlanOptions, plan_memory
+from .plan_inputs import cascade_modules
+from .planner import UNETS, MemoryPlan, PlanOptions
 from .sizes import GiB, format_size, parse_size
 from .weight_precision import apply_int8, check_weights, choose_weights
 
@@ -133,13 +133,11 @@ def configure(cascade, vram_budget: int | str | None = None, cuda_graphs: bool |
     workload = workload or default_workload(cascade, max_batch, max_size)
     plan_options = options.plan or PlanOptions(cuda_graphs=options.cuda_graphs, graph_scope=options.graph_scope,
                                                mode=options.mode)
-    _choose_int8(cascade, options, workload, plan_options)  # before layout changes and placement
+    plan = _choose_int8(cascade, options, workload, plan_options)  # before layout changes and placement
     backend = UNetBackend(options.backend)
     for unet in _unets(cascade):
         backend.prepare(unet)
-    plan = placer = None
-    if options.vram_budget is not None:
-        plan, placer = _place(cascade, options, workload, device, plan_options)
+    placer = _place(cascade, options, plan, device) if plan is not None else None
     caches = _graph_caches(device, options)
     decode = DecodeSettings(plan.vae_tile, plan.vae_overlap) if plan and plan.vae_tile else DecodeSettings()
     runner = GraphRunner(device, graphs=caches, ensure=placer.ensure if placer else _nothing,
@@ -187,19 +185,22 @@ def _graph_caches(device: torch.device, options: RuntimeOptions) -> dict[int, Gr
     return {1: shared, 2: shared, 3: shared}
 
 
-def _choose_int8(cascade, options: RuntimeOptions, workload: Workload, plan_options: PlanOptions) -> None:
+def _choose_int8(cascade, options: RuntimeOptions, workload: Workload,
+                 plan_options: PlanOptions) -> MemoryPlan | None:
+    """Quantise the U-Nets the weights option picks; returns the memory plan when there is a budget."""
     modules = cascade_modules(cascade)
-    if options.vram_budget is not None:
-        int8 = choose_weights(modules, workload, options.vram_budget, plan_options, options.weights).int8
-    else:
-        int8 = tuple(n for n in UNETS if n in modules) if options.weights == "int8" else ()
-    apply_int8(modules, int8)
+    if options.vram_budget is None:
+        apply_int8(modules, tuple(n for n in UNETS if n in modules) if options.weights == "int8" else ())
+        return None
+    choice = choose_weights(modules, workload, options.vram_budget, plan_options, options.weights)
+    # the plan was made on int8 meta twins: the quantised modules have the same unit paths and sizes
+    # (the placer checks each unit against it)
+    apply_int8(modules, choice.int8)
+    return choice.plan
 
 
-def _place(cascade, options: RuntimeOptions, workload: Workload, device: torch.device, plan_options: PlanOptions):
+def _place(cascade, options: RuntimeOptions, plan: MemoryPlan, device: torch.device) -> WeightPlacer:
     modules = cascade_modules(cascade)
-    # planned from the real (possibly now int8) modules: unit paths and sizes are what the placer moves
-    plan = plan_memory(plan_inputs(modules, workload), options.vram_budget, plan_options)
     streamed = [p.name for p in plan.placements if p.name in UNETS and p.streamed_units]
     if options.backend.compile and streamed:
         raise ValueError(f"compile=True cannot be combined with weight streaming of {streamed}, which this "
@@ -207,7 +208,7 @@ def _place(cascade, options: RuntimeOptions, workload: Workload, device: torch.d
     if options.limit_allocator:
         _limit_allocator(options.vram_budget, device)
     log.info("memory plan for %.2f GiB: %s", options.vram_budget / GiB, plan.modes())
-    return plan, WeightPlacer(plan, modules, device).apply()
+    return WeightPlacer(plan, modules, device).apply()
 
 
 def _limit_allocator(budget: int, device: torch.device) -> None:

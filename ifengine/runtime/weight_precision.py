@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..models.int8 import compute_dtype, is_quantized, quantize_module
-from .memory import Workload
+from .memory import PlanInputs, Workload
 from .plan_inputs import plan_inputs
 from .planner import UNETS, MemoryPlan, PlanError, PlanOptions, plan_memory
 from .sizes import format_size
@@ -33,6 +33,7 @@ WEIGHT_CHOICES = ("auto", "native", "int8")
 class WeightChoice:
     int8: tuple[str, ...]  # U-Nets (planner names) that run with int8 weights
     plan: MemoryPlan
+    inputs: PlanInputs  # what the plan was made from (int8 U-Nets as meta twins: the same paths and sizes)
 
 
 def check_weights(weights: str) -> str:
@@ -69,8 +70,9 @@ def choose_weights(modules: dict[str, nn.Module], workload: Workload, budget: in
     error = None
     for int8 in candidates(modules, check_weights(weights)):
         trial = {n: int8_twin(m) if n in int8 else m for n, m in modules.items()}
+        inputs = plan_inputs(trial, workload)
         try:
-            choice = WeightChoice(int8, plan_memory(plan_inputs(trial, workload), budget, options))
+            choice = WeightChoice(int8, plan_memory(inputs, budget, options), inputs)
         except PlanError as err:
             error = PlanError(f"{err} (planned with int8 weights for {', '.join(int8)})") if int8 else err
             continue
