@@ -9,6 +9,19 @@ import pytest
 # ask for these fixtures do not pay for importing diffusers.
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models are all per-op overhead: extra intra-op threads only add synchronisation, and on a
+    busy 2-core CI machine OpenMP spin-waiting made such modules ~5x slower. Restored afterwards.
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def stage1_dir(tmp_path_factory):
     """Tiny IF-I checkpoint: model_index.json, unet/, text_encoder/, tokenizer/, scheduler/."""

@@ -52,14 +52,7 @@ def inputs(cfg: UNetConfig, batch: int, h: int, w: int, seed: int = 1) -> dict:
     return args
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models are all per-op overhead: extra intra-op threads only add synchronisation, and on a
-    busy CI machine OpenMP spin-waiting made this module ~5x slower. Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add overhead
 
 
 @pytest.fixture(scope="module", params=["tiny-I", "tiny-II"])
