@@ -64,6 +64,7 @@ def test_prompts_file_writes_one_png_per_prompt(tmp_path, capsys):
     (["--prompts-file", "{empty}"], "has no prompts"),
     (["--prompts-file", "{list}", "--batch-size", "0"], "--batch-size must be at least 1"),
     (["a cat", "--throughput"], "go with --prompts-file"),
+    (["a cat", "--vram", "8 gigs"], "e.g. 8GiB"),
     ([], "give a prompt"),
 ])
 def test_bad_prompt_flags_are_one_clear_line(tmp_path, capsys, argv, message):
