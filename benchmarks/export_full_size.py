@@ -48,13 +48,20 @@ def write_stage1(root: Path, unet_name: str, t5_name: str | None, t5_layers: int
     shutil.rmtree(tmp, ignore_errors=True)
     config = unet_preset(unet_name)
     (tmp / "unet").mkdir(parents=True)
-    save_file(random_state(build_on_meta(lambda: IFUNet(config)), seed=1),
-              str(tmp / "unet" / "diffusion_pytorch_model.safetensors"))
+    save_file(
+        random_state(build_on_meta(lambda: IFUNet(config)), seed=1),
+        str(tmp / "unet" / "diffusion_pytorch_model.safetensors"),
+    )
     _json(tmp / "unet" / "config.json", unet_config_json(config))
     _json(tmp / "scheduler" / "scheduler_config.json", scheduler_json(IF_STAGE1_DDPM, "DDPMScheduler"))
     shutil.copytree(t5_tokenizer_dir(), tmp / "tokenizer")
-    index = {"_class_name": "IFPipeline", "_diffusers_version": "0.30.0", "unet": ["diffusers", "UNet2DConditionModel"],
-             "scheduler": ["diffusers", "DDPMScheduler"], "tokenizer": ["transformers", "T5Tokenizer"]}
+    index = {
+        "_class_name": "IFPipeline",
+        "_diffusers_version": "0.30.0",
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "scheduler": ["diffusers", "DDPMScheduler"],
+        "tokenizer": ["transformers", "T5Tokenizer"],
+    }
     if t5_name is not None:
         preset = text_preset(t5_name)
         if t5_layers is not None:
@@ -78,13 +85,23 @@ def child(args) -> None:
     from ifengine.export.manifest import read_manifest
 
     start = time.perf_counter()
-    (path,) = export_artifacts({1: args.checkpoint}, args.out, components=[args.component],
-                               precisions=[args.precision], progress=False)
+    (path,) = export_artifacts(
+        {1: args.checkpoint}, args.out, components=[args.component], precisions=[args.precision], progress=False
+    )
     manifest = read_manifest(path)
     sizes = {name: meta["size"] for name, meta in manifest["files"].items() if name.endswith((".onnx", ".data"))}
-    print(json.dumps({"wall_s": round(time.perf_counter() - start, 1), "export_s": manifest["export_seconds"],
-                      "graph_bytes": sizes, "external_data": manifest["external_data"],
-                      "note": manifest["variant"]["note"], "opset": manifest["opset"]}))
+    print(
+        json.dumps(
+            {
+                "wall_s": round(time.perf_counter() - start, 1),
+                "export_s": manifest["export_seconds"],
+                "graph_bytes": sizes,
+                "external_data": manifest["external_data"],
+                "note": manifest["variant"]["note"],
+                "opset": manifest["opset"],
+            }
+        )
+    )
 
 
 def run_child(argv: list[str]) -> dict:
@@ -131,14 +148,31 @@ def export(args) -> dict:
     results = {}
     for component in args.components.split(","):
         print(f"exporting {component} ({args.preset}, {args.precision}) ...", file=sys.stderr, flush=True)
-        results[component] = run_child(["child", "--checkpoint", str(ckpt), "--out", str(work / "artifacts"),
-                                        "--component", component, "--precision", args.precision])
+        results[component] = run_child(
+            [
+                "child",
+                "--checkpoint",
+                str(ckpt),
+                "--out",
+                str(work / "artifacts"),
+                "--component",
+                component,
+                "--precision",
+                args.precision,
+            ]
+        )
         print(f"  {results[component]}", file=sys.stderr, flush=True)
     if not args.keep:
         shutil.rmtree(work / "artifacts", ignore_errors=True)
         shutil.rmtree(ckpt, ignore_errors=True)
-    return {"preset": args.preset, "models": {"unet1": unet_name, "t5": t5_name}, "precision": args.precision,
-            "checkpoint_write_s": built, "components": results, "machine": machine()}
+    return {
+        "preset": args.preset,
+        "models": {"unet1": unet_name, "t5": t5_name},
+        "precision": args.precision,
+        "checkpoint_write_s": built,
+        "components": results,
+        "machine": machine(),
+    }
 
 
 def int8(args) -> dict:
@@ -154,16 +188,29 @@ def int8(args) -> dict:
     ckpt = write_stage1(work / f"stage1-int8-{args.preset}", unet_name, t5_name, layers)
     options = ExportOptions(calibration=CalibrationSettings(samples=args.samples, held_out_samples=8))
     start = time.perf_counter()
-    paths = export_artifacts({1: ckpt}, work / "artifacts-int8", components=["unet1"], precisions=["fp32", "int8"],
-                             progress=False, options=options)
+    paths = export_artifacts(
+        {1: ckpt},
+        work / "artifacts-int8",
+        components=["unet1"],
+        precisions=["fp32", "int8"],
+        progress=False,
+        options=options,
+    )
     quant = read_manifest(paths[1])["quantization"]
     if not args.keep:
         shutil.rmtree(work / "artifacts-int8", ignore_errors=True)
         shutil.rmtree(ckpt, ignore_errors=True)
-    return {"preset": args.preset, "unet": unet_name, "calibration_samples": quant["calibration_samples"],
-            "calibration_size": quant["calibration_size"], "held_out_samples": quant["held_out_samples"],
-            "cosine_min": quant["held_out_cosine_min"], "cosine_mean": quant["held_out_cosine_mean"],
-            "wall_s": round(time.perf_counter() - start, 1), "machine": machine()}
+    return {
+        "preset": args.preset,
+        "unet": unet_name,
+        "calibration_samples": quant["calibration_samples"],
+        "calibration_size": quant["calibration_size"],
+        "held_out_samples": quant["held_out_samples"],
+        "cosine_min": quant["held_out_cosine_min"],
+        "cosine_mean": quant["held_out_cosine_mean"],
+        "wall_s": round(time.perf_counter() - start, 1),
+        "machine": machine(),
+    }
 
 
 def machine() -> dict:
@@ -172,9 +219,15 @@ def machine() -> dict:
     import torch
 
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return {"cpus": os.cpu_count(), "ram_gib": round(ram / GB, 1),
-            "load_average": [round(v, 2) for v in os.getloadavg()], "python": platform.python_version(),
-            "torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+    return {
+        "cpus": os.cpu_count(),
+        "ram_gib": round(ram / GB, 1),
+        "load_average": [round(v, 2) for v in os.getloadavg()],
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
 
 
 def save(kind: str, key: str, result: dict, results_dir: Path) -> None:
@@ -187,31 +240,54 @@ def save(kind: str, key: str, result: dict, results_dir: Path) -> None:
 
 
 def markdown(data: dict) -> str:
-    lines = ["# ONNX export on a CPU machine", "",
-             "Written by `benchmarks/export_full_size.py`. Random weights; one fresh process per component.", ""]
+    lines = [
+        "# ONNX export on a CPU machine",
+        "",
+        "Written by `benchmarks/export_full_size.py`. Random weights; one fresh process per component.",
+        "",
+    ]
     for key, run in sorted(data.get("export", {}).items()):
         m = run["machine"]
-        lines += [f"## Export, {key} ({run['precision']}): {m['cpus']} CPUs, {m['ram_gib']} GiB RAM, "
-                  f"load average at the end {m['load_average']}", "",
-                  "| component | model | peak RSS (GiB) | peak anonymous RSS (GiB) | wall (s) | graph + data (GiB) "
-                  "| external data | note |", "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## Export, {key} ({run['precision']}): {m['cpus']} CPUs, {m['ram_gib']} GiB RAM, "
+            f"load average at the end {m['load_average']}",
+            "",
+            "| component | model | peak RSS (GiB) | peak anonymous RSS (GiB) | wall (s) | graph + data (GiB) "
+            "| external data | note |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for comp, r in run["components"].items():
             size = sum(r["graph_bytes"].values()) / GB
-            lines.append(f"| {comp} | {run['models'][comp]} | {r['peak_rss_gib']} | {r.get('peak_anon_rss_gib', '-')} | "
-                         f"{r['wall_s']} | {size:.2f} | {r['external_data']} | {r['note']} |")
+            lines.append(
+                f"| {comp} | {run['models'][comp]} | {r['peak_rss_gib']} | {r.get('peak_anon_rss_gib', '-')} | "
+                f"{r['wall_s']} | {size:.2f} | {r['external_data']} | {r['note']} |"
+            )
         wrote = run["checkpoint_write_s"]
-        lines += ["", (f"Writing the random checkpoint took {wrote} s" if wrote is not None else
-                       "The random checkpoint was reused from an earlier run") + " (not included above). Wall time "
-                  "includes the first component's sha256 of the whole checkpoint (cached for the next). Peak RSS "
-                  "includes pages of the memory-mapped checkpoint (page cache the kernel can reclaim); the anonymous "
-                  "peak is the process's own memory, sampled every 0.2 s.", ""]
+        lines += [
+            "",
+            (
+                f"Writing the random checkpoint took {wrote} s"
+                if wrote is not None
+                else "The random checkpoint was reused from an earlier run"
+            )
+            + " (not included above). Wall time "
+            "includes the first component's sha256 of the whole checkpoint (cached for the next). Peak RSS "
+            "includes pages of the memory-mapped checkpoint (page cache the kernel can reclaim); the anonymous "
+            "peak is the process's own memory, sampled every 0.2 s.",
+            "",
+        ]
     if data.get("int8"):
-        lines += ["## int8 U-Net fidelity (cosine of int8 to fp32 output, held-out inputs)", "",
-                  "| preset | U-Net | calibration samples | size | held-out | cosine min | cosine mean |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            "## int8 U-Net fidelity (cosine of int8 to fp32 output, held-out inputs)",
+            "",
+            "| preset | U-Net | calibration samples | size | held-out | cosine min | cosine mean |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for key, r in sorted(data["int8"].items()):
-            lines.append(f"| {key} | {r['unet']} | {r['calibration_samples']} | {r['calibration_size']} | "
-                         f"{r['held_out_samples']} | {r['cosine_min']} | {r['cosine_mean']} |")
+            lines.append(
+                f"| {key} | {r['unet']} | {r['calibration_samples']} | {r['calibration_size']} | "
+                f"{r['held_out_samples']} | {r['cosine_min']} | {r['cosine_mean']} |"
+            )
         lines.append("")
     return "\n".join(lines)
 

@@ -39,17 +39,29 @@ PROMPT = "a photograph of a red cat sitting on a wooden table"
 
 def require_cuda() -> None:
     if not torch.cuda.is_available():
-        sys.stderr.write(f"gpu_runtime_check needs a CUDA GPU, but torch.cuda.is_available() is False "
-                         f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}). Run it on a machine "
-                         "with an NVIDIA GPU and a CUDA build of torch.\n")
+        sys.stderr.write(
+            f"gpu_runtime_check needs a CUDA GPU, but torch.cuda.is_available() is False "
+            f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}). Run it on a machine "
+            "with an NVIDIA GPU and a CUDA build of torch.\n"
+        )
         raise SystemExit(2)
 
 
 def stage_inputs(cascade, steps):
     """A request and its T5 embeddings for one image at 64 -> 256 -> 1024."""
-    req = cascade.make_request(prompt=PROMPT, negative_prompt=None, height=64, width=64, num_images_per_prompt=1,
-                               steps=steps, guidance=None, noise_level=None, timesteps=(None, None, None),
-                               last_stage=None, output_type="pt")
+    req = cascade.make_request(
+        prompt=PROMPT,
+        negative_prompt=None,
+        height=64,
+        width=64,
+        num_images_per_prompt=1,
+        steps=steps,
+        guidance=None,
+        noise_level=None,
+        timesteps=(None, None, None),
+        last_stage=None,
+        output_type="pt",
+    )
     pos, neg = cascade.encode(req, True)
     return req, torch.cat([neg, pos])
 
@@ -62,8 +74,9 @@ def run_stage(runtime, cascade, req, embeds, stage: int, image, seed: int):
     if stage == 3:
         return runtime.run_x4_stage(cascade.stage3, opts, list(req.prompts), list(req.negatives), image, ctx)
     shape = (req.batch, 3, *req.size(stage))
-    return runtime.run_if_stage(stage, (cascade.stage1, cascade.stage2)[stage - 1], opts, embeds, shape, ctx,
-                                image=image)
+    return runtime.run_if_stage(
+        stage, (cascade.stage1, cascade.stage2)[stage - 1], opts, embeds, shape, ctx, image=image
+    )
 
 
 def check_equality(cascade, steps) -> dict:
@@ -85,10 +98,13 @@ def check_equality(cascade, steps) -> dict:
             index.fill_(k + 1)
             graph.replay_no_sync()
             errors.append((x.float() - states[k + 1].float()).abs().max().item())
-        report[f"stage{stage}"] = {"steps": len(states), "max_abs_per_step": errors,
-                                   "worst": max(errors, default=0.0), "whole_stage_max_abs":
-                                   (out.float() - graphed.float()).abs().max().item(),
-                                   "pass": max(errors, default=0.0) <= 1e-3}
+        report[f"stage{stage}"] = {
+            "steps": len(states),
+            "max_abs_per_step": errors,
+            "worst": max(errors, default=0.0),
+            "whole_stage_max_abs": (out.float() - graphed.float()).abs().max().item(),
+            "pass": max(errors, default=0.0) <= 1e-3,
+        }
         image = out
     return report
 
@@ -100,14 +116,21 @@ def budget_child(budget: str, steps, out: Path) -> None:
         cascade = random_cascade(device="cuda")
         rt = configure(cascade, vram_budget=budget, limit_allocator=True, workload=Workload(steps=steps))
         int8 = [n for n, m in cascade_modules(cascade).items() if is_quantized(m)]  # weights="auto" chose these
-        result.update(int8_weights=int8, plan_modes=rt.plan.modes(), predicted_peak=rt.plan.peak_bytes, vae_tile=rt.plan.vae_tile,
-                      graph_scope=rt.plan.graph_scope, phases={p.phase: p.peak_bytes for p in rt.plan.phases})
+        result.update(
+            int8_weights=int8,
+            plan_modes=rt.plan.modes(),
+            predicted_peak=rt.plan.peak_bytes,
+            vae_tile=rt.plan.vae_tile,
+            graph_scope=rt.plan.graph_scope,
+            phases={p.phase: p.peak_bytes for p in rt.plan.phases},
+        )
         torch.cuda.reset_peak_memory_stats()
         for label in ("first_call", "second_call"):
             res = run_throughput(cascade, rt, [PROMPT], steps=steps, check_finite=False)
             result[f"{label}_seconds"] = res.seconds
-        result.update(ok=True, peak_allocated=torch.cuda.max_memory_allocated(),
-                      peak_reserved=torch.cuda.max_memory_reserved())
+        result.update(
+            ok=True, peak_allocated=torch.cuda.max_memory_allocated(), peak_reserved=torch.cuda.max_memory_reserved()
+        )
         result["within_budget"] = result["peak_reserved"] <= result["budget_bytes"]
     except Exception as err:  # an OOM is a result here, not a crash
         result.update(ok=False, error=f"{type(err).__name__}: {err}"[:2000])
@@ -119,8 +142,16 @@ def check_budgets(budgets: list[str], steps, timeout: int) -> list[dict]:
     for budget in budgets:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "budget.json"
-            cmd = [sys.executable, __file__, "--budget-child", budget, "--steps", ",".join(map(str, steps)),
-                   "--child-out", str(path)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--budget-child",
+                budget,
+                "--steps",
+                ",".join(map(str, steps)),
+                "--child-out",
+                str(path),
+            ]
             done = subprocess.run(cmd, timeout=timeout, capture_output=True, text=True)
             entry = json.loads(path.read_text()) if path.exists() else {"budget": budget, "ok": False}
             if done.returncode:
@@ -137,8 +168,11 @@ def check_throughput(cascade, prompts: int, steps) -> dict:
     report = {}
     for overlap in (True, False):
         res = run_throughput(cascade, rt, [PROMPT] * prompts, steps=steps, overlap=overlap, check_finite=False)
-        report["overlapped" if overlap else "sequential"] = {"images": res.images, "seconds": res.seconds,
-                                                             "images_per_second": res.images_per_second}
+        report["overlapped" if overlap else "sequential"] = {
+            "images": res.images,
+            "seconds": res.seconds,
+            "images_per_second": res.images_per_second,
+        }
     return report
 
 
@@ -193,8 +227,13 @@ def main(argv=None) -> int:
         return 0
     cascade = random_cascade(device="cuda")
     move_to(cascade, "cuda")
-    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "steps": steps,
-              "equality": check_equality(cascade, steps), "throughput": check_throughput(cascade, args.prompts, steps)}
+    report = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "steps": steps,
+        "equality": check_equality(cascade, steps),
+        "throughput": check_throughput(cascade, args.prompts, steps),
+    }
     del cascade
     torch.cuda.empty_cache()
     report["budgets"] = check_budgets(args.budgets.split(","), steps, args.timeout)

@@ -49,9 +49,11 @@ def inputs(config, size: int, generator: torch.Generator) -> list[dict]:
     text_dim = config.encoder_hid_dim or config.cross_attention_dim[0]
     cases = []
     for t in TIMESTEPS:
-        args = dict(sample=torch.randn(2, config.in_channels, size, size, generator=generator),
-                    timestep=torch.tensor([t, t]), encoder_hidden_states=torch.randn(2, 77, text_dim,
-                                                                                     generator=generator))
+        args = dict(
+            sample=torch.randn(2, config.in_channels, size, size, generator=generator),
+            timestep=torch.tensor([t, t]),
+            encoder_hidden_states=torch.randn(2, 77, text_dim, generator=generator),
+        )
         if config.class_embed_type == "timestep":
             args["class_labels"] = torch.tensor([250, 250])
         cases.append(args)
@@ -77,10 +79,19 @@ def measure(name: str, init: str, size: int) -> dict:
         cosines.append(F.cosine_similarity(out.flatten(), ref.flatten(), dim=0).item())
         rel.append(((out - ref).norm() / ref.norm()).item())
     params = sum(p.numel() for p in fp32.parameters())
-    return {"unet": name, "init": init, "size": size, "params": params, "layers_int8": report.layers,
-            "fp16_weight_gib": round(params * 2 / 2**30, 3), "int8_weight_gib": round(_fp16_bytes(int8) / 2**30, 3),
-            "quantise_s_fp32_cpu": round(quantise_s, 2), "timesteps": list(TIMESTEPS),
-            "cosine_min": round(min(cosines), 6), "rel_l2_max": round(max(rel), 5)}
+    return {
+        "unet": name,
+        "init": init,
+        "size": size,
+        "params": params,
+        "layers_int8": report.layers,
+        "fp16_weight_gib": round(params * 2 / 2**30, 3),
+        "int8_weight_gib": round(_fp16_bytes(int8) / 2**30, 3),
+        "quantise_s_fp32_cpu": round(quantise_s, 2),
+        "timesteps": list(TIMESTEPS),
+        "cosine_min": round(min(cosines), 6),
+        "rel_l2_max": round(max(rel), 5),
+    }
 
 
 def _fp16_bytes(module: torch.nn.Module) -> int:
@@ -90,17 +101,28 @@ def _fp16_bytes(module: torch.nn.Module) -> int:
 
 def markdown(data: dict) -> str:
     m = data["machine"]
-    lines = ["# Weight-only int8 U-Nets vs fp32 (random weights)", "",
-             f"Written by `benchmarks/int8_weights.py` on {m['cpus']} CPUs ({m['processor']}), torch {m['torch']}. "
-             "Output of one forward on the CFG batch (2) at timesteps " + ", ".join(map(str, TIMESTEPS)) + ".", "",
-             "| U-Net | weights | size | int8 layers | weights fp16 -> int8 (GiB) | cosine min | rel. L2 max "
-             "| quantise (s) |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Weight-only int8 U-Nets vs fp32 (random weights)",
+        "",
+        f"Written by `benchmarks/int8_weights.py` on {m['cpus']} CPUs ({m['processor']}), torch {m['torch']}. "
+        "Output of one forward on the CFG batch (2) at timesteps " + ", ".join(map(str, TIMESTEPS)) + ".",
+        "",
+        "| U-Net | weights | size | int8 layers | weights fp16 -> int8 (GiB) | cosine min | rel. L2 max "
+        "| quantise (s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in data["runs"]:
-        lines.append(f"| {r['unet']} | {r['init']} | {r['size']} | {r['layers_int8']} | "
-                     f"{r['fp16_weight_gib']} -> {r['int8_weight_gib']} | {r['cosine_min']} | "
-                     f"{r['rel_l2_max']} | {r['quantise_s_fp32_cpu']} |")
-    lines += ["", "Synthetic weights only: trained IF weights were unreachable, so the quality of int8 on the real "
-              "checkpoints is unmeasured.", ""]
+        lines.append(
+            f"| {r['unet']} | {r['init']} | {r['size']} | {r['layers_int8']} | "
+            f"{r['fp16_weight_gib']} -> {r['int8_weight_gib']} | {r['cosine_min']} | "
+            f"{r['rel_l2_max']} | {r['quantise_s_fp32_cpu']} |"
+        )
+    lines += [
+        "",
+        "Synthetic weights only: trained IF weights were unreachable, so the quality of int8 on the real "
+        "checkpoints is unmeasured.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -115,8 +137,14 @@ def main(argv=None) -> int:
         for init in ("uniform", "heavy-tailed"):
             runs.append(measure(name, init, size))
             print(json.dumps(runs[-1]), flush=True)
-    data = {"machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                        "torch": torch.__version__}, "runs": runs}
+    data = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "torch": torch.__version__,
+        },
+        "runs": runs,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "int8_weights.json").write_text(json.dumps(data, indent=2) + "\n")
     (args.out / "int8_weights.md").write_text(markdown(data))

@@ -27,8 +27,14 @@ class Exports:
     def get(self, precision: str, components: tuple[str, ...] | None = None) -> Path:
         key = (precision, components)
         if key not in self._done:
-            export_artifacts(self.stages, self.root, components=list(components) if components else None,
-                             precisions=[precision], progress=False, options=OPTIONS)
+            export_artifacts(
+                self.stages,
+                self.root,
+                components=list(components) if components else None,
+                precisions=[precision],
+                progress=False,
+                options=OPTIONS,
+            )
             self._done.add(key)
         return self.root
 

@@ -21,8 +21,9 @@ def perturb(model: torch.nn.Module, scale: float = 0.02) -> None:
             p.add_(scale * torch.randn_like(p))
 
 
-def assert_strict_load_refuses(model: torch.nn.Module, state: Mapping[str, torch.Tensor], drop: str,
-                                extra: Mapping[str, torch.Tensor]) -> None:
+def assert_strict_load_refuses(
+    model: torch.nn.Module, state: Mapping[str, torch.Tensor], drop: str, extra: Mapping[str, torch.Tensor]
+) -> None:
     """A strict load of `state` without key `drop`, or with the `extra` entries, fails and says why."""
     with pytest.raises(RuntimeError, match="Missing"):
         model.load_state_dict({k: v for k, v in state.items() if k != drop})

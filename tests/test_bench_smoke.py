@@ -68,9 +68,17 @@ def test_host_overhead_smoke(tmp_path):
 
 
 def test_cascade_smoke_on_cpu(tmp_path, tiny_checkpoints):
-    config = CascadeBenchConfig(preset="tiny", device="cpu", dtypes=("float32", "int8"), batches=(1,),
-                                steps=(2, 1, 1), repeats=1, warmup=0, checkpoints=str(tiny_checkpoints["stage1"].parent),
-                                systems=("ifengine-eager", "ifengine-traced", "ifengine-graphs", "diffusers-eager"))
+    config = CascadeBenchConfig(
+        preset="tiny",
+        device="cpu",
+        dtypes=("float32", "int8"),
+        batches=(1,),
+        steps=(2, 1, 1),
+        repeats=1,
+        warmup=0,
+        checkpoints=str(tiny_checkpoints["stage1"].parent),
+        systems=("ifengine-eager", "ifengine-traced", "ifengine-graphs", "diffusers-eager"),
+    )
     paths = write_cascade_results(run_cascade_bench(config, progress=False), tmp_path)
     payload = assert_outputs(paths, {"runs", "flops", "matmul_peak", "skipped"}, "| dtype | batch | system |")
     (entry,) = payload["runs"]
@@ -81,9 +89,15 @@ def test_cascade_smoke_on_cpu(tmp_path, tiny_checkpoints):
 
 
 def test_memory_smoke_on_cpu(tmp_path, tiny_checkpoints):
-    config = MemoryBenchConfig(preset="tiny", device="cpu", dtype="float32", vram=(), steps=(1, 1, 1),
-                               checkpoints=str(tiny_checkpoints["stage1"].parent),
-                               systems=("ifengine-eager", "ifengine-graphs", "ifengine-graphs-int8"))
+    config = MemoryBenchConfig(
+        preset="tiny",
+        device="cpu",
+        dtype="float32",
+        vram=(),
+        steps=(1, 1, 1),
+        checkpoints=str(tiny_checkpoints["stage1"].parent),
+        systems=("ifengine-eager", "ifengine-graphs", "ifengine-graphs-int8"),
+    )
     paths = write_memory_results(run_memory_bench(config, progress=False), tmp_path)
     payload = assert_outputs(paths, {"results"}, "| budget (GiB) | system |")
     assert [e["system"] for e in payload["results"]] == list(config.systems)

@@ -22,7 +22,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only 
 @pytest.fixture(scope="module")
 def pipes(stage1_dir, stage2_dir, stage3_dir):
     load = lambda executor: ifengine.Cascade.from_pretrained(  # noqa: E731
-        stage1_dir, stage2_dir, stage3_dir, safety=False).set_executor(executor)
+        stage1_dir, stage2_dir, stage3_dir, safety=False
+    ).set_executor(executor)
     return load("eager"), load("traced")
 
 
@@ -72,8 +73,9 @@ def test_inpainting_mask_and_style_mixer(pipes):
     kw = dict(last_stage=2)
     assert_close(run(traced, "inpaint", image, mask, "a cat", **kw), run(eager, "inpaint", image, mask, "a cat", **kw))
     kw = dict(mixer=0.5, positive_prompt="oil painting", steps=(4, 3, 3), last_stage=2)
-    assert_close(run(traced, "style_transfer", image, "a cat", **kw),
-                 run(eager, "style_transfer", image, "a cat", **kw))
+    assert_close(
+        run(traced, "style_transfer", image, "a cat", **kw), run(eager, "style_transfer", image, "a cat", **kw)
+    )
 
 
 def test_auto_traces_only_long_cpu_runs(stage1_dir):

@@ -81,11 +81,14 @@ def test_without_tensorrt_build_exits_2_with_install_steps(tmp_path, capsys):
     assert not out.exists() and not artifacts.exists()  # failed before exporting anything
 
 
-@pytest.mark.parametrize("args, message", [
-    (["build", "no-such-recipe", "--dry-run"], "no recipe 'no-such-recipe'"),
-    (["build", "24gb", "--dry-run", "--components", "step9"], "builds no step9"),
-    (["build", "24gb", "--dry-run", "--stage1", "/no/such/folder"], "neither a checkpoint folder"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["build", "no-such-recipe", "--dry-run"], "no recipe 'no-such-recipe'"),
+        (["build", "24gb", "--dry-run", "--components", "step9"], "builds no step9"),
+        (["build", "24gb", "--dry-run", "--stage1", "/no/such/folder"], "neither a checkpoint folder"),
+    ],
+)
 def test_bad_input_is_one_line_and_status_2(args, message, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
@@ -100,7 +103,13 @@ def test_bad_recipe_value_names_the_key(tmp_path, capsys):
 
 
 def test_importing_the_engine_code_needs_no_tensorrt():
-    for name in ("ifengine", "ifengine.engines.trt_build", "ifengine.engines.trt_runtime", "ifengine.engines.builder",
-                 "ifengine.runtime.tensorrt_backend", "ifengine.commands.build"):
+    for name in (
+        "ifengine",
+        "ifengine.engines.trt_build",
+        "ifengine.engines.trt_runtime",
+        "ifengine.engines.builder",
+        "ifengine.runtime.tensorrt_backend",
+        "ifengine.commands.build",
+    ):
         importlib.import_module(name)
     assert _has_tensorrt() or "tensorrt" not in sys.modules

@@ -17,29 +17,77 @@ def cascade(stage1_dir, stage2_dir, stage3_dir):
     return ifengine.Cascade.from_pretrained(stage1_dir, stage2_dir, stage3_dir)
 
 
-def reference_chain(d1, d2, d3, prompt, negative=None, *, steps, guidance=(7.0, 4.0, 9.0),
-                    noise_level=(250, 20), height=16, width=16, n=1, timesteps=(None, None), last=3, seed=0):
+def reference_chain(
+    d1,
+    d2,
+    d3,
+    prompt,
+    negative=None,
+    *,
+    steps,
+    guidance=(7.0, 4.0, 9.0),
+    noise_level=(250, 20),
+    height=16,
+    width=16,
+    n=1,
+    timesteps=(None, None),
+    last=3,
+    seed=0,
+):
     """The chain as the IF model card runs it, one generator throughout."""
     g = torch.Generator().manual_seed(seed)
     prompts = [prompt] if isinstance(prompt, str) else prompt
     negatives = None if negative is None else ([negative] * len(prompts) if isinstance(negative, str) else negative)
-    pe, ne = d1.encode_prompt(prompts, do_classifier_free_guidance=True, negative_prompt=negatives,
-                              num_images_per_prompt=n, clean_caption=True)
-    out1 = d1(prompt_embeds=pe, negative_prompt_embeds=ne if guidance[0] > 1 else None, height=height,
-              width=width, num_inference_steps=steps[0], timesteps=timesteps[0], guidance_scale=guidance[0],
-              generator=g, output_type="pt").images
+    pe, ne = d1.encode_prompt(
+        prompts,
+        do_classifier_free_guidance=True,
+        negative_prompt=negatives,
+        num_images_per_prompt=n,
+        clean_caption=True,
+    )
+    out1 = d1(
+        prompt_embeds=pe,
+        negative_prompt_embeds=ne if guidance[0] > 1 else None,
+        height=height,
+        width=width,
+        num_inference_steps=steps[0],
+        timesteps=timesteps[0],
+        guidance_scale=guidance[0],
+        generator=g,
+        output_type="pt",
+    ).images
     outs = [out1]
     if last >= 2:
-        outs.append(d2(image=out1, prompt_embeds=pe, negative_prompt_embeds=ne if guidance[1] > 1 else None,
-                       height=height * 4, width=width * 4, num_inference_steps=steps[1],
-                       timesteps=timesteps[1], guidance_scale=guidance[1], noise_level=noise_level[0],
-                       generator=g, output_type="pt").images)
+        outs.append(
+            d2(
+                image=out1,
+                prompt_embeds=pe,
+                negative_prompt_embeds=ne if guidance[1] > 1 else None,
+                height=height * 4,
+                width=width * 4,
+                num_inference_steps=steps[1],
+                timesteps=timesteps[1],
+                guidance_scale=guidance[1],
+                noise_level=noise_level[0],
+                generator=g,
+                output_type="pt",
+            ).images
+        )
     if last >= 3:
         each = [p for p in prompts for _ in range(n)]
         neg3 = None if negatives is None else [p for p in negatives for _ in range(n)]
-        outs.append(d3(prompt=each, negative_prompt=neg3, image=outs[-1], num_inference_steps=steps[2],
-                       guidance_scale=guidance[2], noise_level=noise_level[1], generator=g,
-                       output_type="pt").images)
+        outs.append(
+            d3(
+                prompt=each,
+                negative_prompt=neg3,
+                image=outs[-1],
+                num_inference_steps=steps[2],
+                guidance_scale=guidance[2],
+                noise_level=noise_level[1],
+                generator=g,
+                output_type="pt",
+            ).images
+        )
     return outs
 
 
@@ -56,29 +104,38 @@ def assert_stages_match(ours, ref):
 def test_full_cascade_matches_diffusers(cascade, diffusers_stage1, diffusers_stage2, diffusers_stage3):
     steps = (6, 4, 3)
     ref = reference_chain(diffusers_stage1, diffusers_stage2, diffusers_stage3, "a red cat", steps=steps)
-    ours = cascade("a red cat", steps=steps, generator=torch.Generator().manual_seed(0), output_type="pt",
-                   progress=False)
+    ours = cascade(
+        "a red cat", steps=steps, generator=torch.Generator().manual_seed(0), output_type="pt", progress=False
+    )
     assert_stages_match(ours, ref)
     assert ours.images.shape == (1, 3, 256, 256)
     assert torch.equal(ours.images, (ours.stages[2] / 2 + 0.5).clamp(0, 1))
 
 
-def test_two_prompts_negatives_and_images_per_prompt(cascade, diffusers_stage1, diffusers_stage2,
-                                                    diffusers_stage3):
+def test_two_prompts_negatives_and_images_per_prompt(cascade, diffusers_stage1, diffusers_stage2, diffusers_stage3):
     prompts, negatives = ["a red cat", "two dogs on a boat"], ["blurry", "a cat"]
     steps = (4, 3, 2)
-    ref = reference_chain(diffusers_stage1, diffusers_stage2, diffusers_stage3, prompts, negatives,
-                          steps=steps, n=2, seed=3)
-    ours = cascade(prompts, negative_prompt=negatives, num_images_per_prompt=2, steps=steps, seed=3,
-                   output_type="pt", progress=False)
+    ref = reference_chain(
+        diffusers_stage1, diffusers_stage2, diffusers_stage3, prompts, negatives, steps=steps, n=2, seed=3
+    )
+    ours = cascade(
+        prompts,
+        negative_prompt=negatives,
+        num_images_per_prompt=2,
+        steps=steps,
+        seed=3,
+        output_type="pt",
+        progress=False,
+    )
     assert_stages_match(ours, ref)
     assert ours.images.shape[0] == 4
 
 
 def test_non_square(cascade, diffusers_stage1, diffusers_stage2, diffusers_stage3):
     steps = (4, 3, 2)
-    ref = reference_chain(diffusers_stage1, diffusers_stage2, diffusers_stage3, "a tall tower", steps=steps,
-                          height=24, width=16, seed=5)
+    ref = reference_chain(
+        diffusers_stage1, diffusers_stage2, diffusers_stage3, "a tall tower", steps=steps, height=24, width=16, seed=5
+    )
     ours = cascade("a tall tower", height=24, width=16, steps=steps, seed=5, output_type="pt", progress=False)
     assert_stages_match(ours, ref)
     assert ours.stages[2].shape[-2:] == (384, 256)
@@ -88,19 +145,40 @@ def test_named_timesteps_and_no_guidance(cascade, diffusers_stage1, diffusers_st
     from diffusers.pipelines.deepfloyd_if import timesteps as reference_lists
 
     steps = (27, 27, 2)
-    ref = reference_chain(diffusers_stage1, diffusers_stage2, diffusers_stage3, "a lighthouse", steps=steps,
-                          guidance=(1.0, 1.0, 1.0), seed=7, last=2,
-                          timesteps=(reference_lists.fast27_timesteps, reference_lists.smart27_timesteps))
-    ours = cascade("a lighthouse", steps=steps, guidance=1.0, timesteps=("fast27", "smart27"), seed=7,
-                   last_stage=2, output_type="pt", progress=False)
+    ref = reference_chain(
+        diffusers_stage1,
+        diffusers_stage2,
+        diffusers_stage3,
+        "a lighthouse",
+        steps=steps,
+        guidance=(1.0, 1.0, 1.0),
+        seed=7,
+        last=2,
+        timesteps=(reference_lists.fast27_timesteps, reference_lists.smart27_timesteps),
+    )
+    ours = cascade(
+        "a lighthouse",
+        steps=steps,
+        guidance=1.0,
+        timesteps=("fast27", "smart27"),
+        seed=7,
+        last_stage=2,
+        output_type="pt",
+        progress=False,
+    )
     assert_stages_match(ours, ref)
 
 
 def test_stage1_default_settings(stage1_dir, diffusers_stage1):
     """Default steps (100), guidance and caption cleaning, stage I only."""
     pipe = ifengine.Cascade.from_pretrained(stage1=stage1_dir)
-    ref = diffusers_stage1("A <b>Red</b> Cat http://x.com", generator=torch.Generator().manual_seed(1),
-                           height=16, width=16, output_type="pt").images
+    ref = diffusers_stage1(
+        "A <b>Red</b> Cat http://x.com",
+        generator=torch.Generator().manual_seed(1),
+        height=16,
+        width=16,
+        output_type="pt",
+    ).images
     ours = pipe("A <b>Red</b> Cat http://x.com", seed=1, output_type="pt", progress=False)
     assert ours.settings["stages"][0]["steps"] == 100
     assert (ours.stages[0] - ref).abs().max().item() <= TOL

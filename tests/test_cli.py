@@ -36,21 +36,37 @@ def test_demo_generation_writes_png_with_metadata(tmp_path, capsys, caplog):
 
 
 def test_checkpoint_folders_and_numbered_outputs(stage1_dir, tmp_path):
-    args = ["generate", "a cat", "--stage1", str(stage1_dir), "--num-images", "2", "--steps", "2",
-            "--seed", "5", "--quiet", "--out", str(tmp_path / "imgs")]
+    args = [
+        "generate",
+        "a cat",
+        "--stage1",
+        str(stage1_dir),
+        "--num-images",
+        "2",
+        "--steps",
+        "2",
+        "--seed",
+        "5",
+        "--quiet",
+        "--out",
+        str(tmp_path / "imgs"),
+    ]
     assert main(args) == 0
     files = sorted((tmp_path / "imgs").glob("*.png"))
     assert [f.name for f in files] == ["if-5-00.png", "if-5-01.png"]
     assert Image.open(files[0]).size == (16, 16)
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--height", "18"], "Nearest valid heights"),
-    (["--num-images", "2"], "names one PNG file but the run makes 2 images"),
-    (["--steps", "0"], "steps must be a whole number >= 1"),
-    (["--timesteps", "fast99"], "timesteps"),
-    (["--stage1", "/no/such/folder"], "neither a checkpoint folder nor a Hub id"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--height", "18"], "Nearest valid heights"),
+        (["--num-images", "2"], "names one PNG file but the run makes 2 images"),
+        (["--steps", "0"], "steps must be a whole number >= 1"),
+        (["--timesteps", "fast99"], "timesteps"),
+        (["--stage1", "/no/such/folder"], "neither a checkpoint folder nor a Hub id"),
+    ],
+)
 def test_bad_input_is_one_clear_line_and_no_file(tmp_path, capsys, extra, message):
     out = tmp_path / "keep.png"
     out.write_bytes(b"previous result")
@@ -73,8 +89,11 @@ def test_every_editing_mode_runs_on_the_demo_cascade(tmp_path):
     m.paste(255, (0, 0, 24, 16))
     m.save(mask)
     base = ["generate", "--steps", "2", "--quiet", "--seed", "0", "--image", str(src)]
-    runs = {"img2img": ["a boat"], "inpaint": ["a door", "--mask", str(mask)],
-            "style": ["in style lego", "--style", "--positive", "a boat"]}
+    runs = {
+        "img2img": ["a boat"],
+        "inpaint": ["a door", "--mask", str(mask)],
+        "style": ["in style lego", "--style", "--positive", "a boat"],
+    }
     for mode, extra in runs.items():
         out = tmp_path / f"{mode}.png"
         assert main(base + extra + ["--out", str(out)]) == 0

@@ -17,15 +17,26 @@ def pipe(stage1_dir, stage2_dir, stage3_dir):
 
 @pytest.fixture
 def reference(diffusers_stage1, diffusers_stage2, diffusers_stage3):
-    from diffusers import (IFImg2ImgPipeline, IFImg2ImgSuperResolutionPipeline, IFInpaintingPipeline,
-                           IFInpaintingSuperResolutionPipeline)
+    from diffusers import (
+        IFImg2ImgPipeline,
+        IFImg2ImgSuperResolutionPipeline,
+        IFInpaintingPipeline,
+        IFInpaintingSuperResolutionPipeline,
+    )
 
     quiet = dict(requires_safety_checker=False)
-    return {"img2img": (IFImg2ImgPipeline(**diffusers_stage1.components, **quiet),
-                        IFImg2ImgSuperResolutionPipeline(**diffusers_stage2.components, **quiet)),
-            "inpaint": (IFInpaintingPipeline(**diffusers_stage1.components, **quiet),
-                        IFInpaintingSuperResolutionPipeline(**diffusers_stage2.components, **quiet)),
-            "encode": diffusers_stage1.encode_prompt, "x4": diffusers_stage3}
+    return {
+        "img2img": (
+            IFImg2ImgPipeline(**diffusers_stage1.components, **quiet),
+            IFImg2ImgSuperResolutionPipeline(**diffusers_stage2.components, **quiet),
+        ),
+        "inpaint": (
+            IFInpaintingPipeline(**diffusers_stage1.components, **quiet),
+            IFInpaintingSuperResolutionPipeline(**diffusers_stage2.components, **quiet),
+        ),
+        "encode": diffusers_stage1.encode_prompt,
+        "x4": diffusers_stage3,
+    }
 
 
 def source_image(width=40, height=24, seed=0) -> Image.Image:
@@ -36,28 +47,57 @@ def source_image(width=40, height=24, seed=0) -> Image.Image:
 
 def border_mask(width=40, height=24) -> Image.Image:
     m = np.zeros((height, width), np.uint8)
-    m[: height // 2, width // 2:] = 255  # top-right quarter, touching two borders
+    m[: height // 2, width // 2 :] = 255  # top-right quarter, touching two borders
     return Image.fromarray(m)
 
 
-def run_reference(ref, mode, image, prompt, *, steps, strength, guidance=(7.0, 4.0, 9.0), noise=(250, 20),
-                  mask=None, seed=0, last=3):
+def run_reference(
+    ref, mode, image, prompt, *, steps, strength, guidance=(7.0, 4.0, 9.0), noise=(250, 20), mask=None, seed=0, last=3
+):
     g = torch.Generator().manual_seed(seed)
     pe, ne = ref["encode"](prompt, clean_caption=True)
     one, two = ref[mode]
     extra = {} if mask is None else {"mask_image": mask}
-    out1 = one(image=image, prompt_embeds=pe, negative_prompt_embeds=ne, strength=strength[0],
-               num_inference_steps=steps[0], guidance_scale=guidance[0], generator=g, output_type="pt",
-               **extra).images
+    out1 = one(
+        image=image,
+        prompt_embeds=pe,
+        negative_prompt_embeds=ne,
+        strength=strength[0],
+        num_inference_steps=steps[0],
+        guidance_scale=guidance[0],
+        generator=g,
+        output_type="pt",
+        **extra,
+    ).images
     outs = [out1]
     if last >= 2:
-        outs.append(two(image=out1, original_image=image, prompt_embeds=pe, negative_prompt_embeds=ne,
-                        strength=strength[1], num_inference_steps=steps[1], guidance_scale=guidance[1],
-                        noise_level=noise[0], generator=g, output_type="pt", **extra).images)
+        outs.append(
+            two(
+                image=out1,
+                original_image=image,
+                prompt_embeds=pe,
+                negative_prompt_embeds=ne,
+                strength=strength[1],
+                num_inference_steps=steps[1],
+                guidance_scale=guidance[1],
+                noise_level=noise[0],
+                generator=g,
+                output_type="pt",
+                **extra,
+            ).images
+        )
     if last >= 3:
-        outs.append(ref["x4"](prompt=prompt, image=outs[-1], num_inference_steps=steps[2],
-                              guidance_scale=guidance[2], noise_level=noise[1], generator=g,
-                              output_type="pt").images)
+        outs.append(
+            ref["x4"](
+                prompt=prompt,
+                image=outs[-1],
+                num_inference_steps=steps[2],
+                guidance_scale=guidance[2],
+                noise_level=noise[1],
+                generator=g,
+                output_type="pt",
+            ).images
+        )
     return outs
 
 
@@ -71,10 +111,10 @@ def assert_match(ours, ref):
 @pytest.mark.parametrize("strength", [(1.0, 1.0), (0.3, 0.5)])
 def test_img2img_non_square_through_all_stages(pipe, reference, strength):
     image, steps = source_image(), (10, 4, 2)
-    ref = run_reference(reference, "img2img", image, "a blue boat", steps=steps, strength=strength,
-                        guidance=(10.0, 4.0, 9.0))
-    ours = pipe.img2img(image, "a blue boat", strength=strength, steps=steps, seed=0, output_type="pt",
-                        progress=False)
+    ref = run_reference(
+        reference, "img2img", image, "a blue boat", steps=steps, strength=strength, guidance=(10.0, 4.0, 9.0)
+    )
+    ours = pipe.img2img(image, "a blue boat", strength=strength, steps=steps, seed=0, output_type="pt", progress=False)
     assert [tuple(s.shape[-2:]) for s in ours.stages] == [(16, 24), (64, 104), (256, 416)]
     assert_match(ours, ref)
     assert ours.settings["mode"] == "img2img" and ours.settings["strength"] == list(strength)
@@ -82,8 +122,9 @@ def test_img2img_non_square_through_all_stages(pipe, reference, strength):
 
 def test_inpainting_mask_on_borders(pipe, reference):
     image, mask, steps = source_image(), border_mask(), (6, 4, 2)
-    ref = run_reference(reference, "inpaint", image, "a red door", steps=steps, strength=(1.0, 0.8),
-                        noise=(0, 20), mask=mask, seed=4)
+    ref = run_reference(
+        reference, "inpaint", image, "a red door", steps=steps, strength=(1.0, 0.8), noise=(0, 20), mask=mask, seed=4
+    )
     ours = pipe.inpaint(image, mask, "a red door", steps=steps, seed=4, output_type="pt", progress=False)
     assert_match(ours, ref)
 
@@ -114,9 +155,19 @@ def test_style_mixer_follows_the_original_formula(pipe, diffusers_stage1):
     from diffusers import DDPMScheduler
 
     image = source_image(seed=5)
-    out = pipe.style_transfer(image, "in style origami", positive_prompt="a tall tower", mixer=0.3,
-                              strength=(0.1, 0.5), steps=(10, 2), guidance=(6.0, 4.0), last_stage=1,
-                              seed=6, output_type="pt", progress=False)
+    out = pipe.style_transfer(
+        image,
+        "in style origami",
+        positive_prompt="a tall tower",
+        mixer=0.3,
+        strength=(0.1, 0.5),
+        steps=(10, 2),
+        guidance=(6.0, 4.0),
+        last_stage=1,
+        seed=6,
+        output_type="pt",
+        progress=False,
+    )
     # reference: the single kept step of 10 (strength 0.1), three CFG branches, mixed conditional term
     g = torch.Generator().manual_seed(6)
     enc = lambda p: diffusers_stage1.encode_prompt(p, do_classifier_free_guidance=False, clean_caption=True)[0]
@@ -135,20 +186,25 @@ def test_style_mixer_follows_the_original_formula(pipe, diffusers_stage1):
     assert (out.stages[0] - ref).abs().max().item() <= TOL
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda p, img: p.img2img("/no/such.png", "x"), "does not exist"),
-    (lambda p, img: p.img2img(np.zeros((0, 0, 3), np.uint8), "x"), "HxW|empty"),
-    (lambda p, img: p.img2img(img, "x", strength=0), r"strength must be a number in \(0, 1\]"),
-    (lambda p, img: p.img2img(img, "x", strength=1.5), r"strength must be a number in \(0, 1\]"),
-    (lambda p, img: p.img2img(img, "x", strength=0.05, steps=10), "keeps no step"),
-    (lambda p, img: p.inpaint(img, Image.new("L", (24, 24), 255), "x"), "aspect ratios differ"),
-    (lambda p, img: p.inpaint(img, Image.new("L", (40, 24), 0), "x"), "no white pixels"),
-    (lambda p, img: p.img2img(img, "x", positive_prompt="y"), "style-transfer option"),
-    (lambda p, img: p.img2img(np.full((8, 8, 3), 2.0), "x"), r"\[0, 1\]"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda p, img: p.img2img("/no/such.png", "x"), "does not exist"),
+        (lambda p, img: p.img2img(np.zeros((0, 0, 3), np.uint8), "x"), "HxW|empty"),
+        (lambda p, img: p.img2img(img, "x", strength=0), r"strength must be a number in \(0, 1\]"),
+        (lambda p, img: p.img2img(img, "x", strength=1.5), r"strength must be a number in \(0, 1\]"),
+        (lambda p, img: p.img2img(img, "x", strength=0.05, steps=10), "keeps no step"),
+        (lambda p, img: p.inpaint(img, Image.new("L", (24, 24), 255), "x"), "aspect ratios differ"),
+        (lambda p, img: p.inpaint(img, Image.new("L", (40, 24), 0), "x"), "no white pixels"),
+        (lambda p, img: p.img2img(img, "x", positive_prompt="y"), "style-transfer option"),
+        (lambda p, img: p.img2img(np.full((8, 8, 3), 2.0), "x"), r"\[0, 1\]"),
+    ],
+)
 def test_bad_editing_input(pipe, call, message):
-    hooks = [s.unet.register_forward_pre_hook(lambda *a: pytest.fail("work started before validation"))
-             for s in (pipe.stage1, pipe.stage2, pipe.stage3)]
+    hooks = [
+        s.unet.register_forward_pre_hook(lambda *a: pytest.fail("work started before validation"))
+        for s in (pipe.stage1, pipe.stage2, pipe.stage3)
+    ]
     try:
         with pytest.raises(ValueError, match=message):
             call(pipe, source_image())
@@ -204,12 +260,29 @@ def test_cli_editing_modes(tmp_path, monkeypatch, stage1_dir, stage2_dir):
     src, mask = tmp_path / "src.png", tmp_path / "mask.png"
     source_image().save(src)
     border_mask().save(mask)
-    base = ["generate", "--stage1", str(stage1_dir), "--stage2", str(stage2_dir), "--steps", "4", "--quiet",
-            "--seed", "1", "--image", str(src)]
+    base = [
+        "generate",
+        "--stage1",
+        str(stage1_dir),
+        "--stage2",
+        str(stage2_dir),
+        "--steps",
+        "4",
+        "--quiet",
+        "--seed",
+        "1",
+        "--image",
+        str(src),
+    ]
     assert main(base + ["a boat", "--strength", "0.5", "--out", str(tmp_path / "a.png")]) == 0
     assert main(base + ["a door", "--mask", str(mask), "--out", str(tmp_path / "b.png")]) == 0
-    assert main(base + ["in style lego", "--style", "--positive", "a tower", "--mixer", "0.4",
-                        "--out", str(tmp_path / "c.png")]) == 0
+    assert (
+        main(
+            base
+            + ["in style lego", "--style", "--positive", "a tower", "--mixer", "0.4", "--out", str(tmp_path / "c.png")]
+        )
+        == 0
+    )
     for name, mode in (("a.png", "img2img"), ("b.png", "inpaint"), ("c.png", "style")):
         img = Image.open(tmp_path / name)
         assert img.size == (104, 64)

@@ -8,8 +8,15 @@ from dataclasses import replace
 import pytest
 
 from ifengine.engines.builder import build_plan
-from ifengine.engines.cache import (Target, build_once, cache_key, engine_manifests, engine_paths, load_verified,
-                                    write_atomic)
+from ifengine.engines.cache import (
+    Target,
+    build_once,
+    cache_key,
+    engine_manifests,
+    engine_paths,
+    load_verified,
+    write_atomic,
+)
 from ifengine.engines.errors import EngineCorrupt, EngineForeign, EngineMissing, EngineStale
 from ifengine.engines.exports import find_exports
 from ifengine.engines.plan import make_plan
@@ -48,11 +55,17 @@ def test_the_key_changes_with_everything_that_changes_an_engine(built):
     job = plan.jobs[0]
     base = cache_key(job.key_fields(), TARGET)
     assert base == cache_key(job.key_fields(), TARGET) and len(base) == 16
-    changed = [{**job.key_fields(), "export_fingerprint": "f" * 64}, {**job.key_fields(), "precision": "bf16"},
-               {**job.key_fields(), "flags": {**job.flags.to_json(), "refittable": True}},
-               {**job.key_fields(), "profile": {"latents": {"min": [1], "opt": [1], "max": [2]}}}]
-    targets = [replace(TARGET, tensorrt="11.1.0"), replace(TARGET, compute_capability="8.9"),
-               replace(TARGET, gpu="NVIDIA H100")]
+    changed = [
+        {**job.key_fields(), "export_fingerprint": "f" * 64},
+        {**job.key_fields(), "precision": "bf16"},
+        {**job.key_fields(), "flags": {**job.flags.to_json(), "refittable": True}},
+        {**job.key_fields(), "profile": {"latents": {"min": [1], "opt": [1], "max": [2]}}},
+    ]
+    targets = [
+        replace(TARGET, tensorrt="11.1.0"),
+        replace(TARGET, compute_capability="8.9"),
+        replace(TARGET, gpu="NVIDIA H100"),
+    ]
     keys = {cache_key(f, TARGET) for f in changed} | {cache_key(job.key_fields(), t) for t in targets}
     assert len(keys) == 7 and base not in keys
 
@@ -74,8 +87,12 @@ def test_build_writes_engine_manifest_and_index(built):
 
 def test_a_build_defines_the_engine_set_of_the_components_it_builds(built):
     plan, first = built
-    static = make_plan(parse_recipe({**RECIPE, "build": {"static_shapes": True}}, "static.toml"), plan.artifacts,
-                       plan.out, exports=find_exports(plan.artifacts))
+    static = make_plan(
+        parse_recipe({**RECIPE, "build": {"static_shapes": True}}, "static.toml"),
+        plan.artifacts,
+        plan.out,
+        exports=find_exports(plan.artifacts),
+    )
     results = build_plan(static, TARGET, fake_engine_bytes, progress=False)
     listed = engine_manifests(plan.out, TARGET, "vae_decoder")
     assert sorted(listed) == sorted(r.engine.with_suffix(".json") for r in results) and len(listed) == 2
@@ -149,8 +166,15 @@ def _damage(result, how):
     return manifest
 
 
-@pytest.mark.parametrize("how, message", [("flipped byte", "sha256"), ("truncated", "truncated"),
-                                          ("engine deleted", "missing"), ("manifest garbled", "unreadable")])
+@pytest.mark.parametrize(
+    "how, message",
+    [
+        ("flipped byte", "sha256"),
+        ("truncated", "truncated"),
+        ("engine deleted", "missing"),
+        ("manifest garbled", "unreadable"),
+    ],
+)
 def test_corrupt_engines_are_rejected_with_the_build_command(built, how, message):
     _, result = built
     manifest = _damage(result, how)
@@ -159,8 +183,13 @@ def test_corrupt_engines_are_rejected_with_the_build_command(built, how, message
     assert "ifengine build" in str(err.value)
 
 
-@pytest.mark.parametrize("other, what", [(replace(TARGET, tensorrt="11.1.0"), "TensorRT 10.13.0.35"),
-                                         (replace(TARGET, compute_capability="8.9"), "compute capability 9.0")])
+@pytest.mark.parametrize(
+    "other, what",
+    [
+        (replace(TARGET, tensorrt="11.1.0"), "TensorRT 10.13.0.35"),
+        (replace(TARGET, compute_capability="8.9"), "compute capability 9.0"),
+    ],
+)
 def test_foreign_engines_are_rejected(built, other, what):
     _, result = built
     with pytest.raises(EngineForeign, match=f"built for .*{what}.*run `ifengine build mine.toml"):

@@ -34,14 +34,19 @@ def tiny_vae_graph(path: Path, dtype: str = "float32", channels_out: int = 3) ->
         helper.make_node("Slice", ["latents", "starts", "ends", "axes"], ["rgb"]),
         helper.make_node("Resize", ["rgb", "", "scales"], ["image"], mode="nearest"),
     ]
-    inits = [helper.make_tensor("starts", TensorProto.INT64, [1], [0]),
-             helper.make_tensor("ends", TensorProto.INT64, [1], [channels_out]),
-             helper.make_tensor("axes", TensorProto.INT64, [1], [1]),
-             helper.make_tensor("scales", TensorProto.FLOAT, [4], [1, 1, 4, 4])]
+    inits = [
+        helper.make_tensor("starts", TensorProto.INT64, [1], [0]),
+        helper.make_tensor("ends", TensorProto.INT64, [1], [channels_out]),
+        helper.make_tensor("axes", TensorProto.INT64, [1], [1]),
+        helper.make_tensor("scales", TensorProto.FLOAT, [4], [1, 1, 4, 4]),
+    ]
     graph = helper.make_graph(
-        nodes, "tiny_vae_decoder",
+        nodes,
+        "tiny_vae_decoder",
         [helper.make_tensor_value_info("latents", t, ["batch", 4, "height", "width"])],
-        [helper.make_tensor_value_info("image", t, ["batch", channels_out, "out_height", "out_width"])], inits)
+        [helper.make_tensor_value_info("image", t, ["batch", channels_out, "out_height", "out_width"])],
+        inits,
+    )
     # IR version 10: what onnxruntime and TensorRT 10 read (onnx 1.23 would write 14)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=10)
     onnx.checker.check_model(model)
@@ -59,10 +64,21 @@ def write_export(artifacts: Path, component: str, precision: str, spec, graph_so
     graph = payload / "model.onnx"
     graph.write_bytes(graph_source.read_bytes())
     digest = hashlib.sha256(graph.read_bytes()).hexdigest()
-    body = {"format": 1, "component": component, "precision": precision, "graph": str(graph.relative_to(folder)),
-            "graph_sha256": digest, "files": {"model.onnx": {"size": graph.stat().st_size, "sha256": digest}},
-            "source_sha256": "0" * 64, "checkpoint_sha256": "1" * 64, "config": {}, "spec": spec_to_dict(spec),
-            "opset": 19, "exporter": "test", "ifengine_version": "0.1.0"}
+    body = {
+        "format": 1,
+        "component": component,
+        "precision": precision,
+        "graph": str(graph.relative_to(folder)),
+        "graph_sha256": digest,
+        "files": {"model.onnx": {"size": graph.stat().st_size, "sha256": digest}},
+        "source_sha256": "0" * 64,
+        "checkpoint_sha256": "1" * 64,
+        "config": {},
+        "spec": spec_to_dict(spec),
+        "opset": 19,
+        "exporter": "test",
+        "ifengine_version": "0.1.0",
+    }
     manifest = folder / "manifest.json"
     manifest.write_text(json.dumps(body))
     return manifest

@@ -43,8 +43,7 @@ def test_plan_reads_the_24gb_shapes():
 def test_checkpoint_configs_fix_the_planned_shapes(stage1_dir):
     from ifengine.models.checkpoint import resolve
 
-    recipe = parse_recipe({"shapes": {"base": 32, "aspects": ["1:1"]},
-                           "components": {"t5": "bf16", "unet1": "fp16"}})
+    recipe = parse_recipe({"shapes": {"base": 32, "aspects": ["1:1"]}, "components": {"t5": "bf16", "unet1": "fp16"}})
     plan = make_plan(recipe, "a", "e", checkpoints={1: resolve(stage1_dir, 1)})
     jobs = {j.component: j for j in plan.jobs}
     hidden = jobs["t5"].spec.outputs[0].dims[-1]
@@ -75,19 +74,22 @@ def test_a_concrete_exported_spec_states_the_dtypes_without_opening_the_graph(tm
     from test_engines_fixtures import tiny_vae_spec, write_export
 
     spec = tiny_vae_spec()
-    concrete = replace(spec, inputs=tuple(replace(t, dtype="float16") for t in spec.inputs),
-                       outputs=tuple(replace(t, dtype="float16") for t in spec.outputs))
+    concrete = replace(
+        spec,
+        inputs=tuple(replace(t, dtype="float16") for t in spec.inputs),
+        outputs=tuple(replace(t, dtype="float16") for t in spec.outputs),
+    )
     write_export(tmp_path, "vae_decoder", "fp16", concrete, tiny_vae_graph(tmp_path / "src.onnx", "float16"))
     record = find_exports(tmp_path)[("vae_decoder", "fp16")]
     record.graph.unlink()
-    plan = make_plan(parse_recipe({"components": {"vae_decoder": "fp16"}}), tmp_path, "e",
-                     exports={("vae_decoder", "fp16"): record})
+    plan = make_plan(
+        parse_recipe({"components": {"vae_decoder": "fp16"}}), tmp_path, "e", exports={("vae_decoder", "fp16"): record}
+    )
     assert plan.jobs[0].io_dtypes == {"latents": "float16", "image": "float16"}
 
 
 def test_graph_dtypes_come_from_the_graph_itself(tmp_path):
-    assert graph_io_dtypes(tiny_vae_graph(tmp_path / "g.onnx", "float16")) == {"latents": "float16",
-                                                                               "image": "float16"}
+    assert graph_io_dtypes(tiny_vae_graph(tmp_path / "g.onnx", "float16")) == {"latents": "float16", "image": "float16"}
 
 
 def test_a_broken_manifest_is_reported_when_read_directly(tmp_path):
@@ -107,20 +109,33 @@ def test_components_filter_and_unknown_components(tmp_path):
 
 def test_step_graphs_plan_their_guidance_batch_from_the_image_batch():
     pytest.importorskip("ifengine.export.step_spec", reason="the step-graph exporter is not in this checkout yet")
-    recipe = parse_recipe({"batch": {"min": 1, "opt": 1, "max": 2}, "shapes": {"aspects": ["1:1", "16:9"]},
-                           "build": {"static_shapes": True}, "components": {"step1": "fp16", "step2": "fp16"}})
+    recipe = parse_recipe(
+        {
+            "batch": {"min": 1, "opt": 1, "max": 2},
+            "shapes": {"aspects": ["1:1", "16:9"]},
+            "build": {"static_shapes": True},
+            "components": {"step1": "fp16", "step2": "fp16"},
+        }
+    )
     jobs = make_plan(recipe, "a", "e").jobs
     step1 = jobs[0].profile.shapes
     assert step1["sample"][0] == (1, 3, 64, 64) and step1["text_embeds"][0] == (2, 77, 4096)
     assert step1["schedule"][0][0] < step1["schedule"][2][0]  # the step count stays a range
-    assert [j.name for j in jobs] == ["step1-fp16-b1-64x64", "step1-fp16-b1-112x64",
-                                      "step2-fp16-b1-256x256", "step2-fp16-b1-448x256"]
+    assert [j.name for j in jobs] == [
+        "step1-fp16-b1-64x64",
+        "step1-fp16-b1-112x64",
+        "step2-fp16-b1-256x256",
+        "step2-fp16-b1-448x256",
+    ]
     assert jobs[3].profile.shapes["noise_level"] == ((2,), (2,), (2,))
 
 
 def test_exporting_missing_graphs_needs_their_checkpoints(tmp_path):
-    with pytest.raises(ValueError, match=r"t5 \(bf16\), unet1 \(fp16\), vae_decoder \(fp32\) not exported .* "
-                                        r"pass --stage1 CHECKPOINT --stage3 CHECKPOINT"):
+    with pytest.raises(
+        ValueError,
+        match=r"t5 \(bf16\), unet1 \(fp16\), vae_decoder \(fp32\) not exported .* "
+        r"pass --stage1 CHECKPOINT --stage3 CHECKPOINT",
+    ):
         ensure_exports([("t5", "bf16"), ("unet1", "fp16"), ("vae_decoder", "fp32")], {}, tmp_path)
     export_tiny_vae(tmp_path)  # present: used as is without its checkpoint
     assert set(ensure_exports([("vae_decoder", "fp32")], {}, tmp_path)) == {("vae_decoder", "fp32")}

@@ -63,5 +63,7 @@ def test_sizes_the_graph_cannot_take_are_refused_with_the_reason():
 
 def test_profile_json_lists_min_opt_max_per_input():
     (profile,) = make_profiles("vae_decoder", vae_decoder_spec(vae_preset("x4-vae")), BATCH, SIZES)
-    assert profile.to_json() == {"label": "dynamic", "inputs": {
-        "latents": {"min": [1, 4, 256, 256], "opt": [1, 4, 256, 256], "max": [2, 4, 448, 448]}}}
+    assert profile.to_json() == {
+        "label": "dynamic",
+        "inputs": {"latents": {"min": [1, 4, 256, 256], "opt": [1, 4, 256, 256], "max": [2, 4, 448, 448]}},
+    }

@@ -3,8 +3,7 @@
 import pytest
 
 from ifengine.engines.errors import RecipeError
-from ifengine.engines.recipe import (ComponentRecipe, ShapeSet, find_recipe, load_recipe, parse_recipe,
-                                     shipped_recipes)
+from ifengine.engines.recipe import ComponentRecipe, ShapeSet, find_recipe, load_recipe, parse_recipe, shipped_recipes
 
 SHIPPED = ("24gb", "16gb", "8-12gb", "datacenter")
 CASCADE = {"t5", "unet1", "unet2", "x4_unet", "vae_decoder", "clip"}
@@ -57,31 +56,39 @@ def _recipe(**tables):
     return raw
 
 
-@pytest.mark.parametrize("raw, message", [
-    (_recipe(bogus=1), "the top level has unknown key 'bogus'"),
-    ({"components": {"unet1": {"precison": "fp16"}}}, r"\[components.unet1\] has unknown key 'precison'"),
-    ({"components": {"unet1": {"precision": "fp8"}}}, "precision = 'fp8' is invalid: expected one of fp32"),
-    ({"components": {"vae_decoder": "int8"}}, "'int8' is not exported for vae_decoder"),
-    ({"components": {"clip": {"precision": "int8"}}}, "'int8' is not exported for clip"),
-    ({"components": {"unet3": "fp16"}}, "component = 'unet3' is invalid"),
-    ({"components": {"unet1": {}}}, r"\[components.unet1\] needs 'precision'"),
-    ({"components": {}}, "at least one of t5"),
-    ({"components": {"unet1": {"precision": "fp16", "stream_budget": "auto"}}}, "only with weight_streaming"),
-    ({"components": {"t5": {"precision": "int8", "weight_streaming": True, "stream_budget": -1}}},
-     "stream_budget = -1 is invalid"),
-    ({"components": {"unet1": {"precision": "fp16", "weight_streaming": 1}}}, "weight_streaming = 1 should be bool"),
-    (_recipe(batch={"min": 2, "opt": 1, "max": 4}), r"\[batch\] min/opt/max"),
-    (_recipe(batch={"max": True}), "max = True should be int"),
-    (_recipe(build={"optimization_level": 7}), "optimization_level = 7 is invalid: expected an integer 0..5"),
-    (_recipe(build={"workspace_gib": 0}), "workspace_gib = 0 is invalid"),
-    (_recipe(build={"static": True}), r"\[build\] has unknown key 'static'"),
-    (_recipe(shapes={"aspects": ["wide"]}), "aspects entry 'wide' is not usable"),
-    (_recipe(shapes={"sizes": ["64x"]}), "sizes entry '64x' is not usable"),
-    (_recipe(shapes={"aspects": ["1:1"], "opt": "4:3"}), "opt = '4:3' is invalid"),
-    (_recipe(shapes={"base": 60}), "base = 60 is invalid"),
-    (_recipe(models={"stage4": "x"}), r"\[models\] has unknown key 'stage4'"),
-    (_recipe(build=3), "build = 3 is invalid: expected a \\[build\\] table"),
-])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (_recipe(bogus=1), "the top level has unknown key 'bogus'"),
+        ({"components": {"unet1": {"precison": "fp16"}}}, r"\[components.unet1\] has unknown key 'precison'"),
+        ({"components": {"unet1": {"precision": "fp8"}}}, "precision = 'fp8' is invalid: expected one of fp32"),
+        ({"components": {"vae_decoder": "int8"}}, "'int8' is not exported for vae_decoder"),
+        ({"components": {"clip": {"precision": "int8"}}}, "'int8' is not exported for clip"),
+        ({"components": {"unet3": "fp16"}}, "component = 'unet3' is invalid"),
+        ({"components": {"unet1": {}}}, r"\[components.unet1\] needs 'precision'"),
+        ({"components": {}}, "at least one of t5"),
+        ({"components": {"unet1": {"precision": "fp16", "stream_budget": "auto"}}}, "only with weight_streaming"),
+        (
+            {"components": {"t5": {"precision": "int8", "weight_streaming": True, "stream_budget": -1}}},
+            "stream_budget = -1 is invalid",
+        ),
+        (
+            {"components": {"unet1": {"precision": "fp16", "weight_streaming": 1}}},
+            "weight_streaming = 1 should be bool",
+        ),
+        (_recipe(batch={"min": 2, "opt": 1, "max": 4}), r"\[batch\] min/opt/max"),
+        (_recipe(batch={"max": True}), "max = True should be int"),
+        (_recipe(build={"optimization_level": 7}), "optimization_level = 7 is invalid: expected an integer 0..5"),
+        (_recipe(build={"workspace_gib": 0}), "workspace_gib = 0 is invalid"),
+        (_recipe(build={"static": True}), r"\[build\] has unknown key 'static'"),
+        (_recipe(shapes={"aspects": ["wide"]}), "aspects entry 'wide' is not usable"),
+        (_recipe(shapes={"sizes": ["64x"]}), "sizes entry '64x' is not usable"),
+        (_recipe(shapes={"aspects": ["1:1"], "opt": "4:3"}), "opt = '4:3' is invalid"),
+        (_recipe(shapes={"base": 60}), "base = 60 is invalid"),
+        (_recipe(models={"stage4": "x"}), r"\[models\] has unknown key 'stage4'"),
+        (_recipe(build=3), "build = 3 is invalid: expected a \\[build\\] table"),
+    ],
+)
 def test_bad_recipes_name_the_key_and_value(raw, message):
     with pytest.raises(RecipeError, match=message) as err:
         parse_recipe(raw, "build/mine.toml")
@@ -101,7 +108,11 @@ def test_a_whole_number_stream_budget_stays_gib():
 
 
 def test_component_refittable_overrides_the_build_default():
-    recipe = parse_recipe({"build": {"refittable": True},
-                           "components": {"unet1": "fp16", "unet2": {"precision": "fp16", "refittable": False}}})
+    recipe = parse_recipe(
+        {
+            "build": {"refittable": True},
+            "components": {"unet1": "fp16", "unet2": {"precision": "fp16", "refittable": False}},
+        }
+    )
     unet1, unet2 = recipe.components
     assert recipe.refittable(unet1) and not recipe.refittable(unet2)

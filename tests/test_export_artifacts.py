@@ -132,8 +132,11 @@ def test_external_data_graph_runs_and_damage_is_detected(external, stage1_dir):
     path, data = external
     graph = OrtGraph(path)
     gen = torch.Generator().manual_seed(0)
-    out = graph(sample=torch.randn(2, 3, 16, 16, generator=gen), timestep=torch.tensor([3.0, 3.0]),
-                encoder_hidden_states=torch.randn(2, 77, 32, generator=gen))
+    out = graph(
+        sample=torch.randn(2, 3, 16, 16, generator=gen),
+        timestep=torch.tensor([3.0, 3.0]),
+        encoder_hidden_states=torch.randn(2, 77, 32, generator=gen),
+    )
     assert out.shape == (2, 6, 16, 16) and torch.isfinite(out).all()
     raw = bytearray(data.read_bytes())
     raw[-1] ^= 0xFF  # same size, different bytes: only the full hash check sees it
@@ -157,12 +160,16 @@ def test_per_tensor_external_files_are_gathered_into_one(tmp_path):
 
     w = onnx.numpy_helper.from_array(np.arange(6000, dtype=np.float32).reshape(60, 100), "w")
     node = onnx.helper.make_node("MatMul", ["x", "w"], ["y"])
-    graph = onnx.helper.make_graph([node], "g", [onnx.helper.make_tensor_value_info("x", 1, [2, 60])],
-                                   [onnx.helper.make_tensor_value_info("y", 1, [2, 100])], [w])
+    graph = onnx.helper.make_graph(
+        [node],
+        "g",
+        [onnx.helper.make_tensor_value_info("x", 1, [2, 60])],
+        [onnx.helper.make_tensor_value_info("y", 1, [2, 100])],
+        [w],
+    )
     path = tmp_path / "model.onnx"
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 19)], ir_version=9)
-    onnx.save_model(model, str(path), save_as_external_data=True,
-                    all_tensors_to_one_file=False, size_threshold=0)
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=False, size_threshold=0)
     assert len(list(tmp_path.iterdir())) == 2 and not (tmp_path / "model.onnx.data").exists()
     gather_external_data(path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.data"]
@@ -173,11 +180,24 @@ def test_per_tensor_external_files_are_gathered_into_one(tmp_path):
 
 def test_cli_exports_and_reports_bad_input(stage3_dir, tmp_path, capsys):
     out = tmp_path / "art"
-    args = ["export", "--stage3", str(stage3_dir), "--out", str(out), "--components", "clip,vae_decoder",
-            "--precision", "fp32", "--quiet"]
+    args = [
+        "export",
+        "--stage3",
+        str(stage3_dir),
+        "--out",
+        str(out),
+        "--components",
+        "clip,vae_decoder",
+        "--precision",
+        "fp32",
+        "--quiet",
+    ]
     assert main(args) == 0
     printed = capsys.readouterr().out.split()
-    assert printed == [str(out / "clip" / "fp32" / "manifest.json"), str(out / "vae_decoder" / "fp32" / "manifest.json")]
+    assert printed == [
+        str(out / "clip" / "fp32" / "manifest.json"),
+        str(out / "vae_decoder" / "fp32" / "manifest.json"),
+    ]
     assert main(["export", "--stage1", str(tmp_path), "--out", str(out)]) == 2
     assert "not a diffusers checkpoint folder" in capsys.readouterr().err
     with pytest.raises(SystemExit):

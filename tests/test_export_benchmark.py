@@ -12,8 +12,22 @@ def test_full_size_export_benchmark_runs_on_the_tiny_preset(tmp_path, capsys):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     results = tmp_path / "results"
-    assert bench.main(["export", "--preset", "tiny", "--components", "t5,unet1", "--work", str(tmp_path / "work"),
-                       "--results", str(results)]) == 0
+    assert (
+        bench.main(
+            [
+                "export",
+                "--preset",
+                "tiny",
+                "--components",
+                "t5,unet1",
+                "--work",
+                str(tmp_path / "work"),
+                "--results",
+                str(results),
+            ]
+        )
+        == 0
+    )
     data = json.loads((results / "export_full_size.json").read_text())["export"]["tiny"]
     for component in ("t5", "unet1"):
         run = data["components"][component]

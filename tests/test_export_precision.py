@@ -35,8 +35,11 @@ def int8(exports):
 def _ffn_peak(model, ids, mask) -> float:
     """Largest |activation| at the output of any T5 FFN block (where v1.1 overflows fp16)."""
     peaks = []
-    hooks = [m.register_forward_hook(lambda _m, _i, out: peaks.append(out.abs().max().item()))
-             for name, m in model.named_modules() if name.endswith("DenseReluDense")]
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, out: peaks.append(out.abs().max().item()))
+        for name, m in model.named_modules()
+        if name.endswith("DenseReluDense")
+    ]
     with torch.no_grad():
         model(ids, attention_mask=mask)
     for h in hooks:
@@ -123,8 +126,16 @@ def test_int8_unet_is_symmetric_qdq_and_close_to_fp32(exports, int8, stage1_dir,
     # an independent check: other held-out prompts, timesteps and noise than the exporter measured on
     ckpts = {1: resolve(stage1_dir, 1), 2: resolve(stage2_dir, 2), 3: resolve(stage3_dir, 3)}
     stage = ckpts[3 if component == "x4_unet" else int(component[-1])].stage
-    calls = stage_calls(stage, manifest["config"], embedder(stage, manifest["config"], ckpts), HELD_OUT_PROMPTS[::-1],
-                        3, spec.ranges["height"].opt, spec.ranges["width"].min, seed=99)
+    calls = stage_calls(
+        stage,
+        manifest["config"],
+        embedder(stage, manifest["config"], ckpts),
+        HELD_OUT_PROMPTS[::-1],
+        3,
+        spec.ranges["height"].opt,
+        spec.ranges["width"].min,
+        seed=99,
+    )
     cosines = int8_cosines(exports.graph(component, "fp32"), graph, feeds(component, spec, calls))
     assert min(cosines) >= 0.98, cosines
     out = run_onnx(session(graph), feeds(component, spec, calls[:1])[0])[0]

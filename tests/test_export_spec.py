@@ -3,10 +3,24 @@
 import pytest
 
 from ifengine.export.sizes import cascade_sizes
-from ifengine.export.spec import (MODEL, ComponentSpec, DimRange, SpecError, TensorSpec, if_unet_spec, t5_spec,
-                                  vae_decoder_spec)
-from ifengine.export.step_spec import (DDPM_COLUMNS, TOPK_MAX, if_step_spec, max_threshold_side,
-                                       threshold_topk_k, x4_step_spec)
+from ifengine.export.spec import (
+    MODEL,
+    ComponentSpec,
+    DimRange,
+    SpecError,
+    TensorSpec,
+    if_unet_spec,
+    t5_spec,
+    vae_decoder_spec,
+)
+from ifengine.export.step_spec import (
+    DDPM_COLUMNS,
+    TOPK_MAX,
+    if_step_spec,
+    max_threshold_side,
+    threshold_topk_k,
+    x4_step_spec,
+)
 from ifengine.models.presets import unet_preset, vae_preset
 from ifengine.schedule.presets import IF_STAGE1_DDPM, IF_STAGE2_DDPM, X4_DDIM
 
@@ -14,8 +28,9 @@ REAL = {1: unet_preset("IF-I-XL"), 2: unet_preset("IF-II-L"), 3: unet_preset("x4
 
 
 def test_real_cascade_sizes_match_the_published_resolutions():
-    sizes = cascade_sizes({n: c.sample_size for n, c in REAL.items()},
-                          {n: c.downsample_factor for n, c in REAL.items()})
+    sizes = cascade_sizes(
+        {n: c.sample_size for n, c in REAL.items()}, {n: c.downsample_factor for n, c in REAL.items()}
+    )
     assert sizes[1] == DimRange(32, 64, 128, 8)
     assert sizes[2] == DimRange(128, 256, 512, 16)
     assert sizes[3] == DimRange(128, 256, 512, 8)

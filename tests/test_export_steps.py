@@ -46,8 +46,15 @@ def test_if_step_graph_equals_torch_step(exports, stage1_dir, stage2_dir, stage)
             extra = {"upscaled": torch.randn((batch, 3, h, w), generator=gen), "noise_level": level}
         for i in (0, steps // 2, steps - 1):
             ref = if_step(loaded.unet, tables, torch.tensor(i), x, embeds, noise, guidance, True, **extra).numpy()
-            feeds = {"sample": x, "step": torch.tensor([i]), "schedule": pack_ddpm(tables), "text_embeds": embeds,
-                     "noise": noise, "guidance": guidance.reshape(1), **extra}
+            feeds = {
+                "sample": x,
+                "step": torch.tensor([i]),
+                "schedule": pack_ddpm(tables),
+                "text_embeds": embeds,
+                "noise": noise,
+                "guidance": guidance.reshape(1),
+                **extra,
+            }
             out = run_onnx(sess, {k: v.numpy() for k, v in feeds.items()})[0]
             assert relative_error(out, ref) <= TOL, f"step {i} of {steps} at {batch}x{h}x{w}"
 
@@ -63,16 +70,25 @@ def test_x4_step_graph_equals_torch_step(exports, stage3_dir):
         embeds, level = torch.randn((2 * batch, 77, 32), generator=gen), torch.full((2 * batch,), 20)
         for i in (0, steps - 1):
             ref = x4_step(loaded.unet, tables, torch.tensor(i), latents, image, embeds, level, torch.tensor(9.0), True)
-            feeds = {"sample": latents, "step": torch.tensor([i]), "schedule": pack_ddim(tables), "image": image,
-                     "text_embeds": embeds, "noise_level": level, "guidance": torch.tensor([9.0])}
+            feeds = {
+                "sample": latents,
+                "step": torch.tensor([i]),
+                "schedule": pack_ddim(tables),
+                "image": image,
+                "text_embeds": embeds,
+                "noise_level": level,
+                "guidance": torch.tensor([9.0]),
+            }
             out = run_onnx(sess, {k: v.numpy() for k, v in feeds.items()})[0]
             assert relative_error(out, ref.numpy()) <= TOL
 
 
 def test_step_graphs_stay_tensorrt_buildable(exports):
     """Stage I thresholds with one TopK whose k follows the image (bounded by the spec); stage II clips."""
-    ops = {n: [node.op_type for node in onnx.load(str(exports.graph(n, "fp32"))).graph.node]
-           for n in ("step1", "step2", "step3")}
+    ops = {
+        n: [node.op_type for node in onnx.load(str(exports.graph(n, "fp32"))).graph.node]
+        for n in ("step1", "step2", "step3")
+    }
     assert ops["step1"].count("TopK") == 1
     assert "TopK" not in ops["step2"] and "TopK" not in ops["step3"]
     spec = exports.manifest("step1", "fp32")["spec"]

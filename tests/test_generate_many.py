@@ -23,8 +23,11 @@ def _expected(cascade, prompts, seed):
 
 @pytest.mark.parametrize("throughput", [False, True])
 def test_batches_equal_plain_calls_seeded_seed_plus_k(plain, stage1_dir, stage2_dir, stage3_dir, throughput):
-    cascade = plain if not throughput else ifengine.Cascade.from_pretrained(
-        stage1_dir, stage2_dir, stage3_dir, safety=False, throughput=True)
+    cascade = (
+        plain
+        if not throughput
+        else ifengine.Cascade.from_pretrained(stage1_dir, stage2_dir, stage3_dir, safety=False, throughput=True)
+    )
     assert (cascade.runtime is not None) == throughput
     out = cascade.generate_many(PROMPTS, batch_size=2, seed=11, output_type="pt", **KW)
     assert out.prompts == PROMPTS and out.seeds == [11, 11, 12] and out.images_per_second > 0
@@ -49,24 +52,44 @@ def test_prompts_file_writes_one_png_per_prompt(tmp_path, capsys):
     listing = tmp_path / "prompts.txt"
     listing.write_text("a red cat\n# a comment\n\n  a blue dog  \n")
     out = tmp_path / "imgs"
-    assert main(["generate", "--prompts-file", str(listing), "--out", str(out), "--batch-size", "2", "--seed", "4",
-                 "--steps", "2", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--prompts-file",
+                str(listing),
+                "--out",
+                str(out),
+                "--batch-size",
+                "2",
+                "--seed",
+                "4",
+                "--steps",
+                "2",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     paths = capsys.readouterr().out.split()
     assert [p.rsplit("/", 1)[-1] for p in paths] == ["if-4-0000.png", "if-4-0001.png"]
     assert [Image.open(p).text["prompt"] for p in paths] == ["a red cat", "a blue dog"]
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["a cat", "--prompts-file", "{list}"], "not both"),
-    (["--prompts-file", "{list}", "--num-images", "2"], "one text-to-image picture per prompt"),
-    (["--prompts-file", "{list}", "--out", "{tmp}/one.png"], "give a folder"),
-    (["--prompts-file", "{tmp}/missing.txt"], "cannot read --prompts-file"),
-    (["--prompts-file", "{empty}"], "has no prompts"),
-    (["--prompts-file", "{list}", "--batch-size", "0"], "--batch-size must be at least 1"),
-    (["a cat", "--throughput"], "go with --prompts-file"),
-    (["a cat", "--vram", "8 gigs"], "e.g. 8GiB"),
-    ([], "give a prompt"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["a cat", "--prompts-file", "{list}"], "not both"),
+        (["--prompts-file", "{list}", "--num-images", "2"], "one text-to-image picture per prompt"),
+        (["--prompts-file", "{list}", "--out", "{tmp}/one.png"], "give a folder"),
+        (["--prompts-file", "{tmp}/missing.txt"], "cannot read --prompts-file"),
+        (["--prompts-file", "{empty}"], "has no prompts"),
+        (["--prompts-file", "{list}", "--batch-size", "0"], "--batch-size must be at least 1"),
+        (["a cat", "--throughput"], "go with --prompts-file"),
+        (["a cat", "--vram", "8 gigs"], "e.g. 8GiB"),
+        ([], "give a prompt"),
+    ],
+)
 def test_bad_prompt_flags_are_one_clear_line(tmp_path, capsys, argv, message):
     (tmp_path / "list.txt").write_text("a cat\n")
     (tmp_path / "empty.txt").write_text("# nothing\n\n")

@@ -39,7 +39,8 @@ class ReadBacks(TorchDispatchMode):
 def cascades(stage1_dir, stage2_dir, stage3_dir):
     plain = ifengine.Cascade.from_pretrained(stage1_dir, stage2_dir, stage3_dir, safety=False)
     lean = ifengine.Cascade.from_pretrained(stage1_dir, stage2_dir, stage3_dir, safety=False).use_runtime(
-        cuda_graphs=False)
+        cuda_graphs=False
+    )
     return {"plain": plain, "runtime": lean}
 
 

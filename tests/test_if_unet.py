@@ -44,9 +44,11 @@ def ours_from(ref: torch.nn.Module, cfg: UNetConfig) -> IFUNet:
 def inputs(cfg: UNetConfig, batch: int, h: int, w: int, seed: int = 1) -> dict:
     g = torch.Generator().manual_seed(seed)
     text_dim = cfg.encoder_hid_dim or cfg.cross_attention_dim[0]
-    args = dict(sample=torch.randn(batch, cfg.in_channels, h, w, generator=g),
-                timestep=torch.tensor([999, 10][:batch]),  # different timestep per batch element
-                encoder_hidden_states=torch.randn(batch, 77, text_dim, generator=g))
+    args = dict(
+        sample=torch.randn(batch, cfg.in_channels, h, w, generator=g),
+        timestep=torch.tensor([999, 10][:batch]),  # different timestep per batch element
+        encoder_hidden_states=torch.randn(batch, 77, text_dim, generator=g),
+    )
     if cfg.class_embed_type == "timestep":
         args["class_labels"] = torch.tensor([250, 20][:batch])
     return args
@@ -148,9 +150,16 @@ def test_variant_config_matches_diffusers():
     """Paths the IF presets leave unused: only-cross attention (blocks and mid), per-block head widths,
     no encoder_hid_proj (text already at cross_attention_dim), upcast_attention, silu, default time norm."""
     cfg = UNET_PRESETS["tiny-I"].replace(
-        only_cross_attention=(False, True, False), mid_block_only_cross_attention=True,
-        attention_head_dim=(8, 16, 8), encoder_hid_dim=None, upcast_attention=True, act_fn="silu",
-        resnet_time_scale_shift="default", time_embedding_act_fn="silu", mid_block_scale_factor=1.3)
+        only_cross_attention=(False, True, False),
+        mid_block_only_cross_attention=True,
+        attention_head_dim=(8, 16, 8),
+        encoder_hid_dim=None,
+        upcast_attention=True,
+        act_fn="silu",
+        resnet_time_scale_shift="default",
+        time_embedding_act_fn="silu",
+        mid_block_scale_factor=1.3,
+    )
     ref = reference_unet(cfg)
     args = inputs(cfg, 2, 24, 16)
     assert rel_err(ours_from(ref, cfg)(**args), ref(**args).sample) <= TOL
@@ -167,8 +176,16 @@ def test_onnx_export_matches_torch(pair, tmp_path):
     spatial = {0: "batch", 2: "height", 3: "width"}
     dynamic = {name: {0: "batch"} for name in args} | {"sample": spatial, "out": spatial}
     path = tmp_path / "unet.onnx"
-    torch.onnx.export(ours, tuple(args.values()), str(path), input_names=list(args), output_names=["out"],
-                      dynamic_axes=dynamic, opset_version=17, dynamo=False)
+    torch.onnx.export(
+        ours,
+        tuple(args.values()),
+        str(path),
+        input_names=list(args),
+        output_names=["out"],
+        dynamic_axes=dynamic,
+        opset_version=17,
+        dynamo=False,
+    )
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for batch, h, w in [(2, 16, 24), (1, 32, 16)]:
         feed = inputs(cfg, batch, h, w, seed=batch)
@@ -176,24 +193,31 @@ def test_onnx_export_matches_torch(pair, tmp_path):
         assert rel_err(torch.from_numpy(got), ours(**feed)) <= TOL
 
 
-@pytest.mark.parametrize("change,field", [
-    (dict(cross_attention_norm="layer_norm"), "cross_attention_norm"),
-    (dict(down_block_types=("DownBlock2D", "SimpleCrossAttnDownBlock2D", "SimpleCrossAttnDownBlock2D")),
-     "down_block_types"),
-    (dict(up_block_types=("CrossAttnUpBlock2D", "SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D")),
-     "up_block_types"),
-    (dict(mid_block_type="UNetMidBlock2DCrossAttn"), "mid_block_type"),
-    (dict(num_attention_heads=(2, 2, 2)), "num_attention_heads"),
-    (dict(num_class_embeds=1000), "num_class_embeds"),
-    (dict(cross_attention_dim=(64, 64, 32)), "cross_attention_dim"),
-    (dict(act_fn="relu6"), "act_fn"),
-    (dict(time_embedding_act_fn="tanh"), "time_embedding_act_fn"),
-    (dict(resnet_time_scale_shift="ada_group"), "resnet_time_scale_shift"),
-    (dict(only_cross_attention=(True, True, True)), "mid_block_only_cross_attention"),
-    (dict(attention_head_dim=(8, 8, 48)), "attention_head_dim"),
-    (dict(addition_embed_type="text_time"), "addition_embed_type"),
-    (dict(class_embed_type="projection"), "class_embed_type"),
-])
+@pytest.mark.parametrize(
+    "change,field",
+    [
+        (dict(cross_attention_norm="layer_norm"), "cross_attention_norm"),
+        (
+            dict(down_block_types=("DownBlock2D", "SimpleCrossAttnDownBlock2D", "SimpleCrossAttnDownBlock2D")),
+            "down_block_types",
+        ),
+        (
+            dict(up_block_types=("CrossAttnUpBlock2D", "SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D")),
+            "up_block_types",
+        ),
+        (dict(mid_block_type="UNetMidBlock2DCrossAttn"), "mid_block_type"),
+        (dict(num_attention_heads=(2, 2, 2)), "num_attention_heads"),
+        (dict(num_class_embeds=1000), "num_class_embeds"),
+        (dict(cross_attention_dim=(64, 64, 32)), "cross_attention_dim"),
+        (dict(act_fn="relu6"), "act_fn"),
+        (dict(time_embedding_act_fn="tanh"), "time_embedding_act_fn"),
+        (dict(resnet_time_scale_shift="ada_group"), "resnet_time_scale_shift"),
+        (dict(only_cross_attention=(True, True, True)), "mid_block_only_cross_attention"),
+        (dict(attention_head_dim=(8, 8, 48)), "attention_head_dim"),
+        (dict(addition_embed_type="text_time"), "addition_embed_type"),
+        (dict(class_embed_type="projection"), "class_embed_type"),
+    ],
+)
 def test_unsupported_config_raises_naming_it(change, field):
     with pytest.raises(ValueError, match=field):
         IFUNet(UNET_PRESETS["tiny-I"].replace(**change))

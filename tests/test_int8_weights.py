@@ -10,8 +10,16 @@ from torch import nn
 
 import ifengine
 from ifengine.models.if_unet import IFUNet
-from ifengine.models.int8 import (QMAX, Int8Conv2d, Int8Linear, compute_dtype, is_quantized,
-                                  largest_dequantized_bytes, quantize_module, quantize_per_channel)
+from ifengine.models.int8 import (
+    QMAX,
+    Int8Conv2d,
+    Int8Linear,
+    compute_dtype,
+    is_quantized,
+    largest_dequantized_bytes,
+    quantize_module,
+    quantize_per_channel,
+)
 from ifengine.models.presets import UNET_PRESETS
 from ifengine.pipeline.steps import if_step
 from ifengine.runtime import configure
@@ -42,17 +50,23 @@ def test_per_channel_rounding_is_within_half_a_step_and_uses_the_full_range():
     assert torch.equal(peaks[torch.arange(16) != 3], torch.full((15,), QMAX, dtype=torch.int8))
 
 
-@pytest.mark.parametrize("layer,x", [
-    (nn.Linear(64, 32), torch.randn(5, 64)),
-    (nn.Conv2d(16, 32, 3, stride=2, padding=1), torch.randn(2, 16, 9, 7)),
-    (nn.Conv2d(32, 32, 3, padding=2, dilation=2, groups=4, bias=False), torch.randn(1, 32, 8, 8)),
-])
+@pytest.mark.parametrize(
+    "layer,x",
+    [
+        (nn.Linear(64, 32), torch.randn(5, 64)),
+        (nn.Conv2d(16, 32, 3, stride=2, padding=1), torch.randn(2, 16, 9, 7)),
+        (nn.Conv2d(32, 32, 3, padding=2, dilation=2, groups=4, bias=False), torch.randn(1, 32, 8, 8)),
+    ],
+)
 def test_int8_layers_compute_with_the_dequantised_weight(layer, x):
     torch.manual_seed(1)
     q = (Int8Linear if isinstance(layer, nn.Linear) else Int8Conv2d)(layer)
     w = q.dequantized()
-    exact = F.linear(x, w, layer.bias) if isinstance(layer, nn.Linear) else F.conv2d(
-        x, w, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups)
+    exact = (
+        F.linear(x, w, layer.bias)
+        if isinstance(layer, nn.Linear)
+        else F.conv2d(x, w, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups)
+    )
     assert torch.equal(q(x), exact)
     ref = layer(x)
     assert (q(x) - ref).abs().max() / ref.abs().max() < 0.02
@@ -81,9 +95,10 @@ def diffusers_unets():
     from test_if_unet import ours_from, reference_unet
 
     pytest.importorskip("diffusers")
-    return {name: (reference_unet(UNET_PRESETS[name]), ours_from(reference_unet(UNET_PRESETS[name]),
-                                                                  UNET_PRESETS[name])) for name in ("tiny-I",
-                                                                                                    "tiny-II")}
+    return {
+        name: (reference_unet(UNET_PRESETS[name]), ours_from(reference_unet(UNET_PRESETS[name]), UNET_PRESETS[name]))
+        for name in ("tiny-I", "tiny-II")
+    }
 
 
 @torch.no_grad()
@@ -123,10 +138,12 @@ def test_int8_twin_sizes_what_quantising_the_real_unet_gives():
     unet = IFUNet(UNET_PRESETS["tiny-I"])
     twin = int8_twin(unet)
     quantize_module(unet)
-    assert [(n, p.shape, p.dtype) for n, p in twin.named_parameters()] == \
-           [(n, p.shape, p.dtype) for n, p in unet.named_parameters()]
-    assert largest_dequantized_bytes(unet) == max(m.qweight.numel() * 4 for m in unet.modules()
-                                                  if isinstance(m, (Int8Linear, Int8Conv2d)))
+    assert [(n, p.shape, p.dtype) for n, p in twin.named_parameters()] == [
+        (n, p.shape, p.dtype) for n, p in unet.named_parameters()
+    ]
+    assert largest_dequantized_bytes(unet) == max(
+        m.qweight.numel() * 4 for m in unet.modules() if isinstance(m, (Int8Linear, Int8Conv2d))
+    )
 
 
 def _fits_without_unet_streaming(inputs, budget, options) -> bool:
@@ -148,8 +165,7 @@ def load(d1, d2, d3):
     return ifengine.Cascade.from_pretrained(d1, d2, d3, safety=False)
 
 
-def test_a_budget_that_would_stream_runs_int8_unets_equal_to_the_plain_int8_cascade(stage1_dir, stage2_dir,
-                                                                                      stage3_dir):
+def test_a_budget_that_would_stream_runs_int8_unets_equal_to_the_plain_int8_cascade(stage1_dir, stage2_dir, stage3_dir):
     steps, workload = (2, 2, 2), Workload(height=8, width=8, steps=(2, 2, 2))
     options = PlanOptions(cuda_graphs=False, reserve_bytes=0, activation_margin=1.0)
     cascade = load(stage1_dir, stage2_dir, stage3_dir)
@@ -158,8 +174,9 @@ def test_a_budget_that_would_stream_runs_int8_unets_equal_to_the_plain_int8_casc
     budget = _smallest_budget_without_unet_streaming(plan_inputs(all_int8, workload), options)
     # native weights would have to stream at this budget (or not fit at all)
     assert not _fits_without_unet_streaming(plan_inputs(modules, workload), budget, options)
-    runtime = configure(cascade, workload=workload,
-                        options=RuntimeOptions(vram_budget=budget, cuda_graphs=False, plan=options))
+    runtime = configure(
+        cascade, workload=workload, options=RuntimeOptions(vram_budget=budget, cuda_graphs=False, plan=options)
+    )
     quantised = [n for n, m in cascade_modules(cascade).items() if is_quantized(m)]
     assert quantised and set(quantised) <= {"unet1", "unet2", "unet3"}
     assert runtime.plan.unet_streamed_bytes_per_call == 0 and runtime.plan.peak_bytes <= budget

@@ -118,8 +118,9 @@ def test_later_stages_may_be_omitted(stage1_dir, stage2_dir):
         pipe("a cat", last_stage=3)
 
 
-@pytest.mark.parametrize("key, value", [("time_embedding_type", "fourier"), ("conv_in_kernel", 7),
-                                        ("class_embeddings_concat", True)])
+@pytest.mark.parametrize(
+    "key, value", [("time_embedding_type", "fourier"), ("conv_in_kernel", 7), ("class_embeddings_concat", True)]
+)
 def test_unimplemented_settings_are_refused(stage1_dir, tmp_path, key, value):
     from ifengine.models.config import UNetConfig
 

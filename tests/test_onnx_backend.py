@@ -48,10 +48,15 @@ def test_cascade_uses_the_exported_graphs(ort_cascade):
     assert ort_cascade.stage1.unet.graph.session.get_providers() == ["CPUExecutionProvider"]
 
 
-@pytest.mark.parametrize("kwargs", [dict(steps=(4, 3, 3)),
-                                    dict(steps=(3, 2, 2), height=24, width=16, num_images_per_prompt=1),
-                                    dict(steps=(3, 2, 2), guidance=(1.0, 4.0, 1.0))],
-                         ids=["square", "non-square-batch-2", "without-guidance"])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(steps=(4, 3, 3)),
+        dict(steps=(3, 2, 2), height=24, width=16, num_images_per_prompt=1),
+        dict(steps=(3, 2, 2), guidance=(1.0, 4.0, 1.0)),
+    ],
+    ids=["square", "non-square-batch-2", "without-guidance"],
+)
 def test_onnxruntime_cascade_matches_torch(ort_cascade, torch_cascade, kwargs):
     prompt = ["a red cat", "a blue boat"] if "height" in kwargs else "a red cat"
     assert_close(ort_cascade(prompt, **kwargs, **RUN), torch_cascade(prompt, **kwargs, **RUN))
@@ -72,10 +77,13 @@ def test_editing_modes_run_on_onnxruntime(ort_cascade, torch_cascade):
     image = _image()
     mask = np.zeros((24, 40), np.uint8)
     mask[:12, 20:] = 255
-    calls = [lambda p: p.img2img(image, "a boat", strength=(0.5, 0.5), steps=(4, 4, 2), **RUN),
-             lambda p: p.inpaint(image, Image.fromarray(mask), "a door", steps=(3, 2), last_stage=2, **RUN),
-             lambda p: p.style_transfer(image, "in lego style", positive_prompt="a tower", mixer=0.3,
-                                        steps=(4, 4), last_stage=2, **RUN)]
+    calls = [
+        lambda p: p.img2img(image, "a boat", strength=(0.5, 0.5), steps=(4, 4, 2), **RUN),
+        lambda p: p.inpaint(image, Image.fromarray(mask), "a door", steps=(3, 2), last_stage=2, **RUN),
+        lambda p: p.style_transfer(
+            image, "in lego style", positive_prompt="a tower", mixer=0.3, steps=(4, 4), last_stage=2, **RUN
+        ),
+    ]
     for call in calls:
         assert_close(call(ort_cascade), call(torch_cascade))
 

@@ -12,8 +12,21 @@ def run(capsys, *argv):
 
 
 def test_8_gib_plan_prints_placements_and_peaks_per_stage(capsys):
-    code, out, _ = run(capsys, "--vram", "8GiB", "--preset", "IF-I-XL,IF-II-L,x4", "--height", "64",
-                       "--width", "64", "--batch", "1", "--dtype", "float16")
+    code, out, _ = run(
+        capsys,
+        "--vram",
+        "8GiB",
+        "--preset",
+        "IF-I-XL,IF-II-L,x4",
+        "--height",
+        "64",
+        "--width",
+        "64",
+        "--batch",
+        "1",
+        "--dtype",
+        "float16",
+    )
     assert code == 0
     assert "budget 8.00 GiB" in out and "64x64 -> 256x256 -> 1024x1024" in out
     lines = {line.split()[0]: line for line in out.splitlines() if line.split()}
@@ -52,8 +65,23 @@ def test_a_too_small_budget_says_what_is_needed(capsys):
 
 
 def test_checkpoint_folders_are_planned_from_their_configs(capsys, stage1_dir, stage2_dir, stage3_dir):
-    code, out, _ = run(capsys, "--vram", "1GiB", "--stage1", str(stage1_dir), "--stage2", str(stage2_dir),
-                       "--stage3", str(stage3_dir), "--height", "16", "--width", "16", "--dtype", "float32")
+    code, out, _ = run(
+        capsys,
+        "--vram",
+        "1GiB",
+        "--stage1",
+        str(stage1_dir),
+        "--stage2",
+        str(stage2_dir),
+        "--stage3",
+        str(stage3_dir),
+        "--height",
+        "16",
+        "--width",
+        "16",
+        "--dtype",
+        "float32",
+    )
     assert code == 0 and "16x16 -> 64x64 -> 256x256" in out
     assert all("resident" in line for line in out.splitlines() if line.startswith(("t5", "unet1", "vae")))
 

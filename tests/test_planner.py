@@ -9,8 +9,7 @@ import torch
 
 from ifengine.runtime.memory import Workload
 from ifengine.runtime.plan_inputs import plan_inputs, preset_modules
-from ifengine.runtime.planner import (OFFLOAD, RESIDENT, STREAM, PlanError, PlanOptions, minimum_budget,
-                                      plan_memory)
+from ifengine.runtime.planner import OFFLOAD, RESIDENT, STREAM, PlanError, PlanOptions, minimum_budget, plan_memory
 from ifengine.runtime.sizes import GiB
 
 UNETS = ("unet1", "unet2", "unet3")
@@ -74,7 +73,8 @@ def test_8_gib_needs_weight_streaming_not_int8(inputs):
     assert modes["t5"] == STREAM and modes["unet1"] == STREAM
     assert modes["unet2"] == OFFLOAD and plan.vae_tile is not None
     assert plan.unet_streamed_bytes_per_call > 0 and plan.slot_bytes >= max(
-        u.nbytes for u in inputs.component("unet1").partition.units if u.path in plan.placement("unet1").streamed_units)
+        u.nbytes for u in inputs.component("unet1").partition.units if u.path in plan.placement("unet1").streamed_units
+    )
 
 
 def test_smaller_budgets_never_stream_less(inputs):

@@ -16,29 +16,34 @@ def pipe(stage1_dir, stage2_dir, stage3_dir):
 @pytest.fixture
 def no_unet_calls(pipe):
     """Proves validation happens before work: any U-Net call fails the test."""
-    hooks = [s.unet.register_forward_pre_hook(lambda *a: pytest.fail("work started before validation"))
-             for s in (pipe.stage1, pipe.stage2, pipe.stage3)]
+    hooks = [
+        s.unet.register_forward_pre_hook(lambda *a: pytest.fail("work started before validation"))
+        for s in (pipe.stage1, pipe.stage2, pipe.stage3)
+    ]
     yield
     for h in hooks:
         h.remove()
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(height=18), r"height 18 .* multiples of 4.*Nearest valid heights: 16, 20"),
-    (dict(width=0), "width must be a positive whole number"),
-    (dict(steps=0), "stage 1 steps must be a whole number >= 1"),
-    (dict(steps=(10, -1)), "stage 2 steps must be"),
-    (dict(timesteps="smart13"), "unknown|smart27"),
-    (dict(timesteps=([500, 700],)), "descending"),
-    (dict(guidance=float("nan")), "guidance must be a finite number"),
-    (dict(noise_level=(1000, 20)), r"stage 2 noise_level must be a whole number in \[0, 999\]"),
-    (dict(noise_level=(250, 351)), r"stage 3 noise_level .* \[0, 350\]"),
-    (dict(output_type="jpeg"), "output_type must be one of"),
-    (dict(num_images_per_prompt=0), "num_images_per_prompt"),
-    (dict(negative_prompt=["a", "b"]), "negative_prompt has 2 entries but prompt has 1"),
-    (dict(last_stage=4), "last_stage must be 1, 2 or 3"),
-    (dict(steps=(1, 2, 3, 4)), "at most 3 values"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(height=18), r"height 18 .* multiples of 4.*Nearest valid heights: 16, 20"),
+        (dict(width=0), "width must be a positive whole number"),
+        (dict(steps=0), "stage 1 steps must be a whole number >= 1"),
+        (dict(steps=(10, -1)), "stage 2 steps must be"),
+        (dict(timesteps="smart13"), "unknown|smart27"),
+        (dict(timesteps=([500, 700],)), "descending"),
+        (dict(guidance=float("nan")), "guidance must be a finite number"),
+        (dict(noise_level=(1000, 20)), r"stage 2 noise_level must be a whole number in \[0, 999\]"),
+        (dict(noise_level=(250, 351)), r"stage 3 noise_level .* \[0, 350\]"),
+        (dict(output_type="jpeg"), "output_type must be one of"),
+        (dict(num_images_per_prompt=0), "num_images_per_prompt"),
+        (dict(negative_prompt=["a", "b"]), "negative_prompt has 2 entries but prompt has 1"),
+        (dict(last_stage=4), "last_stage must be 1, 2 or 3"),
+        (dict(steps=(1, 2, 3, 4)), "at most 3 values"),
+    ],
+)
 def test_bad_requests(pipe, no_unet_calls, kwargs, message):
     with pytest.raises(ValueError, match=message):
         pipe("a cat", progress=False, **kwargs)

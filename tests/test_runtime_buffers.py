@@ -44,8 +44,13 @@ def test_pack_layout_is_aligned_and_depends_only_on_shapes():
 
 
 def test_pack_uploads_every_dtype_exactly_with_one_copy():
-    values = [torch.randn(2, 3, dtype=torch.float16), torch.arange(4), torch.tensor([True, False]),
-              torch.tensor(7.5), torch.randn(3, dtype=torch.float64)]
+    values = [
+        torch.randn(2, 3, dtype=torch.float16),
+        torch.arange(4),
+        torch.tensor([True, False]),
+        torch.tensor(7.5),
+        torch.randn(3, dtype=torch.float64),
+    ]
     pack = pack_of(*values)
     dest = torch.zeros(pack.layout()[1], dtype=torch.uint8)
     views = pack.upload_no_sync(dest)
@@ -69,16 +74,32 @@ def test_fetch_returns_float32_results_and_finite_flags():
     assert finite == [True, False]
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("8GiB", 8 * 2**30), ("12GB", 12 * 10**9), ("8000MiB", 8000 * 2**20), ("1.5 GiB", 3 * 2**29),
-    ("512mib", 512 * 2**20), ("1024", 1024), (2**30, 2**30)])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("8GiB", 8 * 2**30),
+        ("12GB", 12 * 10**9),
+        ("8000MiB", 8000 * 2**20),
+        ("1.5 GiB", 3 * 2**29),
+        ("512mib", 512 * 2**20),
+        ("1024", 1024),
+        (2**30, 2**30),
+    ],
+)
 def test_parse_size(text, expected):
     assert parse_size(text) == expected
 
 
-@pytest.mark.parametrize("text, message", [
-    ("8G", "unknown size unit 'G'"), ("eight GiB", "cannot read"), ("0GiB", "more than 0"), ("", "cannot read"),
-    ("-1GiB", "cannot read")])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("8G", "unknown size unit 'G'"),
+        ("eight GiB", "cannot read"),
+        ("0GiB", "more than 0"),
+        ("", "cannot read"),
+        ("-1GiB", "cannot read"),
+    ],
+)
 def test_parse_size_errors_say_what_is_accepted(text, message):
     with pytest.raises(SizeError, match=message):
         parse_size(text)

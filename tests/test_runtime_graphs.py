@@ -80,10 +80,13 @@ def test_warm_up_then_capture_once_then_replay(fake_cuda):
     assert graph._graph.replays == 4 and len(fake_cuda) == 1
 
 
-@pytest.mark.parametrize("misuse, message", [
-    (lambda g: g.capture(), "capture after 0 of 2 warm-up"),
-    (lambda g: g.replay_no_sync(), "replay before capture"),
-])
+@pytest.mark.parametrize(
+    "misuse, message",
+    [
+        (lambda g: g.capture(), "capture after 0 of 2 warm-up"),
+        (lambda g: g.replay_no_sync(), "replay before capture"),
+    ],
+)
 def test_misuse_before_capture_is_an_error(fake_cuda, misuse, message):
     graph = StepGraph(lambda: None, device=torch.device("cuda"), warmup_steps=2)
     with pytest.raises(GraphStateError, match=message):

@@ -60,9 +60,21 @@ def test_partition_counts_tied_weights_once():
 
 
 def fake_plan(placements, swap, slot) -> MemoryPlan:
-    return MemoryPlan(budget_bytes=0, options=PlanOptions(), workload=Workload(), placements=tuple(placements),
-                      swap_bytes=swap, slot_bytes=slot, graph_scope="none", vae_tile=None, phases=(),
-                      resident_bytes=0, buffer_bytes=0, transfer_bytes_per_call=0, unet_streamed_bytes_per_call=0)
+    return MemoryPlan(
+        budget_bytes=0,
+        options=PlanOptions(),
+        workload=Workload(),
+        placements=tuple(placements),
+        swap_bytes=swap,
+        slot_bytes=slot,
+        graph_scope="none",
+        vae_tile=None,
+        phases=(),
+        resident_bytes=0,
+        buffer_bytes=0,
+        transfer_bytes_per_call=0,
+        unet_streamed_bytes_per_call=0,
+    )
 
 
 def test_swap_area_shared_by_two_modules_and_streamed_units_compute_exactly():
@@ -72,10 +84,15 @@ def test_swap_area_shared_by_two_modules_and_streamed_units_compute_exactly():
     expected = [m(x) for m in (one, two, three)]
     size = partition(one).total_bytes
     unit = partition(two).units[-1]  # "head": streamed through the slot
-    plan = fake_plan([Placement("one", OFFLOAD, 0, 0, size),
-                      Placement("two", STREAM, 0, 0, partition(two).total_bytes - unit.nbytes, (unit.path,),
-                                unit.nbytes),
-                      Placement("three", RESIDENT, 0)], swap=size, slot=unit.nbytes)
+    plan = fake_plan(
+        [
+            Placement("one", OFFLOAD, 0, 0, size),
+            Placement("two", STREAM, 0, 0, partition(two).total_bytes - unit.nbytes, (unit.path,), unit.nbytes),
+            Placement("three", RESIDENT, 0),
+        ],
+        swap=size,
+        slot=unit.nbytes,
+    )
     placer = WeightPlacer(plan, {"one": one, "two": two, "three": three}, "cpu").apply()
     assert placer.loaded == frozenset()
     assert torch.equal(one(x), expected[0]) and placer.loaded == {"one"}  # loaded by its own pre-hook
@@ -93,8 +110,11 @@ def test_a_unit_entered_without_its_hook_is_an_error():
 
     net = Sneaky()
     unit = partition(net).units[-1]
-    plan = fake_plan([Placement("net", STREAM, 0, 0, partition(net).total_bytes - unit.nbytes, (unit.path,),
-                                unit.nbytes)], swap=partition(net).total_bytes, slot=unit.nbytes)
+    plan = fake_plan(
+        [Placement("net", STREAM, 0, 0, partition(net).total_bytes - unit.nbytes, (unit.path,), unit.nbytes)],
+        swap=partition(net).total_bytes,
+        slot=unit.nbytes,
+    )
     WeightPlacer(plan, {"net": net}, "cpu").apply()
     with pytest.raises(RuntimeError, match="ran without their pre-hook"):
         net(torch.randn(1, 32))
@@ -107,15 +127,19 @@ def load(d1, d2, d3):
 def test_tiny_cascade_under_a_tight_budget_equals_the_eager_cascade(stage1_dir, stage2_dir, stage3_dir):
     steps, seeds = (2, 2, 2), (5,)
     reference = load(stage1_dir, stage2_dir, stage3_dir)
-    expected = [reference("a red cat", steps=steps, seed=s, height=8, width=8, output_type="pt",
-                          progress=False).stages for s in seeds]
+    expected = [
+        reference("a red cat", steps=steps, seed=s, height=8, width=8, output_type="pt", progress=False).stages
+        for s in seeds
+    ]
     cascade = load(stage1_dir, stage2_dir, stage3_dir)
     workload = Workload(height=8, width=8, steps=steps)
     plan_options = PlanOptions(cuda_graphs=False, reserve_bytes=0, activation_margin=1.0)
     budget = minimum_budget(plan_inputs(cascade_modules(cascade), workload), plan_options, precision=64 * 1024)
-    runtime = configure(cascade, workload=workload,
-                        options=RuntimeOptions(vram_budget=budget, cuda_graphs=False, plan=plan_options,
-                                               weights="native"))
+    runtime = configure(
+        cascade,
+        workload=workload,
+        options=RuntimeOptions(vram_budget=budget, cuda_graphs=False, plan=plan_options, weights="native"),
+    )
     modes = runtime.plan.modes()
     assert STREAM in modes.values() and RESIDENT not in (modes["unet1"], modes["unet2"])
     assert runtime.plan.peak_bytes <= budget

@@ -109,6 +109,7 @@ def test_only_capturable_step_functions_replace_the_plain_step(cascade):
     def custom(*args, **kwargs):
         calls.append(1)
         from ifengine.pipeline.steps import if_step
+
         return if_step(*args, **kwargs)
 
     stage = dataclasses.replace(cascade.stage1, step_fn=custom)

@@ -12,8 +12,9 @@ from ifengine.pipeline.stages import RunContext, run_if_stage, run_x4_stage
 def test_safety_checker_and_watermark_match_diffusers(stage1_safety_dir, diffusers_stage1_safety):
     pipe = ifengine.Cascade.from_pretrained(stage1=stage1_safety_dir)
     assert pipe.safety is not None and pipe.safety.heads is not None and pipe.safety.watermark is not None
-    ref = diffusers_stage1_safety("a red cat", num_inference_steps=3, generator=torch.Generator().manual_seed(2),
-                                  height=64, width=64)
+    ref = diffusers_stage1_safety(
+        "a red cat", num_inference_steps=3, generator=torch.Generator().manual_seed(2), height=64, width=64
+    )
     ours = pipe("a red cat", steps=3, seed=2, height=64, width=64, progress=False)
     assert ours.nsfw_detected is not None and len(ours.nsfw_detected) == 1
     expected_flag = bool(ref.nsfw_detected[0] or ref.watermark_detected[0])
@@ -40,9 +41,17 @@ def pipe(stage1_dir, stage2_dir, stage3_dir):
 def test_stage2_alone_matches_diffusers(pipe, diffusers_stage1, diffusers_stage2):
     image = torch.rand(1, 3, 16, 24, generator=torch.Generator().manual_seed(0)) * 2 - 1
     pe, ne = diffusers_stage1.encode_prompt("a boat", clean_caption=False)
-    ref = diffusers_stage2(image=image, prompt_embeds=pe, negative_prompt_embeds=ne, height=64, width=96,
-                           num_inference_steps=5, noise_level=100, generator=torch.Generator().manual_seed(9),
-                           output_type="pt").images
+    ref = diffusers_stage2(
+        image=image,
+        prompt_embeds=pe,
+        negative_prompt_embeds=ne,
+        height=64,
+        width=96,
+        num_inference_steps=5,
+        noise_level=100,
+        generator=torch.Generator().manual_seed(9),
+        output_type="pt",
+    ).images
     ctx = RunContext(torch.device("cpu"), torch.float32, torch.Generator().manual_seed(9), progress=False)
     opts = StageOptions(steps=5, guidance=4.0, noise_level=100)
     ours = run_if_stage(2, pipe.stage2, opts, torch.cat([ne, pe]), (1, 3, 64, 96), ctx, image=image)
@@ -51,8 +60,15 @@ def test_stage2_alone_matches_diffusers(pipe, diffusers_stage1, diffusers_stage2
 
 def test_stage3_alone_matches_diffusers(pipe, diffusers_stage3):
     image = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    ref = diffusers_stage3(prompt=["a boat", "a tree"], image=image, num_inference_steps=4, noise_level=50,
-                           guidance_scale=5.0, generator=torch.Generator().manual_seed(8), output_type="pt").images
+    ref = diffusers_stage3(
+        prompt=["a boat", "a tree"],
+        image=image,
+        num_inference_steps=4,
+        noise_level=50,
+        guidance_scale=5.0,
+        generator=torch.Generator().manual_seed(8),
+        output_type="pt",
+    ).images
     ctx = RunContext(torch.device("cpu"), torch.float32, torch.Generator().manual_seed(8), progress=False)
     opts = StageOptions(steps=4, guidance=5.0, noise_level=50)
     ours = run_x4_stage(pipe.stage3, opts, ["a boat", "a tree"], ["", ""], image, ctx)

@@ -67,11 +67,7 @@ def run_ddpm_loop(config: DDPMConfig, steps: dict, shape: tuple[int, ...], scale
         out = random_output(shape, scale, learned, seed=100 + i)
         expected = ref.step(out, t, sample, generator=g_ref).prev_sample
         # The reference draws noise only when t > 0; draw ours from the same stream the same way.
-        noise = (
-            randn_tensor(shape, generator=g_ours, dtype=out.dtype)
-            if tables.draws_noise(i)
-            else torch.zeros(shape)
-        )
+        noise = randn_tensor(shape, generator=g_ours, dtype=out.dtype) if tables.draws_noise(i) else torch.zeros(shape)
         got = ddpm_step(tables, torch.tensor(i, dtype=torch.int64), out, sample, noise)
         torch.testing.assert_close(got, expected, **TOL, msg=f"step {i} (t={int(t)})")
         sample = expected
@@ -216,9 +212,7 @@ def test_stage1_loop_matches_diffusers(steps, scale):
     run_ddpm_loop(IF_STAGE1_DDPM, steps, (2, 3, 24, 16), scale)
 
 
-@pytest.mark.parametrize(
-    "steps", [{"num_inference_steps": 50}, {"timesteps": list(named_timesteps("smart27"))}]
-)
+@pytest.mark.parametrize("steps", [{"num_inference_steps": 50}, {"timesteps": list(named_timesteps("smart27"))}])
 def test_stage2_loop_matches_diffusers(steps):
     run_ddpm_loop(IF_STAGE2_DDPM, steps, (2, 3, 32, 32), 3.0)
 
@@ -413,9 +407,7 @@ def test_stage1_step_exports_to_onnx():
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            Step(), args, buffer, dynamo=False, opset_version=19, input_names=["i", "o", "x", "n"]
-        )
+        torch.onnx.export(Step(), args, buffer, dynamo=False, opset_version=19, input_names=["i", "o", "x", "n"])
     session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
     for i in (0, 50, 99):
         feeds = {"i": torch.tensor(i).numpy(), "o": out.numpy(), "x": sample.numpy(), "n": noise.numpy()}

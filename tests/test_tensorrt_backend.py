@@ -18,15 +18,19 @@ from ifengine.engines.trt_build import PhaseBars, builder_settings, check_profil
 from ifengine.export.spec import DimRange
 from test_engines_fixtures import TARGET, export_tiny_vae
 
-RECIPE = {"batch": {"min": 1, "opt": 1, "max": 2}, "shapes": {"aspects": ["1:1", "16:9", "9:16"]},
-          "components": {"vae_decoder": "fp32"}}
+RECIPE = {
+    "batch": {"min": 1, "opt": 1, "max": 2},
+    "shapes": {"aspects": ["1:1", "16:9", "9:16"]},
+    "components": {"vae_decoder": "fp32"},
+}
 
 
 def _plan_and_manifest(tmp_path, recipe=RECIPE):
     artifacts = tmp_path / "artifacts"
     export_tiny_vae(artifacts)
-    plan = make_plan(parse_recipe(recipe, "mine.toml"), artifacts, tmp_path / "engines",
-                     exports=find_exports(artifacts))
+    plan = make_plan(
+        parse_recipe(recipe, "mine.toml"), artifacts, tmp_path / "engines", exports=find_exports(artifacts)
+    )
     return plan, [engine_manifest(job, TARGET, plan) for job in plan.jobs]
 
 
@@ -40,8 +44,10 @@ def test_buffers_are_planned_at_the_profile_maximum_with_output_dims_derived(vae
     assert vae.dims["height"] == DimRange(256, 256, 448, 8)
     assert vae.dims["out_height"] == DimRange(1024, 1024, 1792, 32)  # the VAE's x4, from the spec's ranges
     assert vae.max_shapes() == {"latents": (2, 4, 448, 448), "image": (2, 3, 1792, 1792)}
-    assert vae.io_shapes({"batch": 1, "height": 256, "width": 448}) == {"latents": (1, 4, 256, 448),
-                                                                       "image": (1, 3, 1024, 1792)}
+    assert vae.io_shapes({"batch": 1, "height": 256, "width": 448}) == {
+        "latents": (1, 4, 256, 448),
+        "image": (1, 3, 1024, 1792),
+    }
     assert vae.nbytes("image", (2, 3, 1792, 1792)) == 2 * 3 * 1792 * 1792 * 4
 
 
@@ -161,15 +167,18 @@ def test_one_scratch_allocation_serves_every_engine():
     assert bindings.shared_scratch_bytes([]) == 0
 
 
-@pytest.mark.parametrize("requested, streaming, default, expected", [
-    (None, False, None, None),  # ordinary engine: nothing to set
-    (None, True, None, None),  # streaming engine, no budget anywhere: TensorRT's default
-    (None, True, "auto", 600),  # the recipe's default
-    ("auto", True, 1.0, 600),  # the caller wins over the recipe
-    ("25%", True, None, 250),
-    (0.5, True, None, 1000),  # GiB above the streamable size: all weights stay
-    (100, True, "auto", 100),
-])
+@pytest.mark.parametrize(
+    "requested, streaming, default, expected",
+    [
+        (None, False, None, None),  # ordinary engine: nothing to set
+        (None, True, None, None),  # streaming engine, no budget anywhere: TensorRT's default
+        (None, True, "auto", 600),  # the recipe's default
+        ("auto", True, 1.0, 600),  # the caller wins over the recipe
+        ("25%", True, None, 250),
+        (0.5, True, None, 1000),  # GiB above the streamable size: all weights stay
+        (100, True, "auto", 100),
+    ],
+)
 def test_weight_streaming_budgets_resolve_to_bytes(requested, streaming, default, expected, monkeypatch):
     monkeypatch.setattr(bindings, "GIB", 4000)
     assert bindings.resolve_budget(requested, streaming, default, streamable=1000, automatic=600) == expected
@@ -187,8 +196,12 @@ def test_static_engines_are_chosen_by_exact_shape_and_dynamic_ones_by_range(tmp_
     _, manifests = _plan_and_manifest(tmp_path / "s", static)
     _, (dynamic,) = _plan_and_manifest(tmp_path / "d")
     plans = [IOPlan.from_manifest(m) for m in [dynamic] + manifests]
-    assert [p.name for p in plans] == ["vae_decoder-fp32", "vae_decoder-fp32-b1-256x256",
-                                       "vae_decoder-fp32-b1-448x256", "vae_decoder-fp32-b1-256x448"]
+    assert [p.name for p in plans] == [
+        "vae_decoder-fp32",
+        "vae_decoder-fp32-b1-256x256",
+        "vae_decoder-fp32-b1-448x256",
+        "vae_decoder-fp32-b1-256x448",
+    ]
     assert bindings.select(plans, {"batch": 1, "height": 256, "width": 448}) == 2
     assert bindings.select(plans, {"batch": 2, "height": 256, "width": 448}) == 0
     with pytest.raises(ValueError, match="no engine covers .*add the size or batch"):
@@ -197,9 +210,15 @@ def test_static_engines_are_chosen_by_exact_shape_and_dynamic_ones_by_range(tmp_
 
 def _described(plan):
     lo, opt, hi = ({k: getattr(r, a) for k, r in plan.dims.items()} for a in ("min", "opt", "max"))
-    return {"latents": {"input": True, "dtype": "float32", "shape": (-1, 4, -1, -1),
-                        "profile": tuple(plan.shape(plan.spec.inputs[0], d) for d in (lo, opt, hi))},
-            "image": {"input": False, "dtype": "float32", "shape": (-1, 3, -1, -1)}}
+    return {
+        "latents": {
+            "input": True,
+            "dtype": "float32",
+            "shape": (-1, 4, -1, -1),
+            "profile": tuple(plan.shape(plan.spec.inputs[0], d) for d in (lo, opt, hi)),
+        },
+        "image": {"input": False, "dtype": "float32", "shape": (-1, 3, -1, -1)},
+    }
 
 
 def test_the_engine_must_match_its_manifest(vae):
@@ -207,15 +226,21 @@ def test_the_engine_must_match_its_manifest(vae):
     wrong_dtype, wrong_profile = _described(vae), _described(vae)
     wrong_dtype["image"]["dtype"] = "float16"
     wrong_profile["latents"]["profile"] = ((1, 4, 64, 64),) * 3
-    for described, message in ((wrong_dtype, "float16 in the engine"), (wrong_profile, "profile in the engine"),
-                               ({"latents": {}}, "tensors")):
+    for described, message in (
+        (wrong_dtype, "float16 in the engine"),
+        (wrong_profile, "profile in the engine"),
+        ({"latents": {}}, "tensors"),
+    ):
         with pytest.raises(EngineCorrupt, match=message):
             bindings.check_engine_io(vae, described)
 
 
 def test_builder_settings_and_graph_inputs_are_checked_before_building(vae, tmp_path):
-    assert builder_settings(BuildFlags(4, 2 ** 30, True, True)) == {
-        "flags": ["WEIGHT_STREAMING", "REFIT"], "optimization_level": 4, "workspace": 2 ** 30}
+    assert builder_settings(BuildFlags(4, 2**30, True, True)) == {
+        "flags": ["WEIGHT_STREAMING", "REFIT"],
+        "optimization_level": 4,
+        "workspace": 2**30,
+    }
     assert builder_settings(BuildFlags())["flags"] == []
     plan, _ = _plan_and_manifest(tmp_path)
     check_profile_inputs(["latents"], plan.jobs[0].profile)

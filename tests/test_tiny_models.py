@@ -20,25 +20,46 @@ PROMPT = "A photo of a corgi riding a red bicycle, watercolor"
 LONG_PROMPT = "a very long prompt " * 40
 
 STAGE1_FILES = {
-    "model_index.json", "scheduler/scheduler_config.json", "text_encoder/config.json",
-    "text_encoder/model.safetensors", "tokenizer/spiece.model", "tokenizer/tokenizer_config.json",
-    "tokenizer/special_tokens_map.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "text_encoder/config.json",
+    "text_encoder/model.safetensors",
+    "tokenizer/spiece.model",
+    "tokenizer/tokenizer_config.json",
+    "tokenizer/special_tokens_map.json",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
 }
 SAFETY_FILES = {
-    "safety_checker/config.json", "safety_checker/model.safetensors",
-    "feature_extractor/preprocessor_config.json", "watermarker/config.json",
+    "safety_checker/config.json",
+    "safety_checker/model.safetensors",
+    "feature_extractor/preprocessor_config.json",
+    "watermarker/config.json",
     "watermarker/diffusion_pytorch_model.safetensors",
 }
 STAGE2_FILES = {
-    "model_index.json", "scheduler/scheduler_config.json", "image_noising_scheduler/scheduler_config.json",
-    "tokenizer/spiece.model", "tokenizer/tokenizer_config.json", "tokenizer/special_tokens_map.json",
-    "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "image_noising_scheduler/scheduler_config.json",
+    "tokenizer/spiece.model",
+    "tokenizer/tokenizer_config.json",
+    "tokenizer/special_tokens_map.json",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
 }
 STAGE3_FILES = {
-    "model_index.json", "scheduler/scheduler_config.json", "low_res_scheduler/scheduler_config.json",
-    "text_encoder/config.json", "text_encoder/model.safetensors", "tokenizer/vocab.json",
-    "tokenizer/merges.txt", "tokenizer/tokenizer_config.json", "tokenizer/special_tokens_map.json",
-    "unet/config.json", "unet/diffusion_pytorch_model.safetensors", "vae/config.json",
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "low_res_scheduler/scheduler_config.json",
+    "text_encoder/config.json",
+    "text_encoder/model.safetensors",
+    "tokenizer/vocab.json",
+    "tokenizer/merges.txt",
+    "tokenizer/tokenizer_config.json",
+    "tokenizer/special_tokens_map.json",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+    "vae/config.json",
     "vae/diffusion_pytorch_model.safetensors",
 }
 
@@ -110,8 +131,12 @@ def test_clip_tokenizer_pads_with_eos_and_truncates_to_77(loader):
 
 @pytest.mark.parametrize(
     "fixture, expected",
-    [("stage1_dir", STAGE1_FILES), ("stage1_safety_dir", STAGE1_FILES | SAFETY_FILES),
-     ("stage2_dir", STAGE2_FILES), ("stage3_dir", STAGE3_FILES)],
+    [
+        ("stage1_dir", STAGE1_FILES),
+        ("stage1_safety_dir", STAGE1_FILES | SAFETY_FILES),
+        ("stage2_dir", STAGE2_FILES),
+        ("stage3_dir", STAGE3_FILES),
+    ],
 )
 def test_hub_layout(request, fixture, expected):
     assert _files(request.getfixturevalue(fixture)) == expected
@@ -129,7 +154,10 @@ def test_stage1_configs_have_real_fields(stage1_safety_dir):
     assert t5["vocab_size"] == len(T5Tokenizer.from_pretrained(stage1_safety_dir / "tokenizer"))
     sched = _config(stage1_safety_dir, "scheduler/scheduler_config.json")
     assert (sched["variance_type"], sched["beta_schedule"], sched["timestep_spacing"]) == (
-        "learned_range", "squaredcos_cap_v2", "leading")
+        "learned_range",
+        "squaredcos_cap_v2",
+        "leading",
+    )
     assert sched["thresholding"] and sched["sample_max_value"] == 1.5 and sched["clip_sample"]
 
 
@@ -147,8 +175,9 @@ def test_stage2_and_stage3_configs_have_real_fields(stage2_dir, stage3_dir):
     assert (sched["prediction_type"], sched["steps_offset"], sched["clip_sample"]) == ("v_prediction", 1, False)
 
 
-@pytest.mark.parametrize("make, fixture", [(make_stage1, "stage1_dir"), (make_stage2, "stage2_dir"),
-                                           (make_stage3, "stage3_dir")])
+@pytest.mark.parametrize(
+    "make, fixture", [(make_stage1, "stage1_dir"), (make_stage2, "stage2_dir"), (make_stage3, "stage3_dir")]
+)
 def test_weights_are_deterministic(request, tmp_path, make, fixture):
     first, second = request.getfixturevalue(fixture), make(tmp_path)
     for name in sorted(_files(first)):
@@ -160,8 +189,9 @@ def test_weights_are_deterministic(request, tmp_path, make, fixture):
 
 
 def test_stage1_runs(diffusers_stage1):
-    out = diffusers_stage1("a red cat", num_inference_steps=2, height=16, width=16,
-                           output_type="pt", generator=_generator()).images
+    out = diffusers_stage1(
+        "a red cat", num_inference_steps=2, height=16, width=16, output_type="pt", generator=_generator()
+    ).images
     assert out.shape == (1, 3, 16, 16) and torch.isfinite(out).all()
 
 
@@ -177,15 +207,22 @@ def test_stage2_upscales_with_external_embeddings(diffusers_stage1, diffusers_st
     embeds, negative = diffusers_stage1.encode_prompt("a red cat", do_classifier_free_guidance=True)
     assert embeds.shape == (1, MAX_LEN, 32)
     low_res = torch.rand(1, 3, 16, 16, generator=_generator()) * 2 - 1
-    out = diffusers_stage2(image=low_res, prompt_embeds=embeds, negative_prompt_embeds=negative,
-                           num_inference_steps=2, output_type="pt", generator=_generator()).images
+    out = diffusers_stage2(
+        image=low_res,
+        prompt_embeds=embeds,
+        negative_prompt_embeds=negative,
+        num_inference_steps=2,
+        output_type="pt",
+        generator=_generator(),
+    ).images
     assert out.shape == (1, 3, 64, 64) and torch.isfinite(out).all()
 
 
 def test_stage3_upscales_4x(diffusers_stage3):
     image = torch.rand(1, 3, 16, 16, generator=_generator())
-    out = diffusers_stage3("a red cat", image=image, num_inference_steps=2, output_type="pt",
-                           generator=_generator()).images
+    out = diffusers_stage3(
+        "a red cat", image=image, num_inference_steps=2, output_type="pt", generator=_generator()
+    ).images
     assert out.shape == (1, 3, 64, 64) and torch.isfinite(out).all()
 
 
@@ -202,8 +239,7 @@ def test_fp16_variant_with_sharded_text_encoder_reloads(tmp_path, stage1_dir):
     full = load_file(stage1_dir / "unet/diffusion_pytorch_model.safetensors")
     assert all(half[k].dtype == torch.float16 and torch.equal(half[k], full[k].half()) for k in full)
     pipe = DiffusionPipeline.from_pretrained(root, variant="fp16", dtype=torch.float32)
-    out = pipe("a red cat", num_inference_steps=2, height=16, width=16, output_type="pt",
-               generator=_generator()).images
+    out = pipe("a red cat", num_inference_steps=2, height=16, width=16, output_type="pt", generator=_generator()).images
     assert out.shape == (1, 3, 16, 16) and torch.isfinite(out).all()
 
 

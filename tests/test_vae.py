@@ -122,10 +122,13 @@ def test_decode_dtype_follows_force_upcast():
     assert decode_dtype(dataclasses.replace(TINY, force_upcast=False), torch.float16) == torch.float16
 
 
-@pytest.mark.parametrize("change, name", [
-    (dict(up_block_types=("UpDecoderBlock2D", "AttnUpDecoderBlock2D", "UpDecoderBlock2D")), "up_block_types"),
-    (dict(act_fn="relu"), "activation"),
-])
+@pytest.mark.parametrize(
+    "change, name",
+    [
+        (dict(up_block_types=("UpDecoderBlock2D", "AttnUpDecoderBlock2D", "UpDecoderBlock2D")), "up_block_types"),
+        (dict(act_fn="relu"), "activation"),
+    ],
+)
 def test_unsupported_config_is_a_value_error(change, name):
     with pytest.raises(ValueError, match=name):
         VAEDecoder(dataclasses.replace(TINY, **change))
@@ -149,8 +152,9 @@ def test_onnx_export_matches_torch(pair, tmp_path):
     ours, _ = pair
     z = latents(1, 8, 12) / SF
     path = tmp_path / "vae_decoder.onnx"
-    torch.onnx.export(ours, (z,), str(path), dynamo=False, opset_version=17,
-                      input_names=["latents"], output_names=["image"])
+    torch.onnx.export(
+        ours, (z,), str(path), dynamo=False, opset_version=17, input_names=["latents"], output_names=["image"]
+    )
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (out,) = session.run(None, {"latents": z.numpy()})
     assert rel_err(torch.from_numpy(out), ours(z)) <= 1e-4

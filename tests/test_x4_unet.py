@@ -52,8 +52,9 @@ def test_state_dict_keys_equal_diffusers(pair):
 
 def test_strict_load_rejects_missing_and_unexpected_keys(pair):
     _, ref = pair
-    assert_strict_load_refuses(X4UNet(TINY), ref.state_dict(), "conv_in.weight",
-                               {"add_embedding.linear_1.weight": torch.zeros(1)})
+    assert_strict_load_refuses(
+        X4UNet(TINY), ref.state_dict(), "conv_in.weight", {"add_embedding.linear_1.weight": torch.zeros(1)}
+    )
 
 
 @pytest.mark.parametrize("batch", [1, 2])
@@ -71,10 +72,17 @@ def test_matches_diffusers(pair, batch, size):
 @torch.no_grad()
 def test_config_variants_match_diffusers():
     """Settings the x4 checkpoint does not use but the module implements, checked against diffusers."""
-    config = TINY.replace(layers_per_block=(1, 2, 1, 2), transformer_layers_per_block=(1, 2, 1, 2),
-                          use_linear_projection=False, only_cross_attention=(False, True, False, False),
-                          resnet_time_scale_shift="scale_shift", time_embedding_dim=40,
-                          time_embedding_act_fn="silu", mid_block_scale_factor=1.3, upcast_attention=True)
+    config = TINY.replace(
+        layers_per_block=(1, 2, 1, 2),
+        transformer_layers_per_block=(1, 2, 1, 2),
+        use_linear_projection=False,
+        only_cross_attention=(False, True, False, False),
+        resnet_time_scale_shift="scale_shift",
+        time_embedding_dim=40,
+        time_embedding_act_fn="silu",
+        mid_block_scale_factor=1.3,
+        upcast_attention=True,
+    )
     torch.manual_seed(1)
     ref = UNet2DConditionModel(**diffusers_kwargs(config)).eval()
     perturb(ref)
@@ -101,12 +109,15 @@ def test_missing_class_labels_is_an_error(pair):
         ours(sample, t, context)
 
 
-@pytest.mark.parametrize("change, name", [
-    (dict(class_embed_type="timestep"), "class_embed_type"),
-    (dict(addition_embed_type="text"), "addition_embed_type"),
-    (dict(resnet_out_scale_factor=1.4), "resnet_out_scale_factor"),
-    (dict(mid_block_type="UNetMidBlock2DSimpleCrossAttn"), "mid_block_type"),
-])
+@pytest.mark.parametrize(
+    "change, name",
+    [
+        (dict(class_embed_type="timestep"), "class_embed_type"),
+        (dict(addition_embed_type="text"), "addition_embed_type"),
+        (dict(resnet_out_scale_factor=1.4), "resnet_out_scale_factor"),
+        (dict(mid_block_type="UNetMidBlock2DSimpleCrossAttn"), "mid_block_type"),
+    ],
+)
 def test_unsupported_config_names_the_field(change, name):
     with pytest.raises(ValueError, match=name):
         X4UNet(TINY.replace(**change))
@@ -132,12 +143,19 @@ def test_onnx_export_matches_torch(pair, tmp_path):
     ours, _ = pair
     sample, t, context, labels = inputs(2, 16, 24)
     path = tmp_path / "x4_unet.onnx"
-    torch.onnx.export(ours, (sample, t, context, labels), str(path), dynamo=False, opset_version=17,
-                      input_names=["sample", "timestep", "encoder_hidden_states", "class_labels"],
-                      output_names=["out"])
+    torch.onnx.export(
+        ours,
+        (sample, t, context, labels),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["sample", "timestep", "encoder_hidden_states", "class_labels"],
+        output_names=["out"],
+    )
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feeds = dict(sample=sample.numpy(), timestep=t.numpy(), encoder_hidden_states=context.numpy(),
-                 class_labels=labels.numpy())
+    feeds = dict(
+        sample=sample.numpy(), timestep=t.numpy(), encoder_hidden_states=context.numpy(), class_labels=labels.numpy()
+    )
     (out,) = session.run(None, feeds)
     assert rel_err(torch.from_numpy(out), ours(sample, t, context, labels)) <= 1e-4
 

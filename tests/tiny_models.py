@@ -44,82 +44,165 @@ SEED = 0
 IF_SR_SCALE = 1 / 0.7071
 SHARD_SIZE = "40KB"  # small enough to split the tiny T5 encoder into several shards
 
-TINY_T5 = _frozen(dict(
-    d_model=32, d_ff=37, d_kv=8, num_layers=2, num_decoder_layers=2, num_heads=4,
-    relative_attention_num_buckets=8, relative_attention_max_distance=128,
-    feed_forward_proj="gated-gelu",  # sets is_gated_act=True, dense_act_fn="gelu_new" (T5 v1.1)
-    tie_word_embeddings=False, layer_norm_epsilon=1e-6, dropout_rate=0.1,
-    pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
-))  # vocab_size comes from the tokenizer
+TINY_T5 = _frozen(
+    dict(
+        d_model=32,
+        d_ff=37,
+        d_kv=8,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=128,
+        feed_forward_proj="gated-gelu",  # sets is_gated_act=True, dense_act_fn="gelu_new" (T5 v1.1)
+        tie_word_embeddings=False,
+        layer_norm_epsilon=1e-6,
+        dropout_rate=0.1,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
+)  # vocab_size comes from the tokenizer
 
 # IF-I-XL layout: Resnet down block, then simple cross-attention blocks; text_proj of the
 # raw T5 states to cross_attention_dim and attention pooling into the time embedding.
-STAGE1_UNET = _frozen(dict(
-    sample_size=16, in_channels=3, out_channels=6,
-    down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D", "SimpleCrossAttnDownBlock2D"),
-    mid_block_type="UNetMidBlock2DSimpleCrossAttn",
-    up_block_types=("SimpleCrossAttnUpBlock2D", "SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
-    block_out_channels=(16, 32, 64), layers_per_block=1, attention_head_dim=8, norm_num_groups=8,
-    # cross_attention_dim must divide by 32: the cross-attention group norm has 32 groups.
-    cross_attention_dim=64, encoder_hid_dim=TINY_T5["d_model"], encoder_hid_dim_type="text_proj",
-    addition_embed_type="text", addition_embed_type_num_heads=2, class_embed_type=None,
-    cross_attention_norm="group_norm", resnet_time_scale_shift="scale_shift", act_fn="gelu",
-    only_cross_attention=False, upcast_attention=False, use_linear_projection=False,
-))
+STAGE1_UNET = _frozen(
+    dict(
+        sample_size=16,
+        in_channels=3,
+        out_channels=6,
+        down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D", "SimpleCrossAttnDownBlock2D"),
+        mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+        up_block_types=("SimpleCrossAttnUpBlock2D", "SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+        block_out_channels=(16, 32, 64),
+        layers_per_block=1,
+        attention_head_dim=8,
+        norm_num_groups=8,
+        # cross_attention_dim must divide by 32: the cross-attention group norm has 32 groups.
+        cross_attention_dim=64,
+        encoder_hid_dim=TINY_T5["d_model"],
+        encoder_hid_dim_type="text_proj",
+        addition_embed_type="text",
+        addition_embed_type_num_heads=2,
+        class_embed_type=None,
+        cross_attention_norm="group_norm",
+        resnet_time_scale_shift="scale_shift",
+        act_fn="gelu",
+        only_cross_attention=False,
+        upcast_attention=False,
+        use_linear_projection=False,
+    )
+)
 
 # IF-II-L layout: noisy image + upscaled low-res image in, noise level as a timestep class.
-STAGE2_UNET = _frozen(dict(
-    STAGE1_UNET, sample_size=64, in_channels=6, out_channels=6,
-    down_block_types=("ResnetDownsampleBlock2D", "ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
-    up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D", "ResnetUpsampleBlock2D"),
-    layers_per_block=(1, 1, 2), class_embed_type="timestep", time_embedding_dim=64,
-    time_embedding_act_fn="gelu", resnet_skip_time_act=True,
-    resnet_out_scale_factor=IF_SR_SCALE, mid_block_scale_factor=IF_SR_SCALE,
-))
+STAGE2_UNET = _frozen(
+    dict(
+        STAGE1_UNET,
+        sample_size=64,
+        in_channels=6,
+        out_channels=6,
+        down_block_types=("ResnetDownsampleBlock2D", "ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+        up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D", "ResnetUpsampleBlock2D"),
+        layers_per_block=(1, 1, 2),
+        class_embed_type="timestep",
+        time_embedding_dim=64,
+        time_embedding_act_fn="gelu",
+        resnet_skip_time_act=True,
+        resnet_out_scale_factor=IF_SR_SCALE,
+        mid_block_scale_factor=IF_SR_SCALE,
+    )
+)
 
 # The x4 upscaler's text tower: OpenCLIP ViT-H text transformer (gelu, 77 positions).
-TINY_CLIP_TEXT = _frozen(dict(
-    hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-    max_position_embeddings=77, hidden_act="gelu", projection_dim=32, layer_norm_eps=1e-5,
-))  # vocab_size and special ids come from the tokenizer
+TINY_CLIP_TEXT = _frozen(
+    dict(
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        hidden_act="gelu",
+        projection_dim=32,
+        layer_norm_eps=1e-5,
+    )
+)  # vocab_size and special ids come from the tokenizer
 
 # stable-diffusion-x4-upscaler U-Net: 4 latent + 3 RGB channels in, noise level as class id.
 # attention_head_dim is diffusers' legacy name for the number of heads here.
-STAGE3_UNET = _frozen(dict(
-    sample_size=16, in_channels=7, out_channels=4,
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    only_cross_attention=(True, True, True, False), use_linear_projection=True,
-    block_out_channels=(16, 32, 32, 48), layers_per_block=1, attention_head_dim=2, norm_num_groups=8,
-    cross_attention_dim=TINY_CLIP_TEXT["hidden_size"], num_class_embeds=1000, act_fn="silu",
-))
+STAGE3_UNET = _frozen(
+    dict(
+        sample_size=16,
+        in_channels=7,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        only_cross_attention=(True, True, True, False),
+        use_linear_projection=True,
+        block_out_channels=(16, 32, 32, 48),
+        layers_per_block=1,
+        attention_head_dim=2,
+        norm_num_groups=8,
+        cross_attention_dim=TINY_CLIP_TEXT["hidden_size"],
+        num_class_embeds=1000,
+        act_fn="silu",
+    )
+)
 
 # x4 VAE: three levels (x4 spatial factor), 4 latent channels, the upscaler's scaling factor.
-STAGE3_VAE = _frozen(dict(
-    sample_size=64, in_channels=3, out_channels=3, latent_channels=4,
-    down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-    block_out_channels=(16, 16, 32), layers_per_block=1, norm_num_groups=8, act_fn="silu",
-    scaling_factor=0.08333,
-))
+STAGE3_VAE = _frozen(
+    dict(
+        sample_size=64,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(16, 16, 32),
+        layers_per_block=1,
+        norm_num_groups=8,
+        act_fn="silu",
+        scaling_factor=0.08333,
+    )
+)
 
 # Tiny stand-in for the CLIP ViT-L/14 safety model (only the vision tower is instantiated).
-TINY_SAFETY_VISION = _frozen(dict(
-    hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-    image_size=32, patch_size=8, projection_dim=16,
-))
+TINY_SAFETY_VISION = _frozen(
+    dict(
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=32,
+        patch_size=8,
+        projection_dim=16,
+    )
+)
 TINY_SAFETY_TEXT = _frozen(dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=4))
 
 # The schedulers exactly as the converted Hub checkpoints configure them.
-STAGE1_SCHEDULER = _frozen(dict(
-    beta_schedule="squaredcos_cap_v2", variance_type="learned_range", prediction_type="epsilon",
-    thresholding=True, dynamic_thresholding_ratio=0.95, sample_max_value=1.5,
-))
+STAGE1_SCHEDULER = _frozen(
+    dict(
+        beta_schedule="squaredcos_cap_v2",
+        variance_type="learned_range",
+        prediction_type="epsilon",
+        thresholding=True,
+        dynamic_thresholding_ratio=0.95,
+        sample_max_value=1.5,
+    )
+)
 STAGE2_SCHEDULER = _frozen(dict(STAGE1_SCHEDULER, sample_max_value=1.0))
 STAGE2_NOISING_SCHEDULER = _frozen(dict(beta_schedule="squaredcos_cap_v2"))
-STAGE3_SCHEDULER = _frozen(dict(
-    beta_schedule="scaled_linear", beta_start=0.0001, beta_end=0.02, prediction_type="v_prediction",
-    steps_offset=1, clip_sample=False, set_alpha_to_one=False,
-))
+STAGE3_SCHEDULER = _frozen(
+    dict(
+        beta_schedule="scaled_linear",
+        beta_start=0.0001,
+        beta_end=0.02,
+        prediction_type="v_prediction",
+        steps_offset=1,
+        clip_sample=False,
+        set_alpha_to_one=False,
+    )
+)
 STAGE3_LOW_RES_SCHEDULER = _frozen(dict(beta_schedule="scaled_linear", beta_start=0.0001, beta_end=0.02))
 STAGE3_MAX_NOISE_LEVEL = 350
 
@@ -143,8 +226,9 @@ def tiny_t5_encoder(vocab_size: int) -> T5EncoderModel:
 
 
 def tiny_clip_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
-    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-               pad_token_id=tokenizer.pad_token_id)
+    ids = dict(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
     return _seeded(CLIPTextModel, CLIPTextConfig(vocab_size=len(tokenizer), **TINY_CLIP_TEXT, **ids))
 
 
@@ -275,4 +359,3 @@ def make_stage3(out_dir, *, variant: str | None = None) -> Path:
         max_noise_level=STAGE3_MAX_NOISE_LEVEL,
     )
     return _save(pipe, out_dir, variant, False, clip_tokenizer_dir())
-

@@ -54,8 +54,7 @@ class CascadeSpec:
 SPECS = {
     "full": CascadeSpec("full", "IF-I-XL", "IF-II-L", "x4-upscaler", "x4-vae", "t5-v1_1-xxl", "clip-vit-h-text", 64),
     # IF-I-M / IF-II-M widths are ESTIMATES (presets.py): the size diffusers' published it/s anchors use
-    "medium": CascadeSpec("medium", "IF-I-M", "IF-II-M", "x4-upscaler", "x4-vae", "t5-v1_1-xxl", "clip-vit-h-text",
-                          64),
+    "medium": CascadeSpec("medium", "IF-I-M", "IF-II-M", "x4-upscaler", "x4-vae", "t5-v1_1-xxl", "clip-vit-h-text", 64),
     "tiny": CascadeSpec("tiny", "tiny-I", "tiny-II", "tiny-x4", "tiny-vae", "tiny-t5", "tiny-clip", 16),
 }
 

@@ -43,8 +43,14 @@ def if_unet_flops(config: UNetConfig, batch: int, height: int, width: int, text_
 
     unet = build_on_meta(lambda: IFUNet(config))
     level = torch.zeros(batch, dtype=torch.long, device="meta") if config.class_embed_type else None
-    return _on_meta(lambda m: unet(m(batch, config.in_channels, height, width), m(batch, dtype=torch.long),
-                                   m(batch, TEXT_TOKENS, text_dim), level))
+    return _on_meta(
+        lambda m: unet(
+            m(batch, config.in_channels, height, width),
+            m(batch, dtype=torch.long),
+            m(batch, TEXT_TOKENS, text_dim),
+            level,
+        )
+    )
 
 
 def x4_unet_flops(config: UNetConfig, batch: int, height: int, width: int) -> int:
@@ -52,9 +58,14 @@ def x4_unet_flops(config: UNetConfig, batch: int, height: int, width: int) -> in
     from ..models.x4_unet import X4UNet
 
     unet = build_on_meta(lambda: X4UNet(config))
-    return _on_meta(lambda m: unet(m(batch, config.in_channels, height, width), m(batch, dtype=torch.long),
-                                   m(batch, TEXT_TOKENS, config.cross_attention_dim[0]),
-                                   m(batch, dtype=torch.long)))
+    return _on_meta(
+        lambda m: unet(
+            m(batch, config.in_channels, height, width),
+            m(batch, dtype=torch.long),
+            m(batch, TEXT_TOKENS, config.cross_attention_dim[0]),
+            m(batch, dtype=torch.long),
+        )
+    )
 
 
 def vae_decode_flops(config: VAEConfig, batch: int, height: int, width: int) -> int:
@@ -84,11 +95,11 @@ def text_model(config: TextEncoderConfig):
 def _on_meta(call: Callable) -> int:
     def meta(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return torch.zeros(shape, dtype=dtype, device="meta")
+
     return count_flops(lambda: call(meta))
 
 
-def matmul_peak(device: torch.device | str, dtype: torch.dtype, size: int | None = None,
-                repeats: int = 10) -> dict:
+def matmul_peak(device: torch.device | str, dtype: torch.dtype, size: int | None = None, repeats: int = 10) -> dict:
     """Best measured FLOP/s of a square matmul on ``device``: the ceiling MFU is measured against."""
     device = torch.device(device)
     n = size or (8192 if device.type == "cuda" else 1024)
@@ -104,5 +115,11 @@ def matmul_peak(device: torch.device | str, dtype: torch.dtype, size: int | None
             a @ b
         best = min(best, clock.collect()["mm"])
     flops = 2 * n**3
-    return {"device": str(device), "dtype": str(dtype).replace("torch.", ""), "size": n,
-            "seconds": best, "flops_per_s": flops / best, "measured_at": time.time()}
+    return {
+        "device": str(device),
+        "dtype": str(dtype).replace("torch.", ""),
+        "size": n,
+        "seconds": best,
+        "flops_per_s": flops / best,
+        "measured_at": time.time(),
+    }

@@ -60,8 +60,13 @@ def run_host_overhead(config: HostConfig, progress: bool = True) -> dict:
         loaded = {name: _load(name, checkpoint, config) for name in config.systems}
         runs = {name: _two_lengths(sys_.run, config) for name, sys_ in loaded.items()}
         steps = timing.alternate(runs, config.repeats, config.warmup, progress, desc="host overhead: steps")
-        calls = timing.alternate({n: s.unet_call for n, s in loaded.items() if s.unet_call},
-                                 config.repeats, config.warmup, progress, desc="host overhead: U-Net")
+        calls = timing.alternate(
+            {n: s.unet_call for n, s in loaded.items() if s.unet_call},
+            config.repeats,
+            config.warmup,
+            progress,
+            desc="host overhead: U-Net",
+        )
         machine = describe("cpu")
     return _payload(config, checkpoint, steps, calls, machine)
 
@@ -78,6 +83,7 @@ def _two_lengths(run: Callable[[int], None], config: HostConfig) -> Callable[[],
     The CPU time counts only while the thread runs, so on a machine shared with other work it still
     measures what a step costs the host (one torch thread: the ops run on this thread).
     """
+
     def both() -> timing.Durations:
         out = {}
         for name, steps in (("short", config.short_steps), ("long", config.long_steps)):
@@ -85,6 +91,7 @@ def _two_lengths(run: Callable[[int], None], config: HostConfig) -> Callable[[],
             run(steps)
             out[name], out[f"{name}_cpu"] = time.perf_counter() - wall, time.thread_time() - cpu
         return out
+
     return both
 
 
@@ -92,7 +99,7 @@ def _load(name: str, checkpoint: Path, config: HostConfig) -> _System:
     if name == "diffusers":
         return _diffusers_system(checkpoint, config)
     if name.startswith("ifengine-"):
-        return _ifengine_system(checkpoint, config, executor=name[len("ifengine-"):])
+        return _ifengine_system(checkpoint, config, executor=name[len("ifengine-") :])
     raise ValueError(f"unknown system {name!r}; use diffusers or ifengine-<executor> (eager, traced, auto)")
 
 
@@ -103,8 +110,19 @@ def _ifengine_system(checkpoint: Path, config: HostConfig, executor: str) -> _Sy
     pipe.set_executor(executor)
 
     def run(steps: int) -> None:
-        pipe(PROMPT, height=config.size, width=config.size, steps=steps, guidance=config.guidance,
-             last_stage=1, output_type="pt", clean_caption=False, progress=False, seed=0)
+        pipe(
+            PROMPT,
+            height=config.size,
+            width=config.size,
+            steps=steps,
+            guidance=config.guidance,
+            last_stage=1,
+            output_type="pt",
+            clean_caption=False,
+            progress=False,
+            seed=0,
+        )
+
     unet = pipe.stage1.unet
     inputs = _unet_inputs(unet.config.in_channels, pipe.text.encode([PROMPT])[0].shape[-1], config)
     call = _unet_timer(lambda: unet(inputs[0], inputs[1], inputs[2]), config.unet_calls)
@@ -114,25 +132,41 @@ def _ifengine_system(checkpoint: Path, config: HostConfig, executor: str) -> _Sy
 def _diffusers_system(checkpoint: Path, config: HostConfig) -> _System:
     from diffusers import IFPipeline  # the reference being measured against, never an engine dependency
 
-    pipe = IFPipeline.from_pretrained(checkpoint, torch_dtype=torch.float32, safety_checker=None,
-                                      feature_extractor=None, watermarker=None, requires_safety_checker=False)
+    pipe = IFPipeline.from_pretrained(
+        checkpoint,
+        torch_dtype=torch.float32,
+        safety_checker=None,
+        feature_extractor=None,
+        watermarker=None,
+        requires_safety_checker=False,
+    )
     pipe.set_progress_bar_config(disable=True)
 
     def run(steps: int) -> None:
-        pipe(PROMPT, height=config.size, width=config.size, num_inference_steps=steps,
-             guidance_scale=config.guidance, generator=torch.Generator().manual_seed(0), output_type="pt",
-             clean_caption=False)
+        pipe(
+            PROMPT,
+            height=config.size,
+            width=config.size,
+            num_inference_steps=steps,
+            guidance_scale=config.guidance,
+            generator=torch.Generator().manual_seed(0),
+            output_type="pt",
+            clean_caption=False,
+        )
+
     x, t, states = _unet_inputs(pipe.unet.config.in_channels, pipe.text_encoder.config.d_model, config)
-    call = _unet_timer(lambda: pipe.unet(x, t, encoder_hidden_states=states, return_dict=False),
-                       config.unet_calls)
+    call = _unet_timer(lambda: pipe.unet(x, t, encoder_hidden_states=states, return_dict=False), config.unet_calls)
     return _System(run=run, unet_call=call)
 
 
 def _unet_inputs(channels: int, text_dim: int, config: HostConfig):
     batch = 2 if config.guidance > 1 else 1  # the CFG batch a step feeds the U-Net
     gen = torch.Generator().manual_seed(0)
-    return (torch.randn(batch, channels, config.size, config.size, generator=gen), torch.tensor(500),
-            torch.randn(batch, 77, text_dim, generator=gen))
+    return (
+        torch.randn(batch, channels, config.size, config.size, generator=gen),
+        torch.tensor(500),
+        torch.randn(batch, 77, text_dim, generator=gen),
+    )
 
 
 def _unet_timer(call: Callable[[], object], n: int) -> Callable[[], timing.Durations]:
@@ -141,6 +175,7 @@ def _unet_timer(call: Callable[[], object], n: int) -> Callable[[], timing.Durat
         for _ in range(n):
             call()
         return {"call": (time.perf_counter() - wall) / n, "call_cpu": (time.thread_time() - cpu) / n}
+
     return timed
 
 
@@ -152,13 +187,23 @@ def _demo_stage1() -> Path:
 
 def _payload(config: HostConfig, checkpoint: Path, steps, calls, machine: dict) -> dict:
     delta = config.long_steps - config.short_steps
-    out = {"benchmark": "host_overhead", "command": command_line(), "machine": machine,
-           "config": dataclasses.asdict(config), "checkpoint": str(checkpoint), "units": "seconds"}
+    out = {
+        "benchmark": "host_overhead",
+        "command": command_line(),
+        "machine": machine,
+        "config": dataclasses.asdict(config),
+        "checkpoint": str(checkpoint),
+        "units": "seconds",
+    }
     for clock, suffix in (("wall", ""), ("cpu", "_cpu")):
         per_step = {n: timing.per_step(r["long" + suffix], r["short" + suffix], delta) for n, r in steps.items()}
         stats = {n: timing.Stats.of(v).to_dict() for n, v in per_step.items()}
-        out[clock] = {"per_step": stats, "per_step_samples": per_step, "ratio_to_diffusers": _ratios(stats),
-                      "unet_call": {n: timing.Stats.of(r["call" + suffix]).to_dict() for n, r in calls.items()}}
+        out[clock] = {
+            "per_step": stats,
+            "per_step_samples": per_step,
+            "ratio_to_diffusers": _ratios(stats),
+            "unet_call": {n: timing.Stats.of(r["call" + suffix]).to_dict() for n, r in calls.items()},
+        }
     out["target"] = {clock: _target(out[clock]["ratio_to_diffusers"]) for clock in ("wall", "cpu")}
     out["samples"] = {"runs": steps, "unet_calls": calls}
     return out
@@ -173,8 +218,12 @@ def _ratios(stats: dict) -> dict[str, float]:
 
 def _target(ratios: dict[str, float]) -> dict:
     best = min(ratios, key=ratios.get) if ratios else None
-    return {"max_ratio": TARGET_RATIO, "system": best, "ratio": ratios.get(best),
-            "met": best is not None and ratios[best] <= TARGET_RATIO}
+    return {
+        "max_ratio": TARGET_RATIO,
+        "system": best,
+        "ratio": ratios.get(best),
+        "met": best is not None and ratios[best] <= TARGET_RATIO,
+    }
 
 
 def host_table(payload: dict) -> str:
@@ -183,18 +232,40 @@ def host_table(payload: dict) -> str:
     for name, stats in wall["per_step"].items():
         c = cpu["per_step"][name]
         call = cpu["unet_call"].get(name, {}).get("median")
-        rows.append([name, timing.fmt_ms(stats["median"]), timing.fmt_ms(stats["iqr"]), timing.fmt_ms(c["median"]),
-                     timing.fmt_ms(c["iqr"]), timing.fmt_ms(call),
-                     timing.fmt_ms(None if call is None else c["median"] - call),
-                     _ratio(wall, name), _ratio(cpu, name)])
+        rows.append(
+            [
+                name,
+                timing.fmt_ms(stats["median"]),
+                timing.fmt_ms(stats["iqr"]),
+                timing.fmt_ms(c["median"]),
+                timing.fmt_ms(c["iqr"]),
+                timing.fmt_ms(call),
+                timing.fmt_ms(None if call is None else c["median"] - call),
+                _ratio(wall, name),
+                _ratio(cpu, name),
+            ]
+        )
     cfg = payload["config"]
-    head = (f"Stage I per-step host time, {cfg['size']}x{cfg['size']}, CFG batch 2, {cfg['threads']} torch "
-            f"thread(s); median of {cfg['repeats']} alternated repetitions of ({cfg['long_steps']} - "
-            f"{cfg['short_steps']}) steps; wall clock and this thread's CPU time; "
-            f"{summary_line(payload['machine'])}\n\n")
-    return head + markdown_table(["system", "wall / step (ms)", "wall IQR", "CPU / step (ms)", "CPU IQR",
-                                  "U-Net call, CPU (ms)", "around U-Net, CPU (ms)", "vs diffusers (wall)",
-                                  "vs diffusers (CPU)"], rows)
+    head = (
+        f"Stage I per-step host time, {cfg['size']}x{cfg['size']}, CFG batch 2, {cfg['threads']} torch "
+        f"thread(s); median of {cfg['repeats']} alternated repetitions of ({cfg['long_steps']} - "
+        f"{cfg['short_steps']}) steps; wall clock and this thread's CPU time; "
+        f"{summary_line(payload['machine'])}\n\n"
+    )
+    return head + markdown_table(
+        [
+            "system",
+            "wall / step (ms)",
+            "wall IQR",
+            "CPU / step (ms)",
+            "CPU IQR",
+            "U-Net call, CPU (ms)",
+            "around U-Net, CPU (ms)",
+            "vs diffusers (wall)",
+            "vs diffusers (CPU)",
+        ],
+        rows,
+    )
 
 
 def _ratio(clock: dict, name: str) -> str:
@@ -206,10 +277,11 @@ def _ratio(clock: dict, name: str) -> str:
 
 def write_host_results(payload: dict, out_dir: Path, name: str = "host_overhead") -> dict[str, Path]:
     cpu = payload["cpu"]
-    values = {n: {"per step": s["median"], **({"U-Net call": cpu["unet_call"][n]["median"]}
-                                             if n in cpu["unet_call"] else {})}
-              for n, s in cpu["per_step"].items()}
-    title = (f"stage I host CPU time per step ({payload['config']['size']}px)\n"
-             f"{summary_line(payload['machine'])}")
-    return write_outputs(out_dir, name, payload, host_table(payload),
-                         chart=lambda path: stage_chart(path, values, title, ylabel="ms"))
+    values = {
+        n: {"per step": s["median"], **({"U-Net call": cpu["unet_call"][n]["median"]} if n in cpu["unet_call"] else {})}
+        for n, s in cpu["per_step"].items()
+    }
+    title = f"stage I host CPU time per step ({payload['config']['size']}px)\n{summary_line(payload['machine'])}"
+    return write_outputs(
+        out_dir, name, payload, host_table(payload), chart=lambda path: stage_chart(path, values, title, ylabel="ms")
+    )

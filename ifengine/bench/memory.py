@@ -39,8 +39,13 @@ class MemoryBenchConfig:
     device: str = "cuda"
     dtype: str = "float16"
     batch: int = 1
-    systems: tuple[str, ...] = ("ifengine-eager", "ifengine-graphs", "ifengine-graphs-native", "diffusers-eager",
-                                "diffusers-offload")
+    systems: tuple[str, ...] = (
+        "ifengine-eager",
+        "ifengine-graphs",
+        "ifengine-graphs-native",
+        "diffusers-eager",
+        "diffusers-offload",
+    )
     vram: tuple[float, ...] = (24.0, 16.0, 12.0, 8.0)  # GiB budgets, after the unconstrained run
     steps: tuple[int, int, int] = (100, 50, 75)
     checkpoints: str | None = None
@@ -99,8 +104,14 @@ def run_memory_bench(config: MemoryBenchConfig, progress: bool = True) -> dict:
             for name in config.systems:
                 results.append(_one(name, budget, paths, device, getattr(torch, config.dtype), run))
                 bar.update()
-    return {"benchmark": "memory", "command": command_line(), "machine": describe(device),
-            "config": dataclasses.asdict(config), "units": "bytes and seconds", "results": results}
+    return {
+        "benchmark": "memory",
+        "command": command_line(),
+        "machine": describe(device),
+        "config": dataclasses.asdict(config),
+        "units": "bytes and seconds",
+        "results": results,
+    }
 
 
 def _one(name: str, budget: float | None, paths, device: torch.device, dtype: torch.dtype, run: RunSpec) -> dict:
@@ -110,8 +121,9 @@ def _one(name: str, budget: float | None, paths, device: torch.device, dtype: to
             stack.enter_context(_budget(device, budget))
         systems = {}
         try:
-            systems = load_systems([name], paths, device, dtype,
-                                   vram_budget=None if budget is None else int(budget * GIB))
+            systems = load_systems(
+                [name], paths, device, dtype, vram_budget=None if budget is None else int(budget * GIB)
+            )
             entry["resident"] = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
             probe = Probe(device)
             systems[name].run(run, probe)
@@ -149,18 +161,25 @@ def _gib(n: int | None) -> str:
 
 
 def memory_table(payload: dict) -> str:
-    header = ["budget (GiB)", "system", "status", "resident (GiB)"] + [f"peak {s} (GiB)" for s in STAGES] \
+    header = (
+        ["budget (GiB)", "system", "status", "resident (GiB)"]
+        + [f"peak {s} (GiB)" for s in STAGES]
         + ["peak total (GiB)", "total (s)"]
+    )
     rows = []
     for e in payload["results"]:
         budget = "none" if e["vram_gib"] is None else f"{e['vram_gib']:g}"
         total = e["seconds"].get("total")
-        rows.append([budget, e["system"], e["status"], _gib(e["resident"])]
-                    + [_gib(e["peaks"].get(s)) for s in STAGES]
-                    + [_gib(e["peaks"].get("total")), "n/a" if total is None else f"{total:.2f}"])
+        rows.append(
+            [budget, e["system"], e["status"], _gib(e["resident"])]
+            + [_gib(e["peaks"].get(s)) for s in STAGES]
+            + [_gib(e["peaks"].get("total")), "n/a" if total is None else f"{total:.2f}"]
+        )
     cfg = payload["config"]
-    head = (f"Peak device memory (torch.cuda.max_memory_allocated), {cfg['preset']} presets, {cfg['dtype']}, "
-            f"batch {cfg['batch']}, steps {tuple(cfg['steps'])}; {summary_line(payload['machine'])}\n\n")
+    head = (
+        f"Peak device memory (torch.cuda.max_memory_allocated), {cfg['preset']} presets, {cfg['dtype']}, "
+        f"batch {cfg['batch']}, steps {tuple(cfg['steps'])}; {summary_line(payload['machine'])}\n\n"
+    )
     return head + markdown_table(header, rows)
 
 

@@ -61,14 +61,19 @@ def command_line(argv: Sequence[str] | None = None) -> str:
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     def cell(v) -> str:
         return str(v).replace("|", "\\|")
-    lines = ["| " + " | ".join(cell(h) for h in header) + " |",
-             "|" + "|".join("---" for _ in header) + "|"]
+
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
-def stage_chart(path: Path, values: Mapping[str, Mapping[str, float]], title: str,
-                ylabel: str = "time per run (ms)", scale: float = 1e3) -> Path:
+def stage_chart(
+    path: Path,
+    values: Mapping[str, Mapping[str, float]],
+    title: str,
+    ylabel: str = "time per run (ms)",
+    scale: float = 1e3,
+) -> Path:
     """Grouped bars: one group per stage, one bar per system; ``values`` is system -> stage -> value
     (seconds by default, drawn times ``scale``)."""
     import matplotlib
@@ -95,12 +100,12 @@ def stage_chart(path: Path, values: Mapping[str, Mapping[str, float]], title: st
         plt.close(fig)
 
 
-def write_outputs(out_dir: Path, name: str, payload: Mapping, table: str,
-                  chart: Callable[[Path], Path] | None = None) -> dict[str, Path]:
+def write_outputs(
+    out_dir: Path, name: str, payload: Mapping, table: str, chart: Callable[[Path], Path] | None = None
+) -> dict[str, Path]:
     """``<out_dir>/<name>.json`` and ``.md`` (+ ``.png`` when a chart is given)."""
     out_dir = Path(out_dir)
-    paths = {"json": write_json(out_dir / f"{name}.json", payload),
-             "md": write_text(out_dir / f"{name}.md", table)}
+    paths = {"json": write_json(out_dir / f"{name}.json", payload), "md": write_text(out_dir / f"{name}.md", table)}
     if chart is not None:
         try:
             paths["png"] = chart(out_dir / f"{name}.png")

@@ -48,13 +48,27 @@ class System:
 # ifengine-graphs plans with weights="auto" (int8 U-Nets only where a budget would stream them);
 # -native never quantises (streams instead), -int8 quantises every U-Net
 _RUNTIME_WEIGHTS = {"ifengine-graphs": "auto", "ifengine-graphs-native": "native", "ifengine-graphs-int8": "int8"}
-SYSTEMS = ("ifengine-eager", "ifengine-traced", "ifengine-auto", *_RUNTIME_WEIGHTS, "ifengine-onnxruntime",
-           "diffusers-eager", "diffusers-compile", "diffusers-offload")
+SYSTEMS = (
+    "ifengine-eager",
+    "ifengine-traced",
+    "ifengine-auto",
+    *_RUNTIME_WEIGHTS,
+    "ifengine-onnxruntime",
+    "diffusers-eager",
+    "diffusers-compile",
+    "diffusers-offload",
+)
 _OWN_LOADS = (*_RUNTIME_WEIGHTS, "ifengine-onnxruntime")  # systems that need their own copy of the weights
 
 
-def load_systems(names: list[str], paths: dict[str, Path], device: torch.device, dtype: torch.dtype,
-                 artifacts: Path | None = None, vram_budget: int | None = None) -> dict[str, System]:
+def load_systems(
+    names: list[str],
+    paths: dict[str, Path],
+    device: torch.device,
+    dtype: torch.dtype,
+    artifacts: Path | None = None,
+    vram_budget: int | None = None,
+) -> dict[str, System]:
     """Load each named system once; systems of one family share their weights.
 
     ``vram_budget`` (bytes) is handed to the systems that plan for one (ifengine's GPU runtime).
@@ -78,14 +92,16 @@ def load_systems(names: list[str], paths: dict[str, Path], device: torch.device,
 
 # ---- ifengine -------------------------------------------------------------------------------------
 
+
 def _ifengine_family(names: list[str], paths, device, dtype) -> dict[str, System]:
     from ..pipeline.cascade import Cascade
 
-    pipe = Cascade.from_pretrained(paths["stage1"], paths["stage2"], paths["stage3"], device=device, dtype=dtype,
-                                   variant="fp16", safety=False)
+    pipe = Cascade.from_pretrained(
+        paths["stage1"], paths["stage2"], paths["stage3"], device=device, dtype=dtype, variant="fp16", safety=False
+    )
     systems = {}
     for name in names:
-        pipe.set_executor(name[len("ifengine-"):])
+        pipe.set_executor(name[len("ifengine-") :])
         # keep each executor's own step objects: switching back must not throw away traced graphs
         step_fns = [s.step_fn for s in (pipe.stage1, pipe.stage2, pipe.stage3)]
         systems[name] = System(name, _ifengine_runner(pipe, step_fns))
@@ -103,11 +119,20 @@ def _ifengine_runtime(name: str, paths, device: torch.device, dtype, vram_budget
         raise ValueError(f"ifengine-graphs needs ifengine.runtime.configure, missing here ({err})") from err
     # under a budget the planner places the weights: load them on the host, nothing has to fit first
     where = "cpu" if vram_budget is not None else device
-    pipe = Cascade.from_pretrained(paths["stage1"], paths["stage2"], paths["stage3"], device=where, dtype=dtype,
-                                   variant="fp16", safety=False, text_dtype=t5_dtype(dtype, device))
+    pipe = Cascade.from_pretrained(
+        paths["stage1"],
+        paths["stage2"],
+        paths["stage3"],
+        device=where,
+        dtype=dtype,
+        variant="fp16",
+        safety=False,
+        text_dtype=t5_dtype(dtype, device),
+    )
     pipe.set_executor("eager").device = device  # the runtime captures the plain step itself
-    runtime = configure(pipe, vram_budget=vram_budget, cuda_graphs=device.type == "cuda",
-                        weights=_RUNTIME_WEIGHTS[name])
+    runtime = configure(
+        pipe, vram_budget=vram_budget, cuda_graphs=device.type == "cuda", weights=_RUNTIME_WEIGHTS[name]
+    )
     return System(name, _ifengine_runner(pipe, None, runtime), close=runtime.close)
 
 
@@ -153,10 +178,12 @@ def _ifengine_runner(pipe, step_fns, runner=None) -> Callable[[RunSpec, Clock], 
                 x = run_if_stage(2, pipe.stage2, o2, embeds, (spec.batch, 3, 4 * h, 4 * w), ctx, image=x)
             with clock.region("III"):
                 run_x4_stage(pipe.stage3, o3, prompts, negatives, x, ctx)
+
     return run
 
 
 # ---- diffusers ------------------------------------------------------------------------------------
+
 
 def _diffusers_family(names: list[str], paths, device, dtype) -> dict[str, System]:
     systems = {}
@@ -168,15 +195,19 @@ def _diffusers_family(names: list[str], paths, device, dtype) -> dict[str, Syste
         eager = [p.unet for p in pipes]
         for name in resident:
             # diffusers' torch 2.0 benchmark configuration: the U-Nets compiled, everything else eager
-            unets = [torch.compile(u, mode="reduce-overhead", fullgraph=True) for u in eager] \
-                if name == "diffusers-compile" else eager
+            unets = (
+                [torch.compile(u, mode="reduce-overhead", fullgraph=True) for u in eager]
+                if name == "diffusers-compile"
+                else eager
+            )
             systems[name] = System(name, _diffusers_runner(pipes, unets, device))
     if "diffusers-offload" in names:
         pipes = _diffusers_pipes(paths, dtype)  # its own copy: offload hooks change how modules move
         for p in pipes:
             p.enable_model_cpu_offload(device=device)
-        systems["diffusers-offload"] = System("diffusers-offload",
-                                              _diffusers_runner(pipes, [p.unet for p in pipes], device))
+        systems["diffusers-offload"] = System(
+            "diffusers-offload", _diffusers_runner(pipes, [p.unet for p in pipes], device)
+        )
     return systems
 
 
@@ -185,9 +216,11 @@ def _diffusers_pipes(paths, dtype) -> tuple:
 
     none = dict(safety_checker=None, feature_extractor=None, watermarker=None, requires_safety_checker=False)
     kw = dict(dtype=dtype, variant="fp16")
-    pipes = (IFPipeline.from_pretrained(paths["stage1"], **none, **kw),
-             IFSuperResolutionPipeline.from_pretrained(paths["stage2"], text_encoder=None, **none, **kw),
-             StableDiffusionUpscalePipeline.from_pretrained(paths["stage3"], **kw))
+    pipes = (
+        IFPipeline.from_pretrained(paths["stage1"], **none, **kw),
+        IFSuperResolutionPipeline.from_pretrained(paths["stage2"], text_encoder=None, **none, **kw),
+        StableDiffusionUpscalePipeline.from_pretrained(paths["stage3"], **kw),
+    )
     for p in pipes:
         p.set_progress_bar_config(disable=True)
     return pipes
@@ -204,16 +237,46 @@ def _diffusers_runner(pipes, unets, device) -> Callable[[RunSpec, Clock], None]:
         (s1, s2, s3), (l2, l3) = spec.steps, spec.noise_level
         with clock.region("total"):
             with clock.region("T5"):
-                pe, ne = d1.encode_prompt(spec.prompt, do_classifier_free_guidance=True, device=device,
-                                          num_images_per_prompt=spec.batch, clean_caption=False)
+                pe, ne = d1.encode_prompt(
+                    spec.prompt,
+                    do_classifier_free_guidance=True,
+                    device=device,
+                    num_images_per_prompt=spec.batch,
+                    clean_caption=False,
+                )
             with clock.region("I"):
-                x = d1(prompt_embeds=pe, negative_prompt_embeds=ne, height=h, width=h, num_inference_steps=s1,
-                       guidance_scale=spec.guidance[0], generator=g, output_type="pt").images
+                x = d1(
+                    prompt_embeds=pe,
+                    negative_prompt_embeds=ne,
+                    height=h,
+                    width=h,
+                    num_inference_steps=s1,
+                    guidance_scale=spec.guidance[0],
+                    generator=g,
+                    output_type="pt",
+                ).images
             with clock.region("II"):
-                x = d2(image=x, prompt_embeds=pe, negative_prompt_embeds=ne, height=4 * h, width=4 * h,
-                       num_inference_steps=s2, guidance_scale=spec.guidance[1], noise_level=l2, generator=g,
-                       output_type="pt").images
+                x = d2(
+                    image=x,
+                    prompt_embeds=pe,
+                    negative_prompt_embeds=ne,
+                    height=4 * h,
+                    width=4 * h,
+                    num_inference_steps=s2,
+                    guidance_scale=spec.guidance[1],
+                    noise_level=l2,
+                    generator=g,
+                    output_type="pt",
+                ).images
             with clock.region("III"):
-                d3(prompt=prompts, image=x, num_inference_steps=s3, guidance_scale=spec.guidance[2],
-                   noise_level=l3, generator=g, output_type="pt")
+                d3(
+                    prompt=prompts,
+                    image=x,
+                    num_inference_steps=s3,
+                    guidance_scale=spec.guidance[2],
+                    noise_level=l3,
+                    generator=g,
+                    output_type="pt",
+                )
+
     return run

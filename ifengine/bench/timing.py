@@ -41,8 +41,15 @@ class Stats:
             raise ValueError("no samples to summarise")
         s = sorted(samples)
         q = statistics.quantiles(s, n=4, method="inclusive") if len(s) > 1 else [s[0]] * 3
-        return cls(median=statistics.median(s), mean=statistics.fmean(s), min=s[0], max=s[-1],
-                   stdev=statistics.stdev(s) if len(s) > 1 else 0.0, iqr=q[2] - q[0], n=len(s))
+        return cls(
+            median=statistics.median(s),
+            mean=statistics.fmean(s),
+            min=s[0],
+            max=s[-1],
+            stdev=statistics.stdev(s) if len(s) > 1 else 0.0,
+            iqr=q[2] - q[0],
+            n=len(s),
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -86,8 +93,13 @@ def synchronize(device: torch.device | str) -> None:
         torch.cuda.synchronize(device)
 
 
-def alternate(runs: Mapping[str, Callable[[], Durations]], repeats: int, warmup: int = 1,
-              progress: bool = True, desc: str = "timing") -> dict[str, dict[str, list[float]]]:
+def alternate(
+    runs: Mapping[str, Callable[[], Durations]],
+    repeats: int,
+    warmup: int = 1,
+    progress: bool = True,
+    desc: str = "timing",
+) -> dict[str, dict[str, list[float]]]:
     """Run every system ``warmup`` times, then ``repeats`` times in ABBA order.
 
     Each callable returns the durations of its named regions for one run; the result maps
@@ -110,8 +122,10 @@ def alternate(runs: Mapping[str, Callable[[], Durations]], repeats: int, warmup:
 
 
 def summarise(samples: Mapping[str, Mapping[str, list[float]]]) -> dict[str, dict[str, dict]]:
-    return {system: {region: Stats.of(values).to_dict() for region, values in regions.items()}
-            for system, regions in samples.items()}
+    return {
+        system: {region: Stats.of(values).to_dict() for region, values in regions.items()}
+        for system, regions in samples.items()
+    }
 
 
 def per_step(long: list[float], short: list[float], steps: int) -> list[float]:

@@ -31,8 +31,12 @@ def register(sub) -> None:
     out = argparse.ArgumentParser(add_help=False)
     out.add_argument("--out", type=Path, default=Path("bench-results"), help="folder for JSON/Markdown/PNG results")
     out.add_argument("--quiet", action="store_true", help="no progress bars")
-    p = sub.add_parser("bench", parents=[out], help="benchmarks: latency, memory, host overhead, FLOPs",
-                       description="Run the standard benchmark set for the installed backends, or one of them.")
+    p = sub.add_parser(
+        "bench",
+        parents=[out],
+        help="benchmarks: latency, memory, host overhead, FLOPs",
+        description="Run the standard benchmark set for the installed backends, or one of them.",
+    )
     p.add_argument("--quick", action="store_true", help="CI-sized runs: few steps and repetitions (a smoke test)")
     p.add_argument("--no-gpu", action="store_true", help="skip the GPU benchmarks even when CUDA is available")
     p.set_defaults(run=run)
@@ -67,9 +71,11 @@ def _cascade_args(p) -> None:
     _gpu_common(p)
     p.add_argument("--dtypes", type=_tuple(str), default=("float16", "bfloat16"), help="float16,bfloat16[,int8]")
     p.add_argument("--batches", type=_tuple(int), default=(1, 4, 8))
-    p.add_argument("--systems", type=_tuple(str),
-                   default=("ifengine-eager", "ifengine-traced", "ifengine-graphs", "diffusers-eager",
-                            "diffusers-compile"))
+    p.add_argument(
+        "--systems",
+        type=_tuple(str),
+        default=("ifengine-eager", "ifengine-traced", "ifengine-graphs", "diffusers-eager", "diffusers-compile"),
+    )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--artifacts", default=None, help="exported graphs for the ifengine-onnxruntime system")
@@ -79,13 +85,19 @@ def _memory_args(p) -> None:
     _gpu_common(p)
     p.add_argument("--dtype", default="float16")
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--systems", type=_tuple(str),
-                   default=("ifengine-eager", "ifengine-graphs", "ifengine-graphs-native", "diffusers-eager",
-                            "diffusers-offload"),
-                   help="comma-separated; ifengine-graphs plans with int8 U-Nets where a budget would stream "
-                        "them, ifengine-graphs-native streams fp16 instead, ifengine-graphs-int8 is int8 always")
-    p.add_argument("--vram", type=_budgets, default=(24.0, 16.0, 12.0, 8.0),
-                   help="GiB budgets to run under, e.g. 24,16,12 (none: only the unconstrained run)")
+    p.add_argument(
+        "--systems",
+        type=_tuple(str),
+        default=("ifengine-eager", "ifengine-graphs", "ifengine-graphs-native", "diffusers-eager", "diffusers-offload"),
+        help="comma-separated; ifengine-graphs plans with int8 U-Nets where a budget would stream "
+        "them, ifengine-graphs-native streams fp16 instead, ifengine-graphs-int8 is int8 always",
+    )
+    p.add_argument(
+        "--vram",
+        type=_budgets,
+        default=(24.0, 16.0, 12.0, 8.0),
+        help="GiB budgets to run under, e.g. 24,16,12 (none: only the unconstrained run)",
+    )
 
 
 def _work_args(p) -> None:
@@ -101,8 +113,14 @@ def _checkpoint_args(p) -> None:
 
 def run(args) -> int:
     name = getattr(args, "bench", None) or "standard"
-    return {"standard": _standard, "host": _host, "cascade": _cascade, "memory": _memory, "work": _work,
-            "checkpoints": _checkpoints}[name](args)
+    return {
+        "standard": _standard,
+        "host": _host,
+        "cascade": _cascade,
+        "memory": _memory,
+        "work": _work,
+        "checkpoints": _checkpoints,
+    }[name](args)
 
 
 def _show(table: str, paths: dict) -> None:
@@ -112,9 +130,17 @@ def _show(table: str, paths: dict) -> None:
 def _host(args, **override) -> int:
     from ..bench.host import HostConfig, host_table, run_host_overhead, write_host_results
 
-    config = HostConfig(size=args.size, threads=args.threads, short_steps=args.short_steps,
-                        long_steps=args.long_steps, repeats=args.repeats, warmup=args.warmup,
-                        systems=tuple(args.systems), checkpoint=args.checkpoint, **override)
+    config = HostConfig(
+        size=args.size,
+        threads=args.threads,
+        short_steps=args.short_steps,
+        long_steps=args.long_steps,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        systems=tuple(args.systems),
+        checkpoint=args.checkpoint,
+        **override,
+    )
     payload = run_host_overhead(config, progress=not args.quiet)
     _show(host_table(payload), write_host_results(payload, args.out))
     return 0
@@ -123,10 +149,19 @@ def _host(args, **override) -> int:
 def _cascade(args) -> int:
     from ..bench.cascade import CascadeBenchConfig, cascade_table, run_cascade_bench, write_cascade_results
 
-    config = CascadeBenchConfig(preset=args.preset, device=args.device, dtypes=tuple(args.dtypes),
-                                batches=tuple(args.batches), systems=tuple(args.systems), steps=tuple(args.steps),
-                                repeats=args.repeats, warmup=args.warmup, checkpoints=args.checkpoints,
-                                artifacts=args.artifacts, size=args.size)
+    config = CascadeBenchConfig(
+        preset=args.preset,
+        device=args.device,
+        dtypes=tuple(args.dtypes),
+        batches=tuple(args.batches),
+        systems=tuple(args.systems),
+        steps=tuple(args.steps),
+        repeats=args.repeats,
+        warmup=args.warmup,
+        checkpoints=args.checkpoints,
+        artifacts=args.artifacts,
+        size=args.size,
+    )
     payload = run_cascade_bench(config, progress=not args.quiet)
     _show(cascade_table(payload), write_cascade_results(payload, args.out))
     return 0
@@ -135,9 +170,17 @@ def _cascade(args) -> int:
 def _memory(args) -> int:
     from ..bench.memory import MemoryBenchConfig, memory_table, run_memory_bench, write_memory_results
 
-    config = MemoryBenchConfig(preset=args.preset, device=args.device, dtype=args.dtype, batch=args.batch,
-                               systems=tuple(args.systems), vram=tuple(args.vram), steps=tuple(args.steps),
-                               checkpoints=args.checkpoints, size=args.size)
+    config = MemoryBenchConfig(
+        preset=args.preset,
+        device=args.device,
+        dtype=args.dtype,
+        batch=args.batch,
+        systems=tuple(args.systems),
+        vram=tuple(args.vram),
+        steps=tuple(args.steps),
+        checkpoints=args.checkpoints,
+        size=args.size,
+    )
     payload = run_memory_bench(config, progress=not args.quiet)
     _show(memory_table(payload), write_memory_results(payload, args.out))
     return 0
@@ -168,8 +211,11 @@ def _standard(args) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    plan = _standard_plan(args, gpu=torch.cuda.is_available() and not args.no_gpu,
-                          diffusers=importlib.util.find_spec("diffusers") is not None)
+    plan = _standard_plan(
+        args,
+        gpu=torch.cuda.is_available() and not args.no_gpu,
+        diffusers=importlib.util.find_spec("diffusers") is not None,
+    )
     for label, call in tqdm(plan, desc="ifengine bench", disable=args.quiet):
         log.info("benchmark: %s", label)
         call()
@@ -180,23 +226,44 @@ def _standard(args) -> int:
 
 def _standard_plan(args, gpu: bool, diffusers: bool) -> list:
     quick = args.quick
-    host = argparse.Namespace(**vars(args), size=8, threads=1, short_steps=2 if quick else 5,
-                              long_steps=6 if quick else 45, repeats=2 if quick else 9, warmup=1,
-                              systems=(("diffusers",) if diffusers else ()) + ("ifengine-eager", "ifengine-traced"),
-                              checkpoint=None)
-    work = argparse.Namespace(**vars(args), device="cuda" if gpu else "cpu", dtype=None,
-                              peak_size=256 if quick else None)
+    host = argparse.Namespace(
+        **vars(args),
+        size=8,
+        threads=1,
+        short_steps=2 if quick else 5,
+        long_steps=6 if quick else 45,
+        repeats=2 if quick else 9,
+        warmup=1,
+        systems=(("diffusers",) if diffusers else ()) + ("ifengine-eager", "ifengine-traced"),
+        checkpoint=None,
+    )
+    work = argparse.Namespace(
+        **vars(args), device="cuda" if gpu else "cpu", dtype=None, peak_size=256 if quick else None
+    )
     plan = [("FLOP counts", lambda: _work(work)), ("host overhead", lambda: _host(host))]
     if gpu:
         theirs = ("diffusers-eager", "diffusers-compile") if diffusers else ()
-        common = dict(preset="full", device="cuda", steps=(10, 5, 5) if quick else (100, 50, 75), size=None,
-                      checkpoints=None)
-        cascade = argparse.Namespace(**vars(args), **common, dtypes=("float16",) if quick else ("float16", "bfloat16"),
-                                     batches=(1,) if quick else (1, 4, 8), repeats=2 if quick else 3, warmup=1,
-                                     systems=("ifengine-eager", "ifengine-traced", "ifengine-graphs") + theirs,
-                                     artifacts=None)
-        memory = argparse.Namespace(**vars(args), **common, dtype="float16", batch=1, vram=(24.0, 16.0),
-                                    systems=("ifengine-eager", "ifengine-graphs")
-                                    + (("diffusers-eager", "diffusers-offload") if diffusers else ()))
+        common = dict(
+            preset="full", device="cuda", steps=(10, 5, 5) if quick else (100, 50, 75), size=None, checkpoints=None
+        )
+        cascade = argparse.Namespace(
+            **vars(args),
+            **common,
+            dtypes=("float16",) if quick else ("float16", "bfloat16"),
+            batches=(1,) if quick else (1, 4, 8),
+            repeats=2 if quick else 3,
+            warmup=1,
+            systems=("ifengine-eager", "ifengine-traced", "ifengine-graphs") + theirs,
+            artifacts=None,
+        )
+        memory = argparse.Namespace(
+            **vars(args),
+            **common,
+            dtype="float16",
+            batch=1,
+            vram=(24.0, 16.0),
+            systems=("ifengine-eager", "ifengine-graphs")
+            + (("diffusers-eager", "diffusers-offload") if diffusers else ()),
+        )
         plan += [("cascade (GPU)", lambda: _cascade(cascade)), ("memory (GPU)", lambda: _memory(memory))]
     return plan

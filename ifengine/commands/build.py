@@ -12,18 +12,24 @@ log = logging.getLogger("ifengine.cli")
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "build", help="build TensorRT engines from a recipe",
+        "build",
+        help="build TensorRT engines from a recipe",
         description="Build TensorRT engines as a recipe says (components, precisions, batch range, image sizes, "
-                    "builder options). Graphs missing under --artifacts are exported first from --stage1/2/3. "
-                    "Engines land in --out, one folder per GPU and TensorRT version; fresh ones are reused. "
-                    "--dry-run prints the resolved plan as JSON and needs no TensorRT.")
+        "builder options). Graphs missing under --artifacts are exported first from --stage1/2/3. "
+        "Engines land in --out, one folder per GPU and TensorRT version; fresh ones are reused. "
+        "--dry-run prints the resolved plan as JSON and needs no TensorRT.",
+    )
     p.add_argument("recipe", help="a recipe .toml file or a shipped recipe name (24gb, 16gb, 8-12gb, datacenter)")
     p.add_argument("--stage1", help="stage I checkpoint (folder or Hub id) to export T5 / U-Net I from")
     p.add_argument("--stage2", help="stage II checkpoint to export U-Net II from")
     p.add_argument("--stage3", help="stage III (x4 upscaler) checkpoint to export its U-Net, VAE and CLIP from")
     p.add_argument("--variant", default=None, help="weight variant to read, e.g. fp16")
-    p.add_argument("--artifacts", type=Path, default=Path("artifacts"),
-                   help="exported graphs: reused when present, written when missing (default: artifacts)")
+    p.add_argument(
+        "--artifacts",
+        type=Path,
+        default=Path("artifacts"),
+        help="exported graphs: reused when present, written when missing (default: artifacts)",
+    )
     p.add_argument("--out", type=Path, default=Path("engines"), help="engine cache folder (default: engines)")
     p.add_argument("--components", default=None, help="only these of the recipe's components, e.g. unet1,unet2")
     p.add_argument("--dry-run", action="store_true", help="print the plan as JSON; build nothing")
@@ -40,8 +46,14 @@ def run(args) -> int:
     recipe = load_recipe(args.recipe)
     checkpoints = _checkpoints(args)
     components = tuple(c.strip() for c in args.components.split(",") if c.strip()) if args.components else None
-    plan = make_plan(recipe, args.artifacts, args.out, exports=find_exports(args.artifacts),
-                     checkpoints=checkpoints, components=components)
+    plan = make_plan(
+        recipe,
+        args.artifacts,
+        args.out,
+        exports=find_exports(args.artifacts),
+        checkpoints=checkpoints,
+        components=components,
+    )
     if args.dry_run:
         sys.stdout.write(json.dumps(plan.to_json(), indent=2) + "\n")
         return 0

@@ -9,10 +9,12 @@ DTYPES = ("float32", "float16", "bfloat16")
 
 def csv_values(kind):
     """'100,50,75' -> (100, 50, 75), empty fields keep the stage default; one value applies to all."""
+
     def parse(text: str):
         try:
             values = tuple(kind(v) if v.strip() else None for v in text.split(","))
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__} values, got {text!r}")
         return values[0] if len(values) == 1 else values
+
     return parse

@@ -14,19 +14,29 @@ def register(sub) -> None:
     from ..export.sources import ALL_COMPONENTS
 
     p = sub.add_parser(
-        "export", help="export the cascade's networks and step graphs to ONNX",
+        "export",
+        help="export the cascade's networks and step graphs to ONNX",
         description="Export T5, the U-Nets, the x4 VAE decoder, the x4 text encoder and one whole denoising "
-                    "step per stage to ONNX, checked with onnx.checker and shape inference. Each artifact "
-                    "(ARTIFACTS/<component>/<precision>/) carries a manifest; up-to-date artifacts are kept, "
-                    "others are replaced atomically. Prints the manifest paths.")
+        "step per stage to ONNX, checked with onnx.checker and shape inference. Each artifact "
+        "(ARTIFACTS/<component>/<precision>/) carries a manifest; up-to-date artifacts are kept, "
+        "others are replaced atomically. Prints the manifest paths.",
+    )
     p.add_argument("--stage1", help="stage I checkpoint (folder in the Hub layout or Hub id): T5, unet1, step1")
     p.add_argument("--stage2", help="stage II checkpoint: unet2, step2")
     p.add_argument("--stage3", help="stage III (x4 upscaler) checkpoint: clip, x4_unet, vae_decoder, step3")
     p.add_argument("--out", type=Path, required=True, help="artifacts folder")
-    p.add_argument("--components", type=_names(ALL_COMPONENTS), default=None,
-                   help=f"comma-separated subset of {','.join(ALL_COMPONENTS)} (default: all the checkpoints have)")
-    p.add_argument("--precision", type=_names(PRECISIONS), default=["fp16"],
-                   help=f"comma-separated precisions from {','.join(PRECISIONS)} (default: fp16)")
+    p.add_argument(
+        "--components",
+        type=_names(ALL_COMPONENTS),
+        default=None,
+        help=f"comma-separated subset of {','.join(ALL_COMPONENTS)} (default: all the checkpoints have)",
+    )
+    p.add_argument(
+        "--precision",
+        type=_names(PRECISIONS),
+        default=["fp16"],
+        help=f"comma-separated precisions from {','.join(PRECISIONS)} (default: fp16)",
+    )
     p.add_argument("--variant", default=None, help="weight variant to read, e.g. fp16")
     p.add_argument("--calibration-samples", type=int, default=16, help="int8 calibration samples (default 16)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -42,6 +52,7 @@ def _names(allowed):
         if bad or not names:
             raise argparse.ArgumentTypeError(f"{', '.join(bad) or 'nothing'}: choose from {', '.join(allowed)}")
         return names
+
     return parse
 
 
@@ -53,8 +64,15 @@ def run(args) -> int:
     if not stages:
         raise ValueError("give at least one checkpoint: --stage1, --stage2 and/or --stage3")
     options = ExportOptions(calibration=CalibrationSettings(samples=args.calibration_samples))
-    paths = export_artifacts(stages, args.out, components=args.components, precisions=args.precision,
-                             progress=not args.quiet, options=options, variant=args.variant)
+    paths = export_artifacts(
+        stages,
+        args.out,
+        components=args.components,
+        precisions=args.precision,
+        progress=not args.quiet,
+        options=options,
+        variant=args.variant,
+    )
     for path in paths:
         sys.stdout.write(f"{path}\n")
     return 0

@@ -13,30 +13,40 @@ log = logging.getLogger("ifengine.cli")
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "generate", help="text to image through the cascade",
+        "generate",
+        help="text to image through the cascade",
         description="Generate images with DeepFloyd IF. Without --stage1/2/3 a built-in tiny demo cascade "
-                    "with random weights runs in seconds on a CPU (its pictures are noise).")
+        "with random weights runs in seconds on a CPU (its pictures are noise).",
+    )
     p.add_argument("prompt", nargs="?", default=None, help="the text prompt (or --prompts-file)")
     p.add_argument("--negative", default=None, help="negative prompt (default: empty)")
-    p.add_argument("--stage1", help="stage I checkpoint: local folder in the Hub layout or Hub id, "
-                                    "e.g. DeepFloyd/IF-I-XL-v1.0")
+    p.add_argument(
+        "--stage1", help="stage I checkpoint: local folder in the Hub layout or Hub id, e.g. DeepFloyd/IF-I-XL-v1.0"
+    )
     p.add_argument("--stage2", help="stage II checkpoint, e.g. DeepFloyd/IF-II-L-v1.0")
     p.add_argument("--stage3", help="stage III checkpoint, e.g. stabilityai/stable-diffusion-x4-upscaler")
-    p.add_argument("--out", type=Path, required=True,
-                   help="a .png file (one image) or a folder for numbered PNGs")
+    p.add_argument("--out", type=Path, required=True, help="a .png file (one image) or a folder for numbered PNGs")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: a fresh one, reported)")
     p.add_argument("--steps", type=_csv(int), default=None, help="steps per stage, e.g. 100,50,75 or 20")
     p.add_argument("--guidance", type=_csv(float), default=None, help="guidance per stage, e.g. 7,4,9")
-    p.add_argument("--noise-level", type=_csv(int), default=None,
-                   help="noise level of stage II and III, e.g. 250,20")
-    p.add_argument("--timesteps", type=_csv(str), default=None,
-                   help="named timestep lists for stages I and II, e.g. smart100,smart50")
+    p.add_argument("--noise-level", type=_csv(int), default=None, help="noise level of stage II and III, e.g. 250,20")
+    p.add_argument(
+        "--timesteps",
+        type=_csv(str),
+        default=None,
+        help="named timestep lists for stages I and II, e.g. smart100,smart50",
+    )
     p.add_argument("--height", type=int, default=None, help="stage I height (default 64)")
     p.add_argument("--width", type=int, default=None, help="stage I width (default 64)")
     p.add_argument("--aspect", default=None, help="aspect ratio W:H, e.g. 16:9 (sets height/width)")
     p.add_argument("--num-images", type=int, default=1, help="images per prompt")
-    p.add_argument("--last-stage", type=int, default=None, choices=(1, 2, 3),
-                   help="stop after this stage (default: the last loaded one)")
+    p.add_argument(
+        "--last-stage",
+        type=int,
+        default=None,
+        choices=(1, 2, 3),
+        help="stop after this stage (default: the last loaded one)",
+    )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--dtype", choices=DTYPES, default=None, help="float16 on GPU, float32 on CPU by default")
     p.add_argument("--variant", default=None, help="weight variant to load, e.g. fp16")
@@ -48,48 +58,73 @@ def register(sub) -> None:
     edit = p.add_argument_group("image editing (zero-shot, through the same weights)")
     edit.add_argument("--image", help="source image: img2img, or inpainting with --mask, or --style")
     edit.add_argument("--mask", help="inpainting mask, white = repaint (same aspect ratio as --image)")
-    edit.add_argument("--strength", type=_csv(float), default=None,
-                      help="how much of the schedule to redo, in (0, 1], for stage I or 'I,II' "
-                           "(img2img 0.7,0.8; inpaint 1.0,0.8; style 0.5,0.5)")
-    edit.add_argument("--style", action="store_true",
-                      help="style transfer: the prompt is a style prompt applied to --image")
+    edit.add_argument(
+        "--strength",
+        type=_csv(float),
+        default=None,
+        help="how much of the schedule to redo, in (0, 1], for stage I or 'I,II' "
+        "(img2img 0.7,0.8; inpaint 1.0,0.8; style 0.5,0.5)",
+    )
+    edit.add_argument(
+        "--style", action="store_true", help="style transfer: the prompt is a style prompt applied to --image"
+    )
     edit.add_argument("--positive", default=None, help="style transfer: positive prompt mixed into guidance")
     edit.add_argument("--mixer", type=float, default=None, help="style transfer: weight of --positive (0.5)")
     p.set_defaults(run=run)
 
 
 def _runtime_flags(group) -> None:
-    group.add_argument("--vram", default=None,
-                       help="GPU memory budget, e.g. 8GiB or 12GB: the planner decides which weights stay on the "
-                            "GPU, which move in per stage from pinned host memory, and when the VAE decodes in "
-                            "tiles (see `ifengine plan`). Default: no planning, every weight on the device")
-    group.add_argument("--weights", choices=("auto", "native", "int8"), default="auto",
-                       help="U-Net weights: native (--dtype), int8 (weight-only), or auto (default): int8 only "
-                            "for U-Nets that --vram would otherwise stream over PCIe every step")
+    group.add_argument(
+        "--vram",
+        default=None,
+        help="GPU memory budget, e.g. 8GiB or 12GB: the planner decides which weights stay on the "
+        "GPU, which move in per stage from pinned host memory, and when the VAE decodes in "
+        "tiles (see `ifengine plan`). Default: no planning, every weight on the device",
+    )
+    group.add_argument(
+        "--weights",
+        choices=("auto", "native", "int8"),
+        default="auto",
+        help="U-Net weights: native (--dtype), int8 (weight-only), or auto (default): int8 only "
+        "for U-Nets that --vram would otherwise stream over PCIe every step",
+    )
     group.add_argument("--no-cuda-graphs", action="store_true", help="run each step eagerly (debugging)")
     group.add_argument("--compile", action="store_true", help="torch.compile the U-Nets (minutes per shape)")
     group.add_argument("--channels-last", action="store_true", help="channels-last U-Net weights")
 
 
 def _many_flags(group) -> None:
-    group.add_argument("--prompts-file", type=Path, default=None,
-                       help="many prompts, one per line (blank lines and lines starting with # are skipped): one "
-                            "image each, written to the --out folder; reports images per second")
+    group.add_argument(
+        "--prompts-file",
+        type=Path,
+        default=None,
+        help="many prompts, one per line (blank lines and lines starting with # are skipped): one "
+        "image each, written to the --out folder; reports images per second",
+    )
     group.add_argument("--batch-size", type=int, default=1, help="prompts per batch (default 1)")
-    group.add_argument("--throughput", action="store_true",
-                       help="on a GPU: overlap stage I of the next batch with stages II/III of the current one "
-                            "on two CUDA streams (keeps every U-Net resident)")
+    group.add_argument(
+        "--throughput",
+        action="store_true",
+        help="on a GPU: overlap stage I of the next batch with stages II/III of the current one "
+        "on two CUDA streams (keeps every U-Net resident)",
+    )
 
 
 def _runtime(args) -> dict:
     from ..runtime.sizes import parse_size
 
     budget = parse_size(args.vram) if args.vram is not None else None  # a bad size fails before loading
-    return dict(vram_budget=budget, cuda_graphs=False if args.no_cuda_graphs else None, compile=args.compile,
-                channels_last=args.channels_last, weights=args.weights, throughput=args.throughput,
-                # buffers and the plan hold this run's batch and size
-                max_batch=max(args.batch_size, args.num_images),
-                max_size=None if args.height is None and args.width is None else (args.height, args.width))
+    return dict(
+        vram_budget=budget,
+        cuda_graphs=False if args.no_cuda_graphs else None,
+        compile=args.compile,
+        channels_last=args.channels_last,
+        weights=args.weights,
+        throughput=args.throughput,
+        # buffers and the plan hold this run's batch and size
+        max_batch=max(args.batch_size, args.num_images),
+        max_size=None if args.height is None and args.width is None else (args.height, args.width),
+    )
 
 
 def run(args) -> int:
@@ -110,18 +145,36 @@ def run(args) -> int:
     _check_edit_flags(args)
     runtime = _runtime(args)
     if not (args.stage1 or args.stage2 or args.stage3):
-        log.warning("no checkpoints given: running the built-in tiny DEMO cascade with random weights; "
-                    "its pictures are noise. Pass --stage1/--stage2/--stage3 for real images.")
+        log.warning(
+            "no checkpoints given: running the built-in tiny DEMO cascade with random weights; "
+            "its pictures are noise. Pass --stage1/--stage2/--stage3 for real images."
+        )
         pipe = demo_cascade(device=device, dtype=dtype, **runtime)
     else:
-        pipe = Cascade.from_pretrained(args.stage1, args.stage2, args.stage3, device=device, dtype=dtype,
-                                       variant=args.variant, safety=not args.no_safety, **runtime)
+        pipe = Cascade.from_pretrained(
+            args.stage1,
+            args.stage2,
+            args.stage3,
+            device=device,
+            dtype=dtype,
+            variant=args.variant,
+            safety=not args.no_safety,
+            **runtime,
+        )
     if prompts is not None:
         return _many(pipe, prompts, args)
-    common = dict(negative_prompt=args.negative, num_images_per_prompt=args.num_images, seed=args.seed,
-                  steps=args.steps, guidance=args.guidance, noise_level=args.noise_level,
-                  timesteps=args.timesteps, last_stage=args.last_stage,
-                  clean_caption=not args.no_clean_caption, progress=not args.quiet)
+    common = dict(
+        negative_prompt=args.negative,
+        num_images_per_prompt=args.num_images,
+        seed=args.seed,
+        steps=args.steps,
+        guidance=args.guidance,
+        noise_level=args.noise_level,
+        timesteps=args.timesteps,
+        last_stage=args.last_stage,
+        clean_caption=not args.no_clean_caption,
+        progress=not args.quiet,
+    )
     out = _dispatch(pipe, args, common)
     paths = output_paths(args.out, len(out.images), out.seed)
     save_images(out.images, paths, out.settings)
@@ -159,15 +212,28 @@ def _check_prompt_flags(args) -> list[str] | None:
 def _many(pipe, prompts: list[str], args) -> int:
     from ..pipeline.save import save_images
 
-    out = pipe.generate_many(prompts, batch_size=args.batch_size, seed=args.seed, negative_prompt=args.negative,
-                             height=args.height, width=args.width, steps=args.steps, guidance=args.guidance,
-                             noise_level=args.noise_level, clean_caption=not args.no_clean_caption)
+    out = pipe.generate_many(
+        prompts,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        negative_prompt=args.negative,
+        height=args.height,
+        width=args.width,
+        steps=args.steps,
+        guidance=args.guidance,
+        noise_level=args.noise_level,
+        clean_caption=not args.no_clean_caption,
+    )
     for i, (image, prompt, seed) in enumerate(zip(out.images, out.prompts, out.seeds)):
         path = args.out / f"if-{seed}-{i:04d}.png"
         save_images([image], [path], {**out.settings, "prompt": [prompt], "seed": seed})
         sys.stdout.write(f"{path}\n")
-    log.info("%d images in %.2f s: %.3f images/s (text encoding not included)", len(out.images), out.seconds,
-                out.images_per_second)
+    log.info(
+        "%d images in %.2f s: %.3f images/s (text encoding not included)",
+        len(out.images),
+        out.seconds,
+        out.images_per_second,
+    )
     return 0
 
 
@@ -185,8 +251,9 @@ def _dispatch(pipe, args, common: dict):
     if args.image is None:
         return pipe(args.prompt, height=args.height, width=args.width, **common)
     if args.style:
-        return pipe.style_transfer(args.image, args.prompt, positive_prompt=args.positive, mixer=args.mixer,
-                                   strength=args.strength, **common)
+        return pipe.style_transfer(
+            args.image, args.prompt, positive_prompt=args.positive, mixer=args.mixer, strength=args.strength, **common
+        )
     if args.mask:
         return pipe.inpaint(args.image, args.mask, args.prompt, strength=args.strength or 1.0, **common)
     return pipe.img2img(args.image, args.prompt, strength=args.strength or 0.7, **common)

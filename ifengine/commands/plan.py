@@ -21,13 +21,18 @@ def _size(text: str) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "plan", help="print the memory plan for a VRAM budget",
+        "plan",
+        help="print the memory plan for a VRAM budget",
         description="Plan where every weight of the cascade lives under a GPU memory budget (resident, moved "
-                    "in per stage from pinned host memory, or streamed), whether the VAE decodes in tiles, "
-                    "and the predicted peak per stage. Nothing is loaded: sizes come from model configs.")
+        "in per stage from pinned host memory, or streamed), whether the VAE decodes in tiles, "
+        "and the predicted peak per stage. Nothing is loaded: sizes come from model configs.",
+    )
     p.add_argument("--vram", required=True, type=_size, help="memory budget, e.g. 8GiB, 12GB or 8000MiB")
-    p.add_argument("--preset", default=None,
-                   help=f"stage presets, comma-separated (default {DEFAULT_PRESET}); e.g. IF-I-L,IF-II-M,x4")
+    p.add_argument(
+        "--preset",
+        default=None,
+        help=f"stage presets, comma-separated (default {DEFAULT_PRESET}); e.g. IF-I-L,IF-II-M,x4",
+    )
     p.add_argument("--stage1", help="plan for this checkpoint's configs instead (folder or Hub id)")
     p.add_argument("--stage2", help="stage II checkpoint (folder or Hub id)")
     p.add_argument("--stage3", help="stage III checkpoint (folder or Hub id)")
@@ -36,9 +41,13 @@ def register(sub) -> None:
     p.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
     p.add_argument("--steps", type=csv_values(int), default=None, help="steps per stage (default 100,50,75)")
     p.add_argument("--dtype", choices=DTYPES, default="float16", help="U-Net precision (default float16)")
-    p.add_argument("--weights", choices=("auto", "native", "int8"), default="auto",
-                   help="U-Net weights: native (--dtype), int8 (weight-only), or auto (default): int8 only for "
-                        "U-Nets whose native weights would otherwise stream over PCIe every step")
+    p.add_argument(
+        "--weights",
+        choices=("auto", "native", "int8"),
+        default="auto",
+        help="U-Net weights: native (--dtype), int8 (weight-only), or auto (default): int8 only for "
+        "U-Nets whose native weights would otherwise stream over PCIe every step",
+    )
     p.add_argument("--no-cuda-graphs", action="store_true", help="plan for eager steps")
     p.add_argument("--throughput", action="store_true", help="plan for overlapped stages (all U-Nets resident)")
     p.add_argument("--reserve", type=_size, default=None, help="headroom for workspaces (default 512MiB)")
@@ -63,10 +72,14 @@ def run(args) -> int:
         modules = checkpoint_modules(args.stage1, args.stage2, args.stage3, dtype=dtype)
     else:
         modules = preset_modules(tuple(n.strip() for n in (args.preset or DEFAULT_PRESET).split(",")), dtype)
-    workload = Workload(height=args.height, width=args.width, batch=_positive(args.batch, "--batch"),
-                        steps=_steps(args.steps))
-    options = PlanOptions(cuda_graphs=not args.no_cuda_graphs, mode="throughput" if args.throughput else "latency",
-                          **({"reserve_bytes": args.reserve} if args.reserve else {}))
+    workload = Workload(
+        height=args.height, width=args.width, batch=_positive(args.batch, "--batch"), steps=_steps(args.steps)
+    )
+    options = PlanOptions(
+        cuda_graphs=not args.no_cuda_graphs,
+        mode="throughput" if args.throughput else "latency",
+        **({"reserve_bytes": args.reserve} if args.reserve else {}),
+    )
     choice = choose_weights(modules, workload, args.vram, options, args.weights)
     sys.stdout.write(format_plan(choice.plan, choice.inputs) + "\n")
     return 0
@@ -84,7 +97,7 @@ def _steps(value) -> tuple[int, int, int]:
     if value is None:
         return default
     values = value if isinstance(value, tuple) else (value,) * 3
-    values = tuple(v if v is not None else d for v, d in zip(values, default)) + default[len(values):]
+    values = tuple(v if v is not None else d for v, d in zip(values, default)) + default[len(values) :]
     if any(v < 1 for v in values[:3]):
         raise ValueError(f"--steps must be positive, got {value}")
     return values[:3]

@@ -105,26 +105,61 @@ def write_layout(root: Path, stage: int) -> None:
     if stage == 1:
         _write_json(root / "scheduler" / "scheduler_config.json", scheduler_json(sched.IF_STAGE1_DDPM, "DDPMScheduler"))
         shutil.copytree(t5_tokenizer_dir(), root / "tokenizer")
-        _write_json(root / "model_index.json", _index("IFPipeline", {
-            "unet": _UNET, "scheduler": _DDPM, "text_encoder": ("transformers", "T5EncoderModel"),
-            "tokenizer": _T5_TOKENIZER, "safety_checker": None, "feature_extractor": None, "watermarker": None}))
+        _write_json(
+            root / "model_index.json",
+            _index(
+                "IFPipeline",
+                {
+                    "unet": _UNET,
+                    "scheduler": _DDPM,
+                    "text_encoder": ("transformers", "T5EncoderModel"),
+                    "tokenizer": _T5_TOKENIZER,
+                    "safety_checker": None,
+                    "feature_extractor": None,
+                    "watermarker": None,
+                },
+            ),
+        )
     elif stage == 2:
         _write_json(root / "scheduler" / "scheduler_config.json", scheduler_json(sched.IF_STAGE2_DDPM, "DDPMScheduler"))
-        _write_json(root / "image_noising_scheduler" / "scheduler_config.json",
-                    scheduler_json(sched.IF_STAGE2_IMAGE_NOISING_DDPM, "DDPMScheduler"))
+        _write_json(
+            root / "image_noising_scheduler" / "scheduler_config.json",
+            scheduler_json(sched.IF_STAGE2_IMAGE_NOISING_DDPM, "DDPMScheduler"),
+        )
         shutil.copytree(t5_tokenizer_dir(), root / "tokenizer")
-        _write_json(root / "model_index.json", _index("IFSuperResolutionPipeline", {
-            "unet": _UNET, "scheduler": _DDPM, "image_noising_scheduler": _DDPM, "text_encoder": None,
-            "tokenizer": _T5_TOKENIZER, "safety_checker": None, "feature_extractor": None, "watermarker": None}))
+        _write_json(
+            root / "model_index.json",
+            _index(
+                "IFSuperResolutionPipeline",
+                {
+                    "unet": _UNET,
+                    "scheduler": _DDPM,
+                    "image_noising_scheduler": _DDPM,
+                    "text_encoder": None,
+                    "tokenizer": _T5_TOKENIZER,
+                    "safety_checker": None,
+                    "feature_extractor": None,
+                    "watermarker": None,
+                },
+            ),
+        )
     else:
         _write_json(root / "scheduler" / "scheduler_config.json", scheduler_json(sched.X4_DDIM, "DDIMScheduler"))
-        _write_json(root / "low_res_scheduler" / "scheduler_config.json",
-                    scheduler_json(sched.X4_LOW_RES_DDPM, "DDPMScheduler"))
+        _write_json(
+            root / "low_res_scheduler" / "scheduler_config.json", scheduler_json(sched.X4_LOW_RES_DDPM, "DDPMScheduler")
+        )
         shutil.copytree(clip_tokenizer_dir(), root / "tokenizer")
-        index = _index("StableDiffusionUpscalePipeline", {
-            "unet": _UNET, "vae": ("diffusers", "AutoencoderKL"), "scheduler": ("diffusers", "DDIMScheduler"),
-            "low_res_scheduler": _DDPM, "text_encoder": ("transformers", "CLIPTextModel"),
-            "tokenizer": ("transformers", "CLIPTokenizer")})
+        index = _index(
+            "StableDiffusionUpscalePipeline",
+            {
+                "unet": _UNET,
+                "vae": ("diffusers", "AutoencoderKL"),
+                "scheduler": ("diffusers", "DDIMScheduler"),
+                "low_res_scheduler": _DDPM,
+                "text_encoder": ("transformers", "CLIPTextModel"),
+                "tokenizer": ("transformers", "CLIPTokenizer"),
+            },
+        )
         _write_json(root / "model_index.json", {**index, "max_noise_level": sched.X4_MAX_NOISE_LEVEL})
 
 
@@ -192,7 +227,8 @@ def demo_cascade(device="cpu", dtype=torch.float32, root: Path | None = None, **
     from ..pipeline.options import RunDefaults
 
     paths = demo_checkpoints(root)
-    pipe = Cascade.from_pretrained(paths["stage1"], paths["stage2"], paths["stage3"], device=device, dtype=dtype,
-                                   **runtime)
+    pipe = Cascade.from_pretrained(
+        paths["stage1"], paths["stage2"], paths["stage3"], device=device, dtype=dtype, **runtime
+    )
     pipe.defaults = RunDefaults(steps=DEMO_DEFAULTS_STEPS)
     return pipe

@@ -67,8 +67,7 @@ _VERBS = "riding|holding|reading|playing with|sitting on|looking at|flying over|
 # Every printable ASCII character and a few common non-ASCII ones appear at least once so
 # that ordinary prompts never fall back to <unk>.
 _CHARSET_LINE = (
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZ abcdefghijklmnopqrstuvwxyz 0123456789 "
-    "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~ é ü ñ ß"
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZ abcdefghijklmnopqrstuvwxyz 0123456789 !\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~ é ü ñ ß"
 )
 # A few NFKC-style folds compiled into the T5 model's normalizer. Real T5 carries the whole
 # nmt_nfkc table (~240 KB); a handful of rules exercises the same code path at 1 KB.
@@ -121,9 +120,7 @@ def _train_spiece(sentences: list[str], spec: TinyTokenizerSpec) -> bytes:
 
     with tempfile.TemporaryDirectory() as tmp:
         rules = Path(tmp) / "rules.tsv"
-        rules.write_text(
-            "".join(f"{_hex(src)}\t{_hex(dst)}\n" for src, dst in _T5_NORMALIZATION_RULES.items())
-        )
+        rules.write_text("".join(f"{_hex(src)}\t{_hex(dst)}\n" for src, dst in _T5_NORMALIZATION_RULES.items()))
         buffer = io.BytesIO()
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(sentences),

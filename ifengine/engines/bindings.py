@@ -19,7 +19,7 @@ from .io_plan import IOPlan
 
 log = logging.getLogger(__name__)
 ALIGNMENT = 256  # TensorRT's required alignment for device memory handed to a context
-GIB = 2 ** 30
+GIB = 2**30
 
 
 def shared_scratch_bytes(needs: Iterable[int]) -> int:
@@ -39,8 +39,10 @@ def resolve_budget(requested, streaming: bool, default, streamable: int, automat
         return None
     if not streaming:
         if requested is not None:
-            raise ValueError("a weight streaming budget was given for an engine built without weight streaming: "
-                             "set weight_streaming = true for it in the recipe and rebuild")
+            raise ValueError(
+                "a weight streaming budget was given for an engine built without weight streaming: "
+                "set weight_streaming = true for it in the recipe and rebuild"
+            )
         return None
     if value == "auto":
         return automatic
@@ -61,13 +63,15 @@ def allocate_buffers(plan: IOPlan, device) -> dict:
     """One flat buffer per I/O tensor, sized for the profile's largest shape (torch, on ``device``)."""
     import torch
 
-    return {name: torch.empty(_numel(shape), dtype=getattr(torch, plan.dtypes[name]), device=device)
-            for name, shape in plan.max_shapes().items()}
+    return {
+        name: torch.empty(_numel(shape), dtype=getattr(torch, plan.dtypes[name]), device=device)
+        for name, shape in plan.max_shapes().items()
+    }
 
 
 def views(buffers: Mapping, shapes: Mapping[str, tuple[int, ...]]) -> dict:
     """Per-call tensors: a prefix of each static buffer, reshaped (same address as the buffer)."""
-    return {name: buffers[name][:_numel(shape)].view(shape) for name, shape in shapes.items()}
+    return {name: buffers[name][: _numel(shape)].view(shape) for name, shape in shapes.items()}
 
 
 def _numel(shape: Sequence[int]) -> int:
@@ -102,8 +106,10 @@ class Binder:
             return None
         self.shapes = self.plan.io_shapes(dims)
         inputs = {t.name: self.shapes[t.name] for t in self.plan.spec.inputs}
-        binding = Binding(shapes=inputs if full != self.bound_dims else {},
-                          addresses={} if self.addresses_bound else dict(self.addresses))
+        binding = Binding(
+            shapes=inputs if full != self.bound_dims else {},
+            addresses={} if self.addresses_bound else dict(self.addresses),
+        )
         self.bound_dims, self.addresses_bound, self.warm = full, True, False
         return binding
 
@@ -124,8 +130,10 @@ def select(plans: Sequence[IOPlan], dims: Mapping[str, int]) -> int:
         fits.append((not all(r.min == r.max for r in plan.dims.values()), i))
     if not fits:
         covered = "; ".join(_describe(p) for p in plans)
-        raise ValueError(f"no engine covers {dict(dims)}: built profiles are {covered}; add the size or batch to "
-                         f"the recipe and rebuild")
+        raise ValueError(
+            f"no engine covers {dict(dims)}: built profiles are {covered}; add the size or batch to "
+            f"the recipe and rebuild"
+        )
     return min(fits)[1]
 
 
@@ -137,14 +145,20 @@ def check_engine_io(plan: IOPlan, described: Mapping[str, Mapping]) -> None:
     """The deserialised engine must have exactly the I/O its manifest describes (names, dtypes, profile)."""
     expected = {t.name for t in plan.tensors}
     if set(described) != expected:
-        raise EngineCorrupt(f"{plan.name}: the engine's tensors {sorted(described)} are not the manifest's "
-                            f"{sorted(expected)}; rebuild it")
+        raise EngineCorrupt(
+            f"{plan.name}: the engine's tensors {sorted(described)} are not the manifest's "
+            f"{sorted(expected)}; rebuild it"
+        )
     for name, info in described.items():
         if info.get("dtype") != plan.dtypes.get(name):
-            raise EngineCorrupt(f"{plan.name}: {name} is {info.get('dtype')} in the engine but "
-                                f"{plan.dtypes.get(name)} in its manifest; rebuild it")
+            raise EngineCorrupt(
+                f"{plan.name}: {name} is {info.get('dtype')} in the engine but "
+                f"{plan.dtypes.get(name)} in its manifest; rebuild it"
+            )
     for t in plan.spec.inputs:
         lo, opt, hi = (plan.shape(t, {k: getattr(r, a) for k, r in plan.dims.items()}) for a in ("min", "opt", "max"))
         if tuple(described[t.name].get("profile", ())) != (lo, opt, hi):
-            raise EngineCorrupt(f"{plan.name}: {t.name}'s profile in the engine {described[t.name].get('profile')} "
-                                f"is not the manifest's {(lo, opt, hi)}; rebuild it")
+            raise EngineCorrupt(
+                f"{plan.name}: {t.name}'s profile in the engine {described[t.name].get('profile')} "
+                f"is not the manifest's {(lo, opt, hi)}; rebuild it"
+            )

@@ -37,13 +37,24 @@ class BuildResult:
         return {"job": self.job, "engine": str(self.engine), "built": self.built, "seconds": round(self.seconds, 2)}
 
 
-def complete_exports(plan: BuildPlan, stages: Mapping[int, Any], checkpoints: Mapping[int, Any] | None,
-                     components: tuple[str, ...] | None, progress: bool = True) -> BuildPlan:
+def complete_exports(
+    plan: BuildPlan,
+    stages: Mapping[int, Any],
+    checkpoints: Mapping[int, Any] | None,
+    components: tuple[str, ...] | None,
+    progress: bool = True,
+) -> BuildPlan:
     """Export what the plan lacks or what changed (reusing current artifacts) and re-plan on the real specs."""
     pairs = list(dict.fromkeys((j.component, j.precision) for j in plan.jobs))
     ensure_exports(pairs, stages, Path(plan.artifacts), progress=progress)
-    return make_plan(plan.recipe, plan.artifacts, plan.out, exports=find_exports(plan.artifacts),
-                     checkpoints=checkpoints, components=components)
+    return make_plan(
+        plan.recipe,
+        plan.artifacts,
+        plan.out,
+        exports=find_exports(plan.artifacts),
+        checkpoints=checkpoints,
+        components=components,
+    )
 
 
 def build_plan(plan: BuildPlan, target: Target, build_fn: BuildFn, progress: bool = True) -> list[BuildResult]:
@@ -62,14 +73,22 @@ def build_plan(plan: BuildPlan, target: Target, build_fn: BuildFn, progress: boo
     return results
 
 
-def build_job(job: EngineJob, plan: BuildPlan, target: Target, build_fn: BuildFn, timing_cache: Path | None,
-              progress: bool = True, first: bool = True) -> BuildResult:
+def build_job(
+    job: EngineJob,
+    plan: BuildPlan,
+    target: Target,
+    build_fn: BuildFn,
+    timing_cache: Path | None,
+    progress: bool = True,
+    first: bool = True,
+) -> BuildResult:
     """Build one engine (or find it fresh) and list it in the index; ``first`` job of its component in this
     build replaces the component's earlier index entries."""
     key = cache_key(job.key_fields(), target)
     paths = engine_paths(plan.out, target, job.name, key)
-    built, manifest = build_once(paths, key, lambda: build_fn(job, timing_cache, progress),
-                                 lambda: engine_manifest(job, target, plan))
+    built, manifest = build_once(
+        paths, key, lambda: build_fn(job, timing_cache, progress), lambda: engine_manifest(job, target, plan)
+    )
     seconds = manifest["build_seconds"] if built else 0.0
     if built:
         log.info("built %s in %.1f s -> %s", job.name, seconds, paths.engine)
@@ -82,10 +101,24 @@ def build_job(job: EngineJob, plan: BuildPlan, target: Target, build_fn: BuildFn
 def engine_manifest(job: EngineJob, target: Target, plan: BuildPlan) -> dict:
     """Everything the runtime and a reader need to trust (or reject) the engine, minus hash and size."""
     export = job.export
-    return {"name": job.name, "component": job.component, "precision": job.precision,
-            "profile": job.profile.to_json(), "flags": job.flags.to_json(), "stream_budget": job.stream_budget,
-            "spec": spec_to_dict(job.spec), "io_dtypes": dict(job.io_dtypes), "job": job.key_fields(),
-            "graph": str(export.graph), "graph_sha256": export.graph_sha256, "export_fingerprint": export.fingerprint,
-            "source_sha256": export.source_sha256, "export_manifest": str(export.manifest),
-            "target": target.to_json(), "recipe": plan.recipe.name, "build_command": plan.build_command,
-            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "ifengine_version": __version__}
+    return {
+        "name": job.name,
+        "component": job.component,
+        "precision": job.precision,
+        "profile": job.profile.to_json(),
+        "flags": job.flags.to_json(),
+        "stream_budget": job.stream_budget,
+        "spec": spec_to_dict(job.spec),
+        "io_dtypes": dict(job.io_dtypes),
+        "job": job.key_fields(),
+        "graph": str(export.graph),
+        "graph_sha256": export.graph_sha256,
+        "export_fingerprint": export.fingerprint,
+        "source_sha256": export.source_sha256,
+        "export_manifest": str(export.manifest),
+        "target": target.to_json(),
+        "recipe": plan.recipe.name,
+        "build_command": plan.build_command,
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "ifengine_version": __version__,
+    }

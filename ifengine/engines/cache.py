@@ -28,7 +28,7 @@ from .errors import EngineCorrupt, EngineForeign, EngineMissing, EngineStale
 log = logging.getLogger(__name__)
 FORMAT = 1
 INDEX = "index.json"
-CHUNK = 64 * 2 ** 20
+CHUNK = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def write_atomic(path: Path, data) -> tuple[str, int]:
     try:
         with os.fdopen(fd, "wb") as f:
             for start in range(0, len(view), CHUNK):
-                chunk = view[start:start + CHUNK]
+                chunk = view[start : start + CHUNK]
                 digest.update(chunk)
                 f.write(chunk)
             f.flush()
@@ -108,8 +108,9 @@ def is_fresh(paths: EnginePaths, key: str) -> bool:
         return False
 
 
-def build_once(paths: EnginePaths, key: str, build: Callable[[], Any],
-               describe: Callable[[], dict]) -> tuple[bool, dict]:
+def build_once(
+    paths: EnginePaths, key: str, build: Callable[[], Any], describe: Callable[[], dict]
+) -> tuple[bool, dict]:
     """Build and store an engine unless a fresh one exists; (built, manifest). Concurrent callers wait."""
     paths.engine.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(paths.lock))
@@ -126,8 +127,15 @@ def build_once(paths: EnginePaths, key: str, build: Callable[[], Any],
         seconds = time.perf_counter() - start
         sha256, size = write_atomic(paths.engine, data)
         del data  # engines are GBs: do not hold the host copy while writing the manifest
-        manifest = {**describe(), "format": FORMAT, "key": key, "engine": paths.engine.name,
-                    "engine_sha256": sha256, "engine_bytes": size, "build_seconds": round(seconds, 2)}
+        manifest = {
+            **describe(),
+            "format": FORMAT,
+            "key": key,
+            "engine": paths.engine.name,
+            "engine_sha256": sha256,
+            "engine_bytes": size,
+            "build_seconds": round(seconds, 2),
+        }
         write_json_atomic(paths.manifest, manifest)  # last: a manifest always describes a complete engine
         return True, manifest
     finally:
@@ -145,8 +153,11 @@ def update_index(target_dir: Path, manifest: dict, build_command: str, replace: 
         if replace:
             index["engines"].pop(manifest["component"], None)
         entries = index["engines"].setdefault(manifest["component"], {})
-        entries[manifest["name"]] = {"manifest": Path(manifest["engine"]).with_suffix(".json").name,
-                                     "profile": manifest["profile"], "precision": manifest["precision"]}
+        entries[manifest["name"]] = {
+            "manifest": Path(manifest["engine"]).with_suffix(".json").name,
+            "profile": manifest["profile"],
+            "precision": manifest["precision"],
+        }
         index.update(target=manifest["target"], build_command=build_command, updated=time.time())
         write_json_atomic(path, index)
 
@@ -158,21 +169,26 @@ def engine_manifests(out: str | Path, target: Target, component: str) -> list[Pa
     if not index_path.is_file():
         others = sorted(p.parent.name for p in out.glob(f"*/{INDEX}"))
         if others:
-            raise EngineForeign(f"{out} has engines only for {', '.join(others)}, not for this machine "
-                                f"({target.slug}); engines do not move between GPUs or TensorRT versions: run "
-                                f"`ifengine build RECIPE --out {out}` here")
+            raise EngineForeign(
+                f"{out} has engines only for {', '.join(others)}, not for this machine "
+                f"({target.slug}); engines do not move between GPUs or TensorRT versions: run "
+                f"`ifengine build RECIPE --out {out}` here"
+            )
         raise EngineMissing(f"no TensorRT engines in {out}: run `ifengine build RECIPE --out {out}` first")
     index = read_json(index_path, "engine index")
     entries = index.get("engines", {}).get(component)
     if not entries:
-        raise EngineMissing(f"{index_path} has no {component} engine: run "
-                            f"`{index.get('build_command', f'ifengine build RECIPE --out {out}')}` with a recipe "
-                            f"that builds {component}")
+        raise EngineMissing(
+            f"{index_path} has no {component} engine: run "
+            f"`{index.get('build_command', f'ifengine build RECIPE --out {out}')}` with a recipe "
+            f"that builds {component}"
+        )
     return [index_path.parent / e["manifest"] for e in entries.values()]
 
 
-def load_verified(manifest_path: Path, target: Target, export_fingerprint: str | None = None,
-                  checksum: bool = True) -> tuple[dict, bytes]:
+def load_verified(
+    manifest_path: Path, target: Target, export_fingerprint: str | None = None, checksum: bool = True
+) -> tuple[dict, bytes]:
     """Read an engine and prove it usable here: complete, intact, built for this target, and (given the
     current export's fingerprint) built from the graph that is exported now."""
     generic = f"ifengine build RECIPE --out {manifest_path.parent.parent}"
@@ -186,8 +202,10 @@ def load_verified(manifest_path: Path, target: Target, export_fingerprint: str |
     check_target(manifest, target, manifest_path, rebuild)
     built_from = str(manifest.get("export_fingerprint"))
     if export_fingerprint is not None and built_from != export_fingerprint:
-        raise EngineStale(f"{manifest_path.name} was built from a graph that has since been re-exported "
-                          f"(export {built_from[:12]}..., now {export_fingerprint[:12]}...): run `{rebuild}`")
+        raise EngineStale(
+            f"{manifest_path.name} was built from a graph that has since been re-exported "
+            f"(export {built_from[:12]}..., now {export_fingerprint[:12]}...): run `{rebuild}`"
+        )
     engine_path = manifest_path.with_name(str(manifest.get("engine", "")))
     data = _read_engine(engine_path, manifest, rebuild, checksum)
     return manifest, data
@@ -197,12 +215,15 @@ def check_target(manifest: dict, target: Target, where: Path, rebuild: str) -> N
     built = manifest.get("target") or {}
     for field, what in (("tensorrt", "TensorRT"), ("compute_capability", "GPU compute capability")):
         if built.get(field) != getattr(target, field):
-            raise EngineForeign(f"{where.name} was built for {what} {built.get(field)}, this machine has "
-                                f"{getattr(target, field)}: run `{rebuild}` on this machine")
+            raise EngineForeign(
+                f"{where.name} was built for {what} {built.get(field)}, this machine has "
+                f"{getattr(target, field)}: run `{rebuild}` on this machine"
+            )
     if built.get("gpu") != target.gpu:
         # same architecture, different board: TensorRT accepts it, but tactics were timed elsewhere
-        log.warning("%s was built on a %s and runs on a %s (same compute capability)", where.name,
-                    built.get("gpu"), target.gpu)
+        log.warning(
+            "%s was built on a %s and runs on a %s (same compute capability)", where.name, built.get("gpu"), target.gpu
+        )
 
 
 def _read_engine(path: Path, manifest: dict, rebuild: str, checksum: bool) -> bytes:
@@ -210,8 +231,10 @@ def _read_engine(path: Path, manifest: dict, rebuild: str, checksum: bool) -> by
         raise EngineCorrupt(f"engine file {path} listed by its manifest is missing: run `{rebuild}`")
     data = path.read_bytes()
     if len(data) != manifest.get("engine_bytes"):
-        raise EngineCorrupt(f"{path.name} has {len(data)} bytes, its manifest says {manifest.get('engine_bytes')} "
-                            f"(truncated or replaced): run `{rebuild}`")
+        raise EngineCorrupt(
+            f"{path.name} has {len(data)} bytes, its manifest says {manifest.get('engine_bytes')} "
+            f"(truncated or replaced): run `{rebuild}`"
+        )
     if checksum and hashlib.sha256(data).hexdigest() != manifest.get("engine_sha256"):
         raise EngineCorrupt(f"{path.name} does not match its manifest's sha256 (corrupt): run `{rebuild}`")
     return data

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 INSTALL_HINT = (
     "TensorRT is not installed. `ifengine build` and the TensorRT backend need TensorRT 10.x or 11.x, "
-    "an NVIDIA GPU and its driver: install with `pip install \"ifengine[gpu]\"` (or `pip install tensorrt "
+    'an NVIDIA GPU and its driver: install with `pip install "ifengine[gpu]"` (or `pip install tensorrt '
     "cuda-python`) on a machine that can reach NVIDIA's package host (pypi.nvidia.com), or use the TensorRT "
-    "container (nvcr.io/nvidia/tensorrt). `ifengine build RECIPE --dry-run` shows the plan without it.")
+    "container (nvcr.io/nvidia/tensorrt). `ifengine build RECIPE --dry-run` shows the plan without it."
+)
 
 
 class TensorRTUnavailable(ImportError):

@@ -33,8 +33,13 @@ class ExportRecord:
     fingerprint: str  # covers every payload file: a >2 GB graph keeps its weights outside model.onnx
 
     def to_json(self) -> dict:
-        return {"manifest": str(self.manifest), "graph": str(self.graph), "graph_sha256": self.graph_sha256,
-                "source_sha256": self.source_sha256, "fingerprint": self.fingerprint}
+        return {
+            "manifest": str(self.manifest),
+            "graph": str(self.graph),
+            "graph_sha256": self.graph_sha256,
+            "source_sha256": self.source_sha256,
+            "fingerprint": self.fingerprint,
+        }
 
 
 def read_export(path: str | Path) -> ExportRecord:
@@ -44,10 +49,16 @@ def read_export(path: str | Path) -> ExportRecord:
     missing = [k for k in MANIFEST_KEYS if k not in raw]
     if missing:
         raise ValueError(f"{path} is not an export manifest (no {', '.join(missing)})")
-    return ExportRecord(manifest=path.resolve(), component=raw["component"], precision=raw["precision"],
-                        graph=(path.parent / raw["graph"]).resolve(), graph_sha256=raw["graph_sha256"],
-                        source_sha256=raw.get("source_sha256"), spec=spec_from_dict(raw["spec"]),
-                        fingerprint=fingerprint(raw))
+    return ExportRecord(
+        manifest=path.resolve(),
+        component=raw["component"],
+        precision=raw["precision"],
+        graph=(path.parent / raw["graph"]).resolve(),
+        graph_sha256=raw["graph_sha256"],
+        source_sha256=raw.get("source_sha256"),
+        spec=spec_from_dict(raw["spec"]),
+        fingerprint=fingerprint(raw),
+    )
 
 
 def fingerprint(manifest: dict) -> str:
@@ -83,8 +94,9 @@ def find_exports(artifacts: str | Path) -> dict[tuple[str, str], ExportRecord]:
     return found
 
 
-def ensure_exports(pairs: list[tuple[str, str]], stages: Mapping[int, str | Path], artifacts: Path,
-                   progress: bool = True) -> dict[tuple[str, str], ExportRecord]:
+def ensure_exports(
+    pairs: list[tuple[str, str]], stages: Mapping[int, str | Path], artifacts: Path, progress: bool = True
+) -> dict[tuple[str, str], ExportRecord]:
     """Make every (component, precision) exported and current; one exporter call per precision.
 
     Pairs whose checkpoint is given go through the exporter even when an artifact exists: it skips
@@ -95,19 +107,21 @@ def ensure_exports(pairs: list[tuple[str, str]], stages: Mapping[int, str | Path
     orphans = [(c, p) for c, p in pairs if (c, p) not in present and STAGE_OF[c] not in stages]
     if orphans:
         need = sorted({STAGE_OF[c] for c, _ in orphans})
-        raise ValueError(f"{', '.join(f'{c} ({p})' for c, p in orphans)} not exported under {artifacts}: pass "
-                         f"{' '.join(f'--stage{n} CHECKPOINT' for n in need)} so `ifengine build` can export "
-                         f"them, or run `ifengine export` first")
+        raise ValueError(
+            f"{', '.join(f'{c} ({p})' for c, p in orphans)} not exported under {artifacts}: pass "
+            f"{' '.join(f'--stage{n} CHECKPOINT' for n in need)} so `ifengine build` can export "
+            f"them, or run `ifengine export` first"
+        )
     todo = [(c, p) for c, p in pairs if STAGE_OF[c] in stages]
     if todo:
         from ..export.api import export_artifacts
 
         for precision in sorted({p for _, p in todo}):
             components = sorted({c for c, p in todo if p == precision})
-            log.info("exporting %s (%s) to %s (up-to-date graphs are kept)", ", ".join(components), precision,
-                     artifacts)
-            export_artifacts(dict(stages), artifacts, components=components, precisions=[precision],
-                             progress=progress)
+            log.info(
+                "exporting %s (%s) to %s (up-to-date graphs are kept)", ", ".join(components), precision, artifacts
+            )
+            export_artifacts(dict(stages), artifacts, components=components, precisions=[precision], progress=progress)
     found = find_exports(artifacts)
     still = [pair for pair in pairs if pair not in found]
     if still:

@@ -31,8 +31,12 @@ class IOPlan:
         spec = spec_from_dict(manifest["spec"])
         dims = profile_dims(spec, manifest["profile"]["inputs"])
         dims.update(derived_dims(spec, dims))  # output-only dims (the VAE's out_height)
-        return cls(name=manifest.get("name", spec.name), spec=spec, dims=MappingProxyType(dims),
-                   dtypes=MappingProxyType(dict(manifest["io_dtypes"])))
+        return cls(
+            name=manifest.get("name", spec.name),
+            spec=spec,
+            dims=MappingProxyType(dims),
+            dtypes=MappingProxyType(dict(manifest["io_dtypes"])),
+        )
 
     @property
     def tensors(self) -> tuple[TensorSpec, ...]:
@@ -56,8 +60,9 @@ class IOPlan:
         full = dict(dims)
         for name, (source, factor) in _derivations(self.spec).items():
             if source in full and full.setdefault(name, full[source] * factor) != full[source] * factor:
-                raise ValueError(f"{self.name}: {name} must be {factor} x {source} = {full[source] * factor}, "
-                                 f"got {full[name]}")
+                raise ValueError(
+                    f"{self.name}: {name} must be {factor} x {source} = {full[source] * factor}, got {full[name]}"
+                )
         used = {d for t in self.spec.inputs for d in t.dims if isinstance(d, str)}
         missing = sorted(used - set(full))
         if missing:
@@ -65,9 +70,11 @@ class IOPlan:
         for name in sorted(used):
             rng = self.dims[name]
             if not rng.contains(full[name]):
-                raise ValueError(f"{self.name}: {name}={full[name]} is outside the engine's profile "
-                                 f"{rng.min}..{rng.max} (multiple of {rng.multiple}); build an engine that covers "
-                                 f"it (add the size or batch to the recipe)")
+                raise ValueError(
+                    f"{self.name}: {name}={full[name]} is outside the engine's profile "
+                    f"{rng.min}..{rng.max} (multiple of {rng.multiple}); build an engine that covers "
+                    f"it (add the size or batch to the recipe)"
+                )
         return {k: full[k] for k in self.dims}
 
     def dims_of(self, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, int]:

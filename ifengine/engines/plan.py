@@ -19,7 +19,7 @@ from .recipe import RECIPE_DIR, ComponentRecipe, Recipe
 from .specs import planned_spec, spec_to_dict
 
 log = logging.getLogger(__name__)
-GIB = 2 ** 30
+GIB = 2**30
 # The dtype "model" tensors have in each precision variant before a graph exists (int8 graphs are the fp32
 # graph with Q/DQ nodes). Once exported, the graph's own I/O dtypes are used: the exporter may deviate
 # (its fp16 VAE decoder computes, and takes its I/O, in fp32).
@@ -34,9 +34,13 @@ class BuildFlags:
     refittable: bool = False
 
     def to_json(self) -> dict:
-        return {"strongly_typed": True, "optimization_level": self.optimization_level,
-                "workspace_bytes": self.workspace_bytes, "weight_streaming": self.weight_streaming,
-                "refittable": self.refittable}
+        return {
+            "strongly_typed": True,
+            "optimization_level": self.optimization_level,
+            "workspace_bytes": self.workspace_bytes,
+            "weight_streaming": self.weight_streaming,
+            "refittable": self.refittable,
+        }
 
 
 @dataclass(frozen=True)
@@ -57,20 +61,31 @@ class EngineJob:
 
     def key_fields(self) -> dict[str, Any]:
         """Everything about the job that changes the engine (the target GPU/TensorRT is added by the cache)."""
-        return {"component": self.component, "precision": self.precision,
-                "export_fingerprint": self.export.fingerprint if self.export else None,
-                "profile": self.profile.to_json()["inputs"], "flags": self.flags.to_json()}
+        return {
+            "component": self.component,
+            "precision": self.precision,
+            "export_fingerprint": self.export.fingerprint if self.export else None,
+            "profile": self.profile.to_json()["inputs"],
+            "flags": self.flags.to_json(),
+        }
 
     def to_json(self) -> dict[str, Any]:
         inputs = self.profile.to_json()["inputs"]
         for name, entry in inputs.items():
             entry["dtype"] = self.io_dtypes.get(name)
-        return {"name": self.name, "component": self.component, "precision": self.precision,
-                "profile": self.profile.label, "static": self.profile.static, "inputs": inputs,
-                "outputs": {t.name: {"dtype": self.io_dtypes.get(t.name), "dims": list(t.dims)}
-                            for t in self.spec.outputs},
-                "flags": self.flags.to_json(), "stream_budget": self.stream_budget,
-                "export": self.export.to_json() if self.export else None, "spec": spec_to_dict(self.spec)}
+        return {
+            "name": self.name,
+            "component": self.component,
+            "precision": self.precision,
+            "profile": self.profile.label,
+            "static": self.profile.static,
+            "inputs": inputs,
+            "outputs": {t.name: {"dtype": self.io_dtypes.get(t.name), "dims": list(t.dims)} for t in self.spec.outputs},
+            "flags": self.flags.to_json(),
+            "stream_budget": self.stream_budget,
+            "export": self.export.to_json() if self.export else None,
+            "spec": spec_to_dict(self.spec),
+        }
 
 
 @dataclass(frozen=True)
@@ -85,32 +100,46 @@ class BuildPlan:
         path = Path(self.recipe.path)
         shipped = path.parent == RECIPE_DIR and path.is_file()  # a shipped recipe is named, not pathed
         recipe = path.stem if shipped else self.recipe.path
-        return (f"ifengine build {shlex.quote(recipe)} --artifacts {shlex.quote(self.artifacts)} "
-                f"--out {shlex.quote(self.out)}")
+        return (
+            f"ifengine build {shlex.quote(recipe)} --artifacts {shlex.quote(self.artifacts)} "
+            f"--out {shlex.quote(self.out)}"
+        )
 
     def missing_exports(self) -> list[tuple[str, str]]:
         return list(dict.fromkeys((j.component, j.precision) for j in self.jobs if j.export is None))
 
     def to_json(self) -> dict[str, Any]:
         r = self.recipe
-        return {"recipe": r.name, "recipe_path": r.path, "description": r.description, "artifacts": self.artifacts,
-                "out": self.out, "build_command": self.build_command,
-                "batch": {"min": r.batch.min, "opt": r.batch.opt, "max": r.batch.max},
-                "stage1_sizes": [f"{w}x{h}" for h, w in r.shapes.stage1_sizes()],
-                "timing_cache": r.build.timing_cache, "missing_exports": [list(p) for p in self.missing_exports()],
-                "engines": [j.to_json() for j in self.jobs]}
+        return {
+            "recipe": r.name,
+            "recipe_path": r.path,
+            "description": r.description,
+            "artifacts": self.artifacts,
+            "out": self.out,
+            "build_command": self.build_command,
+            "batch": {"min": r.batch.min, "opt": r.batch.opt, "max": r.batch.max},
+            "stage1_sizes": [f"{w}x{h}" for h, w in r.shapes.stage1_sizes()],
+            "timing_cache": r.build.timing_cache,
+            "missing_exports": [list(p) for p in self.missing_exports()],
+            "engines": [j.to_json() for j in self.jobs],
+        }
 
 
-def make_plan(recipe: Recipe, artifacts: str | Path, out: str | Path,
-              exports: Mapping[tuple[str, str], ExportRecord] | None = None,
-              checkpoints: Mapping[int, Any] | None = None,
-              components: tuple[str, ...] | None = None) -> BuildPlan:
+def make_plan(
+    recipe: Recipe,
+    artifacts: str | Path,
+    out: str | Path,
+    exports: Mapping[tuple[str, str], ExportRecord] | None = None,
+    checkpoints: Mapping[int, Any] | None = None,
+    components: tuple[str, ...] | None = None,
+) -> BuildPlan:
     """Resolve every engine of ``recipe``: exported specs where they exist, planned specs otherwise."""
     chosen = [c for c in recipe.components if components is None or c.name in components]
     unknown = sorted(set(components or ()) - {c.name for c in recipe.components})
     if unknown:
-        raise ValueError(f"{recipe.path} builds no {', '.join(unknown)}; it builds "
-                         f"{', '.join(c.name for c in recipe.components)}")
+        raise ValueError(
+            f"{recipe.path} builds no {', '.join(unknown)}; it builds {', '.join(c.name for c in recipe.components)}"
+        )
     jobs: list[EngineJob] = []
     for part in chosen:
         export = (exports or {}).get((part.name, part.precision))
@@ -122,12 +151,26 @@ def _jobs(recipe: Recipe, part: ComponentRecipe, export: ExportRecord | None, ch
     spec = export.spec if export else planned_spec(part.name, recipe.models, checkpoints)
     profiles = make_profiles(part.name, spec, recipe.batch, recipe.shapes.stage1_sizes(), recipe.build.static_shapes)
     workspace = recipe.build.workspace_gib
-    flags = BuildFlags(optimization_level=recipe.build.optimization_level,
-                       workspace_bytes=None if workspace is None else int(workspace * GIB),
-                       weight_streaming=part.weight_streaming, refittable=recipe.refittable(part))
+    flags = BuildFlags(
+        optimization_level=recipe.build.optimization_level,
+        workspace_bytes=None if workspace is None else int(workspace * GIB),
+        weight_streaming=part.weight_streaming,
+        refittable=recipe.refittable(part),
+    )
     dtypes = io_dtypes(spec, part.precision, export)
-    return [EngineJob(component=part.name, precision=part.precision, profile=p, flags=flags, spec=spec,
-                      io_dtypes=dtypes, stream_budget=part.stream_budget, export=export) for p in profiles]
+    return [
+        EngineJob(
+            component=part.name,
+            precision=part.precision,
+            profile=p,
+            flags=flags,
+            spec=spec,
+            io_dtypes=dtypes,
+            stream_budget=part.stream_budget,
+            export=export,
+        )
+        for p in profiles
+    ]
 
 
 def io_dtypes(spec: ComponentSpec, precision: str, export: ExportRecord | None) -> dict[str, str | None]:
@@ -155,9 +198,21 @@ def graph_io_dtypes(path: Path) -> dict[str, str]:
     tensors = list(model.graph.input) + list(model.graph.output)
     initializers = {i.name for i in model.graph.initializer}
     names = onnx.TensorProto.DataType.Name
-    return {t.name: _ONNX_DTYPES.get(names(t.type.tensor_type.elem_type), names(t.type.tensor_type.elem_type).lower())
-            for t in tensors if t.name not in initializers}
+    return {
+        t.name: _ONNX_DTYPES.get(names(t.type.tensor_type.elem_type), names(t.type.tensor_type.elem_type).lower())
+        for t in tensors
+        if t.name not in initializers
+    }
 
 
-_ONNX_DTYPES = {"FLOAT": "float32", "FLOAT16": "float16", "BFLOAT16": "bfloat16", "DOUBLE": "float64",
-                "INT64": "int64", "INT32": "int32", "INT8": "int8", "UINT8": "uint8", "BOOL": "bool"}
+_ONNX_DTYPES = {
+    "FLOAT": "float32",
+    "FLOAT16": "float16",
+    "BFLOAT16": "bfloat16",
+    "DOUBLE": "float64",
+    "INT64": "int64",
+    "INT32": "int32",
+    "INT8": "int8",
+    "UINT8": "uint8",
+    "BOOL": "bool",
+}

@@ -48,12 +48,15 @@ class Profile:
         return True
 
     def to_json(self) -> dict:
-        return {"label": self.label,
-                "inputs": {n: {"min": list(a), "opt": list(b), "max": list(c)} for n, (a, b, c) in self.shapes.items()}}
+        return {
+            "label": self.label,
+            "inputs": {n: {"min": list(a), "opt": list(b), "max": list(c)} for n, (a, b, c) in self.shapes.items()},
+        }
 
 
-def make_profiles(component: str, spec: ComponentSpec, batch: BatchRange,
-                  sizes: tuple[tuple[int, int], ...], static: bool = False) -> tuple[Profile, ...]:
+def make_profiles(
+    component: str, spec: ComponentSpec, batch: BatchRange, sizes: tuple[tuple[int, int], ...], static: bool = False
+) -> tuple[Profile, ...]:
     """One dynamic profile covering everything, or one static profile per size (batch fixed at opt)."""
     ranges = dim_ranges(component, spec, batch, sizes)
     if not static:
@@ -69,8 +72,9 @@ def make_profiles(component: str, spec: ComponentSpec, batch: BatchRange,
     return tuple(profiles)
 
 
-def dim_ranges(component: str, spec: ComponentSpec, batch: BatchRange,
-               sizes: tuple[tuple[int, int], ...]) -> dict[str, DimRange]:
+def dim_ranges(
+    component: str, spec: ComponentSpec, batch: BatchRange, sizes: tuple[tuple[int, int], ...]
+) -> dict[str, DimRange]:
     """The recipe's range for every dim the spec's inputs use, checked against the spec."""
     used = {d for t in spec.inputs for d in t.dims if isinstance(d, str)}
     ranges = {name: rng for name, rng in spec.ranges.items() if name in used}
@@ -110,11 +114,15 @@ def _narrow(component: str, spec: ComponentSpec, dim: str, values: tuple[int, in
     allowed = spec.ranges[dim]
     for v in values:
         if v % allowed.multiple:
-            raise RecipeError(f"{component}: {dim} {v} (from the recipe's [shapes]/[batch]) is not a multiple of "
-                              f"{allowed.multiple}, which the graph needs; pick sizes that are")
+            raise RecipeError(
+                f"{component}: {dim} {v} (from the recipe's [shapes]/[batch]) is not a multiple of "
+                f"{allowed.multiple}, which the graph needs; pick sizes that are"
+            )
         if not allowed.min <= v <= allowed.max:
-            raise RecipeError(f"{component}: {dim} {v} (from the recipe's [shapes]/[batch]) is outside the range "
-                              f"{allowed.min}..{allowed.max} that the component's I/O spec declares")
+            raise RecipeError(
+                f"{component}: {dim} {v} (from the recipe's [shapes]/[batch]) is outside the range "
+                f"{allowed.min}..{allowed.max} that the component's I/O spec declares"
+            )
     return DimRange(*values, multiple=allowed.multiple)
 
 
@@ -130,5 +138,4 @@ def _label(ranges: Mapping[str, DimRange]) -> str:
 
 
 def _profile(label: str, spec: ComponentSpec, ranges: Mapping[str, DimRange]) -> Profile:
-    return Profile(label=label, dims=MappingProxyType(dict(ranges)),
-                   shapes=MappingProxyType(spec.profile(ranges)))
+    return Profile(label=label, dims=MappingProxyType(dict(ranges)), shapes=MappingProxyType(spec.profile(ranges)))

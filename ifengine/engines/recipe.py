@@ -128,8 +128,7 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
 
 
 def parse_recipe(raw: dict[str, Any], where: str = "<recipe>") -> Recipe:
-    _keys(raw, where, "the top level", ("name", "description", "models", "build", "batch", "shapes",
-                                         "components"))
+    _keys(raw, where, "the top level", ("name", "description", "models", "build", "batch", "shapes", "components"))
     recipe = Recipe(
         name=_typed(raw, "name", str, where, "the top level", default=Path(where).stem),
         description=_typed(raw, "description", str, where, "the top level", default=""),
@@ -138,7 +137,8 @@ def parse_recipe(raw: dict[str, Any], where: str = "<recipe>") -> Recipe:
         build=_build(_table(raw, "build", where), where),
         batch=_batch(_table(raw, "batch", where), where),
         shapes=_shapes(_table(raw, "shapes", where), where),
-        components=_components(_table(raw, "components", where), where))
+        components=_components(_table(raw, "components", where), where),
+    )
     log.debug("recipe %s: %d components", recipe.name, len(recipe.components))
     return recipe
 
@@ -157,8 +157,12 @@ def _build(raw: dict, where: str) -> BuildOptions:
     workspace = _typed(raw, "workspace_gib", (int, float), where, at, default=None)
     _check(workspace is None or workspace > 0, where, at, "workspace_gib", workspace, "a positive number of GiB")
     flags = {k: _typed(raw, k, bool, where, at, default=False) for k in ("static_shapes", "refittable")}
-    return BuildOptions(optimization_level=level, workspace_gib=None if workspace is None else float(workspace),
-                        timing_cache=_typed(raw, "timing_cache", bool, where, at, default=True), **flags)
+    return BuildOptions(
+        optimization_level=level,
+        workspace_gib=None if workspace is None else float(workspace),
+        timing_cache=_typed(raw, "timing_cache", bool, where, at, default=True),
+        **flags,
+    )
 
 
 def _batch(raw: dict, where: str) -> BatchRange:
@@ -203,17 +207,30 @@ def _component(name: str, raw: Any, where: str) -> ComponentRecipe:
     precision = _typed(raw, "precision", str, where, at)
     _check(precision in PRECISIONS, where, at, "precision", precision, f"one of {', '.join(PRECISIONS)}")
     if precision == "int8" and name not in INT8_COMPONENTS:
-        raise RecipeError(f"{where}: {at} precision = 'int8' is not exported for {name}: int8 graphs exist for "
-                          f"{', '.join(INT8_COMPONENTS)}; use fp16, bf16 or fp32")
+        raise RecipeError(
+            f"{where}: {at} precision = 'int8' is not exported for {name}: int8 graphs exist for "
+            f"{', '.join(INT8_COMPONENTS)}; use fp16, bf16 or fp32"
+        )
     streaming = _typed(raw, "weight_streaming", bool, where, at, default=False)
     budget = _typed(raw, "stream_budget", (str, int, float), where, at, default=None)
-    _check(budget is None or budget == "auto" or (not isinstance(budget, str) and budget > 0), where, at,
-           "stream_budget", budget, '"auto" or a positive number of GiB')
+    _check(
+        budget is None or budget == "auto" or (not isinstance(budget, str) and budget > 0),
+        where,
+        at,
+        "stream_budget",
+        budget,
+        '"auto" or a positive number of GiB',
+    )
     _check(budget is None or streaming, where, at, "stream_budget", budget, "set only with weight_streaming = true")
     if isinstance(budget, int):
         budget = float(budget)  # GiB: the runtime reads an int budget as bytes
-    return ComponentRecipe(name=name, precision=precision, weight_streaming=streaming, stream_budget=budget,
-                           refittable=_typed(raw, "refittable", bool, where, at, default=None))
+    return ComponentRecipe(
+        name=name,
+        precision=precision,
+        weight_streaming=streaming,
+        stream_budget=budget,
+        refittable=_typed(raw, "refittable", bool, where, at, default=None),
+    )
 
 
 _SIZE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")

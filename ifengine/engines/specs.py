@@ -19,8 +19,17 @@ from .errors import RecipeError
 from .recipe import ModelChoice
 
 # Which checkpoint (stage) each component is exported from.
-STAGE_OF = {"t5": 1, "unet1": 1, "step1": 1, "unet2": 2, "step2": 2,
-            "x4_unet": 3, "vae_decoder": 3, "clip": 3, "step3": 3}
+STAGE_OF = {
+    "t5": 1,
+    "unet1": 1,
+    "step1": 1,
+    "unet2": 2,
+    "step2": 2,
+    "x4_unet": 3,
+    "vae_decoder": 3,
+    "clip": 3,
+    "step3": 3,
+}
 
 
 def planned_spec(component: str, models: ModelChoice, checkpoints: Mapping[int, Any] | None = None) -> ComponentSpec:
@@ -51,8 +60,10 @@ def _step_spec(component: str, ckpt, models: ModelChoice, sizes: Mapping[int, Di
     except ModuleNotFoundError:
         step_spec = None
     if step_spec is None or stage not in sizes:
-        raise RecipeError(f"component {component!r} has no I/O spec until it is exported: run `ifengine export` "
-                          f"for it first (or give --stage{stage} so `ifengine build` exports it)")
+        raise RecipeError(
+            f"component {component!r} has no I/O spec until it is exported: run `ifengine export` "
+            f"for it first (or give --stage{stage} so `ifengine build` exports it)"
+        )
     from ..schedule import presets
 
     config = _unet(ckpt, models, stage)
@@ -69,8 +80,9 @@ def _cascade_sizes(models: ModelChoice, checkpoints: Mapping[int, Any]) -> dict[
     except ModuleNotFoundError:  # an exporter without per-cascade ranges: the spec defaults apply
         return {}
     configs = {n: _unet(checkpoints.get(n), models, n) for n in (1, 2, 3)}
-    return cascade_sizes({n: c.sample_size for n, c in configs.items()},
-                         {n: c.downsample_factor for n, c in configs.items()})
+    return cascade_sizes(
+        {n: c.sample_size for n, c in configs.items()}, {n: c.downsample_factor for n, c in configs.items()}
+    )
 
 
 def _unet(ckpt, models: ModelChoice, stage: int) -> UNetConfig:
@@ -92,9 +104,14 @@ def spec_to_dict(spec: ComponentSpec) -> dict[str, Any]:
     if hasattr(spec, "to_dict"):
         return spec.to_dict()
     tensors = lambda ts: [{"name": t.name, "dtype": t.dtype, "dims": list(t.dims)} for t in ts]  # noqa: E731
-    return {"name": spec.name, "inputs": tensors(spec.inputs), "outputs": tensors(spec.outputs),
-            "ranges": {k: {"min": r.min, "opt": r.opt, "max": r.max, "multiple": r.multiple}
-                       for k, r in spec.ranges.items()}}
+    return {
+        "name": spec.name,
+        "inputs": tensors(spec.inputs),
+        "outputs": tensors(spec.outputs),
+        "ranges": {
+            k: {"min": r.min, "opt": r.opt, "max": r.max, "multiple": r.multiple} for k, r in spec.ranges.items()
+        },
+    }
 
 
 def spec_from_dict(raw: Mapping[str, Any]) -> ComponentSpec:

@@ -35,8 +35,10 @@ def check_profile_inputs(network_inputs: Iterable[str], profile: Profile) -> Non
     """The graph's inputs and the profile's must be the same set, or TensorRT fails late and obscurely."""
     graph, planned = set(network_inputs), set(profile.shapes)
     if graph != planned:
-        raise TensorRTError(f"the graph's inputs {sorted(graph)} differ from the planned profile's "
-                            f"{sorted(planned)}: the export and its manifest's spec disagree; re-export")
+        raise TensorRTError(
+            f"the graph's inputs {sorted(graph)} differ from the planned profile's "
+            f"{sorted(planned)}: the export and its manifest's spec disagree; re-export"
+        )
 
 
 def build_serialized(job: EngineJob, timing_cache: Path | None = None, progress: bool = True):
@@ -100,8 +102,9 @@ class PhaseBars:
 
     def start(self, phase: str, parent: str | None, steps: int) -> None:
         if parent is None:  # nested phases would flood the terminal; top-level ones show the pace
-            self.bars[phase] = tqdm(total=max(steps, 1), desc=f"{self.label}: {phase}", leave=False,
-                                    disable=self.disable)
+            self.bars[phase] = tqdm(
+                total=max(steps, 1), desc=f"{self.label}: {phase}", leave=False, disable=self.disable
+            )
 
     def step(self, phase: str, step: int) -> bool:
         bar = self.bars.get(phase)
@@ -117,6 +120,7 @@ class PhaseBars:
 
 def progress_monitor(trt, label: str):
     """A trt.IProgressMonitor that forwards to PhaseBars (the class needs tensorrt to exist)."""
+
     class Monitor(trt.IProgressMonitor):
         def __init__(self):
             trt.IProgressMonitor.__init__(self)

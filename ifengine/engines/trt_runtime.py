@@ -17,8 +17,16 @@ log = logging.getLogger(__name__)
 MIN_MAJOR = 10  # execute_async_v3, named tensors, weight streaming, strongly typed networks
 
 # TensorRT DataType member name -> torch dtype name.
-TRT_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8": "int8", "INT32": "int32",
-              "INT64": "int64", "BOOL": "bool", "UINT8": "uint8"}
+TRT_DTYPES = {
+    "FLOAT": "float32",
+    "HALF": "float16",
+    "BF16": "bfloat16",
+    "INT8": "int8",
+    "INT32": "int32",
+    "INT64": "int64",
+    "BOOL": "bool",
+    "UINT8": "uint8",
+}
 
 
 def require_tensorrt():
@@ -41,8 +49,9 @@ def current_target(device: int = 0) -> Target:
     if not torch.cuda.is_available():
         raise TensorRTUnavailable("torch sees no CUDA GPU (a CUDA build of torch and an NVIDIA driver are needed)")
     major, minor = torch.cuda.get_device_capability(device)
-    return Target(gpu=torch.cuda.get_device_name(device), compute_capability=f"{major}.{minor}",
-                  tensorrt=trt.__version__)
+    return Target(
+        gpu=torch.cuda.get_device_name(device), compute_capability=f"{major}.{minor}", tensorrt=trt.__version__
+    )
 
 
 def logger(trt):
@@ -62,8 +71,11 @@ def describe_io(trt, engine) -> dict[str, dict[str, Any]]:
     for i in range(engine.num_io_tensors):
         name = engine.get_tensor_name(i)
         is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
-        entry = {"input": is_input, "dtype": TRT_DTYPES.get(engine.get_tensor_dtype(name).name),
-                 "shape": tuple(engine.get_tensor_shape(name))}
+        entry = {
+            "input": is_input,
+            "dtype": TRT_DTYPES.get(engine.get_tensor_dtype(name).name),
+            "shape": tuple(engine.get_tensor_shape(name)),
+        }
         if is_input:
             entry["profile"] = tuple(tuple(s) for s in engine.get_tensor_profile_shape(name, 0))
         io[name] = entry

@@ -41,9 +41,15 @@ class ExportOptions:
     int8_fidelity: bool = True  # measure int8 vs fp32 on held-out inputs and record it in the manifest
 
 
-def export_artifacts(stages: Mapping[int, str | Path], out: str | Path, components: list[str] | None = None,
-                     precisions: list[str] = ["fp16"], progress: bool = True,  # noqa: B006 - never mutated
-                     options: ExportOptions = ExportOptions(), variant: str | None = None) -> list[Path]:
+def export_artifacts(
+    stages: Mapping[int, str | Path],
+    out: str | Path,
+    components: list[str] | None = None,
+    precisions: list[str] = ["fp16"],
+    progress: bool = True,  # noqa: B006 - never mutated
+    options: ExportOptions = ExportOptions(),
+    variant: str | None = None,
+) -> list[Path]:
     """Export ``components`` (default: all the checkpoints provide) in each of ``precisions`` to ``out``.
 
     ``stages`` maps 1/2/3 to checkpoint folders (Hub layout) or Hub ids; ``variant`` reads e.g. the fp16
@@ -81,8 +87,9 @@ def _supported(source: ComponentSource, precision: str) -> bool:
     return False
 
 
-def _stage_digests(ckpts: Mapping[int, Checkpoint], sources: list[ComponentSource],
-                   hashes: HashCache) -> dict[int, str]:
+def _stage_digests(
+    ckpts: Mapping[int, Checkpoint], sources: list[ComponentSource], hashes: HashCache
+) -> dict[int, str]:
     """One digest per checkpoint over every file any of its components is made from."""
     digests = {}
     for stage, ckpt in ckpts.items():
@@ -91,25 +98,45 @@ def _stage_digests(ckpts: Mapping[int, Checkpoint], sources: list[ComponentSourc
     return digests
 
 
-def _expected(source: ComponentSource, precision: str, options: ExportOptions, hashes: HashCache,
-              digests: Mapping[int, str]) -> dict[str, Any]:
+def _expected(
+    source: ComponentSource, precision: str, options: ExportOptions, hashes: HashCache, digests: Mapping[int, str]
+) -> dict[str, Any]:
     """Everything an up-to-date artifact's manifest must record."""
     v = variant(source, precision, options.opset)
-    return {"format": FORMAT, "component": source.name, "precision": precision, "stage": source.stage,
-            "source_sha256": hashes.files(source.files, source.checkpoint.root),
-            "checkpoint_sha256": digests[source.stage], "config": source.config,
-            "spec": source.spec.with_dtype(v.io_dtype).to_dict(), "opset": v.opset, "exporter": exporter_info(),
-            "ifengine_version": __version__, "variant": _variant_dict(v),
-            "calibration": asdict(options.calibration) if v.quantize == "static" else None}
+    return {
+        "format": FORMAT,
+        "component": source.name,
+        "precision": precision,
+        "stage": source.stage,
+        "source_sha256": hashes.files(source.files, source.checkpoint.root),
+        "checkpoint_sha256": digests[source.stage],
+        "config": source.config,
+        "spec": source.spec.with_dtype(v.io_dtype).to_dict(),
+        "opset": v.opset,
+        "exporter": exporter_info(),
+        "ifengine_version": __version__,
+        "variant": _variant_dict(v),
+        "calibration": asdict(options.calibration) if v.quantize == "static" else None,
+    }
 
 
 def _variant_dict(v: Variant) -> dict[str, Any]:
-    return {"weights": str(v.weights).removeprefix("torch."), "io_dtype": v.io_dtype, "quantize": v.quantize,
-            "note": v.note}
+    return {
+        "weights": str(v.weights).removeprefix("torch."),
+        "io_dtype": v.io_dtype,
+        "quantize": v.quantize,
+        "note": v.note,
+    }
 
 
-def _export_one(source: ComponentSource, precision: str, store: ArtifactStore, expected: dict[str, Any],
-                options: ExportOptions, ckpts: Mapping[int, Checkpoint]) -> Path:
+def _export_one(
+    source: ComponentSource,
+    precision: str,
+    store: ArtifactStore,
+    expected: dict[str, Any],
+    options: ExportOptions,
+    ckpts: Mapping[int, Checkpoint],
+) -> Path:
     v = variant(source, precision, options.opset)
     spec = source.spec.with_dtype(v.io_dtype)
     log.info("exporting %s %s%s", source.name, precision, f" ({v.note})" if v.note else "")
@@ -119,17 +146,26 @@ def _export_one(source: ComponentSource, precision: str, store: ArtifactStore, e
         extra = _build_graph(source, v, spec, graph, options, ckpts)
         check_graph(graph, spec)
         assets = _copy_assets(source, staged)
-        manifest = {**expected, **extra, "graph": GRAPH_NAME, "graph_sha256": sha256_file(graph),
-                    "external_data": (staged / data_name(graph)).exists(), "assets": assets,
-                    "source": str(source.checkpoint.root), "export_seconds": round(time.perf_counter() - start, 2),
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "files": file_entries(staged)}
+        manifest = {
+            **expected,
+            **extra,
+            "graph": GRAPH_NAME,
+            "graph_sha256": sha256_file(graph),
+            "external_data": (staged / data_name(graph)).exists(),
+            "assets": assets,
+            "source": str(source.checkpoint.root),
+            "export_seconds": round(time.perf_counter() - start, 2),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "files": file_entries(staged),
+        }
         path = store.publish(staged, manifest)
     log.info("exported %s %s in %.1f s -> %s", source.name, precision, time.perf_counter() - start, path.parent)
     return path
 
 
-def _build_graph(source: ComponentSource, v: Variant, spec, graph: Path, options: ExportOptions,
-                 ckpts: Mapping[int, Checkpoint]) -> dict[str, Any]:
+def _build_graph(
+    source: ComponentSource, v: Variant, spec, graph: Path, options: ExportOptions, ckpts: Mapping[int, Checkpoint]
+) -> dict[str, Any]:
     """Write the variant's graph at ``graph``; returns manifest extras (int8 statistics)."""
     from .inputs import random_inputs
 
@@ -147,8 +183,12 @@ def _build_graph(source: ComponentSource, v: Variant, spec, graph: Path, options
         return {}
     try:
         if v.quantize == "weight_only":
-            return {"quantization": {"method": "int8 weight-only, per-channel symmetric (zero point 0)",
-                                     "weights": quantize_weight_only(target, graph)}}
+            return {
+                "quantization": {
+                    "method": "int8 weight-only, per-channel symmetric (zero point 0)",
+                    "weights": quantize_weight_only(target, graph),
+                }
+            }
         from .int8 import quantize_component
 
         return {"quantization": quantize_component(source, spec, target, graph, options, ckpts)}

@@ -80,9 +80,12 @@ class ArtifactStore:
         payload = folder / uuid.uuid4().hex[:12]
         os.rename(staged, payload)
         rel = lambda name: f"{payload.name}/{name}"  # noqa: E731
-        manifest = {**manifest, "graph": rel(manifest["graph"]),
-                    "files": {rel(k): v for k, v in manifest["files"].items()},
-                    "assets": {k: rel(v) for k, v in manifest.get("assets", {}).items()}}
+        manifest = {
+            **manifest,
+            "graph": rel(manifest["graph"]),
+            "files": {rel(k): v for k, v in manifest["files"].items()},
+            "assets": {k: rel(v) for k, v in manifest.get("assets", {}).items()},
+        }
         path = folder / MANIFEST_NAME
         write_manifest(path, manifest)
         _remove_stale(folder, keep=payload.name)

@@ -18,8 +18,11 @@ BF16, FLOAT = TensorProto.BFLOAT16, TensorProto.FLOAT
 def emulate_bf16(model: onnx.ModelProto) -> onnx.ModelProto:
     model = onnx.shape_inference.infer_shapes(model)
     graph = model.graph
-    bf16_values = {v.name for v in list(graph.input) + list(graph.output) + list(graph.value_info)
-                   if v.type.tensor_type.elem_type == BF16}
+    bf16_values = {
+        v.name
+        for v in list(graph.input) + list(graph.output) + list(graph.value_info)
+        if v.type.tensor_type.elem_type == BF16
+    }
     _widen_tensors(graph)
     nodes = []
     for node in graph.node:
@@ -29,8 +32,10 @@ def emulate_bf16(model: onnx.ModelProto) -> onnx.ModelProto:
             node.output[list(node.output).index(name)] = f"{name}__f32"
         nodes.append(node)
         for name in rounded:
-            nodes += [helper.make_node("Cast", [f"{name}__f32"], [f"{name}__bf16"], to=BF16),
-                      helper.make_node("Cast", [f"{name}__bf16"], [name], to=FLOAT)]
+            nodes += [
+                helper.make_node("Cast", [f"{name}__f32"], [f"{name}__bf16"], to=BF16),
+                helper.make_node("Cast", [f"{name}__bf16"], [name], to=FLOAT),
+            ]
     del graph.node[:]
     graph.node.extend(nodes)
     for value in list(graph.input) + list(graph.output) + list(graph.value_info):

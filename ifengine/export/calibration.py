@@ -22,19 +22,32 @@ from ..schedule.ddpm import DDPMConfig
 from .spec import ComponentSpec
 
 CALIBRATION_PROMPTS = (
-    "a photograph of an astronaut riding a horse", "a red cat sitting on a wooden table",
-    "an oil painting of a lighthouse in a storm", "a bowl of ramen, studio lighting, top view",
-    "a watercolor map of an imaginary island", "a neon sign that says OPEN in a rainy street",
-    "portrait of an old fisherman, 85mm, shallow depth of field", "a cozy cabin in snowy mountains at dusk",
-    "a low-poly 3d render of a fox", "macro photo of a dew drop on a leaf", "a busy market in Marrakech",
-    "a robot reading a book in a library", "an isometric pixel art castle", "a sailboat on a calm lake",
-    "a bouquet of sunflowers in a blue vase", "a sci-fi city skyline at night with flying cars",
+    "a photograph of an astronaut riding a horse",
+    "a red cat sitting on a wooden table",
+    "an oil painting of a lighthouse in a storm",
+    "a bowl of ramen, studio lighting, top view",
+    "a watercolor map of an imaginary island",
+    "a neon sign that says OPEN in a rainy street",
+    "portrait of an old fisherman, 85mm, shallow depth of field",
+    "a cozy cabin in snowy mountains at dusk",
+    "a low-poly 3d render of a fox",
+    "macro photo of a dew drop on a leaf",
+    "a busy market in Marrakech",
+    "a robot reading a book in a library",
+    "an isometric pixel art castle",
+    "a sailboat on a calm lake",
+    "a bouquet of sunflowers in a blue vase",
+    "a sci-fi city skyline at night with flying cars",
 )
 HELD_OUT_PROMPTS = (
-    "a corgi wearing sunglasses on a beach", "a steam locomotive crossing a stone bridge",
-    "a chalk drawing of a dragon on a blackboard", "a plate of pancakes with blueberries",
-    "an abandoned greenhouse overgrown with vines", "a jazz band playing in a smoky club",
-    "a paper origami crane on a white background", "a desert canyon under the milky way",
+    "a corgi wearing sunglasses on a beach",
+    "a steam locomotive crossing a stone bridge",
+    "a chalk drawing of a dragon on a blackboard",
+    "a plate of pancakes with blueberries",
+    "an abandoned greenhouse overgrown with vines",
+    "a jazz band playing in a smoky club",
+    "a paper origami crane on a white background",
+    "a desert canyon under the milky way",
 )
 DEFAULT_STEPS = {1: 100, 2: 50, 3: 75}
 NOISE_LEVELS = {2: 250, 3: 20}
@@ -62,8 +75,16 @@ class StageCall:
     level: int | None
 
 
-def stage_calls(stage: int, config: Mapping[str, Any], embed: Embedder, prompts: tuple[str, ...],
-                count: int, height: int, width: int, seed: int) -> list[StageCall]:
+def stage_calls(
+    stage: int,
+    config: Mapping[str, Any],
+    embed: Embedder,
+    prompts: tuple[str, ...],
+    count: int,
+    height: int,
+    width: int,
+    seed: int,
+) -> list[StageCall]:
     from .step_graphs import pack_ddim, pack_ddpm
 
     gen = torch.Generator().manual_seed(seed)
@@ -79,8 +100,18 @@ def stage_calls(stage: int, config: Mapping[str, Any], embed: Embedder, prompts:
         x0 = _smooth_image((1, channels, height, width), gen)
         noise = torch.randn(x0.shape, generator=gen)
         x_t = add_noise(tables.alphas_cumprod, x0, noise, t)
-        calls.append(StageCall(x_t, _condition(stage, config, height, width, gen), torch.randn(x0.shape, generator=gen),
-                               step, t, schedule, torch.cat([uncond, conds[i:i + 1]]), NOISE_LEVELS.get(stage)))
+        calls.append(
+            StageCall(
+                x_t,
+                _condition(stage, config, height, width, gen),
+                torch.randn(x0.shape, generator=gen),
+                step,
+                t,
+                schedule,
+                torch.cat([uncond, conds[i : i + 1]]),
+                NOISE_LEVELS.get(stage),
+            )
+        )
     return calls
 
 
@@ -120,16 +151,25 @@ def feeds(component: str, spec: ComponentSpec, calls: list[StageCall]) -> list[d
 
 def _unet_feed(component: str, c: StageCall) -> dict[str, torch.Tensor]:
     model_in = c.x_t if c.cond is None else torch.cat([c.x_t, c.cond], dim=1)
-    feed = {"sample": torch.cat([model_in, model_in]), "timestep": torch.full((2,), float(c.timestep)),
-            "encoder_hidden_states": c.embeds}
+    feed = {
+        "sample": torch.cat([model_in, model_in]),
+        "timestep": torch.full((2,), float(c.timestep)),
+        "encoder_hidden_states": c.embeds,
+    }
     if c.level is not None:
         feed["class_labels"] = torch.full((2,), c.level)
     return feed
 
 
 def _step_feed(component: str, c: StageCall) -> dict[str, torch.Tensor]:
-    feed = {"sample": c.x_t, "step": torch.tensor([c.step]), "schedule": c.schedule, "text_embeds": c.embeds,
-            "noise": c.noise, "guidance": torch.tensor([7.0])}
+    feed = {
+        "sample": c.x_t,
+        "step": torch.tensor([c.step]),
+        "schedule": c.schedule,
+        "text_embeds": c.embeds,
+        "noise": c.noise,
+        "guidance": torch.tensor([7.0]),
+    }
     if component == "step2":
         feed |= {"upscaled": c.cond, "noise_level": torch.full((2,), float(c.level))}
     if component == "step3":

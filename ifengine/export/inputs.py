@@ -16,16 +16,16 @@ from ..schedule.ddim import DDIMConfig
 from ..schedule.ddpm import DDPMConfig
 from .spec import ComponentSpec, TensorSpec
 
-TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-                "int64": torch.int64}
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int64": torch.int64}
 
 
 def torch_dtype(name: str) -> torch.dtype:
     return TORCH_DTYPES[name]
 
 
-def random_inputs(spec: ComponentSpec, dims: Mapping[str, int], config: Mapping[str, Any],
-                  generator: torch.Generator) -> dict[str, torch.Tensor]:
+def random_inputs(
+    spec: ComponentSpec, dims: Mapping[str, int], config: Mapping[str, Any], generator: torch.Generator
+) -> dict[str, torch.Tensor]:
     """One tensor per input of a concrete spec (no "model" dtypes left), on the CPU."""
     dims = spec.complete(dims)
     spec.check_dims(dims)
@@ -38,7 +38,7 @@ def _value(t: TensorSpec, shape: tuple[int, ...], dims, config, gen) -> torch.Te
         return torch.randint(0, config["text_encoder"]["vocab_size"], shape, generator=gen)
     if t.name == "attention_mask":
         mask = torch.ones(shape, dtype=torch.int64)
-        mask[0, max(1, shape[1] // 3):] = 0  # one padded prompt, so the masking path is exercised
+        mask[0, max(1, shape[1] // 3) :] = 0  # one padded prompt, so the masking path is exercised
         return mask
     if t.name == "schedule":
         return _schedule(config, dims["steps"])

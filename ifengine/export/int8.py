@@ -36,33 +36,49 @@ def embedder(stage: int, config: Mapping[str, Any], ckpts: Mapping[int, Checkpoi
     else:
         unet = config["unet"]
         width = unet["encoder_hid_dim"] or unet["cross_attention_dim"][0]
-        log.warning("no T5 to calibrate stage %d with (pass the stage I checkpoint too); using random "
-                    "embeddings, which calibrate the text path less well", stage)
+        log.warning(
+            "no T5 to calibrate stage %d with (pass the stage I checkpoint too); using random "
+            "embeddings, which calibrate the text path less well",
+            stage,
+        )
         gen = torch.Generator().manual_seed(1234)
         return lambda prompts: 0.15 * torch.randn((len(prompts), 77, width), generator=gen)
     return lambda prompts: encoder.encode(list(prompts)).float()
 
 
-def quantize_component(source, spec: ComponentSpec, fp32_path: Path, out_path: Path, options,
-                       ckpts: Mapping[int, Checkpoint]) -> dict[str, Any]:
+def quantize_component(
+    source, spec: ComponentSpec, fp32_path: Path, out_path: Path, options, ckpts: Mapping[int, Checkpoint]
+) -> dict[str, Any]:
     settings = options.calibration
     embed = embedder(source.stage, source.config, ckpts)
     size = (spec.ranges["height"].opt, spec.ranges["width"].opt)
-    calls = stage_calls(source.stage, source.config, embed, CALIBRATION_PROMPTS, settings.samples, *size,
-                        settings.seed)
+    calls = stage_calls(source.stage, source.config, embed, CALIBRATION_PROMPTS, settings.samples, *size, settings.seed)
     quantize_static_qdq(fp32_path, out_path, feeds(source.name, spec, calls))
-    stats = {"method": "static Q/DQ, int8 symmetric (zero point 0), per-channel weights, percentile (99.99) activation ranges",
-             "ops": ["Conv", "MatMul", "Gemm"], "options": dict(STATIC_OPTIONS), "calibration_size": list(size),
-             "calibration_samples": len(calls), "calibration_timesteps": [c.timestep for c in calls],
-             "calibration_prompts_sha256": sha256_json(CALIBRATION_PROMPTS)}
+    stats = {
+        "method": "static Q/DQ, int8 symmetric (zero point 0), per-channel weights, percentile (99.99) activation ranges",
+        "ops": ["Conv", "MatMul", "Gemm"],
+        "options": dict(STATIC_OPTIONS),
+        "calibration_size": list(size),
+        "calibration_samples": len(calls),
+        "calibration_timesteps": [c.timestep for c in calls],
+        "calibration_prompts_sha256": sha256_json(CALIBRATION_PROMPTS),
+    }
     if options.int8_fidelity:
-        held = stage_calls(source.stage, source.config, embed, HELD_OUT_PROMPTS, settings.held_out_samples,
-                           *size, settings.seed + 1)
+        held = stage_calls(
+            source.stage, source.config, embed, HELD_OUT_PROMPTS, settings.held_out_samples, *size, settings.seed + 1
+        )
         scores = int8_cosines(fp32_path, out_path, feeds(source.name, spec, held))
-        stats |= {"held_out_cosine_min": round(min(scores), 5), "held_out_cosine_mean": round(float(np.mean(scores)), 5),
-                  "held_out_samples": len(scores)}
-        log.info("%s int8: cosine to fp32 on held-out inputs min %.4f mean %.4f", source.name, min(scores),
-                 float(np.mean(scores)))
+        stats |= {
+            "held_out_cosine_min": round(min(scores), 5),
+            "held_out_cosine_mean": round(float(np.mean(scores)), 5),
+            "held_out_samples": len(scores),
+        }
+        log.info(
+            "%s int8: cosine to fp32 on held-out inputs min %.4f mean %.4f",
+            source.name,
+            min(scores),
+            float(np.mean(scores)),
+        )
     return stats
 
 

@@ -21,8 +21,21 @@ log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = 1
-REQUIRED = ("format", "component", "precision", "graph", "graph_sha256", "files", "source_sha256",
-            "checkpoint_sha256", "config", "spec", "opset", "exporter", "ifengine_version")
+REQUIRED = (
+    "format",
+    "component",
+    "precision",
+    "graph",
+    "graph_sha256",
+    "files",
+    "source_sha256",
+    "checkpoint_sha256",
+    "config",
+    "spec",
+    "opset",
+    "exporter",
+    "ifengine_version",
+)
 
 
 class ManifestError(ValueError):
@@ -66,7 +79,8 @@ def check_version(manifest: dict[str, Any], path: Path) -> None:
     if manifest["ifengine_version"] != __version__:
         raise ArtifactError(
             f"{path} was exported by ifengine {manifest['ifengine_version']}, this is {__version__}: graphs and "
-            "their I/O may differ between versions. Export again with `ifengine export`.")
+            "their I/O may differ between versions. Export again with `ifengine export`."
+        )
 
 
 def check_files(manifest: dict[str, Any], folder: Path, full: bool = False) -> None:
@@ -77,13 +91,18 @@ def check_files(manifest: dict[str, Any], folder: Path, full: bool = False) -> N
             raise ArtifactError(f"{path} is missing (listed by {folder / MANIFEST_NAME}); export the artifact again")
         size = path.stat().st_size
         if size != meta["size"]:
-            raise ArtifactError(f"{path} has {size} bytes but the manifest records {meta['size']}: the file is "
-                                "truncated or was replaced; export the artifact again")
+            raise ArtifactError(
+                f"{path} has {size} bytes but the manifest records {meta['size']}: the file is "
+                "truncated or was replaced; export the artifact again"
+            )
         if full and sha256_file(path) != meta["sha256"]:
             raise ArtifactError(f"{path} does not match the sha256 its manifest records; export the artifact again")
 
 
 def file_entries(folder: Path) -> dict[str, dict[str, Any]]:
     """Size and sha256 of every file under ``folder``, keyed by path relative to it."""
-    return {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": sha256_file(p)}
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }

@@ -34,12 +34,17 @@ _ALIGN = 4096
 def exporter_info() -> dict[str, str]:
     import onnxruntime
 
-    return {"name": EXPORTER, "torch": torch.__version__, "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__}
+    return {
+        "name": EXPORTER,
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
 
 
-def trace_to_onnx(module: nn.Module, spec: ComponentSpec, args: tuple[torch.Tensor, ...], path: Path,
-                  opset: int) -> None:
+def trace_to_onnx(
+    module: nn.Module, spec: ComponentSpec, args: tuple[torch.Tensor, ...], path: Path, opset: int
+) -> None:
     """Export ``module(*args)`` with the spec's names and dynamic axes; weights go external past 2 GB.
 
     The tracer runs the module once. Half-precision convolutions run channels-last meanwhile: CPU fp16
@@ -55,9 +60,17 @@ def trace_to_onnx(module: nn.Module, spec: ComponentSpec, args: tuple[torch.Tens
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message=".*(onnx|ONNX|Constant folding|legacy).*")
-        torch.onnx.export(module, args, str(path), dynamo=False, opset_version=opset,
-                          input_names=spec.input_names, output_names=spec.output_names,
-                          dynamic_axes=spec.dynamic_axes(), do_constant_folding=True)
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=spec.input_names,
+            output_names=spec.output_names,
+            dynamic_axes=spec.dynamic_axes(),
+            do_constant_folding=True,
+        )
     gather_external_data(path)
     externalize_if_large(path)
 
@@ -140,8 +153,14 @@ def tensor_bytes(model: onnx.ModelProto) -> int:
 def save_onnx(model: onnx.ModelProto, path: Path) -> None:
     """Save inline, or with one external data file when the graph would pass protobuf's 2 GB limit."""
     external = tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD
-    onnx.save_model(model, str(path), save_as_external_data=external, all_tensors_to_one_file=True,
-                    location=data_name(path), size_threshold=1024)
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=external,
+        all_tensors_to_one_file=True,
+        location=data_name(path),
+        size_threshold=1024,
+    )
 
 
 def load_onnx(path: Path) -> onnx.ModelProto:

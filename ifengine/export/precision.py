@@ -62,8 +62,7 @@ def variant(source: ComponentSource, precision: str, opset: int = DEFAULT_OPSET)
     quantize = None
     if precision == "int8":
         quantize = "weight_only" if source.name in _INT8_WEIGHT_ONLY else "static"
-    return Variant(precision, weights, _NAMES[weights], BF16_OPSET if precision == "bf16" else opset,
-                   quantize, note)
+    return Variant(precision, weights, _NAMES[weights], BF16_OPSET if precision == "bf16" else opset, quantize, note)
 
 
 def keep_t5_ffn_output_fp32(model: nn.Module) -> int:

@@ -31,8 +31,14 @@ QUANT_OPS = ("Conv", "MatMul", "Gemm")
 # CalibStridedMinMax 1 makes ORT calibrate one feed at a time (despite its name, for every method): its
 # histogram calibrators otherwise keep every intermediate tensor of every feed in memory at once, which
 # took a 0.36 B-parameter U-Net at 64x64 past 22 GB.
-STATIC_OPTIONS = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
-                  "MatMulConstBOnly": True, "CalibPercentile": 99.99, "CalibStridedMinMax": 1}
+STATIC_OPTIONS = {
+    "ActivationSymmetric": True,
+    "WeightSymmetric": True,
+    "QuantizeBias": False,
+    "MatMulConstBOnly": True,
+    "CalibPercentile": 99.99,
+    "CalibStridedMinMax": 1,
+}
 
 
 class _Feeds:
@@ -61,13 +67,28 @@ def quantize_static_qdq(fp32_path: Path, out_path: Path, feeds: list[Mapping[str
     with tempfile.TemporaryDirectory(dir=out_path.parent) as work:
         pre = Path(work) / "pre.onnx"
         # symbolic shape inference cannot follow our dynamic H/W; ONNX shape inference suffices here
-        quant_pre_process(str(fp32_path), str(pre), skip_optimization=True, skip_symbolic_shape=True,
-                          save_as_external_data=big, all_tensors_to_one_file=True)
-        quantize_static(str(pre), str(out_path), _Feeds(feeds), quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=list(QUANT_OPS), per_channel=True, reduce_range=False,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.Percentile, extra_options=dict(STATIC_OPTIONS),
-                        use_external_data_format=big)
+        quant_pre_process(
+            str(fp32_path),
+            str(pre),
+            skip_optimization=True,
+            skip_symbolic_shape=True,
+            save_as_external_data=big,
+            all_tensors_to_one_file=True,
+        )
+        quantize_static(
+            str(pre),
+            str(out_path),
+            _Feeds(feeds),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(QUANT_OPS),
+            per_channel=True,
+            reduce_range=False,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.Percentile,
+            extra_options=dict(STATIC_OPTIONS),
+            use_external_data_format=big,
+        )
     log.debug("int8 Q/DQ graph written to %s from %d calibration feeds", out_path, len(feeds))
 
 
@@ -119,8 +140,17 @@ def _dequantize(model: onnx.ModelProto, weight: onnx.TensorProto, axis: int) -> 
     base = weight.name
     zero = np.zeros_like(scale, dtype=np.int8)
     model.graph.initializer.remove(weight)
-    model.graph.initializer.extend([numpy_helper.from_array(q, f"{base}_int8"),
-                                    numpy_helper.from_array(scale, f"{base}_scale"),
-                                    numpy_helper.from_array(zero, f"{base}_zero_point")])
-    return helper.make_node("DequantizeLinear", [f"{base}_int8", f"{base}_scale", f"{base}_zero_point"],
-                            [f"{base}_dequantized"], name=f"{base}_DequantizeLinear", axis=axis)
+    model.graph.initializer.extend(
+        [
+            numpy_helper.from_array(q, f"{base}_int8"),
+            numpy_helper.from_array(scale, f"{base}_scale"),
+            numpy_helper.from_array(zero, f"{base}_zero_point"),
+        ]
+    )
+    return helper.make_node(
+        "DequantizeLinear",
+        [f"{base}_int8", f"{base}_scale", f"{base}_zero_point"],
+        [f"{base}_dequantized"],
+        name=f"{base}_DequantizeLinear",
+        axis=axis,
+    )

@@ -32,8 +32,17 @@ log = logging.getLogger(__name__)
 NETWORKS = ("t5", "clip", "unet1", "unet2", "x4_unet", "vae_decoder")
 STEP_GRAPHS = ("step1", "step2", "step3")
 ALL_COMPONENTS = NETWORKS + STEP_GRAPHS
-STAGE_OF = {"t5": 1, "unet1": 1, "step1": 1, "unet2": 2, "step2": 2, "clip": 3, "x4_unet": 3,
-            "vae_decoder": 3, "step3": 3}
+STAGE_OF = {
+    "t5": 1,
+    "unet1": 1,
+    "step1": 1,
+    "unet2": 2,
+    "step2": 2,
+    "clip": 3,
+    "x4_unet": 3,
+    "vae_decoder": 3,
+    "step3": 3,
+}
 
 
 @dataclass(frozen=True)
@@ -48,8 +57,9 @@ class ComponentSource:
     assets: Mapping[str, Path] = field(default_factory=dict)  # folders copied next to the graph
 
 
-def plan_sources(ckpts: Mapping[int, Checkpoint], names: list[str] | None = None,
-                 variant: str | None = None) -> list[ComponentSource]:
+def plan_sources(
+    ckpts: Mapping[int, Checkpoint], names: list[str] | None = None, variant: str | None = None
+) -> list[ComponentSource]:
     """One source per component in ``names`` (default: every component the checkpoints provide).
 
     ``variant`` (e.g. "fp16") picks the checkpoint's variant weight files where they exist."""
@@ -61,9 +71,12 @@ def plan_sources(ckpts: Mapping[int, Checkpoint], names: list[str] | None = None
     sources = []
     for name in wanted:
         if not _available(name, ckpts):
-            raise CheckpointError(f"component {name!r} needs a stage {STAGE_OF[name]} checkpoint"
-                                  + (" with text_encoder/" if name == "t5" else "") + "; pass it with --stage"
-                                  f"{STAGE_OF[name]}")
+            raise CheckpointError(
+                f"component {name!r} needs a stage {STAGE_OF[name]} checkpoint"
+                + (" with text_encoder/" if name == "t5" else "")
+                + "; pass it with --stage"
+                f"{STAGE_OF[name]}"
+            )
         sources.append(_BUILDERS[name](ckpts[STAGE_OF[name]], stage_parts))
     return sources
 
@@ -82,8 +95,9 @@ class _StageParts:
 
 def _stage_parts(ckpts: Mapping[int, Checkpoint], variant: str | None) -> _StageParts:
     unets = {n: UNetConfig.from_dict(c.config("unet")) for n, c in ckpts.items()}
-    sizes = cascade_sizes({n: u.sample_size for n, u in unets.items()},
-                          {n: u.downsample_factor for n, u in unets.items()})
+    sizes = cascade_sizes(
+        {n: u.sample_size for n, u in unets.items()}, {n: u.downsample_factor for n, u in unets.items()}
+    )
     return _StageParts(unets, sizes, variant)
 
 
@@ -112,9 +126,16 @@ def _t5(ckpt: Checkpoint, parts: _StageParts) -> ComponentSource:
     raw = ckpt.config("text_encoder")
     config = {"text_encoder": raw, "use_mask": True, "max_length": 77}
     files = _component_files(folder, TRANSFORMERS_STEM, parts.variant) + _folder_files(ckpt.root / "tokenizer")
-    return ComponentSource("t5", ckpt.stage, ckpt, t5_spec(raw["d_model"]), config, files,
-                           lambda dtype: _text_encoder("t5", folder, dtype, parts.variant),
-                           {"tokenizer": ckpt.root / "tokenizer"})
+    return ComponentSource(
+        "t5",
+        ckpt.stage,
+        ckpt,
+        t5_spec(raw["d_model"]),
+        config,
+        files,
+        lambda dtype: _text_encoder("t5", folder, dtype, parts.variant),
+        {"tokenizer": ckpt.root / "tokenizer"},
+    )
 
 
 def _clip(ckpt: Checkpoint, parts: _StageParts) -> ComponentSource:
@@ -122,9 +143,16 @@ def _clip(ckpt: Checkpoint, parts: _StageParts) -> ComponentSource:
     raw = ckpt.config("text_encoder")
     config = {"text_encoder": raw, "use_mask": bool(raw.get("use_attention_mask", False)), "max_length": 77}
     files = _component_files(folder, TRANSFORMERS_STEM, parts.variant) + _folder_files(ckpt.root / "tokenizer")
-    return ComponentSource("clip", 3, ckpt, clip_spec(raw["hidden_size"]), config, files,
-                           lambda dtype: _text_encoder("clip", folder, dtype, parts.variant, config["use_mask"]),
-                           {"tokenizer": ckpt.root / "tokenizer"})
+    return ComponentSource(
+        "clip",
+        3,
+        ckpt,
+        clip_spec(raw["hidden_size"]),
+        config,
+        files,
+        lambda dtype: _text_encoder("clip", folder, dtype, parts.variant, config["use_mask"]),
+        {"tokenizer": ckpt.root / "tokenizer"},
+    )
 
 
 def _text_encoder(kind: str, folder: Path, dtype: torch.dtype, variant: str | None, use_mask: bool = True) -> nn.Module:
@@ -148,9 +176,12 @@ def _stage_config(ckpt: Checkpoint, parts: _StageParts) -> tuple[dict[str, Any],
     unet = parts.unets[ckpt.stage]
     if ckpt.stage == 3:
         index = json.loads((ckpt.root / "model_index.json").read_text())
-        config = {"unet": as_json(unet), "scheduler": as_json(_scheduler(ckpt, "scheduler", DDIMConfig)),
-                  "low_res": as_json(_scheduler(ckpt, "low_res_scheduler", DDPMConfig)),
-                  "max_noise_level": int(index.get("max_noise_level", 350))}
+        config = {
+            "unet": as_json(unet),
+            "scheduler": as_json(_scheduler(ckpt, "scheduler", DDIMConfig)),
+            "low_res": as_json(_scheduler(ckpt, "low_res_scheduler", DDPMConfig)),
+            "max_noise_level": int(index.get("max_noise_level", 350)),
+        }
         extra = _scheduler_files(ckpt, "scheduler", "low_res_scheduler") + (ckpt.root / "model_index.json",)
     else:
         config = {"unet": as_json(unet), "scheduler": as_json(_scheduler(ckpt, "scheduler", DDPMConfig))}
@@ -172,8 +203,9 @@ def _unet(ckpt: Checkpoint, parts: _StageParts) -> ComponentSource:
         spec, name = x4_unet_spec(unet, sizes=_sizes(parts, 3)), "x4_unet"
     else:
         spec, name = if_unet_spec(unet, ckpt.stage, sizes=_sizes(parts, ckpt.stage)), f"unet{ckpt.stage}"
-    return ComponentSource(name, ckpt.stage, ckpt, spec, config, files,
-                           lambda dtype: _unet_graph(ckpt, dtype, parts.variant))
+    return ComponentSource(
+        name, ckpt.stage, ckpt, spec, config, files, lambda dtype: _unet_graph(ckpt, dtype, parts.variant)
+    )
 
 
 def _load_unet(ckpt: Checkpoint, dtype: torch.dtype, variant: str | None) -> nn.Module:
@@ -209,8 +241,15 @@ def _step(ckpt: Checkpoint, parts: _StageParts) -> ComponentSource:
 def _vae(ckpt: Checkpoint, parts: _StageParts) -> ComponentSource:
     vae = VAEConfig.from_dict(ckpt.config("vae"))
     files = _component_files(ckpt.root / "vae", DIFFUSERS_STEM, parts.variant)
-    return ComponentSource("vae_decoder", 3, ckpt, vae_decoder_spec(vae, sizes=_sizes(parts, 3)),
-                           {"vae": as_json(vae)}, files, lambda dtype: _vae_graph(ckpt, vae, dtype, parts.variant))
+    return ComponentSource(
+        "vae_decoder",
+        3,
+        ckpt,
+        vae_decoder_spec(vae, sizes=_sizes(parts, 3)),
+        {"vae": as_json(vae)},
+        files,
+        lambda dtype: _vae_graph(ckpt, vae, dtype, parts.variant),
+    )
 
 
 def _vae_graph(ckpt: Checkpoint, vae: VAEConfig, dtype: torch.dtype, variant: str | None) -> nn.Module:
@@ -223,5 +262,14 @@ def _vae_graph(ckpt: Checkpoint, vae: VAEConfig, dtype: torch.dtype, variant: st
     return VAEDecoderGraph(module).eval()
 
 
-_BUILDERS = {"t5": _t5, "clip": _clip, "unet1": _unet, "unet2": _unet, "x4_unet": _unet,
-             "vae_decoder": _vae, "step1": _step, "step2": _step, "step3": _step}
+_BUILDERS = {
+    "t5": _t5,
+    "clip": _clip,
+    "unet1": _unet,
+    "unet2": _unet,
+    "x4_unet": _unet,
+    "vae_decoder": _vae,
+    "step1": _step,
+    "step2": _step,
+    "step3": _step,
+}

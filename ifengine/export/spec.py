@@ -103,8 +103,11 @@ class ComponentSpec:
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
         """``torch.onnx.export`` dynamic axes: every named dim of every tensor."""
-        return {t.name: {i: d for i, d in enumerate(t.dims) if isinstance(d, str)}
-                for t in self.inputs + self.outputs if any(isinstance(d, str) for d in t.dims)}
+        return {
+            t.name: {i: d for i, d in enumerate(t.dims) if isinstance(d, str)}
+            for t in self.inputs + self.outputs
+            if any(isinstance(d, str) for d in t.dims)
+        }
 
     def shape(self, tensor: TensorSpec, dims: Mapping[str, int]) -> tuple[int, ...]:
         return tuple(d if isinstance(d, int) else dims[d] for d in tensor.dims)
@@ -138,8 +141,9 @@ class ComponentSpec:
             if name not in dims:
                 raise SpecError(f"{self.name}: no value for dim {name!r}")
             if not rng.contains(dims[name]):
-                raise SpecError(f"{self.name}: {name}={dims[name]} is outside {rng.min}..{rng.max} "
-                                f"(multiple of {rng.multiple})")
+                raise SpecError(
+                    f"{self.name}: {name}={dims[name]} is outside {rng.min}..{rng.max} (multiple of {rng.multiple})"
+                )
 
     def dims_at(self, point: str) -> dict[str, int]:
         """Every ranged dim at its "min", "opt" or "max" value."""
@@ -151,17 +155,23 @@ class ComponentSpec:
         return replace(self, inputs=fix(self.inputs), outputs=fix(self.outputs))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "inputs": [t.to_dict() for t in self.inputs],
-                "outputs": [t.to_dict() for t in self.outputs],
-                "ranges": {k: r.to_dict() for k, r in sorted(self.ranges.items())},
-                "derived": {k: list(v) for k, v in sorted(self.derived.items())}}
+        return {
+            "name": self.name,
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+            "ranges": {k: r.to_dict() for k, r in sorted(self.ranges.items())},
+            "derived": {k: list(v) for k, v in sorted(self.derived.items())},
+        }
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> "ComponentSpec":
-        return cls(name=raw["name"], inputs=tuple(TensorSpec.from_dict(t) for t in raw["inputs"]),
-                   outputs=tuple(TensorSpec.from_dict(t) for t in raw["outputs"]),
-                   ranges={k: DimRange(**r) for k, r in raw["ranges"].items()},
-                   derived={k: (v[0], int(v[1])) for k, v in raw.get("derived", {}).items()})
+        return cls(
+            name=raw["name"],
+            inputs=tuple(TensorSpec.from_dict(t) for t in raw["inputs"]),
+            outputs=tuple(TensorSpec.from_dict(t) for t in raw["outputs"]),
+            ranges={k: DimRange(**r) for k, r in raw["ranges"].items()},
+            derived={k: (v[0], int(v[1])) for k, v in raw.get("derived", {}).items()},
+        )
 
     def profile(self, ranges: Mapping[str, DimRange] | None = None) -> dict[str, tuple[tuple[int, ...], ...]]:
         """TensorRT-style (min, opt, max) shape per input, from this spec's ranges or narrower ones."""
@@ -175,22 +185,25 @@ TOKEN_RANGE = DimRange(1, TEXT_TOKENS, TEXT_TOKENS)
 TOKENS = "tokens"
 
 
-def _image_ranges(lo: int, opt: int, hi: int, multiple: int, batch_max: int,
-                  sizes: DimRange | None = None) -> dict[str, DimRange]:
+def _image_ranges(
+    lo: int, opt: int, hi: int, multiple: int, batch_max: int, sizes: DimRange | None = None
+) -> dict[str, DimRange]:
     side = sizes or DimRange(lo, opt, hi, multiple)
     if side.multiple % multiple:
         raise SpecError(f"image sizes must be multiples of the U-Net's downsampling {multiple}, got {side}")
     return {"batch": DimRange(1, 2, batch_max), "height": side, "width": side, "tokens": TOKEN_RANGE}
 
 
-
 def t5_spec(hidden: int = 4096, batch_max: int = 16) -> ComponentSpec:
     return ComponentSpec(
         name="t5",
-        inputs=(TensorSpec("input_ids", "int64", ("batch", TOKENS)),
-                TensorSpec("attention_mask", "int64", ("batch", TOKENS))),
+        inputs=(
+            TensorSpec("input_ids", "int64", ("batch", TOKENS)),
+            TensorSpec("attention_mask", "int64", ("batch", TOKENS)),
+        ),
         outputs=(TensorSpec("text_embeds", MODEL, ("batch", TOKENS, hidden)),),
-        ranges={"batch": DimRange(1, 2, batch_max), TOKENS: TOKEN_RANGE})
+        ranges={"batch": DimRange(1, 2, batch_max), TOKENS: TOKEN_RANGE},
+    )
 
 
 def clip_spec(hidden: int = 1024, batch_max: int = 16) -> ComponentSpec:
@@ -198,7 +211,8 @@ def clip_spec(hidden: int = 1024, batch_max: int = 16) -> ComponentSpec:
         name="clip",
         inputs=(TensorSpec("input_ids", "int64", ("batch", TOKENS)),),
         outputs=(TensorSpec("text_embeds", MODEL, ("batch", TOKENS, hidden)),),
-        ranges={"batch": DimRange(1, 2, batch_max), TOKENS: TOKEN_RANGE})
+        ranges={"batch": DimRange(1, 2, batch_max), TOKENS: TOKEN_RANGE},
+    )
 
 
 def if_unet_spec(config: UNetConfig, stage: int, batch_max: int = 16, sizes: DimRange | None = None) -> ComponentSpec:
@@ -207,27 +221,34 @@ def if_unet_spec(config: UNetConfig, stage: int, batch_max: int = 16, sizes: Dim
     ``sizes`` overrides the height/width range (see ``sizes.cascade_sizes``)."""
     lo, opt, hi = (32, 64, 128) if stage == 1 else (128, 256, 512)
     text = config.encoder_hid_dim or config.cross_attention_dim[0]
-    inputs = [TensorSpec("sample", MODEL, ("batch", config.in_channels, "height", "width")),
-              TensorSpec("timestep", "float32", ("batch",)),
-              TensorSpec("encoder_hidden_states", MODEL, ("batch", TOKENS, text))]
+    inputs = [
+        TensorSpec("sample", MODEL, ("batch", config.in_channels, "height", "width")),
+        TensorSpec("timestep", "float32", ("batch",)),
+        TensorSpec("encoder_hidden_states", MODEL, ("batch", TOKENS, text)),
+    ]
     if config.class_embed_type == "timestep":
         inputs.append(TensorSpec("class_labels", "float32", ("batch",)))
     return ComponentSpec(
-        name=f"unet{stage}", inputs=tuple(inputs),
+        name=f"unet{stage}",
+        inputs=tuple(inputs),
         outputs=(TensorSpec("out_sample", MODEL, ("batch", config.out_channels, "height", "width")),),
-        ranges=_image_ranges(lo, opt, hi, config.downsample_factor, batch_max, sizes))
+        ranges=_image_ranges(lo, opt, hi, config.downsample_factor, batch_max, sizes),
+    )
 
 
 def x4_unet_spec(config: UNetConfig, batch_max: int = 16, sizes: DimRange | None = None) -> ComponentSpec:
     """x4 upscaler U-Net on latents the size of the stage II image (256 by default)."""
     return ComponentSpec(
         name="x4_unet",
-        inputs=(TensorSpec("sample", MODEL, ("batch", config.in_channels, "height", "width")),
-                TensorSpec("timestep", "float32", ("batch",)),
-                TensorSpec("encoder_hidden_states", MODEL, ("batch", TOKENS, config.cross_attention_dim[0])),
-                TensorSpec("class_labels", "int64", ("batch",))),
+        inputs=(
+            TensorSpec("sample", MODEL, ("batch", config.in_channels, "height", "width")),
+            TensorSpec("timestep", "float32", ("batch",)),
+            TensorSpec("encoder_hidden_states", MODEL, ("batch", TOKENS, config.cross_attention_dim[0])),
+            TensorSpec("class_labels", "int64", ("batch",)),
+        ),
         outputs=(TensorSpec("out_sample", MODEL, ("batch", config.out_channels, "height", "width")),),
-        ranges=_image_ranges(128, 256, 512, config.downsample_factor, batch_max, sizes))
+        ranges=_image_ranges(128, 256, 512, config.downsample_factor, batch_max, sizes),
+    )
 
 
 def vae_decoder_spec(config: VAEConfig, batch_max: int = 8, sizes: DimRange | None = None) -> ComponentSpec:
@@ -239,4 +260,5 @@ def vae_decoder_spec(config: VAEConfig, batch_max: int = 8, sizes: DimRange | No
         inputs=(TensorSpec("latents", MODEL, ("batch", config.latent_channels, "height", "width")),),
         outputs=(TensorSpec("image", MODEL, ("batch", config.out_channels, "out_height", "out_width")),),
         ranges={"batch": DimRange(1, 1, batch_max), "height": side, "width": side},
-        derived={"out_height": ("height", f), "out_width": ("width", f)})
+        derived={"out_height": ("height", f), "out_width": ("width", f)},
+    )

@@ -29,8 +29,13 @@ def pack_ddim(tables: DDIMTables) -> torch.Tensor:
 
 
 def _x0_clamp(config: DDPMConfig | DDIMConfig) -> X0Clamp:
-    return make_x0_clamp(config.thresholding, config.clip_sample, config.clip_sample_range,
-                         config.dynamic_thresholding_ratio, config.sample_max_value)
+    return make_x0_clamp(
+        config.thresholding,
+        config.clip_sample,
+        config.clip_sample_range,
+        config.dynamic_thresholding_ratio,
+        config.sample_max_value,
+    )
 
 
 def _size(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -62,9 +67,16 @@ def _ddpm_tables(scheduler: DDPMConfig, clamp: X0Clamp, schedule: torch.Tensor) 
     cols = {name: schedule[:, j] for j, name in enumerate(DDPM_COLUMNS)}
     cols["noise_mask"] = cols["noise_mask"] > 0.5  # packed as float; the step takes the bool mask
     unused = schedule[:0, 0]
-    return DDPMTables(host_timesteps=(), prediction_type=scheduler.prediction_type,
-                      variance_type=scheduler.variance_type, x0_clamp=clamp, alphas_cumprod=unused,
-                      alpha_prod_t=unused, alpha_prod_t_prev=unused, **cols)
+    return DDPMTables(
+        host_timesteps=(),
+        prediction_type=scheduler.prediction_type,
+        variance_type=scheduler.variance_type,
+        x0_clamp=clamp,
+        alphas_cumprod=unused,
+        alpha_prod_t=unused,
+        alpha_prod_t_prev=unused,
+        **cols,
+    )
 
 
 class IFStepGraph(nn.Module):
@@ -91,6 +103,12 @@ class X4StepGraph(nn.Module):
 
     def forward(self, sample, step, schedule, image, text_embeds, noise_level, guidance):
         cols = {c: schedule[:, j] for j, c in enumerate(DDIM_COLUMNS)}
-        tables = DDIMTables(host_timesteps=(), prediction_type=self.scheduler.prediction_type, eta=0.0,
-                            x0_clamp=self.clamp, alphas_cumprod=schedule[:0, 0], **cols)
+        tables = DDIMTables(
+            host_timesteps=(),
+            prediction_type=self.scheduler.prediction_type,
+            eta=0.0,
+            x0_clamp=self.clamp,
+            alphas_cumprod=schedule[:0, 0],
+            **cols,
+        )
         return x4_step(self.unet, tables, step, sample, image, text_embeds, noise_level, guidance, True)

@@ -23,10 +23,18 @@ from ..schedule.x0 import make_x0_clamp
 from .spec import MODEL, TOKEN_RANGE, TOKENS, ComponentSpec, DimRange, SpecError, TensorSpec
 
 # Columns of the schedule table, in order (float32; timestep and the 0/1 noise mask are exact in float32).
-DDPM_COLUMNS = ("timesteps", "sqrt_alpha_prod_t", "sqrt_beta_prod_t", "coef_x0", "coef_xt",
-                "log_variance_min", "log_variance_max", "noise_std", "noise_mask")
-DDIM_COLUMNS = ("timesteps", "sqrt_alpha_prod_t", "sqrt_beta_prod_t", "sqrt_alpha_prod_prev", "coef_eps",
-                "noise_std")
+DDPM_COLUMNS = (
+    "timesteps",
+    "sqrt_alpha_prod_t",
+    "sqrt_beta_prod_t",
+    "coef_x0",
+    "coef_xt",
+    "log_variance_min",
+    "log_variance_max",
+    "noise_std",
+    "noise_mask",
+)
+DDIM_COLUMNS = ("timesteps", "sqrt_alpha_prod_t", "sqrt_beta_prod_t", "sqrt_alpha_prod_prev", "coef_eps", "noise_std")
 TOPK_MAX = 3840  # TensorRT's largest TopK k
 STEP_BATCH = DimRange(1, 1, 8)
 STEP_COUNT = DimRange(1, 100, 1000)
@@ -56,8 +64,13 @@ def max_threshold_side(channels: int, ratio: float, multiple: int) -> int:
 
 def check_threshold_limit(name: str, scheduler: DDPMConfig | DDIMConfig, channels: int, sizes: DimRange) -> None:
     """Refuse a size range whose dynamic thresholding would need TopK with k > TOPK_MAX."""
-    clamp = make_x0_clamp(scheduler.thresholding, scheduler.clip_sample, scheduler.clip_sample_range,
-                          scheduler.dynamic_thresholding_ratio, scheduler.sample_max_value)
+    clamp = make_x0_clamp(
+        scheduler.thresholding,
+        scheduler.clip_sample,
+        scheduler.clip_sample_range,
+        scheduler.dynamic_thresholding_ratio,
+        scheduler.sample_max_value,
+    )
     if clamp.mode != "dynamic":
         return  # a plain clip (stage II: sample_max_value 1) has no quantile
     k = threshold_topk_k(channels * sizes.max * sizes.max, clamp.ratio)
@@ -66,7 +79,8 @@ def check_threshold_limit(name: str, scheduler: DDPMConfig | DDIMConfig, channel
         raise SpecError(
             f"{name}: dynamic thresholding at {sizes.max}x{sizes.max} needs TopK k={k}, over TensorRT's "
             f"limit {TOPK_MAX}; the step graph supports at most {side}x{side} pixels (the bare U-Net graph "
-            "has no such limit). Export with a smaller size range.")
+            "has no such limit). Export with a smaller size range."
+        )
 
 
 def _ranges(sizes: DimRange, batch: DimRange) -> dict[str, DimRange]:
@@ -78,35 +92,57 @@ def if_sample_channels(config: UNetConfig, stage: int) -> int:
     return config.in_channels if stage == 1 else config.in_channels // 2
 
 
-def if_step_spec(config: UNetConfig, stage: int, scheduler: DDPMConfig, sizes: DimRange,
-                 batch: DimRange = STEP_BATCH) -> ComponentSpec:
+def if_step_spec(
+    config: UNetConfig, stage: int, scheduler: DDPMConfig, sizes: DimRange, batch: DimRange = STEP_BATCH
+) -> ComponentSpec:
     """Stage I or II step: DDPM with learned-range variance and x0 thresholding (a clip on stage II)."""
     c = if_sample_channels(config, stage)
     name = f"step{stage}"
     check_threshold_limit(name, scheduler, c, sizes)
     image = ("batch", c, "height", "width")
     text = config.encoder_hid_dim or config.cross_attention_dim[0]
-    inputs = [TensorSpec("sample", MODEL, image), TensorSpec("step", "int64", (1,)),
-              TensorSpec("schedule", "float32", ("steps", len(DDPM_COLUMNS))),
-              TensorSpec("text_embeds", MODEL, ("cfg_batch", TOKENS, text)),
-              TensorSpec("noise", MODEL, image), TensorSpec("guidance", MODEL, (1,))]
+    inputs = [
+        TensorSpec("sample", MODEL, image),
+        TensorSpec("step", "int64", (1,)),
+        TensorSpec("schedule", "float32", ("steps", len(DDPM_COLUMNS))),
+        TensorSpec("text_embeds", MODEL, ("cfg_batch", TOKENS, text)),
+        TensorSpec("noise", MODEL, image),
+        TensorSpec("guidance", MODEL, (1,)),
+    ]
     if stage == 2:
-        inputs += [TensorSpec("upscaled", MODEL, ("batch", config.in_channels - c, "height", "width")),
-                   TensorSpec("noise_level", "float32", ("cfg_batch",))]
-    return ComponentSpec(name=name, inputs=tuple(inputs), outputs=(TensorSpec("prev_sample", MODEL, image),),
-                         ranges=_ranges(sizes, batch), derived={"cfg_batch": ("batch", 2)})
+        inputs += [
+            TensorSpec("upscaled", MODEL, ("batch", config.in_channels - c, "height", "width")),
+            TensorSpec("noise_level", "float32", ("cfg_batch",)),
+        ]
+    return ComponentSpec(
+        name=name,
+        inputs=tuple(inputs),
+        outputs=(TensorSpec("prev_sample", MODEL, image),),
+        ranges=_ranges(sizes, batch),
+        derived={"cfg_batch": ("batch", 2)},
+    )
 
 
-def x4_step_spec(config: UNetConfig, scheduler: DDIMConfig, sizes: DimRange,
-                 batch: DimRange = STEP_BATCH) -> ComponentSpec:
+def x4_step_spec(
+    config: UNetConfig, scheduler: DDIMConfig, sizes: DimRange, batch: DimRange = STEP_BATCH
+) -> ComponentSpec:
     """Stage III step: x4 U-Net on [latents, noised low-res image], guidance, DDIM update (eta 0)."""
     c = config.out_channels
     check_threshold_limit("step3", scheduler, c, sizes)
     latents = ("batch", c, "height", "width")
-    inputs = (TensorSpec("sample", MODEL, latents), TensorSpec("step", "int64", (1,)),
-              TensorSpec("schedule", "float32", ("steps", len(DDIM_COLUMNS))),
-              TensorSpec("image", MODEL, ("cfg_batch", config.in_channels - c, "height", "width")),
-              TensorSpec("text_embeds", MODEL, ("cfg_batch", TOKENS, config.cross_attention_dim[0])),
-              TensorSpec("noise_level", "int64", ("cfg_batch",)), TensorSpec("guidance", MODEL, (1,)))
-    return ComponentSpec(name="step3", inputs=inputs, outputs=(TensorSpec("prev_sample", MODEL, latents),),
-                         ranges=_ranges(sizes, batch), derived={"cfg_batch": ("batch", 2)})
+    inputs = (
+        TensorSpec("sample", MODEL, latents),
+        TensorSpec("step", "int64", (1,)),
+        TensorSpec("schedule", "float32", ("steps", len(DDIM_COLUMNS))),
+        TensorSpec("image", MODEL, ("cfg_batch", config.in_channels - c, "height", "width")),
+        TensorSpec("text_embeds", MODEL, ("cfg_batch", TOKENS, config.cross_attention_dim[0])),
+        TensorSpec("noise_level", "int64", ("cfg_batch",)),
+        TensorSpec("guidance", MODEL, (1,)),
+    )
+    return ComponentSpec(
+        name="step3",
+        inputs=inputs,
+        outputs=(TensorSpec("prev_sample", MODEL, latents),),
+        ranges=_ranges(sizes, batch),
+        derived={"cfg_batch": ("batch", 2)},
+    )

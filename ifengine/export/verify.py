@@ -20,8 +20,12 @@ from .spec import ComponentSpec, SpecError
 
 log = logging.getLogger(__name__)
 
-ONNX_DTYPES = {"float32": onnx.TensorProto.FLOAT, "float16": onnx.TensorProto.FLOAT16,
-               "bfloat16": onnx.TensorProto.BFLOAT16, "int64": onnx.TensorProto.INT64}
+ONNX_DTYPES = {
+    "float32": onnx.TensorProto.FLOAT,
+    "float16": onnx.TensorProto.FLOAT16,
+    "bfloat16": onnx.TensorProto.BFLOAT16,
+    "int64": onnx.TensorProto.INT64,
+}
 
 
 class GraphCheckError(ValueError):
@@ -41,12 +45,15 @@ def check_graph(path: Path, spec: ComponentSpec) -> None:
 
 def check_io(model: onnx.ModelProto, spec: ComponentSpec) -> None:
     """Names, order, element types and dims of the graph's inputs and outputs equal the spec's."""
-    for kind, graph_io, wanted in (("input", model.graph.input, spec.inputs),
-                                   ("output", model.graph.output, spec.outputs)):
+    for kind, graph_io, wanted in (
+        ("input", model.graph.input, spec.inputs),
+        ("output", model.graph.output, spec.outputs),
+    ):
         names = [v.name for v in graph_io]
         if names != [t.name for t in wanted]:
-            raise GraphCheckError(f"{spec.name}: graph {kind}s {names} differ from the spec's "
-                                  f"{[t.name for t in wanted]}")
+            raise GraphCheckError(
+                f"{spec.name}: graph {kind}s {names} differ from the spec's {[t.name for t in wanted]}"
+            )
         for value, t in zip(graph_io, wanted):
             _check_value(spec.name, value, t)
 
@@ -65,8 +72,11 @@ def _check_value(component: str, value: onnx.ValueInfoProto, t) -> None:
 
 
 def is_bf16(model_or_path) -> bool:
-    model = model_or_path if isinstance(model_or_path, onnx.ModelProto) else onnx.load(
-        str(model_or_path), load_external_data=False)
+    model = (
+        model_or_path
+        if isinstance(model_or_path, onnx.ModelProto)
+        else onnx.load(str(model_or_path), load_external_data=False)
+    )
     io = list(model.graph.input) + list(model.graph.output)
     return any(v.type.tensor_type.elem_type == onnx.TensorProto.BFLOAT16 for v in io)
 

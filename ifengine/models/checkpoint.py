@@ -12,8 +12,7 @@ log = logging.getLogger(__name__)
 # model_index.json `_class_name` of each stage's diffusers pipelines (editing variants share weights).
 STAGE_PIPELINES = {
     1: ("IFPipeline", "IFImg2ImgPipeline", "IFInpaintingPipeline"),
-    2: ("IFSuperResolutionPipeline", "IFImg2ImgSuperResolutionPipeline",
-        "IFInpaintingSuperResolutionPipeline"),
+    2: ("IFSuperResolutionPipeline", "IFImg2ImgSuperResolutionPipeline", "IFInpaintingSuperResolutionPipeline"),
     3: ("StableDiffusionUpscalePipeline",),
 }
 STAGE_NAMES = {1: "stage I (IF-I-*)", 2: "stage II (IF-II-*)", 3: "stage III (stable-diffusion-x4-upscaler)"}
@@ -26,10 +25,12 @@ def _hub_patterns(variant: str | None) -> list[str]:
     weights = [f"*/*.{variant}*.safetensors"] if variant else ["*/*.safetensors"]
     return _HUB_CONFIGS + weights
 
+
 GATED_HINT = (
     "The DeepFloyd IF weights are gated: open the model page on huggingface.co (e.g. "
     "https://huggingface.co/DeepFloyd/IF-I-XL-v1.0), accept the licence, then log in on this machine with "
-    "`hf auth login` (or set HF_TOKEN). Alternatively pass a local folder in the Hub layout.")
+    "`hf auth login` (or set HF_TOKEN). Alternatively pass a local folder in the Hub layout."
+)
 
 
 class CheckpointError(ValueError):
@@ -62,7 +63,8 @@ def resolve(source: str | Path, stage: int, variant: str | None = None) -> Check
     if not index_path.is_file():
         raise CheckpointError(
             f"{root} is not a diffusers checkpoint folder (no model_index.json); expected the Hub layout of "
-            f"{STAGE_NAMES[stage]}: model_index.json, unet/, scheduler/, ...")
+            f"{STAGE_NAMES[stage]}: model_index.json, unet/, scheduler/, ..."
+        )
     index = json.loads(index_path.read_text())
     cls = index.get("_class_name", "")
     actual = next((s for s, names in STAGE_PIPELINES.items() if cls in names), None)

@@ -23,16 +23,31 @@ MID_BLOCKS = ("UNetMidBlock2DSimpleCrossAttn", "UNetMidBlock2DCrossAttn")
 
 # Settings our modules do not implement, with the value that makes them a no-op: a checkpoint that sets
 # anything else would load and silently compute something different, so from_dict refuses it.
-_UNET_FIXED = {"time_embedding_type": "positional", "conv_in_kernel": 3, "conv_out_kernel": 3,
-               "class_embeddings_concat": False, "center_input_sample": False, "attention_type": "default",
-               "timestep_post_act": None, "time_cond_proj_dim": None, "dual_cross_attention": False,
-               "projection_class_embeddings_input_dim": None, "addition_time_embed_dim": None,
-               "reverse_transformer_layers_per_block": None}
+_UNET_FIXED = {
+    "time_embedding_type": "positional",
+    "conv_in_kernel": 3,
+    "conv_out_kernel": 3,
+    "class_embeddings_concat": False,
+    "center_input_sample": False,
+    "attention_type": "default",
+    "timestep_post_act": None,
+    "time_cond_proj_dim": None,
+    "dual_cross_attention": False,
+    "projection_class_embeddings_input_dim": None,
+    "addition_time_embed_dim": None,
+    "reverse_transformer_layers_per_block": None,
+}
 _VAE_FIXED = {"use_post_quant_conv": True, "shift_factor": None, "latents_mean": None, "latents_std": None}
 
 # Per-block settings diffusers accepts either as one value or as one value per down block.
-_PER_BLOCK = ("layers_per_block", "attention_head_dim", "num_attention_heads", "only_cross_attention",
-              "cross_attention_dim", "transformer_layers_per_block")
+_PER_BLOCK = (
+    "layers_per_block",
+    "attention_head_dim",
+    "num_attention_heads",
+    "only_cross_attention",
+    "cross_attention_dim",
+    "transformer_layers_per_block",
+)
 
 
 @dataclass(frozen=True)
@@ -108,21 +123,31 @@ class UNetConfig:
 
     def validate(self) -> None:
         n = self.num_blocks
-        _check(len(self.down_block_types) == n and len(self.up_block_types) == n,
-               "down_block_types and up_block_types need one entry per block_out_channels entry")
+        _check(
+            len(self.down_block_types) == n and len(self.up_block_types) == n,
+            "down_block_types and up_block_types need one entry per block_out_channels entry",
+        )
         for name in self.down_block_types:
             _check(name in IF_DOWN_BLOCKS + SD_DOWN_BLOCKS, f"unsupported down block {name!r}")
         for name in self.up_block_types:
             _check(name in IF_UP_BLOCKS + SD_UP_BLOCKS, f"unsupported up block {name!r}")
         _check(self.mid_block_type in MID_BLOCKS, f"unsupported mid block {self.mid_block_type!r}")
-        _check(self.addition_embed_type in (None, "text"),
-               f"unsupported addition_embed_type {self.addition_embed_type!r} (only 'text' or none)")
-        _check(self.class_embed_type in (None, "timestep"),
-               f"unsupported class_embed_type {self.class_embed_type!r} (only 'timestep' or none)")
-        _check(self.encoder_hid_dim_type in (None, "text_proj"),
-               f"unsupported encoder_hid_dim_type {self.encoder_hid_dim_type!r} (only 'text_proj' or none)")
-        _check(self.cross_attention_norm in (None, "group_norm"),
-               f"unsupported cross_attention_norm {self.cross_attention_norm!r}")
+        _check(
+            self.addition_embed_type in (None, "text"),
+            f"unsupported addition_embed_type {self.addition_embed_type!r} (only 'text' or none)",
+        )
+        _check(
+            self.class_embed_type in (None, "timestep"),
+            f"unsupported class_embed_type {self.class_embed_type!r} (only 'timestep' or none)",
+        )
+        _check(
+            self.encoder_hid_dim_type in (None, "text_proj"),
+            f"unsupported encoder_hid_dim_type {self.encoder_hid_dim_type!r} (only 'text_proj' or none)",
+        )
+        _check(
+            self.cross_attention_norm in (None, "group_norm"),
+            f"unsupported cross_attention_norm {self.cross_attention_norm!r}",
+        )
 
     def replace(self, **changes: Any) -> "UNetConfig":
         return dataclasses.replace(self, **changes)
@@ -183,13 +208,27 @@ class TextEncoderConfig:
     def transformers_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``T5Config`` / ``CLIPTextConfig`` describing this encoder."""
         if self.kind == "t5":
-            return dict(d_model=self.hidden_size, d_ff=self.ffn_size, d_kv=self.head_dim,
-                        num_layers=self.num_layers, num_heads=self.num_heads, vocab_size=self.vocab_size,
-                        relative_attention_num_buckets=self.relative_buckets,
-                        feed_forward_proj="gated-gelu", is_encoder_decoder=False, **self.extra)
-        return dict(hidden_size=self.hidden_size, num_hidden_layers=self.num_layers,
-                    num_attention_heads=self.num_heads, intermediate_size=self.ffn_size,
-                    vocab_size=self.vocab_size, max_position_embeddings=self.max_length, **self.extra)
+            return dict(
+                d_model=self.hidden_size,
+                d_ff=self.ffn_size,
+                d_kv=self.head_dim,
+                num_layers=self.num_layers,
+                num_heads=self.num_heads,
+                vocab_size=self.vocab_size,
+                relative_attention_num_buckets=self.relative_buckets,
+                feed_forward_proj="gated-gelu",
+                is_encoder_decoder=False,
+                **self.extra,
+            )
+        return dict(
+            hidden_size=self.hidden_size,
+            num_hidden_layers=self.num_layers,
+            num_attention_heads=self.num_heads,
+            intermediate_size=self.ffn_size,
+            vocab_size=self.vocab_size,
+            max_position_embeddings=self.max_length,
+            **self.extra,
+        )
 
 
 def _known(cls: type, raw: dict[str, Any]) -> dict[str, Any]:
@@ -204,8 +243,9 @@ def _known(cls: type, raw: dict[str, Any]) -> dict[str, Any]:
 def _refuse_unsupported(raw: dict[str, Any], fixed: dict[str, Any], what: str) -> None:
     for key, neutral in fixed.items():
         if key in raw and raw[key] != neutral:
-            raise ValueError(f"{what} config sets {key}={raw[key]!r}, which ifengine does not implement "
-                             f"(supported: {neutral!r})")
+            raise ValueError(
+                f"{what} config sets {key}={raw[key]!r}, which ifengine does not implement (supported: {neutral!r})"
+            )
 
 
 def _per_block(value: Any, n: int, key: str) -> tuple:

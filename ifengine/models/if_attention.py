@@ -34,8 +34,16 @@ class AddedKVAttention(nn.Module):
     ``[text tokens, image tokens]`` (text only when ``only_cross``). The output is added to the input.
     """
 
-    def __init__(self, channels: int, head_dim: int, context_dim: int, groups: int,
-                 cross_norm: str | None = None, only_cross: bool = False, eps: float = 1e-5):
+    def __init__(
+        self,
+        channels: int,
+        head_dim: int,
+        context_dim: int,
+        groups: int,
+        cross_norm: str | None = None,
+        only_cross: bool = False,
+        eps: float = 1e-5,
+    ):
         super().__init__()
         if channels % head_dim:
             raise ValueError(f"attention_head_dim {head_dim} does not divide the block's {channels} channels")

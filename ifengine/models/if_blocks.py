@@ -27,8 +27,14 @@ class AttentionSettings:
     only_cross: bool
 
     def make(self, channels: int) -> AddedKVAttention:
-        return AddedKVAttention(channels, self.head_dim, self.context_dim, self.groups,
-                                cross_norm=self.cross_norm, only_cross=self.only_cross)
+        return AddedKVAttention(
+            channels,
+            self.head_dim,
+            self.context_dim,
+            self.groups,
+            cross_norm=self.cross_norm,
+            only_cross=self.only_cross,
+        )
 
 
 class _DownBlock(nn.Module):
@@ -37,16 +43,24 @@ class _DownBlock(nn.Module):
     Returns the block output and every intermediate state the up path concatenates back (its skips).
     """
 
-    def __init__(self, in_ch: int, out_ch: int, layers: int, resnet: ResnetSettings,
-                 attn: AttentionSettings | None, add_downsample: bool):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        layers: int,
+        resnet: ResnetSettings,
+        attn: AttentionSettings | None,
+        add_downsample: bool,
+    ):
         super().__init__()
         # registration order mirrors diffusers so state_dict() lists keys in the same order
         self.attentions = nn.ModuleList(attn.make(out_ch) for _ in range(layers)) if attn else None
         self.resnets = nn.ModuleList(resnet.make(in_ch if i == 0 else out_ch, out_ch) for i in range(layers))
         self.downsamplers = nn.ModuleList([resnet.make(out_ch, out_ch, down=True)]) if add_downsample else None
 
-    def forward(self, h: torch.Tensor, temb: torch.Tensor,
-                context: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    def forward(
+        self, h: torch.Tensor, temb: torch.Tensor, context: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         skips: tuple[torch.Tensor, ...] = ()
         for i, resnet in enumerate(self.resnets):
             h = resnet(h, temb)
@@ -69,8 +83,15 @@ class ResnetDownsampleBlock2D(_DownBlock):
 class SimpleCrossAttnDownBlock2D(_DownBlock):
     """Resnet + added-KV attention pairs; downsampling by a resnet with average pooling inside."""
 
-    def __init__(self, in_ch: int, out_ch: int, layers: int, resnet: ResnetSettings,
-                 attn: AttentionSettings, add_downsample: bool):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        layers: int,
+        resnet: ResnetSettings,
+        attn: AttentionSettings,
+        add_downsample: bool,
+    ):
         super().__init__(in_ch, out_ch, layers, resnet, attn, add_downsample)
 
 
@@ -78,20 +99,34 @@ class _UpBlock(nn.Module):
     """``layers`` resnets on [h, skip] concatenations, each optionally followed by attention, then an
     optional doubling resnet. Consumes exactly ``num_skips`` skips, the last one first."""
 
-    def __init__(self, in_ch: int, prev_ch: int, out_ch: int, layers: int, resnet: ResnetSettings,
-                 attn: AttentionSettings | None, add_upsample: bool):
+    def __init__(
+        self,
+        in_ch: int,
+        prev_ch: int,
+        out_ch: int,
+        layers: int,
+        resnet: ResnetSettings,
+        attn: AttentionSettings | None,
+        add_upsample: bool,
+    ):
         super().__init__()
         self.attentions = nn.ModuleList(attn.make(out_ch) for _ in range(layers)) if attn else None
         self.resnets = nn.ModuleList(
-            resnet.make(_up_resnet_in(i, layers, in_ch, prev_ch, out_ch), out_ch) for i in range(layers))
+            resnet.make(_up_resnet_in(i, layers, in_ch, prev_ch, out_ch), out_ch) for i in range(layers)
+        )
         self.upsamplers = nn.ModuleList([resnet.make(out_ch, out_ch, up=True)]) if add_upsample else None
 
     @property
     def num_skips(self) -> int:
         return len(self.resnets)
 
-    def forward(self, h: torch.Tensor, skips: tuple[torch.Tensor, ...] | list[torch.Tensor],
-                temb: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        h: torch.Tensor,
+        skips: tuple[torch.Tensor, ...] | list[torch.Tensor],
+        temb: torch.Tensor,
+        context: torch.Tensor,
+    ) -> torch.Tensor:
         for i, resnet in enumerate(self.resnets):
             h = resnet(torch.cat([h, skips[-1 - i]], dim=1), temb)
             if self.attentions is not None:
@@ -115,16 +150,23 @@ def _up_resnet_in(i: int, layers: int, in_ch: int, prev_ch: int, out_ch: int) ->
 class ResnetUpsampleBlock2D(_UpBlock):
     """Resnets only; upsampling by a resnet with nearest x2 inside."""
 
-    def __init__(self, in_ch: int, prev_ch: int, out_ch: int, layers: int, resnet: ResnetSettings,
-                 add_upsample: bool):
+    def __init__(self, in_ch: int, prev_ch: int, out_ch: int, layers: int, resnet: ResnetSettings, add_upsample: bool):
         super().__init__(in_ch, prev_ch, out_ch, layers, resnet, None, add_upsample)
 
 
 class SimpleCrossAttnUpBlock2D(_UpBlock):
     """Resnet + added-KV attention pairs; upsampling by a resnet with nearest x2 inside."""
 
-    def __init__(self, in_ch: int, prev_ch: int, out_ch: int, layers: int, resnet: ResnetSettings,
-                 attn: AttentionSettings, add_upsample: bool):
+    def __init__(
+        self,
+        in_ch: int,
+        prev_ch: int,
+        out_ch: int,
+        layers: int,
+        resnet: ResnetSettings,
+        attn: AttentionSettings,
+        add_upsample: bool,
+    ):
         super().__init__(in_ch, prev_ch, out_ch, layers, resnet, attn, add_upsample)
 
 

@@ -21,8 +21,14 @@ from torch import nn
 
 from .config import IF_DOWN_BLOCKS, IF_UP_BLOCKS, UNetConfig
 from .if_attention import TextTimeEmbedding
-from .if_blocks import (AttentionSettings, ResnetDownsampleBlock2D, ResnetUpsampleBlock2D, SimpleCrossAttnDownBlock2D,
-                        SimpleCrossAttnUpBlock2D, UNetMidBlock2DSimpleCrossAttn)
+from .if_blocks import (
+    AttentionSettings,
+    ResnetDownsampleBlock2D,
+    ResnetUpsampleBlock2D,
+    SimpleCrossAttnDownBlock2D,
+    SimpleCrossAttnUpBlock2D,
+    UNetMidBlock2DSimpleCrossAttn,
+)
 from .layers import ResnetSettings, Timesteps, TimestepEmbedding, activation
 
 IF_MID_BLOCK = "UNetMidBlock2DSimpleCrossAttn"
@@ -61,8 +67,13 @@ class IFUNet(nn.Module):
         """Build from a diffusers ``unet/config.json`` dict (random weights; load a state dict after)."""
         return cls(UNetConfig.from_dict(raw))
 
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor | Number, encoder_hidden_states: torch.Tensor,
-                class_labels: torch.Tensor | Number | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | Number,
+        encoder_hidden_states: torch.Tensor,
+        class_labels: torch.Tensor | Number | None = None,
+    ) -> torch.Tensor:
         """sample (B, in, H, W); timestep scalar or (B,); encoder_hidden_states raw T5 states (B, L, hid);
         class_labels the stage II noise level, scalar or (B,). Returns (B, out, H, W)."""
         emb = self._embedding(sample, timestep, encoder_hidden_states, class_labels)
@@ -76,12 +87,17 @@ class IFUNet(nn.Module):
             skips += block_skips
         h = self.mid_block(h, emb, context)
         for block in self.up_blocks:
-            h = block(h, skips[-block.num_skips:], emb, context)
-            skips = skips[:-block.num_skips]
+            h = block(h, skips[-block.num_skips :], emb, context)
+            skips = skips[: -block.num_skips]
         return self.conv_out(self.conv_act(self.conv_norm_out(h)))
 
-    def _embedding(self, sample: torch.Tensor, timestep: torch.Tensor | Number, text: torch.Tensor,
-                   class_labels: torch.Tensor | Number | None) -> torch.Tensor:
+    def _embedding(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | Number,
+        text: torch.Tensor,
+        class_labels: torch.Tensor | Number | None,
+    ) -> torch.Tensor:
         """Time embedding (+ noise-level embedding) (+ pooled-text embedding), then the optional act.
 
         The sinusoids are computed in float32 and cast to the sample's dtype before the MLPs, as diffusers
@@ -121,15 +137,25 @@ def _text_embedding(config: UNetConfig, temb_dim: int) -> TextTimeEmbedding | No
 
 
 def _resnet_settings(config: UNetConfig, temb_dim: int) -> ResnetSettings:
-    return ResnetSettings(temb_ch=temb_dim, groups=config.norm_num_groups, eps=config.norm_eps,
-                          act=config.act_fn, time_norm=config.resnet_time_scale_shift,
-                          skip_time_act=config.resnet_skip_time_act, output_scale=config.resnet_out_scale_factor)
+    return ResnetSettings(
+        temb_ch=temb_dim,
+        groups=config.norm_num_groups,
+        eps=config.norm_eps,
+        act=config.act_fn,
+        time_norm=config.resnet_time_scale_shift,
+        skip_time_act=config.resnet_skip_time_act,
+        output_scale=config.resnet_out_scale_factor,
+    )
 
 
 def _attention_settings(config: UNetConfig, head_dim: int, only_cross: bool) -> AttentionSettings:
-    return AttentionSettings(head_dim=head_dim, context_dim=config.cross_attention_dim[0],
-                             groups=config.norm_num_groups, cross_norm=config.cross_attention_norm,
-                             only_cross=only_cross)
+    return AttentionSettings(
+        head_dim=head_dim,
+        context_dim=config.cross_attention_dim[0],
+        groups=config.norm_num_groups,
+        cross_norm=config.cross_attention_norm,
+        only_cross=only_cross,
+    )
 
 
 def _down_block(config: UNetConfig, i: int, resnet: ResnetSettings) -> nn.Module:
@@ -172,27 +198,40 @@ def validate_if_config(config: UNetConfig) -> None:
         _require(name in IF_DOWN_BLOCKS, f"down_block_types[{i}] {name!r} is not an IF block; use {IF_DOWN_BLOCKS}")
     for i, name in enumerate(config.up_block_types):
         _require(name in IF_UP_BLOCKS, f"up_block_types[{i}] {name!r} is not an IF block; use {IF_UP_BLOCKS}")
-    _require(config.mid_block_type == IF_MID_BLOCK,
-             f"mid_block_type {config.mid_block_type!r} is not supported; use {IF_MID_BLOCK!r}")
+    _require(
+        config.mid_block_type == IF_MID_BLOCK,
+        f"mid_block_type {config.mid_block_type!r} is not supported; use {IF_MID_BLOCK!r}",
+    )
     for field in ("layers_per_block", "attention_head_dim", "cross_attention_dim"):
         _require(len(getattr(config, field)) == config.num_blocks, f"{field} needs one entry per block")
-    _require(len(config.only_cross_attention) in (0, config.num_blocks),
-             "only_cross_attention needs one entry per block")
-    _require(config.num_attention_heads is None,
-             "num_attention_heads is not supported (IF configs give attention_head_dim, the per-head width)")
-    _require(config.class_embed_type is not None or config.num_class_embeds is None,
-             "num_class_embeds (a learned class-embedding table) is not supported; IF uses class_embed_type 'timestep'")
-    _require(len(set(config.cross_attention_dim)) == 1,
-             f"cross_attention_dim must be one value for all blocks, got {config.cross_attention_dim}")
+    _require(
+        len(config.only_cross_attention) in (0, config.num_blocks), "only_cross_attention needs one entry per block"
+    )
+    _require(
+        config.num_attention_heads is None,
+        "num_attention_heads is not supported (IF configs give attention_head_dim, the per-head width)",
+    )
+    _require(
+        config.class_embed_type is not None or config.num_class_embeds is None,
+        "num_class_embeds (a learned class-embedding table) is not supported; IF uses class_embed_type 'timestep'",
+    )
+    _require(
+        len(set(config.cross_attention_dim)) == 1,
+        f"cross_attention_dim must be one value for all blocks, got {config.cross_attention_dim}",
+    )
     _require(config.norm_num_groups is not None, "norm_num_groups must be set (IF U-Nets use GroupNorm)")
-    _require(config.mid_block_only_cross_attention is not None or not any(config.only_cross_attention),
-             "mid_block_only_cross_attention must be set explicitly when only_cross_attention is used "
-             "(diffusers' default for it depends on whether only_cross_attention was a single bool)")
+    _require(
+        config.mid_block_only_cross_attention is not None or not any(config.only_cross_attention),
+        "mid_block_only_cross_attention must be set explicitly when only_cross_attention is used "
+        "(diffusers' default for it depends on whether only_cross_attention was a single bool)",
+    )
     _check_activation("act_fn", config.act_fn)
     if config.time_embedding_act_fn is not None:
         _check_activation("time_embedding_act_fn", config.time_embedding_act_fn)
-    _require(config.resnet_time_scale_shift in ("default", "scale_shift"),
-             f"resnet_time_scale_shift {config.resnet_time_scale_shift!r} is not supported")
+    _require(
+        config.resnet_time_scale_shift in ("default", "scale_shift"),
+        f"resnet_time_scale_shift {config.resnet_time_scale_shift!r} is not supported",
+    )
 
 
 def _check_activation(field: str, name: str) -> None:

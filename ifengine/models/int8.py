@@ -97,17 +97,21 @@ class QuantizeReport:
     bytes_after: int
 
 
-def quantize_module(module: nn.Module, *, skip: tuple[str, ...] = SKIP_NAMES, min_numel: int = MIN_NUMEL,
-                    progress: str | None = None) -> QuantizeReport:
+def quantize_module(
+    module: nn.Module, *, skip: tuple[str, ...] = SKIP_NAMES, min_numel: int = MIN_NUMEL, progress: str | None = None
+) -> QuantizeReport:
     """Replace every big-enough Linear/Conv2d of ``module`` in place by its int8 weight-only twin.
 
     Works on meta modules too (the planner sizes int8 components that way). Layers whose own name is in
     ``skip`` or whose weight has fewer than ``min_numel`` elements keep their precision. ``progress``
     names a progress bar (a full-size U-Net takes seconds to a minute on a CPU).
     """
-    todo = [(parent, name, child) for _, parent in module.named_modules()
-            for name, child in parent.named_children()
-            if type(child) in _REPLACEMENTS and name not in skip and child.weight.numel() >= min_numel]
+    todo = [
+        (parent, name, child)
+        for _, parent in module.named_modules()
+        for name, child in parent.named_children()
+        if type(child) in _REPLACEMENTS and name not in skip and child.weight.numel() >= min_numel
+    ]
     before = after = 0
     for parent, name, child in tqdm(todo, desc=progress, disable=progress is None, leave=False):
         new = _REPLACEMENTS[type(child)](child)
@@ -116,8 +120,9 @@ def quantize_module(module: nn.Module, *, skip: tuple[str, ...] = SKIP_NAMES, mi
         setattr(parent, name, new)
     layers = len(todo)
     if layers == 0:
-        log.warning("quantize_module: no Linear or Conv2d layer of %s was big enough to quantise",
-                    type(module).__name__)
+        log.warning(
+            "quantize_module: no Linear or Conv2d layer of %s was big enough to quantise", type(module).__name__
+        )
     return QuantizeReport(layers, before, after)
 
 

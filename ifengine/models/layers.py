@@ -54,8 +54,9 @@ class Timesteps(nn.Module):
 class TimestepEmbedding(nn.Module):
     """Two-layer MLP on the sinusoidal features (``linear_1`` / ``linear_2``)."""
 
-    def __init__(self, in_dim: int, dim: int, act: str = "silu", out_dim: int | None = None,
-                 post_act: str | None = None):
+    def __init__(
+        self, in_dim: int, dim: int, act: str = "silu", out_dim: int | None = None, post_act: str | None = None
+    ):
         super().__init__()
         self.linear_1 = nn.Linear(in_dim, dim)
         self.act = activation(act)
@@ -105,10 +106,22 @@ class ResnetBlock2D(nn.Module):
     (IF U-Nets). ``up``/``down`` resample inside the block (the Resnet{Up,Down}sample blocks of IF).
     """
 
-    def __init__(self, in_ch: int, out_ch: int | None = None, *, temb_ch: int | None = 512,
-                 groups: int = 32, groups_out: int | None = None, eps: float = 1e-6, act: str = "silu",
-                 time_norm: str = "default", skip_time_act: bool = False, output_scale: float = 1.0,
-                 up: bool = False, down: bool = False):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int | None = None,
+        *,
+        temb_ch: int | None = 512,
+        groups: int = 32,
+        groups_out: int | None = None,
+        eps: float = 1e-6,
+        act: str = "silu",
+        time_norm: str = "default",
+        skip_time_act: bool = False,
+        output_scale: float = 1.0,
+        up: bool = False,
+        down: bool = False,
+    ):
         super().__init__()
         out_ch = out_ch or in_ch
         if time_norm not in ("default", "scale_shift"):
@@ -164,9 +177,19 @@ class ResnetSettings:
     output_scale: float = 1.0
 
     def make(self, in_ch: int, out_ch: int, *, up: bool = False, down: bool = False) -> ResnetBlock2D:
-        return ResnetBlock2D(in_ch, out_ch, temb_ch=self.temb_ch, groups=self.groups, eps=self.eps,
-                             act=self.act, time_norm=self.time_norm, skip_time_act=self.skip_time_act,
-                             output_scale=self.output_scale, up=up, down=down)
+        return ResnetBlock2D(
+            in_ch,
+            out_ch,
+            temb_ch=self.temb_ch,
+            groups=self.groups,
+            eps=self.eps,
+            act=self.act,
+            time_norm=self.time_norm,
+            skip_time_act=self.skip_time_act,
+            output_scale=self.output_scale,
+            up=up,
+            down=down,
+        )
 
     def with_scale(self, output_scale: float) -> ResnetSettings:
         return dataclasses.replace(self, output_scale=output_scale)

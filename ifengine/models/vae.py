@@ -94,10 +94,14 @@ class Decoder(nn.Module):
         widths = tuple(reversed(config.block_out_channels))
         self.conv_in = nn.Conv2d(config.latent_channels, widths[0], 3, padding=1)
         self.mid_block = MidBlock(widths[0], config)
-        self.up_blocks = nn.ModuleList([
-            UpDecoderBlock2D(widths[max(i - 1, 0)], widths[i], config.layers_per_block + 1,
-                             i < len(widths) - 1, config)
-            for i in range(len(widths))])
+        self.up_blocks = nn.ModuleList(
+            [
+                UpDecoderBlock2D(
+                    widths[max(i - 1, 0)], widths[i], config.layers_per_block + 1, i < len(widths) - 1, config
+                )
+                for i in range(len(widths))
+            ]
+        )
         self.conv_norm_out = nn.GroupNorm(config.norm_num_groups, widths[-1], eps=_EPS)
         self.conv_act = nn.SiLU()  # diffusers hard-codes SiLU here whatever act_fn says
         self.conv_out = nn.Conv2d(widths[-1], config.out_channels, 3, padding=1)
@@ -157,7 +161,7 @@ def _blend_tiles(vae: VAEDecoder, z: torch.Tensor, tile: int, overlap: int) -> t
         wy = _ramp(y, th, height, overlap, f, z.device)
         for x in _tile_starts(width, tile, overlap):
             weight = wy[:, None] * _ramp(x, tw, width, overlap, f, z.device)[None, :]
-            piece = vae.forward(z[..., y:y + th, x:x + tw]).float()
+            piece = vae.forward(z[..., y : y + th, x : x + tw]).float()
             region = (..., slice(y * f, (y + th) * f), slice(x * f, (x + tw) * f))
             out[region] += piece * weight
             total[region] += weight
@@ -201,8 +205,10 @@ def _resnet(in_ch: int, out_ch: int, config: VAEConfig) -> ResnetBlock2D:
 def _check_config(config: VAEConfig) -> None:
     activation(config.act_fn)  # raises ValueError naming an unsupported activation
     if len(config.up_block_types) != len(config.block_out_channels):
-        raise ValueError(f"VAE up_block_types {config.up_block_types} need one entry per block_out_channels "
-                         f"entry {config.block_out_channels}")
+        raise ValueError(
+            f"VAE up_block_types {config.up_block_types} need one entry per block_out_channels "
+            f"entry {config.block_out_channels}"
+        )
     bad = [t for t in config.up_block_types if t != "UpDecoderBlock2D"]
     if bad:
         raise ValueError(f"VAEDecoder does not implement up_block_types {bad} (only UpDecoderBlock2D)")

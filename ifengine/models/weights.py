@@ -36,7 +36,7 @@ def _with_variant(name: str, variant: str | None) -> str:
 def weight_files(folder: Path, stem: str = DIFFUSERS_STEM, variant: str | None = None) -> list[Path]:
     """The safetensors files of one component, preferring ``variant`` and falling back to the default."""
     folder = Path(folder)
-    for var in ([variant, None] if variant else [None]):
+    for var in [variant, None] if variant else [None]:
         single = folder / _with_variant(f"{stem}.safetensors", var)
         if single.is_file():
             return [single]
@@ -46,7 +46,8 @@ def weight_files(folder: Path, stem: str = DIFFUSERS_STEM, variant: str | None =
     present = sorted(p.name for p in folder.glob("*")) if folder.is_dir() else []
     raise WeightsError(
         f"no {stem}.safetensors weights in {folder} (variant {variant or 'default'}); "
-        f"files there: {present or 'none'}. Only safetensors checkpoints are supported.")
+        f"files there: {present or 'none'}. Only safetensors checkpoints are supported."
+    )
 
 
 def _shards(index: Path) -> list[Path]:
@@ -61,8 +62,9 @@ def _shards(index: Path) -> list[Path]:
     return files
 
 
-def read_state_dict(files: list[Path], dtype: torch.dtype | None = None,
-                    keep=lambda key: True) -> dict[str, torch.Tensor]:
+def read_state_dict(
+    files: list[Path], dtype: torch.dtype | None = None, keep=lambda key: True
+) -> dict[str, torch.Tensor]:
     """Every tensor of the files (those ``keep`` accepts), cast to ``dtype`` when given."""
     state: dict[str, torch.Tensor] = {}
     for path in files:
@@ -79,8 +81,11 @@ def check_state_dict(module: nn.Module, state: dict[str, torch.Tensor], source: 
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {expected[k]}"
-             for k in sorted(set(expected) & set(state)) if tuple(state[k].shape) != expected[k]]
+    wrong = [
+        f"{k}: file {tuple(state[k].shape)} vs model {expected[k]}"
+        for k in sorted(set(expected) & set(state))
+        if tuple(state[k].shape) != expected[k]
+    ]
     problems = []
     if missing:
         problems.append(f"missing keys ({len(missing)}): {', '.join(missing[:8])}")
@@ -105,8 +110,15 @@ def build_on_meta(factory) -> nn.Module:
         return factory()
 
 
-def load_component(factory, folder: Path, dtype: torch.dtype, variant: str | None = None,
-                   stem: str = DIFFUSERS_STEM, keep=lambda key: True, meta: bool = True) -> nn.Module:
+def load_component(
+    factory,
+    folder: Path,
+    dtype: torch.dtype,
+    variant: str | None = None,
+    stem: str = DIFFUSERS_STEM,
+    keep=lambda key: True,
+    meta: bool = True,
+) -> nn.Module:
     """Build ``factory()`` (on meta unless it has computed buffers), load ``folder``'s weights in ``dtype``."""
     files = weight_files(folder, stem, variant)
     log.debug("loading %s from %s", getattr(factory, "__name__", "module"), [f.name for f in files])

@@ -33,8 +33,15 @@ class AttnSettings:
 class Attention(nn.Module):
     """Multi-head attention on (batch, tokens, dim); keys/values from ``context`` when given."""
 
-    def __init__(self, query_dim: int, heads: int, dim_head: int, context_dim: int | None = None,
-                 bias: bool = False, upcast: bool = False):
+    def __init__(
+        self,
+        query_dim: int,
+        heads: int,
+        dim_head: int,
+        context_dim: int | None = None,
+        bias: bool = False,
+        upcast: bool = False,
+    ):
         super().__init__()
         inner = heads * dim_head
         self.heads, self.upcast = heads, upcast
@@ -146,15 +153,18 @@ def _projection(channels: int, linear: bool) -> nn.Module:
 class DownBlock2D(nn.Module):
     """Resnets, then an optional strided-conv downsample; returns every intermediate as a skip."""
 
-    def __init__(self, in_ch: int, out_ch: int, layers: int, rs: ResnetSettings, add_downsample: bool,
-                 padding: int = 1):
+    def __init__(
+        self, in_ch: int, out_ch: int, layers: int, rs: ResnetSettings, add_downsample: bool, padding: int = 1
+    ):
         super().__init__()
         self.resnets = nn.ModuleList([rs.make(in_ch if i == 0 else out_ch, out_ch) for i in range(layers)])
-        self.downsamplers = (nn.ModuleList([Downsample2D(out_ch, True, out_ch, padding=padding)])
-                             if add_downsample else None)
+        self.downsamplers = (
+            nn.ModuleList([Downsample2D(out_ch, True, out_ch, padding=padding)]) if add_downsample else None
+        )
 
-    def forward(self, x: torch.Tensor, temb: torch.Tensor,
-                context: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(
+        self, x: torch.Tensor, temb: torch.Tensor, context: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         skips = []
         for i in range(len(self.resnets)):
             x = self._layer(i, x, temb, context)
@@ -171,8 +181,16 @@ class DownBlock2D(nn.Module):
 class CrossAttnDownBlock2D(DownBlock2D):
     """DownBlock2D with a Transformer2DModel after every resnet."""
 
-    def __init__(self, in_ch: int, out_ch: int, layers: int, rs: ResnetSettings, attn: AttnSettings,
-                 add_downsample: bool, padding: int = 1):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        layers: int,
+        rs: ResnetSettings,
+        attn: AttnSettings,
+        add_downsample: bool,
+        padding: int = 1,
+    ):
         super().__init__(in_ch, out_ch, layers, rs, add_downsample, padding)
         self.attentions = nn.ModuleList([Transformer2DModel(out_ch, attn) for _ in range(layers)])
 
@@ -183,16 +201,16 @@ class CrossAttnDownBlock2D(DownBlock2D):
 class UpBlock2D(nn.Module):
     """Concatenate a skip, run a resnet, repeat; then an optional nearest-x2 + conv upsample."""
 
-    def __init__(self, in_ch: int, prev_ch: int, out_ch: int, layers: int, rs: ResnetSettings,
-                 add_upsample: bool):
+    def __init__(self, in_ch: int, prev_ch: int, out_ch: int, layers: int, rs: ResnetSettings, add_upsample: bool):
         super().__init__()
         # the last resnet takes the skip that entered the matching down block, hence in_ch
         widths = [(prev_ch if i == 0 else out_ch) + (in_ch if i == layers - 1 else out_ch) for i in range(layers)]
         self.resnets = nn.ModuleList([rs.make(w, out_ch) for w in widths])
         self.upsamplers = nn.ModuleList([Upsample2D(out_ch, True, out_ch)]) if add_upsample else None
 
-    def forward(self, x: torch.Tensor, skips: list[torch.Tensor], temb: torch.Tensor,
-                context: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, skips: list[torch.Tensor], temb: torch.Tensor, context: torch.Tensor
+    ) -> torch.Tensor:
         """``skips`` are this block's skips in the order the down path made them (consumed last first)."""
         for i, skip in enumerate(reversed(skips)):
             x = self._layer(i, torch.cat([x, skip], dim=1), temb, context)
@@ -207,8 +225,16 @@ class UpBlock2D(nn.Module):
 class CrossAttnUpBlock2D(UpBlock2D):
     """UpBlock2D with a Transformer2DModel after every resnet."""
 
-    def __init__(self, in_ch: int, prev_ch: int, out_ch: int, layers: int, rs: ResnetSettings,
-                 attn: AttnSettings, add_upsample: bool):
+    def __init__(
+        self,
+        in_ch: int,
+        prev_ch: int,
+        out_ch: int,
+        layers: int,
+        rs: ResnetSettings,
+        attn: AttnSettings,
+        add_upsample: bool,
+    ):
         super().__init__(in_ch, prev_ch, out_ch, layers, rs, add_upsample)
         self.attentions = nn.ModuleList([Transformer2DModel(out_ch, attn) for _ in range(layers)])
 

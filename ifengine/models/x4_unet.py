@@ -14,8 +14,14 @@ from torch import nn
 
 from .config import SD_DOWN_BLOCKS, SD_UP_BLOCKS, UNetConfig
 from .layers import ResnetSettings, TimestepEmbedding, Timesteps, activation
-from .x4_blocks import (AttnSettings, CrossAttnDownBlock2D, CrossAttnUpBlock2D, DownBlock2D,
-                        UNetMidBlock2DCrossAttn, UpBlock2D)
+from .x4_blocks import (
+    AttnSettings,
+    CrossAttnDownBlock2D,
+    CrossAttnUpBlock2D,
+    DownBlock2D,
+    UNetMidBlock2DCrossAttn,
+    UpBlock2D,
+)
 
 # Settings this module does not implement, with the values that mean "off" (diffusers ignores most of
 # them for these block types; refusing them keeps a mismatched checkpoint from loading silently).
@@ -32,8 +38,7 @@ _OFF_VALUES = {
 
 def check_x4_config(config: UNetConfig) -> None:
     """Raise ValueError naming every setting the x4 U-Net module cannot honour."""
-    bad = [f"{name}={getattr(config, name)!r}" for name, off in _OFF_VALUES.items()
-           if getattr(config, name) not in off]
+    bad = [f"{name}={getattr(config, name)!r}" for name, off in _OFF_VALUES.items() if getattr(config, name) not in off]
     bad += [f"down_block_types={t!r}" for t in config.down_block_types if t not in SD_DOWN_BLOCKS]
     bad += [f"up_block_types={t!r}" for t in config.up_block_types if t not in SD_UP_BLOCKS]
     if config.mid_block_type != "UNetMidBlock2DCrossAttn":
@@ -76,21 +81,31 @@ class X4UNet(nn.Module):
         self.class_embedding = nn.Embedding(config.num_class_embeds, temb_dim) if config.num_class_embeds else None
         self.time_embed_act = activation(config.time_embedding_act_fn) if config.time_embedding_act_fn else None
         # skip_time_act and output_scale keep their defaults: check_x4_config refuses any other value
-        rs = ResnetSettings(temb_ch=temb_dim, groups=config.norm_num_groups, eps=config.norm_eps,
-                            act=config.act_fn, time_norm=config.resnet_time_scale_shift)
+        rs = ResnetSettings(
+            temb_ch=temb_dim,
+            groups=config.norm_num_groups,
+            eps=config.norm_eps,
+            act=config.act_fn,
+            time_norm=config.resnet_time_scale_shift,
+        )
         self.down_blocks = nn.ModuleList(_down_blocks(config, rs))
         # the mid block never uses only_cross_attention (diffusers does not pass it there either)
         mid_attn = dataclasses.replace(_attn(config, -1), only_cross=False)
-        self.mid_block = UNetMidBlock2DCrossAttn(config.block_out_channels[-1],
-                                                 rs.with_scale(config.mid_block_scale_factor), mid_attn)
+        self.mid_block = UNetMidBlock2DCrossAttn(
+            config.block_out_channels[-1], rs.with_scale(config.mid_block_scale_factor), mid_attn
+        )
         self.up_blocks = nn.ModuleList(_up_blocks(config, rs))
         self.conv_norm_out = nn.GroupNorm(config.norm_num_groups, c0, eps=config.norm_eps)
         self.conv_act = activation(config.act_fn)
         self.conv_out = nn.Conv2d(c0, config.out_channels, 3, padding=1)
 
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor | float | int,
-                encoder_hidden_states: torch.Tensor,
-                class_labels: torch.Tensor | int | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | float | int,
+        encoder_hidden_states: torch.Tensor,
+        class_labels: torch.Tensor | int | None = None,
+    ) -> torch.Tensor:
         """Predict the model output (v for the x4 checkpoint) for ``sample`` at ``timestep``."""
         temb = self._embed(sample, timestep, class_labels)
         x = self.conv_in(sample)
@@ -104,8 +119,9 @@ class X4UNet(nn.Module):
             x, skips = block(x, skips[-n:], temb, encoder_hidden_states), skips[:-n]
         return self.conv_out(self.conv_act(self.conv_norm_out(x)))
 
-    def _embed(self, sample: torch.Tensor, timestep: torch.Tensor | float | int,
-               class_labels: torch.Tensor | int | None) -> torch.Tensor:
+    def _embed(
+        self, sample: torch.Tensor, timestep: torch.Tensor | float | int, class_labels: torch.Tensor | int | None
+    ) -> torch.Tensor:
         batch = sample.shape[0]
         # sinusoids are computed in float32 and cast to the model dtype, as the checkpoints were trained
         t_emb = self.time_proj(batch_vector(timestep, batch, sample.device)).to(sample.dtype)
@@ -122,10 +138,15 @@ class X4UNet(nn.Module):
 
 def _attn(config: UNetConfig, i: int) -> AttnSettings:
     """Attention settings of down block ``i`` (the up path mirrors them with reversed indices)."""
-    return AttnSettings(heads=attention_heads(config)[i], cross_dim=config.cross_attention_dim[i],
-                        groups=config.norm_num_groups, layers=config.transformer_layers_per_block[i],
-                        linear_proj=config.use_linear_projection,
-                        only_cross=config.only_cross_attention[i], upcast=config.upcast_attention)
+    return AttnSettings(
+        heads=attention_heads(config)[i],
+        cross_dim=config.cross_attention_dim[i],
+        groups=config.norm_num_groups,
+        layers=config.transformer_layers_per_block[i],
+        linear_proj=config.use_linear_projection,
+        only_cross=config.only_cross_attention[i],
+        upcast=config.upcast_attention,
+    )
 
 
 def _down_blocks(config: UNetConfig, rs: ResnetSettings) -> list[nn.Module]:

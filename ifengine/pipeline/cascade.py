@@ -36,10 +36,19 @@ class CascadeOutput:
 class Cascade:
     """DeepFloyd IF on our own modules. Any stage may be absent; the run stops at the last one present."""
 
-    def __init__(self, *, text: PromptEncoder | None, stage1: IFStage | None, stage2: IFStage | None = None,
-                 stage3: X4Stage | None = None, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32, safety=None,
-                 defaults: options.RunDefaults = options.RunDefaults(), executor: str = "auto"):
+    def __init__(
+        self,
+        *,
+        text: PromptEncoder | None,
+        stage1: IFStage | None,
+        stage2: IFStage | None = None,
+        stage3: X4Stage | None = None,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        safety=None,
+        defaults: options.RunDefaults = options.RunDefaults(),
+        executor: str = "auto",
+    ):
         self.text, self.stage1, self.stage2, self.stage3 = text, stage1, stage2, stage3
         self.device, self.dtype, self.safety = torch.device(device), dtype, safety
         self.defaults = defaults
@@ -64,14 +73,26 @@ class Cascade:
         return self
 
     @classmethod
-    def from_pretrained(cls, stage1: str | Path | None = None, stage2: str | Path | None = None,
-                        stage3: str | Path | None = None, *, device: torch.device | str = "cpu",
-                        dtype: torch.dtype = torch.float32, variant: str | None = None,
-                        text_dtype: torch.dtype | None = None, safety: bool = True,
-                        vram_budget: int | str | None = None, cuda_graphs: bool | None = None,
-                        compile: bool = False, channels_last: bool = False, weights: str = "auto",
-                        throughput: bool = False, max_batch: int = 1,
-                        max_size: tuple[int | None, int | None] | None = None) -> "Cascade":
+    def from_pretrained(
+        cls,
+        stage1: str | Path | None = None,
+        stage2: str | Path | None = None,
+        stage3: str | Path | None = None,
+        *,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        variant: str | None = None,
+        text_dtype: torch.dtype | None = None,
+        safety: bool = True,
+        vram_budget: int | str | None = None,
+        cuda_graphs: bool | None = None,
+        compile: bool = False,
+        channels_last: bool = False,
+        weights: str = "auto",
+        throughput: bool = False,
+        max_batch: int = 1,
+        max_size: tuple[int | None, int | None] | None = None,
+    ) -> "Cascade":
         """Load checkpoints given as local folders in the Hub layout or as Hub ids.
 
         On a CUDA device the GPU runtime is set up too (CUDA graphs unless ``cuda_graphs=False``);
@@ -92,17 +113,25 @@ class Cascade:
         ifs = {n: components.load_if_stage(ckpts[n], dtype, load_on, variant) for n in (1, 2) if n in ckpts}
         x4 = components.load_x4_stage(ckpts[3], dtype, load_on, variant) if 3 in ckpts else None
         checker = _load_safety(ckpts.get(1), device) if safety else None
-        pipe = cls(text=text, stage1=ifs.get(1), stage2=ifs.get(2), stage3=x4, device=device, dtype=dtype,
-                   safety=checker)
+        pipe = cls(
+            text=text, stage1=ifs.get(1), stage2=ifs.get(2), stage3=x4, device=device, dtype=dtype, safety=checker
+        )
         if device.type == "cuda" or vram_budget is not None or cuda_graphs or weights == "int8" or throughput:
-            pipe.use_runtime(vram_budget=vram_budget, cuda_graphs=cuda_graphs, compile=compile,
-                             channels_last=channels_last, weights=weights,
-                             mode="throughput" if throughput else "latency", max_batch=max_batch,
-                             max_size=max_size)
+            pipe.use_runtime(
+                vram_budget=vram_budget,
+                cuda_graphs=cuda_graphs,
+                compile=compile,
+                channels_last=channels_last,
+                weights=weights,
+                mode="throughput" if throughput else "latency",
+                max_batch=max_batch,
+                max_size=max_size,
+            )
         return pipe
 
-    def use_runtime(self, vram_budget: int | str | None = None, cuda_graphs: bool | None = None,
-                    compile: bool = False, **options) -> "Cascade":
+    def use_runtime(
+        self, vram_budget: int | str | None = None, cuda_graphs: bool | None = None, compile: bool = False, **options
+    ) -> "Cascade":
         """Run stages through the lean runtime (ifengine/runtime): static buffers, one pinned upload per
         stage, CUDA graphs per step shape, and with ``vram_budget`` the memory planner's placement."""
         from ..runtime import configure
@@ -137,21 +166,46 @@ class Cascade:
     def loaded_stages(self) -> tuple[int, ...]:
         return tuple(n for n, s in ((1, self.stage1), (2, self.stage2), (3, self.stage3)) if s is not None)
 
-    def __call__(self, prompt: str | Sequence[str], negative_prompt: str | Sequence[str] | None = None,
-                 height: int | None = None, width: int | None = None, num_images_per_prompt: int = 1,
-                 generator=None, seed: int | None = None, steps=None, guidance=None, noise_level=None,
-                 timesteps=(None, None, None), last_stage: int | None = None, output_type: str = "pil",
-                 clean_caption: bool = True, progress: bool = True) -> CascadeOutput:
+    def __call__(
+        self,
+        prompt: str | Sequence[str],
+        negative_prompt: str | Sequence[str] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_images_per_prompt: int = 1,
+        generator=None,
+        seed: int | None = None,
+        steps=None,
+        guidance=None,
+        noise_level=None,
+        timesteps=(None, None, None),
+        last_stage: int | None = None,
+        output_type: str = "pil",
+        clean_caption: bool = True,
+        progress: bool = True,
+    ) -> CascadeOutput:
         """Text to image. ``steps``/``guidance``/``noise_level`` take one value for every stage or one per
         stage; None means the cascade's defaults ((100, 50, 75), (7, 4, 9), (250, 20) for real weights)."""
-        request = self.make_request(prompt, negative_prompt, height, width, num_images_per_prompt, steps,
-                                    guidance, noise_level, timesteps, last_stage, output_type)
+        request = self.make_request(
+            prompt,
+            negative_prompt,
+            height,
+            width,
+            num_images_per_prompt,
+            steps,
+            guidance,
+            noise_level,
+            timesteps,
+            last_stage,
+            output_type,
+        )
         generator, seed = make_generator(generator, seed)
         ctx = RunContext(self.device, self.dtype, generator, progress)
         return self.finish(request, self._run(request, ctx, clean_caption), seed)
 
-    def generate_many(self, prompts: Sequence[str], *, batch_size: int = 1, seed: int | None = None,
-                      **kwargs) -> ManyOutput:
+    def generate_many(
+        self, prompts: Sequence[str], *, batch_size: int = 1, seed: int | None = None, **kwargs
+    ) -> ManyOutput:
         """One image per prompt, in batches of ``batch_size``; reports images per second. With a throughput
         runtime (``from_pretrained(..., throughput=True)`` on a GPU) stage I of the next batch overlaps
         stages II/III of the current one. Batch k uses ``seed + k``. Other keyword arguments: negative_prompt,
@@ -167,26 +221,52 @@ class Cascade:
         """Repaint where ``mask`` is white; pixels outside it stay the source's."""
         return edit.run(self, "inpaint", image, prompt, mask=mask, strength=strength, **kwargs)
 
-    def style_transfer(self, image, style_prompt: str | Sequence[str], positive_prompt=None, mixer=None,
-                       strength=None, **kwargs) -> CascadeOutput:
+    def style_transfer(
+        self, image, style_prompt: str | Sequence[str], positive_prompt=None, mixer=None, strength=None, **kwargs
+    ) -> CascadeOutput:
         """Restyle ``image`` with ``style_prompt`` through stages I-II(-III), keeping its layout; an
         optional ``positive_prompt`` is mixed into the guidance with weight ``mixer`` (default 0.5)."""
-        return edit.run(self, "style", image, style_prompt, positive_prompt=positive_prompt, mixer=mixer,
-                        strength=strength, **kwargs)
+        return edit.run(
+            self,
+            "style",
+            image,
+            style_prompt,
+            positive_prompt=positive_prompt,
+            mixer=mixer,
+            strength=strength,
+            **kwargs,
+        )
 
-    def make_request(self, prompt, negative_prompt, height, width, num_images_per_prompt, steps, guidance,
-                     noise_level, timesteps, last_stage, output_type) -> Request:
+    def make_request(
+        self,
+        prompt,
+        negative_prompt,
+        height,
+        width,
+        num_images_per_prompt,
+        steps,
+        guidance,
+        noise_level,
+        timesteps,
+        last_stage,
+        output_type,
+    ) -> Request:
         """Validate everything a run needs before any work starts."""
         if self.stage1 is None:
             raise RequestError("text-to-image needs a stage I checkpoint (stage1=)")
         last = self.resolve_last_stage(last_stage)
         prompts = options.as_prompts(prompt)
         default = self.stage1.unet.config.sample_size
-        req = Request(prompts=prompts, negatives=options.negatives_for(prompts, negative_prompt),
-                      height=default if height is None else height, width=default if width is None else width,
-                      num_images_per_prompt=options.check_images_per_prompt(num_images_per_prompt),
-                      last_stage=last, output_type=options.check_output_type(output_type),
-                      stages=options.stage_options(steps, guidance, timesteps, noise_level, self.defaults))
+        req = Request(
+            prompts=prompts,
+            negatives=options.negatives_for(prompts, negative_prompt),
+            height=default if height is None else height,
+            width=default if width is None else width,
+            num_images_per_prompt=options.check_images_per_prompt(num_images_per_prompt),
+            last_stage=last,
+            output_type=options.check_output_type(output_type),
+            stages=options.stage_options(steps, guidance, timesteps, noise_level, self.defaults),
+        )
         sizes.check_size(req.height, req.width, self.size_multiple(last))
         options.check_timesteps(req.stages)
         return req
@@ -220,8 +300,9 @@ class Cascade:
         run = self.runner
         outs = [run.run_if_stage(1, self.stage1, o1, embeds(o1), (req.batch, 3, *req.size(1)), ctx)]
         if req.last_stage >= 2:
-            outs.append(run.run_if_stage(2, self.stage2, o2, embeds(o2), (req.batch, 3, *req.size(2)), ctx,
-                                         image=outs[-1]))
+            outs.append(
+                run.run_if_stage(2, self.stage2, o2, embeds(o2), (req.batch, 3, *req.size(2)), ctx, image=outs[-1])
+            )
         if req.last_stage >= 3:
             prompts = [p for p in req.prompts for _ in range(req.num_images_per_prompt)]
             negatives = [p for p in req.negatives for _ in range(req.num_images_per_prompt)]
@@ -232,12 +313,17 @@ class Cascade:
         """Bring the stage outputs to pinned host memory with their NaN flags: the run's one host sync."""
         outs = fetch_checked(outs, self.encoders())
         images, nsfw = self.to_images(outs[-1], req.last_stage, req.output_type)
-        settings = {"prompt": list(req.prompts), "negative_prompt": list(req.negatives), "seed": seed,
-                    "height": req.height, "width": req.width, "last_stage": req.last_stage,
-                    "num_images_per_prompt": req.num_images_per_prompt,
-                    "stages": [vars(s) for s in req.stages[: req.last_stage]]}
-        return CascadeOutput(images=images, stages=outs, seed=seed,
-                             nsfw_detected=nsfw, settings=settings)
+        settings = {
+            "prompt": list(req.prompts),
+            "negative_prompt": list(req.negatives),
+            "seed": seed,
+            "height": req.height,
+            "width": req.width,
+            "last_stage": req.last_stage,
+            "num_images_per_prompt": req.num_images_per_prompt,
+            "stages": [vars(s) for s in req.stages[: req.last_stage]],
+        }
+        return CascadeOutput(images=images, stages=outs, seed=seed, nsfw_detected=nsfw, settings=settings)
 
     def to_images(self, final: torch.Tensor, last_stage: int, output_type: str) -> tuple[Any, list[bool] | None]:
         """A last stage's output (on the host, [-1, 1]) as ``output_type``; PIL images pass the safety

@@ -31,8 +31,10 @@ def load_unet(ckpt: Checkpoint, cls, dtype: torch.dtype, device, variant: str | 
 def _check_unet_kind(ckpt: Checkpoint, config: UNetConfig) -> None:
     expected = {1: 3, 2: 6, 3: 7}[ckpt.stage]
     if config.in_channels != expected:
-        raise CheckpointError(f"{ckpt.root}/unet takes {config.in_channels} input channels, but a stage "
-                              f"{ckpt.stage} U-Net takes {expected}: is this the right checkpoint for the stage?")
+        raise CheckpointError(
+            f"{ckpt.root}/unet takes {config.in_channels} input channels, but a stage "
+            f"{ckpt.stage} U-Net takes {expected}: is this the right checkpoint for the stage?"
+        )
 
 
 def _scheduler(ckpt: Checkpoint, name: str, cls):
@@ -50,14 +52,19 @@ def load_x4_stage(ckpt: Checkpoint, dtype: torch.dtype, device, variant: str | N
     vae_config = VAEConfig.from_dict(ckpt.config("vae"))
     keep = lambda key: key.startswith(DECODER_PREFIXES)  # noqa: E731 - the cascade never encodes
     # the x4 VAE overflows in fp16 (force_upcast): decode_dtype keeps it in fp32 then
-    vae = load_component(lambda: VAEDecoder(vae_config), ckpt.root / "vae", decode_dtype(vae_config, dtype),
-                         variant, keep=keep)
+    vae = load_component(
+        lambda: VAEDecoder(vae_config), ckpt.root / "vae", decode_dtype(vae_config, dtype), variant, keep=keep
+    )
     text = load_clip(ckpt, dtype, device, variant)
     index = json.loads((ckpt.root / "model_index.json").read_text())
-    return X4Stage(unet=unet, vae=vae.to(device), text=text,
-                   scheduler=_scheduler(ckpt, "scheduler", DDIMConfig),
-                   low_res=_scheduler(ckpt, "low_res_scheduler", DDPMConfig),
-                   max_noise_level=int(index.get("max_noise_level", 350)))
+    return X4Stage(
+        unet=unet,
+        vae=vae.to(device),
+        text=text,
+        scheduler=_scheduler(ckpt, "scheduler", DDIMConfig),
+        low_res=_scheduler(ckpt, "low_res_scheduler", DDPMConfig),
+        max_noise_level=int(index.get("max_noise_level", 350)),
+    )
 
 
 def _pretrained(cls, folder, dtype, variant):
@@ -80,8 +87,13 @@ def t5_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def load_t5(ckpt: Checkpoint, dtype: torch.dtype, device: torch.device, variant: str | None,
-            text_dtype: torch.dtype | None = None) -> PromptEncoder:
+def load_t5(
+    ckpt: Checkpoint,
+    dtype: torch.dtype,
+    device: torch.device,
+    variant: str | None,
+    text_dtype: torch.dtype | None = None,
+) -> PromptEncoder:
     from transformers import AutoTokenizer, T5EncoderModel
 
     if not ckpt.has("text_encoder") or not ckpt.has("tokenizer"):
@@ -98,5 +110,4 @@ def load_clip(ckpt: Checkpoint, dtype: torch.dtype, device, variant: str | None)
     model = _pretrained(CLIPTextModel, ckpt.root / "text_encoder", dtype, variant).to(device).eval()
     tokenizer = CLIPTokenizer.from_pretrained(ckpt.root / "tokenizer")
     use_mask = bool(getattr(model.config, "use_attention_mask", False))
-    return PromptEncoder(tokenizer, model, out_dtype=dtype, use_mask=use_mask,
-                         max_length=tokenizer.model_max_length)
+    return PromptEncoder(tokenizer, model, out_dtype=dtype, use_mask=use_mask, max_length=tokenizer.model_max_length)

@@ -46,29 +46,86 @@ class EditPlan:
     mixer: float | None
 
 
-def run(pipe, mode: str, image, prompt, *, mask=None, strength=None, positive_prompt=None, mixer=None,
-        negative_prompt=None, num_images_per_prompt: int = 1, generator=None, seed=None, steps=None,
-        guidance=None, noise_level=None, timesteps=(None, None, None), last_stage=None, output_type="pil",
-        clean_caption: bool = True, progress: bool = True):
+def run(
+    pipe,
+    mode: str,
+    image,
+    prompt,
+    *,
+    mask=None,
+    strength=None,
+    positive_prompt=None,
+    mixer=None,
+    negative_prompt=None,
+    num_images_per_prompt: int = 1,
+    generator=None,
+    seed=None,
+    steps=None,
+    guidance=None,
+    noise_level=None,
+    timesteps=(None, None, None),
+    last_stage=None,
+    output_type="pil",
+    clean_caption: bool = True,
+    progress: bool = True,
+):
     """Validate everything, then run the stages from the source image."""
-    plan = make_plan(pipe, mode, image, prompt, mask, strength, positive_prompt, mixer, negative_prompt,
-                     num_images_per_prompt, steps, guidance, noise_level, timesteps, last_stage, output_type)
+    plan = make_plan(
+        pipe,
+        mode,
+        image,
+        prompt,
+        mask,
+        strength,
+        positive_prompt,
+        mixer,
+        negative_prompt,
+        num_images_per_prompt,
+        steps,
+        guidance,
+        noise_level,
+        timesteps,
+        last_stage,
+        output_type,
+    )
     generator, seed = make_generator(generator, seed)
     outs = _run_stages(pipe, plan, RunContext(pipe.device, pipe.dtype, generator, progress), clean_caption)
     result = pipe.finish(plan.request, outs, seed)
-    result.settings.update(mode=mode, strength=list(plan.strength[: min(2, plan.request.last_stage)]),
-                           positive_prompt=list(plan.positives or []), mixer=plan.mixer)
+    result.settings.update(
+        mode=mode,
+        strength=list(plan.strength[: min(2, plan.request.last_stage)]),
+        positive_prompt=list(plan.positives or []),
+        mixer=plan.mixer,
+    )
     return result
 
 
-def make_plan(pipe, mode, image, prompt, mask, strength, positive_prompt, mixer, negative_prompt, n, steps,
-              guidance, noise_level, timesteps, last_stage, output_type) -> EditPlan:
+def make_plan(
+    pipe,
+    mode,
+    image,
+    prompt,
+    mask,
+    strength,
+    positive_prompt,
+    mixer,
+    negative_prompt,
+    n,
+    steps,
+    guidance,
+    noise_level,
+    timesteps,
+    last_stage,
+    output_type,
+) -> EditPlan:
     spec = MODES[mode]
     if pipe.stage1 is None:
         raise RequestError(f"{mode} needs a stage I checkpoint (stage1=)")
     if mode == "style" and pipe.stage2 is None:
-        raise RequestError("style transfer needs a stage II checkpoint (stage2=): the style is carried "
-                           "through the super-resolution stages")
+        raise RequestError(
+            "style transfer needs a stage II checkpoint (stage2=): the style is carried "
+            "through the super-resolution stages"
+        )
     src = load_image(image)
     if mode == "inpaint":
         if mask is None:
@@ -79,16 +136,22 @@ def make_plan(pipe, mode, image, prompt, mask, strength, positive_prompt, mixer,
     sizes = _stage_sizes(pipe, src, last)
     prompts = options.as_prompts(prompt, "style_prompt" if mode == "style" else "prompt")
     defaults = _defaults(pipe, spec)
-    request = Request(prompts=prompts, negatives=options.negatives_for(prompts, negative_prompt),
-                      height=sizes[0][0], width=sizes[0][1],
-                      num_images_per_prompt=options.check_images_per_prompt(n), last_stage=last,
-                      output_type=options.check_output_type(output_type),
-                      stages=options.stage_options(steps, guidance, timesteps, noise_level, defaults))
+    request = Request(
+        prompts=prompts,
+        negatives=options.negatives_for(prompts, negative_prompt),
+        height=sizes[0][0],
+        width=sizes[0][1],
+        num_images_per_prompt=options.check_images_per_prompt(n),
+        last_stage=last,
+        output_type=options.check_output_type(output_type),
+        stages=options.stage_options(steps, guidance, timesteps, noise_level, defaults),
+    )
     options.check_timesteps(request.stages)
     strengths = _strengths(strength, spec, request)
     sources = tuple(image_tensor(src, short, mult) for short, mult in _resolutions(pipe, last))
-    masks = tuple(mask_tensor(mask, short, mult) if mask is not None else None
-                  for short, mult in _resolutions(pipe, last))
+    masks = tuple(
+        mask_tensor(mask, short, mult) if mask is not None else None for short, mult in _resolutions(pipe, last)
+    )
     positives, mixer = _positive(mode, positive_prompt, mixer, prompts)
     return EditPlan(request, strengths, sources, masks, positives, mixer)
 
@@ -96,8 +159,9 @@ def make_plan(pipe, mode, image, prompt, mask, strength, positive_prompt, mixer,
 def _defaults(pipe, spec: Mode) -> RunDefaults:
     # a cascade with its own step defaults (the demo) keeps them; otherwise the mode's reference defaults
     if pipe.defaults.steps != RunDefaults().steps:
-        return RunDefaults(steps=pipe.defaults.steps, guidance=spec.defaults.guidance,
-                           noise_level=spec.defaults.noise_level)
+        return RunDefaults(
+            steps=pipe.defaults.steps, guidance=spec.defaults.guidance, noise_level=spec.defaults.noise_level
+        )
     return spec.defaults
 
 
@@ -108,8 +172,9 @@ def _resolutions(pipe, last: int) -> list[tuple[int, int]]:
 
 
 def _stage_sizes(pipe, img, last: int) -> list[tuple[int, int]]:
-    return [tuple(reversed(target_size(img.width, img.height, short, mult)))
-            for short, mult in _resolutions(pipe, last)]
+    return [
+        tuple(reversed(target_size(img.width, img.height, short, mult))) for short, mult in _resolutions(pipe, last)
+    ]
 
 
 def _strengths(strength, spec: Mode, request: Request) -> tuple[float, float]:
@@ -157,8 +222,19 @@ def _run_stages(pipe, plan: EditPlan, ctx: RunContext, clean: bool) -> list[torc
         source = plan.sources[number - 1].expand(batch, -1, -1, -1)
         mask = plan.masks[number - 1]
         start = Start(source, plan.strength[number - 1], None if mask is None else mask.expand(batch, -1, -1, -1))
-        outs.append(pipe.runner.run_if_stage(number, stage, opts, embeds(opts), tuple(source.shape), ctx,
-                                             image=outs[-1] if outs else None, start=start, mixer=plan.mixer))
+        outs.append(
+            pipe.runner.run_if_stage(
+                number,
+                stage,
+                opts,
+                embeds(opts),
+                tuple(source.shape),
+                ctx,
+                image=outs[-1] if outs else None,
+                start=start,
+                mixer=plan.mixer,
+            )
+        )
     if req.last_stage >= 3:
         prompts = [p for p in req.prompts for _ in range(n)]
         negatives = [p for p in req.negatives for _ in range(n)]

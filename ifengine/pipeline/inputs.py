@@ -28,8 +28,9 @@ def load_image(source, what: str = "image") -> Image.Image:
     elif isinstance(source, torch.Tensor):
         source = _from_array(_tensor_to_hwc(source, what), what)
     if not isinstance(source, Image.Image):
-        raise RequestError(f"{what} must be a PIL image, a file path, a numpy array or a torch tensor, "
-                           f"got {type(source).__name__}")
+        raise RequestError(
+            f"{what} must be a PIL image, a file path, a numpy array or a torch tensor, got {type(source).__name__}"
+        )
     if source.width < 1 or source.height < 1:
         raise RequestError(f"{what} is empty ({source.width}x{source.height})")
     return ImageOps.exif_transpose(source)
@@ -100,11 +101,14 @@ def check_mask(image: Image.Image, mask: Image.Image) -> None:
     """Refuse masks that cannot line up with the image, or that would change nothing."""
     ia, ma = image.width / image.height, mask.width / mask.height
     if abs(ia - ma) > ASPECT_TOLERANCE * ia:
-        raise RequestError(f"mask is {mask.width}x{mask.height} but the image is {image.width}x{image.height}: "
-                           "their aspect ratios differ, so the mask cannot be placed on the image")
+        raise RequestError(
+            f"mask is {mask.width}x{mask.height} but the image is {image.width}x{image.height}: "
+            "their aspect ratios differ, so the mask cannot be placed on the image"
+        )
     if np.asarray(mask.convert("L")).max() < 128:
-        raise RequestError("the mask has no white pixels: inpainting would change nothing "
-                           "(white marks the area to repaint)")
+        raise RequestError(
+            "the mask has no white pixels: inpainting would change nothing (white marks the area to repaint)"
+        )
 
 
 def check_strength(strength, what: str = "strength") -> float:

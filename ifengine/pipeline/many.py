@@ -49,8 +49,9 @@ class _PlainRunner:
     run_x4_stage = staticmethod(stages.run_x4_stage)
 
 
-def generate_many(cascade, prompts: Sequence[str], *, batch_size: int = 1, seed: int | None = None,
-                  output_type: str = "pil", **kwargs) -> ManyOutput:
+def generate_many(
+    cascade, prompts: Sequence[str], *, batch_size: int = 1, seed: int | None = None, output_type: str = "pil", **kwargs
+) -> ManyOutput:
     from ..runtime.throughput import run_throughput
 
     prompts = list(as_prompts(prompts, "prompts"))
@@ -68,7 +69,12 @@ def generate_many(cascade, prompts: Sequence[str], *, batch_size: int = 1, seed:
         images.extend(batch_images)
         nsfw.extend(batch_nsfw or [False] * len(batch_images))
         seeds.extend([seed + k] * len(batch_images))
-    settings = {"prompt": prompts, "seed": seed, "batch_size": batch_size, "seeds": "seed + batch index",
-                **{k: v for k, v in kwargs.items() if v is not None}}
+    settings = {
+        "prompt": prompts,
+        "seed": seed,
+        "batch_size": batch_size,
+        "seeds": "seed + batch index",
+        **{k: v for k, v in kwargs.items() if v is not None},
+    }
     has_nsfw = cascade.safety is not None and output_type == "pil"
     return ManyOutput(images, prompts, seeds, result.seconds, nsfw if has_nsfw else None, settings)

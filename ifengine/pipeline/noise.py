@@ -33,8 +33,10 @@ def randn(shape: tuple[int, ...], generator: Generator, dtype: torch.dtype) -> t
     """Standard normal noise as diffusers' ``randn_tensor`` draws it, left on the generator's device."""
     if isinstance(generator, list):
         if len(generator) != shape[0]:
-            raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]} images; "
-                             "pass one generator, or one per image")
+            raise ValueError(
+                f"got {len(generator)} generators for a batch of {shape[0]} images; "
+                "pass one generator, or one per image"
+            )
         one = (1,) + tuple(shape[1:])
         return torch.cat([torch.randn(one, generator=g, device=g.device, dtype=dtype) for g in generator])
     device = generator.device if generator is not None else "cpu"
@@ -54,13 +56,15 @@ class StageNoise:
         return StageNoise(move(self.init), move(self.image), move(self.steps))
 
 
-def ddpm_stage_noise(shape, draws: list[bool], generator: Generator, dtype: torch.dtype,
-                     image_shape: tuple[int, ...] | None = None) -> StageNoise:
+def ddpm_stage_noise(
+    shape, draws: list[bool], generator: Generator, dtype: torch.dtype, image_shape: tuple[int, ...] | None = None
+) -> StageNoise:
     """Stage I (no image) or II (image noise drawn right after the start sample)."""
     init = randn(shape, generator, dtype)
     image = randn(image_shape, generator, dtype) if image_shape is not None else None
-    per_step = [randn(shape, generator, dtype) if d else torch.zeros(shape, dtype=dtype, device=init.device)
-                for d in draws]
+    per_step = [
+        randn(shape, generator, dtype) if d else torch.zeros(shape, dtype=dtype, device=init.device) for d in draws
+    ]
     steps = torch.stack(per_step) if per_step else init.new_zeros((0,) + tuple(shape))
     return StageNoise(init=init, image=image, steps=steps)
 

@@ -71,7 +71,7 @@ def per_stage(value: Any, default: tuple, name: str) -> tuple:
     value = tuple(value)
     if len(value) > len(default):
         raise RequestError(f"{name} takes at most {len(default)} values (one per stage), got {len(value)}")
-    return tuple(v if v is not None else d for v, d in zip(value, default)) + default[len(value):]
+    return tuple(v if v is not None else d for v, d in zip(value, default)) + default[len(value) :]
 
 
 def as_prompts(prompt: str | Sequence[str], name: str = "prompt") -> tuple[str, ...]:
@@ -89,22 +89,34 @@ def negatives_for(prompts: tuple[str, ...], negative: str | Sequence[str] | None
         return (negative,) * len(prompts)
     negatives = as_prompts(negative, "negative_prompt")
     if len(negatives) != len(prompts):
-        raise RequestError(f"negative_prompt has {len(negatives)} entries but prompt has {len(prompts)}; "
-                           "give one negative prompt, or one per prompt")
+        raise RequestError(
+            f"negative_prompt has {len(negatives)} entries but prompt has {len(prompts)}; "
+            "give one negative prompt, or one per prompt"
+        )
     return negatives
 
 
-def stage_options(steps, guidance, timesteps, noise_level,
-                  defaults: RunDefaults = RunDefaults()) -> tuple[StageOptions, ...]:
+def stage_options(
+    steps, guidance, timesteps, noise_level, defaults: RunDefaults = RunDefaults()
+) -> tuple[StageOptions, ...]:
     steps = per_stage(steps, defaults.steps, "steps")
     guidance = per_stage(guidance, defaults.guidance, "guidance")
-    timesteps = per_stage(timesteps, (None, None, None), "timesteps") if not _is_int_list(timesteps) \
+    timesteps = (
+        per_stage(timesteps, (None, None, None), "timesteps")
+        if not _is_int_list(timesteps)
         else (tuple(timesteps), None, None)
+    )
     levels = (None,) + per_stage(noise_level, defaults.noise_level, "noise_level")
     out = []
     for i in range(3):
-        out.append(StageOptions(steps=_steps(steps[i], i + 1), guidance=_guidance(guidance[i], i + 1),
-                                timesteps=_timesteps(timesteps[i]), noise_level=_level(levels[i], i + 1)))
+        out.append(
+            StageOptions(
+                steps=_steps(steps[i], i + 1),
+                guidance=_guidance(guidance[i], i + 1),
+                timesteps=_timesteps(timesteps[i]),
+                noise_level=_level(levels[i], i + 1),
+            )
+        )
     return tuple(out)
 
 
@@ -120,8 +132,10 @@ def _steps(value, stage: int) -> int:
 
 def _guidance(value, stage: int) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise RequestError(f"stage {stage} guidance must be a finite number >= 0 (1 or less disables "
-                           f"classifier-free guidance), got {value!r}")
+        raise RequestError(
+            f"stage {stage} guidance must be a finite number >= 0 (1 or less disables "
+            f"classifier-free guidance), got {value!r}"
+        )
     return float(value)
 
 
@@ -138,8 +152,9 @@ def _level(value, stage: int) -> int | None:
         return None
     top = MAX_NOISE_LEVEL[stage - 2]
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < top + (stage == 3):
-        raise RequestError(f"stage {stage} noise_level must be a whole number in [0, {top - (stage == 2)}], "
-                           f"got {value!r}")
+        raise RequestError(
+            f"stage {stage} noise_level must be a whole number in [0, {top - (stage == 2)}], got {value!r}"
+        )
     return value
 
 

@@ -91,8 +91,9 @@ def load_safety(ckpt: Checkpoint, device) -> Safety | None:
         from transformers import CLIPConfig, CLIPImageProcessor
 
         config = CLIPConfig.from_pretrained(ckpt.root / "safety_checker")
-        heads = load_component(lambda: SafetyHeads(config), ckpt.root / "safety_checker", torch.float32,
-                               stem=TRANSFORMERS_STEM, meta=False).to(device)  # CLIP computes buffers
+        heads = load_component(
+            lambda: SafetyHeads(config), ckpt.root / "safety_checker", torch.float32, stem=TRANSFORMERS_STEM, meta=False
+        ).to(device)  # CLIP computes buffers
         processor = CLIPImageProcessor.from_pretrained(ckpt.root / "feature_extractor")
     if ckpt.has("watermarker"):
         state = read_state_dict(weight_files(ckpt.root / "watermarker"))

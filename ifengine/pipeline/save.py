@@ -25,8 +25,7 @@ def output_paths(out: Path, count: int, seed: int | None) -> list[Path]:
     """A single ``.png`` path for one image, else numbered files in the folder ``out``."""
     if out.suffix.lower() == ".png":
         if count != 1:
-            raise ValueError(f"--out {out} names one PNG file but the run makes {count} images; "
-                             "give a folder instead")
+            raise ValueError(f"--out {out} names one PNG file but the run makes {count} images; give a folder instead")
         return [out]
     stem = f"if-{seed}" if seed is not None else "if"
     return [out / f"{stem}-{i:02d}.png" for i in range(count)]

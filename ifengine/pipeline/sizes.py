@@ -33,7 +33,8 @@ def check_size(height: int, width: int, multiple: int) -> None:
         name, value = bad[0]
         raise RequestError(
             f"stage I {name} {value} cannot be processed: every stage's U-Net needs stage I sizes that are "
-            f"multiples of {multiple}. Nearest valid {name}s: {', '.join(map(str, nearest(value, multiple)))}")
+            f"multiples of {multiple}. Nearest valid {name}s: {', '.join(map(str, nearest(value, multiple)))}"
+        )
 
 
 def nearest(value: int, multiple: int) -> list[int]:

@@ -83,15 +83,24 @@ def first_kept_step(num_steps: int, strength: float) -> int:
     """Index of the first step an edit runs: the last int(N * strength) steps are kept, as diffusers does."""
     keep = min(int(num_steps * strength), num_steps)
     if keep < 1:
-        raise ValueError(f"strength {strength} keeps no step out of {num_steps}; "
-                         f"use strength >= {1 / num_steps:.3g} or more steps")
+        raise ValueError(
+            f"strength {strength} keeps no step out of {num_steps}; use strength >= {1 / num_steps:.3g} or more steps"
+        )
     return num_steps - keep
 
 
 @torch.no_grad()
-def run_if_stage(stage_no: int, stage: IFStage, opts: StageOptions, embeds: torch.Tensor,
-                 shape: tuple[int, ...], ctx: RunContext, image: torch.Tensor | None = None,
-                 start: Start | None = None, mixer: float | None = None) -> torch.Tensor:
+def run_if_stage(
+    stage_no: int,
+    stage: IFStage,
+    opts: StageOptions,
+    embeds: torch.Tensor,
+    shape: tuple[int, ...],
+    ctx: RunContext,
+    image: torch.Tensor | None = None,
+    start: Start | None = None,
+    mixer: float | None = None,
+) -> torch.Tensor:
     """Stage I from noise, or stage II from noise conditioned on ``image`` upscaled to ``shape``.
 
     With ``start`` the run begins from the noised source instead (img2img / inpainting); ``mixer``
@@ -101,8 +110,9 @@ def run_if_stage(stage_no: int, stage: IFStage, opts: StageOptions, embeds: torc
     if start is not None:
         tables = tables.from_step(first_kept_step(len(tables), start.strength))
     draws = [t > 0 for t in tables.host_timesteps]
-    noise = ddpm_stage_noise(shape, draws, ctx.generator, ctx.dtype,
-                             image_shape=shape if image is not None else None).to(ctx.device)
+    noise = ddpm_stage_noise(
+        shape, draws, ctx.generator, ctx.dtype, image_shape=shape if image is not None else None
+    ).to(ctx.device)
     tables = tables.to(ctx.device)
     branches = 1 if not opts.cfg else (2 if mixer is None else 3)
     upscaled = level = None
@@ -116,8 +126,20 @@ def run_if_stage(stage_no: int, stage: IFStage, opts: StageOptions, embeds: torc
     index = torch.arange(len(tables), device=ctx.device)
     step = stage.step_fn or if_step
     for i in _steps(stage_no, len(tables), ctx):
-        x = step(stage.unet, tables, index[i], x, embeds, noise.steps[i], guidance, opts.cfg,
-                 upscaled=upscaled, noise_level=level, mask=mask, mixer=mix)
+        x = step(
+            stage.unet,
+            tables,
+            index[i],
+            x,
+            embeds,
+            noise.steps[i],
+            guidance,
+            opts.cfg,
+            upscaled=upscaled,
+            noise_level=level,
+            mask=mask,
+            mixer=mix,
+        )
     return x
 
 
@@ -132,8 +154,9 @@ def _start_sample(tables, start: Start, noise: torch.Tensor, ctx: RunContext) ->
     return (1 - mask) * source + mask * noised
 
 
-def _noised_upscale(stage: IFStage, opts: StageOptions, image: torch.Tensor, noise: torch.Tensor,
-                    shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+def _noised_upscale(
+    stage: IFStage, opts: StageOptions, image: torch.Tensor, noise: torch.Tensor, shape: tuple[int, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
     upscaled = F.interpolate(image.to(noise.dtype), shape[-2:], mode="bilinear", align_corners=True)
     level = torch.full((shape[0],), opts.noise_level, dtype=torch.long, device=noise.device)
     alphas = stage.noising.alphas_cumprod().to(noise.device)
@@ -141,8 +164,9 @@ def _noised_upscale(stage: IFStage, opts: StageOptions, image: torch.Tensor, noi
 
 
 @torch.no_grad()
-def run_x4_stage(stage: X4Stage, opts: StageOptions, prompts: list[str], negatives: list[str],
-                 image: torch.Tensor, ctx: RunContext) -> torch.Tensor:
+def run_x4_stage(
+    stage: X4Stage, opts: StageOptions, prompts: list[str], negatives: list[str], image: torch.Tensor, ctx: RunContext
+) -> torch.Tensor:
     """Stage III: CLIP-conditioned DDIM on latents the size of ``image``, then VAE decode (x4)."""
     embeds = stage.text.encode(prompts)
     if opts.cfg:

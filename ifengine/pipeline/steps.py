@@ -16,8 +16,7 @@ from ..schedule.ddim import DDIMTables
 from ..schedule.ddpm import DDPMTables
 
 
-def guide(out: torch.Tensor, channels: int, guidance: torch.Tensor,
-          mixer: torch.Tensor | None = None) -> torch.Tensor:
+def guide(out: torch.Tensor, channels: int, guidance: torch.Tensor, mixer: torch.Tensor | None = None) -> torch.Tensor:
     """CFG on an IF U-Net output [uncond; cond] (or [uncond; cond; positive] with a mixer).
 
     Guidance acts on epsilon; the cond branch's variance is kept. With a positive (style) prompt the
@@ -37,10 +36,20 @@ def timestep_at(tables, i: torch.Tensor) -> torch.Tensor:
     return tables.timesteps.index_select(0, i.reshape(1)).reshape(())
 
 
-def if_step(unet: nn.Module, tables: DDPMTables, i: torch.Tensor, x: torch.Tensor, embeds: torch.Tensor,
-            noise: torch.Tensor, guidance: torch.Tensor, cfg: bool,
-            upscaled: torch.Tensor | None = None, noise_level: torch.Tensor | None = None,
-            mask: torch.Tensor | None = None, mixer: torch.Tensor | None = None) -> torch.Tensor:
+def if_step(
+    unet: nn.Module,
+    tables: DDPMTables,
+    i: torch.Tensor,
+    x: torch.Tensor,
+    embeds: torch.Tensor,
+    noise: torch.Tensor,
+    guidance: torch.Tensor,
+    cfg: bool,
+    upscaled: torch.Tensor | None = None,
+    noise_level: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    mixer: torch.Tensor | None = None,
+) -> torch.Tensor:
     """x_t -> x_{t-1} for IF stage I (``upscaled`` None) or stage II (noised low-res image + level).
 
     ``mask`` (1 = repaint) keeps the previous sample outside the mask (inpainting); ``mixer`` adds a
@@ -58,9 +67,17 @@ def if_step(unet: nn.Module, tables: DDPMTables, i: torch.Tensor, x: torch.Tenso
     return new if mask is None else (1 - mask) * x + mask * new
 
 
-def x4_step(unet: nn.Module, tables: DDIMTables, i: torch.Tensor, latents: torch.Tensor,
-            image: torch.Tensor, embeds: torch.Tensor, noise_level: torch.Tensor, guidance: torch.Tensor,
-            cfg: bool) -> torch.Tensor:
+def x4_step(
+    unet: nn.Module,
+    tables: DDIMTables,
+    i: torch.Tensor,
+    latents: torch.Tensor,
+    image: torch.Tensor,
+    embeds: torch.Tensor,
+    noise_level: torch.Tensor,
+    guidance: torch.Tensor,
+    cfg: bool,
+) -> torch.Tensor:
     """One DDIM step of the x4 upscaler; ``image`` (noised low-res RGB) is already CFG-doubled."""
     model_in = torch.cat([latents, latents]) if cfg else latents
     out = unet(torch.cat([model_in, image], dim=1), timestep_at(tables, i), embeds, noise_level)

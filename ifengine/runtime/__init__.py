@@ -8,9 +8,17 @@ for the ONNX or TensorRT backends) costs nothing.
 
 from __future__ import annotations
 
-_LAZY = {"configure": "api", "Runtime": "api", "RuntimeOptions": "api", "plan_memory": "planner",
-         "MemoryPlan": "planner", "PlanOptions": "planner", "PlanError": "planner", "Workload": "memory",
-         "parse_size": "sizes"}
+_LAZY = {
+    "configure": "api",
+    "Runtime": "api",
+    "RuntimeOptions": "api",
+    "plan_memory": "planner",
+    "MemoryPlan": "planner",
+    "PlanOptions": "planner",
+    "PlanError": "planner",
+    "Workload": "memory",
+    "parse_size": "sizes",
+}
 
 __all__ = sorted(_LAZY)
 

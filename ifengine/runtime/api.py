@@ -44,8 +44,15 @@ class RuntimeOptions:
 class Runtime:
     """Graph-backed stage runners plus (with a budget) the weight placement that serves them."""
 
-    def __init__(self, cascade, options: RuntimeOptions, runner: GraphRunner, backend: UNetBackend,
-                 plan: MemoryPlan | None = None, placer: WeightPlacer | None = None):
+    def __init__(
+        self,
+        cascade,
+        options: RuntimeOptions,
+        runner: GraphRunner,
+        backend: UNetBackend,
+        plan: MemoryPlan | None = None,
+        placer: WeightPlacer | None = None,
+    ):
         self.cascade, self.options, self.runner, self.backend = cascade, options, runner, backend
         self.plan, self.placer = plan, placer
         self._warned: set[tuple] = set()
@@ -70,9 +77,18 @@ class Runtime:
         if (batch <= work.batch and size[0] * size[1] <= h * w) or key in self._warned:
             return
         self._warned.add(key)
-        log.warning("stage %d: batch %d at %dx%d is bigger than the memory plan's batch %d at %dx%d, so the "
-                    "peak may pass the %s budget; plan for such calls with max_batch= / max_size=",
-                    stage_no, batch, size[0], size[1], work.batch, h, w, format_size(self.plan.budget_bytes))
+        log.warning(
+            "stage %d: batch %d at %dx%d is bigger than the memory plan's batch %d at %dx%d, so the "
+            "peak may pass the %s budget; plan for such calls with max_batch= / max_size=",
+            stage_no,
+            batch,
+            size[0],
+            size[1],
+            work.batch,
+            h,
+            w,
+            format_size(self.plan.budget_bytes),
+        )
 
     def ensure(self, component: str) -> None:
         """Bring an offloaded component in ("t5", "unet1", ...); T5 also does this itself on first use."""
@@ -98,15 +114,30 @@ def default_workload(cascade, batch: int = 1, size: tuple[int | None, int | None
         return Workload(height=height or 64, width=width or 64, batch=batch)
     default = cascade.stage1.unet.config.sample_size
     steps, guidance = cascade.defaults.steps, cascade.defaults.guidance
-    return Workload(height=height or default, width=width or default, batch=batch, steps=tuple(steps),
-                    cfg=tuple(g > 1 for g in guidance))
+    return Workload(
+        height=height or default,
+        width=width or default,
+        batch=batch,
+        steps=tuple(steps),
+        cfg=tuple(g > 1 for g in guidance),
+    )
 
 
-def configure(cascade, vram_budget: int | str | None = None, cuda_graphs: bool | None = None,
-              compile: bool = False, channels_last: bool = False, *, workload: Workload | None = None,
-              mode: str = "latency", limit_allocator: bool = False, weights: str = "auto", max_batch: int = 1,
-              max_size: tuple[int | None, int | None] | None = None, options: RuntimeOptions | None = None
-              ) -> Runtime:
+def configure(
+    cascade,
+    vram_budget: int | str | None = None,
+    cuda_graphs: bool | None = None,
+    compile: bool = False,
+    channels_last: bool = False,
+    *,
+    workload: Workload | None = None,
+    mode: str = "latency",
+    limit_allocator: bool = False,
+    weights: str = "auto",
+    max_batch: int = 1,
+    max_size: tuple[int | None, int | None] | None = None,
+    options: RuntimeOptions | None = None,
+) -> Runtime:
     """Build the GPU runtime for ``cascade`` and attach it (``cascade.runtime``): its calls then run here.
 
     ``vram_budget`` ("8GiB", "12GB" or bytes) makes the planner place every weight and moves them now:
@@ -121,9 +152,14 @@ def configure(cascade, vram_budget: int | str | None = None, cuda_graphs: bool |
     graphs = (device.type == "cuda") if cuda_graphs is None else cuda_graphs
     if options is None:
         budget = parse_size(vram_budget) if vram_budget is not None else None
-        options = RuntimeOptions(vram_budget=budget, cuda_graphs=graphs, mode=mode, limit_allocator=limit_allocator,
-                                 weights=check_weights(weights),
-                                 backend=TorchBackendOptions(channels_last=channels_last, compile=compile))
+        options = RuntimeOptions(
+            vram_budget=budget,
+            cuda_graphs=graphs,
+            mode=mode,
+            limit_allocator=limit_allocator,
+            weights=check_weights(weights),
+            backend=TorchBackendOptions(channels_last=channels_last, compile=compile),
+        )
     if options.cuda_graphs:
         check_graph_device(device)
     _check_positive("max_batch", max_batch)
@@ -131,8 +167,9 @@ def configure(cascade, vram_budget: int | str | None = None, cuda_graphs: bool |
         if part is not None:
             _check_positive("max_size", part)
     workload = workload or default_workload(cascade, max_batch, max_size)
-    plan_options = options.plan or PlanOptions(cuda_graphs=options.cuda_graphs, graph_scope=options.graph_scope,
-                                               mode=options.mode)
+    plan_options = options.plan or PlanOptions(
+        cuda_graphs=options.cuda_graphs, graph_scope=options.graph_scope, mode=options.mode
+    )
     plan = _choose_int8(cascade, options, workload, plan_options)  # before layout changes and placement
     backend = UNetBackend(options.backend)
     for unet in _unets(cascade):
@@ -140,9 +177,14 @@ def configure(cascade, vram_budget: int | str | None = None, cuda_graphs: bool |
     placer = _place(cascade, options, plan, device) if plan is not None else None
     caches = _graph_caches(device, options)
     decode = DecodeSettings(plan.vae_tile, plan.vae_overlap) if plan and plan.vae_tile else DecodeSettings()
-    runner = GraphRunner(device, graphs=caches, ensure=placer.ensure if placer else _nothing,
-                         unet_for=backend.unet_for, decode=decode,
-                         release_graphs_after_stage=bool(plan and plan.graph_scope == "stage"))
+    runner = GraphRunner(
+        device,
+        graphs=caches,
+        ensure=placer.ensure if placer else _nothing,
+        unet_for=backend.unet_for,
+        decode=decode,
+        release_graphs_after_stage=bool(plan and plan.graph_scope == "stage"),
+    )
     _reserve(runner, cascade, workload)
     runtime = Runtime(cascade, options, runner, backend, plan, placer)
     # attached, because placed weights are only valid through the runtime's ensure(): a cascade left on
@@ -164,8 +206,15 @@ def _reserve(runner: GraphRunner, cascade, workload: Workload) -> None:
             continue
         config = stage.unet.config
         height, width = workload.size(min(n, 2))
-        runner.reserve_for(n, batch=workload.batch, height=height, width=width, steps=workload.steps[n - 1],
-                           text_dim=config.encoder_hid_dim or config.cross_attention_dim[0], dtype=cascade.dtype)
+        runner.reserve_for(
+            n,
+            batch=workload.batch,
+            height=height,
+            width=width,
+            steps=workload.steps[n - 1],
+            text_dim=config.encoder_hid_dim or config.cross_attention_dim[0],
+            dtype=cascade.dtype,
+        )
 
 
 def _nothing(component: str) -> None:
@@ -185,8 +234,7 @@ def _graph_caches(device: torch.device, options: RuntimeOptions) -> dict[int, Gr
     return {1: shared, 2: shared, 3: shared}
 
 
-def _choose_int8(cascade, options: RuntimeOptions, workload: Workload,
-                 plan_options: PlanOptions) -> MemoryPlan | None:
+def _choose_int8(cascade, options: RuntimeOptions, workload: Workload, plan_options: PlanOptions) -> MemoryPlan | None:
     """Quantise the U-Nets the weights option picks; returns the memory plan when there is a budget."""
     modules = cascade_modules(cascade)
     if options.vram_budget is None:
@@ -203,8 +251,10 @@ def _place(cascade, options: RuntimeOptions, plan: MemoryPlan, device: torch.dev
     modules = cascade_modules(cascade)
     streamed = [p.name for p in plan.placements if p.name in UNETS and p.streamed_units]
     if options.backend.compile and streamed:
-        raise ValueError(f"compile=True cannot be combined with weight streaming of {streamed}, which this "
-                         "budget needs; use compile=False or a larger vram_budget")
+        raise ValueError(
+            f"compile=True cannot be combined with weight streaming of {streamed}, which this "
+            "budget needs; use compile=False or a larger vram_budget"
+        )
     if options.limit_allocator:
         _limit_allocator(options.vram_budget, device)
     log.info("memory plan for %.2f GiB: %s", options.vram_budget / GiB, plan.modes())

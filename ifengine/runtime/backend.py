@@ -52,12 +52,16 @@ class UNetBackend:
             return unet
         compiled = self._compiled.get(id(unet))
         if compiled is None:
-            log.info("compiling %s (mode %s); the first steps of each new shape are slow",
-                     type(unet).__name__, self.options.compile_mode)
+            log.info(
+                "compiling %s (mode %s); the first steps of each new shape are slow",
+                type(unet).__name__,
+                self.options.compile_mode,
+            )
             # fullgraph: a graph break would put Python between kernels and break capture; static shapes:
             # one compilation per captured shape is what the graph cache wants anyway
             mode = self.options.compile_mode if self.options.compile_backend == "inductor" else None
-            compiled = torch.compile(unet, backend=self.options.compile_backend, mode=mode, fullgraph=True,
-                                     dynamic=False)
+            compiled = torch.compile(
+                unet, backend=self.options.compile_backend, mode=mode, fullgraph=True, dynamic=False
+            )
             self._compiled[id(unet)] = compiled
         return compiled

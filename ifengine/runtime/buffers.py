@@ -36,7 +36,7 @@ def byte_view(buffer: torch.Tensor, offset: int, shape: tuple[int, ...], dtype: 
     for d in shape:
         numel *= d
     nbytes = numel * dtype.itemsize
-    return buffer[offset:offset + nbytes].view(dtype).view(shape)
+    return buffer[offset : offset + nbytes].view(dtype).view(shape)
 
 
 def pinned_bytes(nbytes: int, device: torch.device) -> torch.Tensor:
@@ -66,8 +66,12 @@ class BufferArena:
         if current is not None and current.numel() >= nbytes:
             return
         if current is not None:
-            log.info("buffer %r grows from %d to %d bytes; graphs over the old buffer are dropped",
-                     name, current.numel(), nbytes)
+            log.info(
+                "buffer %r grows from %d to %d bytes; graphs over the old buffer are dropped",
+                name,
+                current.numel(),
+                nbytes,
+            )
             self.generation += 1
         # zero-filled once, so a view never exposes stale memory from the allocator
         self._buffers[name] = torch.zeros(align_up(nbytes), dtype=torch.uint8, device=self.device)
@@ -166,8 +170,9 @@ class HostFetch:
         return self.tensors, [bool(v) for v in self.finite.tolist()]
 
 
-def fetch_no_sync(outputs: list[torch.Tensor], dtype: torch.dtype = torch.float32,
-                  extra_flags: Sequence[torch.Tensor] = ()) -> HostFetch:
+def fetch_no_sync(
+    outputs: list[torch.Tensor], dtype: torch.dtype = torch.float32, extra_flags: Sequence[torch.Tensor] = ()
+) -> HostFetch:
     """Enqueue the copies of ``outputs`` (as ``dtype``) and of their all-finite flags to pinned host memory.
 
     Nothing here waits: the flags are computed on the device and travel with the images, so checking

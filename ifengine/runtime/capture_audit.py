@@ -13,9 +13,17 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 # Ops that synchronise with the host or whose output shape depends on tensor values.
-HOST_SYNC_OPS = ("aten._local_scalar_dense", "aten.nonzero", "aten.masked_select", "aten.unique",
-                 "aten._unique2", "aten.is_nonzero", "aten.equal", "aten.repeat_interleave.Tensor",
-                 "aten.item")
+HOST_SYNC_OPS = (
+    "aten._local_scalar_dense",
+    "aten.nonzero",
+    "aten.masked_select",
+    "aten.unique",
+    "aten._unique2",
+    "aten.is_nonzero",
+    "aten.equal",
+    "aten.repeat_interleave.Tensor",
+    "aten.item",
+)
 # Ops that materialise host data as a tensor (torch.tensor(...), torch.as_tensor(list)).
 HOST_DATA_OPS = ("aten.lift_fresh", "aten.lift_fresh_copy", "aten.lift")
 

@@ -39,8 +39,12 @@ def randomize(module: nn.Module, generator: torch.Generator) -> nn.Module:
     return module.eval().requires_grad_(False)
 
 
-def random_cascade(presets: tuple[str, ...] = ("IF-I-XL", "IF-II-L", "x4"), dtype: torch.dtype = torch.float16,
-                   device: torch.device | str = "cuda", seed: int = 0):
+def random_cascade(
+    presets: tuple[str, ...] = ("IF-I-XL", "IF-II-L", "x4"),
+    dtype: torch.dtype = torch.float16,
+    device: torch.device | str = "cuda",
+    seed: int = 0,
+):
     """A Cascade of random full-size modules on the CPU, set to run on ``device``."""
     from transformers import AutoTokenizer
 
@@ -59,8 +63,14 @@ def random_cascade(presets: tuple[str, ...] = ("IF-I-XL", "IF-II-L", "x4"), dtyp
     if "unet3" in m:
         clip = PromptEncoder(clip_tok, m["clip"], out_dtype=dtype, use_mask=False, max_length=77)
         stage3 = X4Stage(m["unet3"], m["vae"], clip, sched.X4_DDIM, sched.X4_LOW_RES_DDPM, sched.X4_MAX_NOISE_LEVEL)
-    return Cascade(text=text, stage1=IFStage(m["unet1"], sched.IF_STAGE1_DDPM), stage2=stage2, stage3=stage3,
-                   device=device, dtype=dtype)
+    return Cascade(
+        text=text,
+        stage1=IFStage(m["unet1"], sched.IF_STAGE1_DDPM),
+        stage2=stage2,
+        stage3=stage3,
+        device=device,
+        dtype=dtype,
+    )
 
 
 def move_to(cascade, device: torch.device | str) -> None:

@@ -47,10 +47,17 @@ def _no_op(component: str) -> None:
 class GraphRunner:
     """Graph-backed replacements for the eager stage loops (one per runtime)."""
 
-    def __init__(self, device: torch.device | str, *, graphs: dict[int, GraphCache],
-                 ensure: Callable[[str], None] = _no_op, unet_for: Callable = lambda unet: unet,
-                 decode: DecodeSettings = DecodeSettings(), release_graphs_after_stage: bool = False,
-                 observe: Callable[[int, torch.Tensor], None] | None = None):
+    def __init__(
+        self,
+        device: torch.device | str,
+        *,
+        graphs: dict[int, GraphCache],
+        ensure: Callable[[str], None] = _no_op,
+        unet_for: Callable = lambda unet: unet,
+        decode: DecodeSettings = DecodeSettings(),
+        release_graphs_after_stage: bool = False,
+        observe: Callable[[int, torch.Tensor], None] | None = None,
+    ):
         self.device = torch.device(device)
         self.observe = observe  # debugging: sees the sample after every step (costs nothing when None)
         self.graphs = graphs  # stage number -> cache; stages sharing a stream share a cache (and its pool)
@@ -61,9 +68,18 @@ class GraphRunner:
 
     # -- stage I / II ----------------------------------------------------------------------------
     @torch.no_grad()
-    def run_if_stage(self, stage_no: int, stage: IFStage, opts: StageOptions, embeds: torch.Tensor,
-                     shape: tuple[int, ...], ctx: RunContext, image: torch.Tensor | None = None,
-                     start: Start | None = None, mixer: float | None = None) -> torch.Tensor:
+    def run_if_stage(
+        self,
+        stage_no: int,
+        stage: IFStage,
+        opts: StageOptions,
+        embeds: torch.Tensor,
+        shape: tuple[int, ...],
+        ctx: RunContext,
+        image: torch.Tensor | None = None,
+        start: Start | None = None,
+        mixer: float | None = None,
+    ) -> torch.Tensor:
         """Same contract as ``pipeline.stages.run_if_stage`` (text-to-image, super-resolution, edits)."""
         self.ensure(f"unet{stage_no}")
         shape = tuple(shape)
@@ -75,8 +91,17 @@ class GraphRunner:
         index, cond = _zero_index(arena), _put(arena, "embeds", embeds)
         upscaled = None if image is None else _put(arena, "upscaled", _noised_upscale(image, views, shape))
         unet, step_fn = self.unet_for(stage.unet), capturable_step(stage, if_step)
-        key = ("if", stage_no, id(unet), id(step_fn), opts.cfg, static_choices(tables), arena.generation,
-               _layout(pack), _shapes(x, cond, upscaled))
+        key = (
+            "if",
+            stage_no,
+            id(unet),
+            id(step_fn),
+            opts.cfg,
+            static_choices(tables),
+            arena.generation,
+            _layout(pack),
+            _shapes(x, cond, upscaled),
+        )
 
         def make_step():
             return _if_step_fn(step_fn, unet, dev_tables, views, x, index, cond, opts.cfg, upscaled)
@@ -86,8 +111,15 @@ class GraphRunner:
 
     # -- stage III ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def run_x4_stage(self, stage: X4Stage, opts: StageOptions, prompts: list[str], negatives: list[str],
-                     image: torch.Tensor, ctx: RunContext) -> torch.Tensor:
+    def run_x4_stage(
+        self,
+        stage: X4Stage,
+        opts: StageOptions,
+        prompts: list[str],
+        negatives: list[str],
+        image: torch.Tensor,
+        ctx: RunContext,
+    ) -> torch.Tensor:
         """Same contract as ``pipeline.stages.run_x4_stage``."""
         self.ensure("clip")
         embeds = stage.text.encode(prompts)
@@ -102,8 +134,16 @@ class GraphRunner:
         latents, index, cond = _put(arena, "x", views["init"]), _zero_index(arena), _put(arena, "embeds", embeds)
         low_res = _put(arena, "low_res", _noised_low_res(image, views, ctx.dtype, opts.cfg))
         unet, step_fn = self.unet_for(stage.unet), capturable_step(stage, x4_step)
-        key = ("x4", id(unet), id(step_fn), opts.cfg, static_choices(tables), arena.generation, _layout(pack),
-               _shapes(latents, cond, low_res))
+        key = (
+            "x4",
+            id(unet),
+            id(step_fn),
+            opts.cfg,
+            static_choices(tables),
+            arena.generation,
+            _layout(pack),
+            _shapes(latents, cond, low_res),
+        )
         dev_tables = device_tables(tables, views)
 
         def make_step():
@@ -143,17 +183,22 @@ class GraphRunner:
         """Pre-size a buffer (e.g. for the largest batch) so later, smaller runs never reallocate."""
         self.arenas[stage_no].reserve(name, nbytes)
 
-    def reserve_for(self, stage_no: int, *, batch: int, height: int, width: int, steps: int, text_dim: int,
-                    dtype: torch.dtype) -> None:
+    def reserve_for(
+        self, stage_no: int, *, batch: int, height: int, width: int, steps: int, text_dim: int, dtype: torch.dtype
+    ) -> None:
         """Allocate stage ``stage_no``'s buffers once for the largest call expected (CFG with a mixer
         branch, editing inputs, ``steps`` steps), so every smaller call is a view and no graph goes stale."""
         image = batch * 3 * height * width * dtype.itemsize
         rows = 3 * batch  # uncond, cond and a style-mixer branch
         sample = image if stage_no < 3 else image * 4 // 3  # x4 latents have 4 channels
         tables = 24 * (steps + 1) * 8 + 2 * 1000 * 4 + 32 * ALIGN  # per-step tables, alphas, alignment
-        for name, nbytes in (("x", sample), ("embeds", rows * 77 * text_dim * dtype.itemsize),
-                             ("upscaled", image), ("low_res", rows * image),
-                             ("upload", (steps + 4) * max(sample, image) + rows * image + tables)):
+        for name, nbytes in (
+            ("x", sample),
+            ("embeds", rows * 77 * text_dim * dtype.itemsize),
+            ("upscaled", image),
+            ("low_res", rows * image),
+            ("upload", (steps + 4) * max(sample, image) + rows * image + tables),
+        ):
             self.arenas[stage_no].reserve(name, nbytes)
 
 
@@ -219,8 +264,20 @@ def _if_step_fn(step_fn, unet, tables, views, x, index, cond, cfg: bool, upscale
     def step() -> None:
         # gathered with the device-side counter: the graph reads step i's noise without the host
         noise = noise_steps.index_select(0, index.reshape(1)).squeeze(0)
-        out = step_fn(unet, tables, index, x, cond, noise, guidance, cfg, upscaled=upscaled, noise_level=level,
-                      mask=mask, mixer=mixer)
+        out = step_fn(
+            unet,
+            tables,
+            index,
+            x,
+            cond,
+            noise,
+            guidance,
+            cfg,
+            upscaled=upscaled,
+            noise_level=level,
+            mask=mask,
+            mixer=mixer,
+        )
         x.copy_(out)
         index.add_(1)
 

@@ -30,15 +30,25 @@ class GraphStateError(RuntimeError):
 
 def check_graph_device(device: torch.device) -> None:
     if device.type != "cuda":
-        raise ValueError(f"CUDA graphs need a CUDA device, but the runtime runs on {device}; "
-                         "pass cuda_graphs=False (eager steps through the same static buffers)")
+        raise ValueError(
+            f"CUDA graphs need a CUDA device, but the runtime runs on {device}; "
+            "pass cuda_graphs=False (eager steps through the same static buffers)"
+        )
 
 
 class StepGraph:
     """One step function for one shape: warm-up, capture once, then replays that never synchronise."""
 
-    def __init__(self, step_fn: Callable[[], None], *, device: torch.device, enabled: bool = True,
-                 warmup_steps: int = 2, pool=None, name: str = "step"):
+    def __init__(
+        self,
+        step_fn: Callable[[], None],
+        *,
+        device: torch.device,
+        enabled: bool = True,
+        warmup_steps: int = 2,
+        pool=None,
+        name: str = "step",
+    ):
         if enabled:
             check_graph_device(device)
         if warmup_steps < 1:
@@ -65,8 +75,10 @@ class StepGraph:
         if self.state == CAPTURED:
             raise GraphStateError(f"{self.name}: captured twice; keep one StepGraph per shape")
         if self.warmed < self.warmup_steps:
-            raise GraphStateError(f"{self.name}: capture after {self.warmed} of {self.warmup_steps} warm-up "
-                                  "steps; lazily initialised kernels would be recorded half-built")
+            raise GraphStateError(
+                f"{self.name}: capture after {self.warmed} of {self.warmup_steps} warm-up "
+                "steps; lazily initialised kernels would be recorded half-built"
+            )
         self._graph, self.state = _capture(self.fn, self.pool, self._stream), CAPTURED
         log.debug("%s: captured", self.name)
 
@@ -150,8 +162,14 @@ class GraphCache:
         """The StepGraph for ``key``; ``make_step`` builds its step function on a miss only."""
         graph = self._graphs.get(key)
         if graph is None:
-            graph = StepGraph(make_step(), device=self.device, enabled=self.enabled,
-                              warmup_steps=self.warmup_steps, pool=self.pool, name=name)
+            graph = StepGraph(
+                make_step(),
+                device=self.device,
+                enabled=self.enabled,
+                warmup_steps=self.warmup_steps,
+                pool=self.pool,
+                name=name,
+            )
             self._graphs[key] = graph
         return graph
 

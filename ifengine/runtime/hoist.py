@@ -59,17 +59,22 @@ def split_invariant(graph: torch._C.Graph, invariant: set[int]) -> SplitStep:
     log.debug("hoisted %d nodes (%d tensors) out of the step", hoisted, len(frontier))
     n_original = len(inputs)
     step_kept = _erase_unused_inputs(graph)
-    if step_kept[-len(frontier):] != tuple(range(n_original, n_original + len(frontier))):
+    if step_kept[-len(frontier) :] != tuple(range(n_original, n_original + len(frontier))):
         raise RuntimeError("hoisting lost a hoisted input of the step graph")  # would misalign the prologue
-    return SplitStep(prologue=_function("prologue", prologue), prologue_inputs=_erase_unused_inputs(prologue),
-                     step=_function("step", graph),
-                     step_inputs=tuple(k for k in step_kept if k < n_original), hoisted_nodes=hoisted)
+    return SplitStep(
+        prologue=_function("prologue", prologue),
+        prologue_inputs=_erase_unused_inputs(prologue),
+        step=_function("step", graph),
+        step_inputs=tuple(k for k in step_kept if k < n_original),
+        hoisted_nodes=hoisted,
+    )
 
 
 def _whole(graph: torch._C.Graph) -> SplitStep:
     kept = _erase_unused_inputs(graph)
-    return SplitStep(prologue=None, prologue_inputs=(), step=_function("step", graph), step_inputs=kept,
-                     hoisted_nodes=0)
+    return SplitStep(
+        prologue=None, prologue_inputs=(), step=_function("step", graph), step_inputs=kept, hoisted_nodes=0
+    )
 
 
 def _mutates(graph: torch._C.Graph) -> bool:
@@ -111,8 +116,12 @@ def _frontier(graph: torch._C.Graph, static: set) -> list:
         if node.kind() != "prim::Return" and all(o in static for o in node.outputs()):
             continue  # itself hoisted
         for value in node.inputs():
-            if (value in static and value.node().kind() not in _NEVER_HOISTED
-                    and isinstance(value.type(), torch._C.TensorType) and value.unique() not in seen):
+            if (
+                value in static
+                and value.node().kind() not in _NEVER_HOISTED
+                and isinstance(value.type(), torch._C.TensorType)
+                and value.unique() not in seen
+            ):
                 seen.add(value.unique())
                 frontier.append(value)
     return frontier

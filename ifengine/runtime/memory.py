@@ -20,11 +20,20 @@ from .partition import DEFAULT_MAX_UNIT_BYTES, Partition, partition
 
 # The phases of one generate call, in order, and the components each one runs.
 PHASES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("text", ("t5",)), ("stage1", ("unet1",)), ("stage2", ("unet2",)), ("stage3", ("clip", "unet3")),
-    ("decode", ("vae",)))
+    ("text", ("t5",)),
+    ("stage1", ("unet1",)),
+    ("stage2", ("unet2",)),
+    ("stage3", ("clip", "unet3")),
+    ("decode", ("vae",)),
+)
 CAPTURED_PHASES = ("stage1", "stage2", "stage3")  # phases whose steps run as CUDA graphs
-PHASE_LABELS = {"text": "T5 encode", "stage1": "stage I", "stage2": "stage II", "stage3": "stage III",
-                "decode": "VAE decode"}
+PHASE_LABELS = {
+    "text": "T5 encode",
+    "stage1": "stage I",
+    "stage2": "stage II",
+    "stage3": "stage III",
+    "decode": "VAE decode",
+}
 TEXT_TOKENS = 77
 
 
@@ -76,13 +85,21 @@ class PlanInputs:
         return next(c for c in self.components if c.name == name)
 
 
-def component_info(name: str, module: nn.Module, forwards: int,
-                   max_unit_bytes: int = DEFAULT_MAX_UNIT_BYTES) -> ComponentInfo:
+def component_info(
+    name: str, module: nn.Module, forwards: int, max_unit_bytes: int = DEFAULT_MAX_UNIT_BYTES
+) -> ComponentInfo:
     part = partition(module, max_unit_bytes)
     tensors = {id(t): t for t in (*module.parameters(), *module.buffers())}.values()
     params = sum(p.numel() for p in {id(p): p for p in module.parameters()}.values())
-    return ComponentInfo(name, params, sum(t.numel() * t.element_size() for t in tensors), compute_dtype(module),
-                         part, forwards, is_quantized(module))
+    return ComponentInfo(
+        name,
+        params,
+        sum(t.numel() * t.element_size() for t in tensors),
+        compute_dtype(module),
+        part,
+        forwards,
+        is_quantized(module),
+    )
 
 
 def text_activation_bytes(hidden: int, ffn: int, heads: int, batch: int, itemsize: int) -> int:
@@ -97,8 +114,9 @@ def forwards_per_run(name: str, workload: Workload) -> int:
 
 
 @functools.lru_cache(maxsize=64)
-def unet_step_activation(kind: str, config, dtype: torch.dtype, batch: int, height: int, width: int,
-                         cfg: bool, text_dim: int) -> int:
+def unet_step_activation(
+    kind: str, config, dtype: torch.dtype, batch: int, height: int, width: int, cfg: bool, text_dim: int
+) -> int:
     """Peak activation bytes of one whole step (U-Net on the CFG batch + guidance + scheduler update)."""
     from .step_trace import trace_step
 
@@ -106,8 +124,9 @@ def unet_step_activation(kind: str, config, dtype: torch.dtype, batch: int, heig
 
 
 @functools.lru_cache(maxsize=64)
-def decode_activation(config, dtype: torch.dtype, batch: int, height: int, width: int, tile: int | None,
-                      overlap: int) -> int:
+def decode_activation(
+    config, dtype: torch.dtype, batch: int, height: int, width: int, tile: int | None, overlap: int
+) -> int:
     """Peak activation bytes of the VAE decode of (batch, 4, height, width) latents, whole or tiled."""
     from .step_trace import trace_decode
 

@@ -53,8 +53,11 @@ def page_locked(nbytes: int, device: torch.device) -> torch.Tensor:
         weakref.finalize(buffer, cudart.cudaHostUnregister, buffer.data_ptr())
         return buffer
     except (RuntimeError, AttributeError) as err:
-        log.warning("could not page-lock %s of host memory (%s); falling back to torch's pinned allocator",
-                    format_size(nbytes), err)
+        log.warning(
+            "could not page-lock %s of host memory (%s); falling back to torch's pinned allocator",
+            format_size(nbytes),
+            err,
+        )
         return buffer.pin_memory()
 
 
@@ -84,8 +87,10 @@ class WeightPlacer:
         if placed:
             # offloaded weights live in a shared swap area: only the loaded tenant's bytes are valid there,
             # so re-packing them from the device could copy another component's bytes
-            raise ValueError(f"{placed} were already placed by a memory plan; configure a cascade once (reload "
-                             "it to plan for another budget)")
+            raise ValueError(
+                f"{placed} were already placed by a memory plan; configure a cascade once (reload "
+                "it to plan for another budget)"
+            )
         offloaded = [p for p in self.plan.placements if p.mode != RESIDENT and p.name in self.modules]
         staged = {p.name: self._stage_on_host(p) for p in offloaded}  # frees device originals first
         self.swap = torch.zeros(self.plan.swap_bytes, dtype=torch.uint8, device=self.device)
@@ -97,9 +102,12 @@ class WeightPlacer:
                 self._make_resident(p.name)
         for module in self.modules.values():
             setattr(module, PLACED, True)
-        log.info("weights placed: %s resident, swap %s, stream slot %s",
-                 format_size(sum(b.numel() for b in self.resident.values())), format_size(self.plan.swap_bytes),
-                 format_size(self.plan.slot_bytes))
+        log.info(
+            "weights placed: %s resident, swap %s, stream slot %s",
+            format_size(sum(b.numel() for b in self.resident.values())),
+            format_size(self.plan.swap_bytes),
+            format_size(self.plan.slot_bytes),
+        )
         return self
 
     # -- setup ---------------------------------------------------------------------------------
@@ -110,16 +118,19 @@ class WeightPlacer:
         in_units = {id(t) for ts in units.values() for t in ts}
         part_slots, end = layout([t for t in unique_tensors(module) if id(t) not in in_units])
         if end > p.swap_bytes:
-            raise PlanMismatchError(f"{p.name}: its resident part needs {end} bytes, the plan reserved "
-                                    f"{p.swap_bytes}; plan with the modules being placed")
+            raise PlanMismatchError(
+                f"{p.name}: its resident part needs {end} bytes, the plan reserved "
+                f"{p.swap_bytes}; plan with the modules being placed"
+            )
         unit_slots, host_units = {}, {}
         for path, tensors in units.items():
             start = end
             unit_slots[path], end = layout(tensors, start)
             host_units[path] = (start, end - start)
             if end - start > self.plan.slot_bytes:
-                raise PlanMismatchError(f"{p.name}.{path} needs {end - start} bytes, the stream slot holds "
-                                        f"{self.plan.slot_bytes}")
+                raise PlanMismatchError(
+                    f"{p.name}.{path} needs {end - start} bytes, the stream slot holds {self.plan.slot_bytes}"
+                )
         host = page_locked(end, self.device)
         all_slots = part_slots + [s for slots in unit_slots.values() for s in slots]
         fill(host, all_slots)
@@ -129,8 +140,9 @@ class WeightPlacer:
         self._copies[p.name] = _HostCopy(host, p, p.swap_bytes, host_units)
         return rebinder, part_slots, unit_slots
 
-    def _bind_offloaded(self, p: Placement, rebinder: Rebinder, part_slots: list[Slot],
-                        unit_slots: dict[str, list[Slot]]) -> None:
+    def _bind_offloaded(
+        self, p: Placement, rebinder: Rebinder, part_slots: list[Slot], unit_slots: dict[str, list[Slot]]
+    ) -> None:
         bind_all(rebinder, part_slots, self.swap, shift=p.swap_offset)
         module = self.modules[p.name]
         fired: set[str] = set()
@@ -156,7 +168,7 @@ class WeightPlacer:
     def _stream_hook(self, name: str, path: str, start: int, nbytes: int, fired: set[str]):
         def load_unit(_module, _args) -> None:
             # recorded into the step's CUDA graph when captured: every replay streams the unit again
-            self.slot[:nbytes].copy_(self._copies[name].host[start:start + nbytes], non_blocking=True)
+            self.slot[:nbytes].copy_(self._copies[name].host[start : start + nbytes], non_blocking=True)
             fired.add(path)
 
         return load_unit
@@ -167,8 +179,10 @@ class WeightPlacer:
             # a unit whose hook never fired computed with another unit's bytes: fail loudly, never silently
             missing = expected - fired
             if missing:
-                raise RuntimeError(f"{name}: streamed units {sorted(missing)} ran without their pre-hook (not "
-                                   "entered through __call__); they cannot be streamed")
+                raise RuntimeError(
+                    f"{name}: streamed units {sorted(missing)} ran without their pre-hook (not "
+                    "entered through __call__); they cannot be streamed"
+                )
 
         return check
 
@@ -187,8 +201,9 @@ class WeightPlacer:
         if copy is None or name in self._loaded:
             return
         p = copy.placement
-        self.swap[p.swap_offset:p.swap_offset + copy.part_bytes].copy_(copy.host[:copy.part_bytes],
-                                                                        non_blocking=True)
+        self.swap[p.swap_offset : p.swap_offset + copy.part_bytes].copy_(
+            copy.host[: copy.part_bytes], non_blocking=True
+        )
         self._loaded = {n for n in self._loaded if not self._overlaps(n, name)} | {name}
         log.debug("moved %s in (%s)", name, format_size(copy.part_bytes))
 

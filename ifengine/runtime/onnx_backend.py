@@ -30,9 +30,14 @@ _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
 STAGE_COMPONENTS = {1: ("t5", "unet1", "step1"), 2: ("unet2", "step2"), 3: ("clip", "x4_unet", "vae_decoder", "step3")}
 
 
-def load_onnx_cascade(cls, artifacts: Path, providers: Sequence[Any] | None = None,
-                      precision: str | Mapping[str, str] = "fp32", use_step_graphs: bool = True,
-                      verify: str = "size"):
+def load_onnx_cascade(
+    cls,
+    artifacts: Path,
+    providers: Sequence[Any] | None = None,
+    precision: str | Mapping[str, str] = "fp32",
+    use_step_graphs: bool = True,
+    verify: str = "size",
+):
     """A ``cls`` (Cascade) running the graphs under ``artifacts`` on ``providers`` (default: CPU).
 
     ``precision`` picks the artifacts: one name for all, or a dict per component with an optional
@@ -53,8 +58,15 @@ def load_onnx_cascade(cls, artifacts: Path, providers: Sequence[Any] | None = No
     stages = {n: _if_stage(n, graphs, steps) for n in (1, 2)} | {3: _x4_stage(graphs, steps, dtype)}
     text = _t5(graphs, dtype) if stages[1] or stages[2] else None
     log.info("ONNX Runtime cascade from %s: %s on %s", artifacts, ", ".join(sorted(graphs)), providers)
-    return cls(text=text, stage1=stages[1], stage2=stages[2], stage3=stages[3], device=binding_device(providers),
-               dtype=dtype, safety=None)
+    return cls(
+        text=text,
+        stage1=stages[1],
+        stage2=stages[2],
+        stage3=stages[3],
+        device=binding_device(providers),
+        dtype=dtype,
+        safety=None,
+    )
 
 
 def _chooser(precision: str | Mapping[str, str]):
@@ -74,8 +86,10 @@ def _check_sources(graphs: Mapping[str, OrtGraph]) -> None:
         seen = {c: graphs[c].manifest["checkpoint_sha256"] for c in comps if c in graphs}
         if len(set(seen.values())) > 1:
             listing = ", ".join(f"{c} from {graphs[c].manifest.get('source', '?')} ({h[:12]})" for c, h in seen.items())
-            raise ArtifactError(f"stage {stage} artifacts come from different checkpoints: {listing}. Export them "
-                                f"again from one checkpoint (ifengine export --stage{stage} ...)")
+            raise ArtifactError(
+                f"stage {stage} artifacts come from different checkpoints: {listing}. Export them "
+                f"again from one checkpoint (ifengine export --stage{stage} ...)"
+            )
 
 
 def _stage_config(graphs: Mapping[str, OrtGraph], *names: str) -> dict[str, Any] | None:
@@ -103,12 +117,23 @@ def _x4_stage(graphs: Mapping[str, OrtGraph], steps: Mapping[str, OrtGraph], dty
     unet_config = UNetConfig.from_dict(config["unet"])
     unet = OrtUNet(graphs["x4_unet"], unet_config) if "x4_unet" in graphs else UNetStub(unet_config, 3)
     clip = graphs["clip"]
-    text = OrtPromptEncoder.from_graph(OrtTextModel(clip), clip.manifest_path.parent / clip.manifest["assets"]["tokenizer"],
-                                       "clip", dtype, clip.config["use_mask"])
+    text = OrtPromptEncoder.from_graph(
+        OrtTextModel(clip),
+        clip.manifest_path.parent / clip.manifest["assets"]["tokenizer"],
+        "clip",
+        dtype,
+        clip.config["use_mask"],
+    )
     vae = OrtVAE(graphs["vae_decoder"], VAEConfig.from_dict(graphs["vae_decoder"].config["vae"]))
-    return X4Stage(unet=unet, vae=vae, text=text, scheduler=DDIMConfig.from_dict(config["scheduler"]),
-                   low_res=DDPMConfig.from_dict(config["low_res"]), max_noise_level=config["max_noise_level"],
-                   step_fn=OrtX4Step(steps["step3"]) if "step3" in steps else None)
+    return X4Stage(
+        unet=unet,
+        vae=vae,
+        text=text,
+        scheduler=DDIMConfig.from_dict(config["scheduler"]),
+        low_res=DDPMConfig.from_dict(config["low_res"]),
+        max_noise_level=config["max_noise_level"],
+        step_fn=OrtX4Step(steps["step3"]) if "step3" in steps else None,
+    )
 
 
 def _t5(graphs: Mapping[str, OrtGraph], dtype: torch.dtype) -> OrtPromptEncoder:

@@ -29,8 +29,11 @@ class OrtUNet:
 
     def __call__(self, sample, timestep, encoder_hidden_states, class_labels=None) -> torch.Tensor:
         batch = sample.shape[0]
-        inputs = {"sample": sample, "timestep": _per_sample(timestep, batch),
-                  "encoder_hidden_states": encoder_hidden_states}
+        inputs = {
+            "sample": sample,
+            "timestep": _per_sample(timestep, batch),
+            "encoder_hidden_states": encoder_hidden_states,
+        }
         if self.takes_labels:
             if class_labels is None:
                 raise ValueError(f"{self.graph.name} needs class_labels (the noise level)")
@@ -46,8 +49,10 @@ class UNetStub:
 
     def __call__(self, *args, **kwargs):
         name = "x4_unet" if self.stage == 3 else f"unet{self.stage}"
-        raise ArtifactError(f"only the step graph of stage {self.stage} was exported; runs without guidance "
-                            f"(guidance <= 1) or with editing masks need the bare U-Net: export {name} too")
+        raise ArtifactError(
+            f"only the step graph of stage {self.stage} was exported; runs without guidance "
+            f"(guidance <= 1) or with editing masks need the bare U-Net: export {name} too"
+        )
 
 
 class OrtVAE:
@@ -77,8 +82,9 @@ class OrtPromptEncoder(PromptEncoder):
     """PromptEncoder over an ORT text model: the device is the graph's binding device."""
 
     @classmethod
-    def from_graph(cls, model: OrtTextModel, tokenizer_dir: Path, kind: str, out_dtype: torch.dtype,
-                   use_mask: bool) -> "OrtPromptEncoder":
+    def from_graph(
+        cls, model: OrtTextModel, tokenizer_dir: Path, kind: str, out_dtype: torch.dtype, use_mask: bool
+    ) -> "OrtPromptEncoder":
         from transformers import AutoTokenizer, CLIPTokenizer
 
         tokenizer = (CLIPTokenizer if kind == "clip" else AutoTokenizer).from_pretrained(tokenizer_dir)
@@ -108,13 +114,32 @@ class OrtIFStep:
     def __init__(self, graph: OrtGraph, stage: int):
         self.graph, self.stage, self.schedule = graph, stage, _Schedule(pack_ddpm)
 
-    def __call__(self, unet, tables, i, x, embeds, noise, guidance, cfg, upscaled=None, noise_level=None,
-                 mask=None, mixer=None) -> torch.Tensor:
+    def __call__(
+        self, unet, tables, i, x, embeds, noise, guidance, cfg, upscaled=None, noise_level=None, mask=None, mixer=None
+    ) -> torch.Tensor:
         if not cfg or mask is not None or mixer is not None:
-            return if_step(unet, tables, i, x, embeds, noise, guidance, cfg, upscaled=upscaled,
-                           noise_level=noise_level, mask=mask, mixer=mixer)
-        inputs = {"sample": x, "step": i.reshape(1), "schedule": self.schedule(tables), "text_embeds": embeds,
-                  "noise": noise, "guidance": guidance.reshape(1)}
+            return if_step(
+                unet,
+                tables,
+                i,
+                x,
+                embeds,
+                noise,
+                guidance,
+                cfg,
+                upscaled=upscaled,
+                noise_level=noise_level,
+                mask=mask,
+                mixer=mixer,
+            )
+        inputs = {
+            "sample": x,
+            "step": i.reshape(1),
+            "schedule": self.schedule(tables),
+            "text_embeds": embeds,
+            "noise": noise,
+            "guidance": guidance.reshape(1),
+        }
         if self.stage == 2:
             inputs |= {"upscaled": upscaled, "noise_level": noise_level}
         return self.graph(**inputs).to(x.dtype)
@@ -129,6 +154,13 @@ class OrtX4Step:
     def __call__(self, unet, tables, i, latents, image, embeds, noise_level, guidance, cfg) -> torch.Tensor:
         if not cfg:
             return x4_step(unet, tables, i, latents, image, embeds, noise_level, guidance, cfg)
-        inputs = {"sample": latents, "step": i.reshape(1), "schedule": self.schedule(tables), "image": image,
-                  "text_embeds": embeds, "noise_level": noise_level, "guidance": guidance.reshape(1)}
+        inputs = {
+            "sample": latents,
+            "step": i.reshape(1),
+            "schedule": self.schedule(tables),
+            "image": image,
+            "text_embeds": embeds,
+            "noise_level": noise_level,
+            "guidance": guidance.reshape(1),
+        }
         return self.graph(**inputs).to(latents.dtype)

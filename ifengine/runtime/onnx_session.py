@@ -23,8 +23,12 @@ log = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
-_ELEMENT = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64,
-            torch.bfloat16: onnx.TensorProto.BFLOAT16}
+_ELEMENT = {
+    torch.float32: np.float32,
+    torch.float16: np.float16,
+    torch.int64: np.int64,
+    torch.bfloat16: onnx.TensorProto.BFLOAT16,
+}
 _TORCH = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int64": torch.int64}
 
 
@@ -65,8 +69,10 @@ class OrtGraph:
             for size, dim in zip(shape, t.dims):
                 fixed = isinstance(dim, int)
                 if (size != dim) if fixed else (dims.setdefault(dim, size) != size):
-                    raise SpecError(f"{self.name}: {t.name} has shape {shape}, inconsistent with dims {t.dims} "
-                                    f"(other inputs give {dims})")
+                    raise SpecError(
+                        f"{self.name}: {t.name} has shape {shape}, inconsistent with dims {t.dims} "
+                        f"(other inputs give {dims})"
+                    )
         named = {k: v for k, v in dims.items() if k in self.spec.ranges}
         self.spec.check_dims(self.spec.complete(named))
         return named
@@ -78,8 +84,9 @@ class OrtGraph:
         bound = {t.name: inputs[t.name].to(self.device, _TORCH[t.dtype]).contiguous() for t in self.spec.inputs}
         dims = self.dims_of(bound)
         out_spec = self.spec.outputs[0]
-        out = torch.empty(self.spec.output_shapes(**dims)[out_spec.name], dtype=_TORCH[out_spec.dtype],
-                          device=self.device)
+        out = torch.empty(
+            self.spec.output_shapes(**dims)[out_spec.name], dtype=_TORCH[out_spec.dtype], device=self.device
+        )
         binding = self.session.io_binding()
         for name, tensor in bound.items():
             binding.bind_input(name, *_where(tensor), _ELEMENT[tensor.dtype], tuple(tensor.shape), tensor.data_ptr())
@@ -111,12 +118,15 @@ def _session(graph: Path, providers: Sequence[Any], manifest: dict[str, Any]):
     import onnxruntime as ort
 
     if manifest["precision"] == "bf16" and all(n == CPU for n in provider_names(providers)):
-        raise ArtifactError(f"{graph} is a bf16 graph: ONNX Runtime's CPU provider has no bf16 kernels. Use the "
-                            "CUDA or TensorRT provider, or fp32/fp16/int8 artifacts on the CPU.")
+        raise ArtifactError(
+            f"{graph} is a bf16 graph: ONNX Runtime's CPU provider has no bf16 kernels. Use the "
+            "CUDA or TensorRT provider, or fp32/fp16/int8 artifacts on the CPU."
+        )
     options = ort.SessionOptions()
     options.log_severity_level = 3
     try:
         return ort.InferenceSession(str(graph), options, providers=list(providers))
     except Exception as err:  # ORT raises its own exception types; all mean the graph cannot be loaded
-        raise ArtifactError(f"ONNX Runtime cannot load {graph} ({type(err).__name__}: {err}); "
-                            "export the artifact again") from err
+        raise ArtifactError(
+            f"ONNX Runtime cannot load {graph} ({type(err).__name__}: {err}); export the artifact again"
+        ) from err

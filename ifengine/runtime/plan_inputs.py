@@ -20,8 +20,18 @@ from ..models.int8 import compute_dtype, largest_dequantized_bytes
 from ..models.presets import text_preset, unet_preset, vae_preset
 from ..models.vae import VAEDecoder, decode_dtype
 from ..models.x4_unet import X4UNet
-from .memory import (PHASES, PhaseInfo, PlanInputs, Workload, buffer_bytes, component_info,
-                     decode_activation, forwards_per_run, text_activation_bytes, unet_step_activation)
+from .memory import (
+    PHASES,
+    PhaseInfo,
+    PlanInputs,
+    Workload,
+    buffer_bytes,
+    component_info,
+    decode_activation,
+    forwards_per_run,
+    text_activation_bytes,
+    unet_step_activation,
+)
 
 log = logging.getLogger(__name__)
 DEFAULT_PRESETS = ("IF-I-XL", "IF-II-L", "x4")
@@ -62,8 +72,10 @@ def preset_modules(names: tuple[str, ...], dtype: torch.dtype, min_vocab: int = 
         raise ValueError(f"give 1 to 3 presets (stage I[, II[, III]]), got {names}")
     tiny = names[0].startswith("tiny")
     t5 = _text_kwargs("tiny-t5" if tiny else "t5-v1_1-xxl", min_vocab)
-    modules = {"t5": _transformers_text("t5", t5, text_dtype(dtype)),
-               "unet1": _meta(lambda: IFUNet(unet_preset(names[0]))).to(dtype)}
+    modules = {
+        "t5": _transformers_text("t5", t5, text_dtype(dtype)),
+        "unet1": _meta(lambda: IFUNet(unet_preset(names[0]))).to(dtype),
+    }
     if len(names) > 1:
         modules["unet2"] = _meta(lambda: IFUNet(unet_preset(names[1]))).to(dtype)
     if len(names) > 2:
@@ -72,8 +84,9 @@ def preset_modules(names: tuple[str, ...], dtype: torch.dtype, min_vocab: int = 
         vae = vae_preset("tiny-vae" if names[2] == "tiny-x4" else "x4-vae")
         clip = _text_kwargs("tiny-clip" if names[2] == "tiny-x4" else "clip-vit-h-text", min_vocab)
         modules["clip"] = _transformers_text("clip", clip, dtype)
-        modules["unet3"] = _meta(lambda: X4UNet(unet_preset("tiny-x4" if names[2] == "tiny-x4" else "x4-upscaler"))
-                                 ).to(dtype)
+        modules["unet3"] = _meta(lambda: X4UNet(unet_preset("tiny-x4" if names[2] == "tiny-x4" else "x4-upscaler"))).to(
+            dtype
+        )
         modules["vae"] = _meta(lambda: VAEDecoder(vae)).to(decode_dtype(vae, dtype))
     return modules
 
@@ -111,14 +124,19 @@ def _configs_only(source):
     try:
         return snapshot_download(str(source), allow_patterns=["model_index.json", "*/*.json"])
     except Exception as err:  # offline, gated, unknown id: all mean the same to a user
-        raise ValueError(f"could not fetch the config files of {source!r} ({type(err).__name__}: {err}); pass a "
-                         "local checkpoint folder instead") from err
+        raise ValueError(
+            f"could not fetch the config files of {source!r} ({type(err).__name__}: {err}); pass a "
+            "local checkpoint folder instead"
+        ) from err
 
 
 def cascade_modules(cascade) -> dict[str, nn.Module]:
     """The loaded modules of a Cascade, by planner name."""
-    found = {"t5": getattr(cascade.text, "model", None),
-             "unet1": getattr(cascade.stage1, "unet", None), "unet2": getattr(cascade.stage2, "unet", None)}
+    found = {
+        "t5": getattr(cascade.text, "model", None),
+        "unet1": getattr(cascade.stage1, "unet", None),
+        "unet2": getattr(cascade.stage2, "unet", None),
+    }
     if cascade.stage3 is not None:
         found.update(clip=cascade.stage3.text.model, unet3=cascade.stage3.unet, vae=cascade.stage3.vae)
     return {k: m for k, m in found.items() if isinstance(m, nn.Module)}
@@ -153,8 +171,15 @@ def _text_phase(module: nn.Module, workload: Workload) -> int:
 
 def _decode_options(vae: nn.Module, workload: Workload) -> tuple[tuple[int | None, int], ...]:
     h, w = workload.size(2)
-    measure = lambda tile: decode_activation(vae.config, _dtype(vae), workload.batch, h, w, tile,  # noqa: E731
-                                             (tile or 0) // 4)
+    measure = lambda tile: decode_activation(
+        vae.config,
+        _dtype(vae),
+        workload.batch,
+        h,
+        w,
+        tile,  # noqa: E731
+        (tile or 0) // 4,
+    )
     tiles = [t for t in DECODE_TILES if t < max(h, w)]
     return ((None, measure(None)),) + tuple((t, measure(t)) for t in tiles)
 

@@ -117,8 +117,9 @@ def plan_memory(inputs: PlanInputs, budget_bytes: int, options: PlanOptions = Pl
 def _search(inputs: PlanInputs, budget_bytes: int, options: PlanOptions) -> MemoryPlan | None:
     names = [c.name for c in inputs.components]
     best = None
-    for (tile, decode_act), scope, resident in itertools.product(inputs.decode_options, _scopes(options),
-                                                                  _resident_sets(names, options.mode)):
+    for (tile, decode_act), scope, resident in itertools.product(
+        inputs.decode_options, _scopes(options), _resident_sets(names, options.mode)
+    ):
         plan = _evaluate(inputs, budget_bytes, options, frozenset(resident), tile, decode_act, scope)
         if plan is not None and (best is None or _cost(plan) < _cost(best)):
             best = plan
@@ -145,14 +146,23 @@ def _cost(plan: MemoryPlan) -> tuple:
     tile_rank = 0 if plan.vae_tile is None else -plan.vae_tile
     unet_moved = sum(p.swap_bytes for p in plan.placements if p.name in UNETS and p.mode != RESIDENT)
     # U-Net moves happen every call; encoder moves only for prompts the embedding cache has not seen
-    return (plan.unet_streamed_bytes_per_call, plan.vae_tile is not None, tile_rank, plan.graph_scope == "stage",
-            unet_moved, plan.transfer_bytes_per_call, -plan.resident_bytes)
+    return (
+        plan.unet_streamed_bytes_per_call,
+        plan.vae_tile is not None,
+        tile_rank,
+        plan.graph_scope == "stage",
+        unet_moved,
+        plan.transfer_bytes_per_call,
+        -plan.resident_bytes,
+    )
 
 
 def _phase_extras(inputs: PlanInputs, options: PlanOptions, decode_act: int, scope: str) -> dict[str, int]:
     """Per phase: activation bytes on top of weights and buffers (graph pools included)."""
-    acts = {p.name: int((decode_act if p.name == "decode" else p.activation_bytes) * options.activation_margin)
-            for p in inputs.phases}
+    acts = {
+        p.name: int((decode_act if p.name == "decode" else p.activation_bytes) * options.activation_margin)
+        for p in inputs.phases
+    }
     captured = [acts[p] for p in CAPTURED_PHASES if p in acts]
     if options.mode == "throughput":
         front = acts.get("stage1", 0)
@@ -165,8 +175,9 @@ def _phase_extras(inputs: PlanInputs, options: PlanOptions, decode_act: int, sco
     return {name: act + pool for name, act in acts.items()}
 
 
-def _evaluate(inputs: PlanInputs, budget: int, options: PlanOptions, resident: frozenset, tile, decode_act,
-              scope: str) -> MemoryPlan | None:
+def _evaluate(
+    inputs: PlanInputs, budget: int, options: PlanOptions, resident: frozenset, tile, decode_act, scope: str
+) -> MemoryPlan | None:
     extras = _phase_extras(inputs, options, decode_act, scope)
     comps = {c.name: c for c in inputs.components}
     resident_bytes = sum(comps[n].partition.total_bytes for n in resident)
@@ -186,10 +197,20 @@ def _evaluate(inputs: PlanInputs, budget: int, options: PlanOptions, resident: f
     placements, swap = _placements(comps, resident, groups, streamed)
     peaks = tuple(_peak(inputs, name, extras, fixed + slot + swap, decode_act, options) for name in extras)
     return MemoryPlan(
-        budget_bytes=budget, options=options, workload=inputs.workload, placements=placements, swap_bytes=swap,
-        slot_bytes=slot, graph_scope=scope, vae_tile=tile, phases=peaks, resident_bytes=resident_bytes,
-        buffer_bytes=inputs.buffer_bytes, transfer_bytes_per_call=_transfer(placements, comps, unets=False),
-        unet_streamed_bytes_per_call=_transfer(placements, comps, unets=True))
+        budget_bytes=budget,
+        options=options,
+        workload=inputs.workload,
+        placements=placements,
+        swap_bytes=swap,
+        slot_bytes=slot,
+        graph_scope=scope,
+        vae_tile=tile,
+        phases=peaks,
+        resident_bytes=resident_bytes,
+        buffer_bytes=inputs.buffer_bytes,
+        transfer_bytes_per_call=_transfer(placements, comps, unets=False),
+        unet_streamed_bytes_per_call=_transfer(placements, comps, unets=True),
+    )
 
 
 def _swap_groups(inputs: PlanInputs, resident: frozenset) -> list[tuple[str, ...]]:
@@ -229,8 +250,17 @@ def _placements(comps, resident, groups, streamed) -> tuple[tuple[Placement, ...
             streamed_bytes = sum(u.nbytes for u in units)
             part = comps[name].partition.total_bytes - streamed_bytes
             mode = STREAM if units else OFFLOAD
-            placements.append(Placement(name, mode, comps[name].weight_bytes, offset, part,
-                                        tuple(u.path for u in reversed(units)), streamed_bytes))
+            placements.append(
+                Placement(
+                    name,
+                    mode,
+                    comps[name].weight_bytes,
+                    offset,
+                    part,
+                    tuple(u.path for u in reversed(units)),
+                    streamed_bytes,
+                )
+            )
             offset += part  # layout sizes are already aligned
         swap = max(swap, offset)
     order = {name: i for i, name in enumerate(comps)}
@@ -262,9 +292,11 @@ def _transfer(placements, comps, *, unets: bool) -> int:
 def _infeasible(inputs: PlanInputs, budget: int, options: PlanOptions) -> str:
     needed = minimum_budget(inputs, options)
     what = "throughput mode (every U-Net resident)" if options.mode == "throughput" else "any placement"
-    return (f"no memory plan fits {format_size(budget)} with {what}: this workload needs at least "
-            f"{format_size(needed)} (with everything that can stream streamed). Use a larger budget, a smaller "
-            "batch or resolution" + (", or latency mode." if options.mode == "throughput" else "."))
+    return (
+        f"no memory plan fits {format_size(budget)} with {what}: this workload needs at least "
+        f"{format_size(needed)} (with everything that can stream streamed). Use a larger budget, a smaller "
+        "batch or resolution" + (", or latency mode." if options.mode == "throughput" else ".")
+    )
 
 
 def minimum_budget(inputs: PlanInputs, options: PlanOptions = PlanOptions(), precision: int = 16 * MiB) -> int:

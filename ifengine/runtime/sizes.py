@@ -7,9 +7,16 @@ import re
 # Decimal units are what GPU vendors print on the box; binary units are what CUDA reports. Both are
 # accepted, spelled out, because "8G" is ambiguous by 7 % and that is enough to break a tight plan.
 _UNITS = {
-    "": 1, "b": 1,
-    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
 }
 _PATTERN = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*$")
 GiB = 2**30
@@ -27,12 +34,13 @@ def parse_size(text: str | int | float) -> int:
         return _positive(int(text), str(text))
     match = _PATTERN.match(str(text))
     if not match:
-        raise SizeError(f"cannot read {text!r} as a memory size: write a number and a unit, e.g. 8GiB, "
-                        "12GB or 8000MiB")
+        raise SizeError(f"cannot read {text!r} as a memory size: write a number and a unit, e.g. 8GiB, 12GB or 8000MiB")
     number, unit = float(match.group(1)), match.group(2).lower()
     if unit not in _UNITS:
-        raise SizeError(f"unknown size unit {match.group(2)!r} in {text!r}: use B, KB/MB/GB/TB (powers of "
-                        "1000) or KiB/MiB/GiB/TiB (powers of 1024), e.g. 8GiB")
+        raise SizeError(
+            f"unknown size unit {match.group(2)!r} in {text!r}: use B, KB/MB/GB/TB (powers of "
+            "1000) or KiB/MiB/GiB/TiB (powers of 1024), e.g. 8GiB"
+        )
     return _positive(int(number * _UNITS[unit]), str(text))
 
 

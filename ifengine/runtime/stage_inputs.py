@@ -44,12 +44,16 @@ def device_tables(tables, views: dict[str, torch.Tensor]):
 
 def static_choices(tables) -> tuple:
     """The non-tensor fields that change the step's code path (part of a graph's identity)."""
-    return tuple((f.name, getattr(tables, f.name)) for f in dataclasses.fields(tables)
-                 if f.name != "host_timesteps" and not isinstance(getattr(tables, f.name), torch.Tensor))
+    return tuple(
+        (f.name, getattr(tables, f.name))
+        for f in dataclasses.fields(tables)
+        if f.name != "host_timesteps" and not isinstance(getattr(tables, f.name), torch.Tensor)
+    )
 
 
-def _scalars(pack: HostPack, opts: StageOptions, dtype: torch.dtype, level_batch: int | None,
-             mixer: float | None = None) -> None:
+def _scalars(
+    pack: HostPack, opts: StageOptions, dtype: torch.dtype, level_batch: int | None, mixer: float | None = None
+) -> None:
     pack.add("guidance", torch.tensor(opts.guidance, dtype=dtype))
     if mixer is not None and opts.cfg:
         pack.add("mixer", torch.tensor(mixer, dtype=dtype))
@@ -62,8 +66,16 @@ def branches(opts: StageOptions, mixer: float | None) -> int:
     return 1 if not opts.cfg else (2 if mixer is None else 3)
 
 
-def if_stage_pack(stage, opts: StageOptions, shape: tuple[int, ...], generator, dtype: torch.dtype,
-                  with_image: bool, start=None, mixer: float | None = None):
+def if_stage_pack(
+    stage,
+    opts: StageOptions,
+    shape: tuple[int, ...],
+    generator,
+    dtype: torch.dtype,
+    with_image: bool,
+    start=None,
+    mixer: float | None = None,
+):
     """(pack, host tables) of an IF stage: noise [init, image, per step], tables, scalars, alphas, edit start.
 
     ``start`` (img2img / inpainting) trims the schedule to its kept steps before the noise is drawn, as
@@ -86,8 +98,14 @@ def if_stage_pack(stage, opts: StageOptions, shape: tuple[int, ...], generator, 
     return pack, tables
 
 
-def x4_stage_pack(stage, opts: StageOptions, latent_shape: tuple[int, ...], image_shape: tuple[int, ...],
-                  generator, dtype: torch.dtype):
+def x4_stage_pack(
+    stage,
+    opts: StageOptions,
+    latent_shape: tuple[int, ...],
+    image_shape: tuple[int, ...],
+    generator,
+    dtype: torch.dtype,
+):
     """(pack, host tables) of stage III: image noise then start latents, DDIM tables, scalars, alphas."""
     noise = x4_stage_noise(latent_shape, image_shape, generator, dtype)
     tables = host_tables(ddim_tables, stage.scheduler, opts)

@@ -34,8 +34,9 @@ def _tables_tensors(tables) -> list[torch.Tensor]:
     return [v for v in vars(tables).values() if isinstance(v, torch.Tensor)]
 
 
-def trace_step(kind: str, config, dtype: torch.dtype, batch: int, height: int, width: int, cfg: bool,
-               text_dim: int) -> int:
+def trace_step(
+    kind: str, config, dtype: torch.dtype, batch: int, height: int, width: int, cfg: bool, text_dim: int
+) -> int:
     """``kind`` "if1", "if2" (stage II, with the upscaled image) or "x4"; ``batch`` counts images."""
     rows = 2 * batch if cfg else batch
     index = _tensor((), torch.long)
@@ -54,13 +55,24 @@ def trace_step(kind: str, config, dtype: torch.dtype, batch: int, height: int, w
         upscaled = _tensor((batch, 3, height, width), dtype) if kind == "if2" else None
         level = _tensor((rows,), torch.long) if kind == "if2" else None
         inputs = [t for t in (index, embeds, guidance, x, noise, upscaled, level) if t is not None]
-        run = lambda: if_step(unet, tables, index, x, embeds, noise, guidance, cfg,  # noqa: E731
-                              upscaled=upscaled, noise_level=level)
+        run = lambda: if_step(
+            unet,
+            tables,
+            index,
+            x,
+            embeds,
+            noise,
+            guidance,
+            cfg,  # noqa: E731
+            upscaled=upscaled,
+            noise_level=level,
+        )
     return peak_activation_bytes(run, module_tensors(unet) + inputs + _tables_tensors(tables))
 
 
-def trace_decode(config, dtype: torch.dtype, batch: int, height: int, width: int, tile: int | None,
-                 overlap: int) -> int:
+def trace_decode(
+    config, dtype: torch.dtype, batch: int, height: int, width: int, tile: int | None, overlap: int
+) -> int:
     """Whole decode traced; a tiled decode is one tile traced plus its float32 blending accumulators.
 
     Tracing every tile would measure the same tile many times over (seconds for small tiles): the

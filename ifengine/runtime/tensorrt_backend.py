@@ -43,8 +43,10 @@ class TensorRTEngine:
             return
         try:
             if _capturing():
-                raise RuntimeError(f"{self.plan.name}: shapes changed during a CUDA graph capture; prepare() and "
-                                   f"run once at these shapes before capturing")
+                raise RuntimeError(
+                    f"{self.plan.name}: shapes changed during a CUDA graph capture; prepare() and "
+                    f"run once at these shapes before capturing"
+                )
             trt_rt.bind(self.context, binding.shapes, binding.addresses)
             self._check_output_shapes()
         except BaseException:
@@ -135,8 +137,15 @@ class TensorRTGraph:
         return out.clone()  # the engine's output buffer is overwritten by its next call
 
 
-def load_engines(out: str | Path, components: Sequence[str], *, artifacts: str | Path | None = None,
-                 device: int = 0, budgets: Mapping[str, Any] | None = None, checksum: bool = True) -> TensorRTEngineSet:
+def load_engines(
+    out: str | Path,
+    components: Sequence[str],
+    *,
+    artifacts: str | Path | None = None,
+    device: int = 0,
+    budgets: Mapping[str, Any] | None = None,
+    checksum: bool = True,
+) -> TensorRTEngineSet:
     """Load, verify and activate the engines of ``components`` built into ``out`` for this machine.
 
     ``artifacts``: when given, each engine must have been built from the graph exported there now (stale check).
@@ -158,7 +167,7 @@ def load_engines(out: str | Path, components: Sequence[str], *, artifacts: str |
         _apply_budget(component, manifest, engine, (budgets or {}).get(component))
     size = bindings.shared_scratch_bytes(trt_rt.scratch_need(e) for _, _, e in loaded)
     scratch = torch.empty(max(size, 1), dtype=torch.uint8, device=f"cuda:{device}")
-    log.info("TensorRT: %d engine(s), shared scratch %.2f GiB", len(loaded), size / 2 ** 30)
+    log.info("TensorRT: %d engine(s), shared scratch %.2f GiB", len(loaded), size / 2**30)
     engines: dict[str, list[TensorRTEngine]] = {}
     for component, manifest, engine in loaded:
         engines.setdefault(component, []).append(_activate(trt, manifest, engine, scratch, size, device))
@@ -187,7 +196,7 @@ def _apply_budget(component: str, manifest: Mapping, engine, requested) -> None:
     budget = bindings.resolve_budget(requested, streaming, default, streamable, automatic)
     if budget is not None:
         trt_rt.set_streaming_budget(engine, budget)
-        log.info("%s: %.2f of %.2f GiB of weights stay on the GPU", component, budget / 2 ** 30, streamable / 2 ** 30)
+        log.info("%s: %.2f of %.2f GiB of weights stay on the GPU", component, budget / 2**30, streamable / 2**30)
 
 
 def _activate(trt, manifest: Mapping, engine, scratch, size: int, device: int) -> TensorRTEngine:

@@ -48,18 +48,43 @@ class _Batch:
     ready: object = None  # event recorded on the front stream after this batch's stage I
 
 
-def run_throughput(cascade, runtime, prompts: Sequence[str], *, batch_size: int = 1, seed: int = 0,
-                   negative_prompt: str | None = None, height: int | None = None, width: int | None = None,
-                   steps=None, guidance=None, noise_level=None, clean_caption: bool = True,
-                   overlap: bool = True, check_finite: bool = True) -> ThroughputResult:
+def run_throughput(
+    cascade,
+    runtime,
+    prompts: Sequence[str],
+    *,
+    batch_size: int = 1,
+    seed: int = 0,
+    negative_prompt: str | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    steps=None,
+    guidance=None,
+    noise_level=None,
+    clean_caption: bool = True,
+    overlap: bool = True,
+    check_finite: bool = True,
+) -> ThroughputResult:
     """Generate one image per prompt in batches of ``batch_size``; report images per second."""
     device = torch.device(cascade.device)
     use_streams = overlap and device.type == "cuda"
     if use_streams and runtime.options.mode != "throughput":
         raise ValueError("overlapping stages needs a runtime built with configure(..., mode='throughput')")
-    batches = [_prepare(cascade, list(prompts[i:i + batch_size]), seed + k, negative_prompt, height, width,
-                        steps, guidance, noise_level, clean_caption)
-               for k, i in enumerate(range(0, len(prompts), batch_size))]
+    batches = [
+        _prepare(
+            cascade,
+            list(prompts[i : i + batch_size]),
+            seed + k,
+            negative_prompt,
+            height,
+            width,
+            steps,
+            guidance,
+            noise_level,
+            clean_caption,
+        )
+        for k, i in enumerate(range(0, len(prompts), batch_size))
+    ]
     front, back = _streams(device, use_streams)
     _sync(device)  # timing starts with an idle device; not part of any generate call
     started = time.perf_counter()
@@ -80,9 +105,19 @@ def run_throughput(cascade, runtime, prompts: Sequence[str], *, batch_size: int 
 
 
 def _prepare(cascade, prompts, seed, negative, height, width, steps, guidance, noise_level, clean) -> _Batch:
-    req = cascade.make_request(prompt=prompts, negative_prompt=negative, height=height, width=width,
-                               num_images_per_prompt=1, steps=steps, guidance=guidance, noise_level=noise_level,
-                               timesteps=(None, None, None), last_stage=None, output_type="pt")
+    req = cascade.make_request(
+        prompt=prompts,
+        negative_prompt=negative,
+        height=height,
+        width=width,
+        num_images_per_prompt=1,
+        steps=steps,
+        guidance=guidance,
+        noise_level=noise_level,
+        timesteps=(None, None, None),
+        last_stage=None,
+        output_type="pt",
+    )
     ctx = RunContext(cascade.device, cascade.dtype, torch.Generator().manual_seed(seed), False)
     embeds = cascade.encode(req, clean)
     if req.last_stage >= 3:  # warm the CLIP cache now; stage III then encodes without a host sync
@@ -97,18 +132,23 @@ def _embeds(batch: _Batch, opts) -> torch.Tensor:
 
 def _stage1(cascade, runtime, batch: _Batch) -> None:
     req, o1 = batch.request, batch.request.stages[0]
-    batch.outs.append(runtime.run_if_stage(1, cascade.stage1, o1, _embeds(batch, o1), (req.batch, 3, *req.size(1)),
-                                           batch.ctx))
+    batch.outs.append(
+        runtime.run_if_stage(1, cascade.stage1, o1, _embeds(batch, o1), (req.batch, 3, *req.size(1)), batch.ctx)
+    )
 
 
 def _stages23(cascade, runtime, batch: _Batch) -> None:
     req, (_, o2, o3) = batch.request, batch.request.stages
     if req.last_stage >= 2:
-        batch.outs.append(runtime.run_if_stage(2, cascade.stage2, o2, _embeds(batch, o2),
-                                               (req.batch, 3, *req.size(2)), batch.ctx, image=batch.outs[-1]))
+        batch.outs.append(
+            runtime.run_if_stage(
+                2, cascade.stage2, o2, _embeds(batch, o2), (req.batch, 3, *req.size(2)), batch.ctx, image=batch.outs[-1]
+            )
+        )
     if req.last_stage >= 3:
-        batch.outs.append(runtime.run_x4_stage(cascade.stage3, o3, list(req.prompts), list(req.negatives),
-                                               batch.outs[-1], batch.ctx))
+        batch.outs.append(
+            runtime.run_x4_stage(cascade.stage3, o3, list(req.prompts), list(req.negatives), batch.outs[-1], batch.ctx)
+        )
 
 
 def _streams(device: torch.device, use: bool):
@@ -151,7 +191,7 @@ def _fetch(cascade, batches: list[_Batch], front, back, check_finite: bool) -> l
     host = fetch_checked(flat, cascade.encoders(), check_finite, labels)  # the one host synchronisation
     out, i = [], 0
     for b in batches:
-        out.append(host[i:i + len(b.outs)])
+        out.append(host[i : i + len(b.outs)])
         i += len(b.outs)
     return out
 
@@ -159,4 +199,3 @@ def _fetch(cascade, batches: list[_Batch], front, back, check_finite: bool) -> l
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-

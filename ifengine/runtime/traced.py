@@ -68,7 +68,7 @@ class _StepModule(nn.Module):
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
         values = dict(zip(self.tensor_names, tensors))
-        fields = {k[len("tables."):]: values.pop(k) for k in list(values) if k.startswith("tables.")}
+        fields = {k[len("tables.") :]: values.pop(k) for k in list(values) if k.startswith("tables.")}
         tables = dataclasses.replace(self.tables, **fields)
         return self.kind.fn(self.unet, tables, **values, **self.statics)
 
@@ -99,8 +99,15 @@ class TracedStep:
     ``fallback`` logs and runs eagerly when a step cannot be traced instead of raising.
     """
 
-    def __init__(self, kind: StepKind, *, min_steps: int = 0, devices: tuple[str, ...] | None = None,
-                 fallback: bool = False, cache_size: int = 8):
+    def __init__(
+        self,
+        kind: StepKind,
+        *,
+        min_steps: int = 0,
+        devices: tuple[str, ...] | None = None,
+        fallback: bool = False,
+        cache_size: int = 8,
+    ):
         self.kind, self.min_steps, self.devices, self.fallback = kind, min_steps, devices, fallback
         self._names, self._defaults = kind.names, kind.defaults
         self._cache: OrderedDict[tuple, _Graph | None] = OrderedDict()
@@ -156,16 +163,23 @@ class TracedStep:
         except Exception as err:  # tracing fails in many ways (unsupported ops, data-dependent shapes)
             if not self.fallback:
                 raise
-            log.warning("could not trace the %s step (%s: %s); running it eagerly", self.kind.fn.__name__,
-                        type(err).__name__, err)
+            log.warning(
+                "could not trace the %s step (%s: %s); running it eagerly",
+                self.kind.fn.__name__,
+                type(err).__name__,
+                err,
+            )
             return None
 
 
 @torch.no_grad()
 def trace_split(module: nn.Module, example: list[torch.Tensor], invariant: set[int]) -> SplitStep:
     """Trace ``module(*example)``, freeze it, and hoist what depends only on ``invariant`` inputs."""
-    log.info("tracing %s into one graph for shapes %s", module.kind.fn.__name__,
-             [tuple(t.shape) for t in example if t.dim() > 1])
+    log.info(
+        "tracing %s into one graph for shapes %s",
+        module.kind.fn.__name__,
+        [tuple(t.shape) for t in example if t.dim() > 1],
+    )
     with warnings.catch_warnings():
         # sizes read as Python ints are meant to be baked in: a graph is built per shape
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -185,10 +199,14 @@ def trace_split(module: nn.Module, example: list[torch.Tensor], invariant: set[i
 def _key(unet, tables, names, tensors, statics) -> tuple:
     # host_timesteps and the table lengths are left out: the step reads the schedule only by gathering
     # from the table tensors (graph inputs), so one graph serves every schedule and step count
-    table_statics = tuple((f.name, getattr(tables, f.name)) for f in dataclasses.fields(tables)
-                          if f.name != "host_timesteps" and not isinstance(getattr(tables, f.name), torch.Tensor))
-    shapes = tuple((n, t.dim() if n.startswith("tables.") else tuple(t.shape), t.dtype, t.device)
-                   for n, t in zip(names, tensors))
+    table_statics = tuple(
+        (f.name, getattr(tables, f.name))
+        for f in dataclasses.fields(tables)
+        if f.name != "host_timesteps" and not isinstance(getattr(tables, f.name), torch.Tensor)
+    )
+    shapes = tuple(
+        (n, t.dim() if n.startswith("tables.") else tuple(t.shape), t.dtype, t.device) for n, t in zip(names, tensors)
+    )
     return (id(unet), type(tables), table_statics, tuple(sorted(statics.items())), shapes)
 
 

@@ -49,8 +49,10 @@ def dense_view(buffer: torch.Tensor, offset: int, like: torch.Tensor) -> torch.T
     if like.is_contiguous():
         return byte_view(buffer, offset, tuple(like.shape), like.dtype)
     if not like.is_contiguous(memory_format=torch.channels_last):
-        raise ValueError(f"cannot pack a weight with strides {like.stride()} (neither contiguous nor "
-                         "channels-last); call .contiguous() on the module's weights first")
+        raise ValueError(
+            f"cannot pack a weight with strides {like.stride()} (neither contiguous nor "
+            "channels-last); call .contiguous() on the module's weights first"
+        )
     flat = byte_view(buffer, offset, (like.numel(),), like.dtype)
     return flat.as_strided(tuple(like.shape), like.stride())
 
@@ -91,8 +93,10 @@ def bind_all(rebinder: Rebinder, slots: list[Slot], buffer: torch.Tensor, shift:
     The returned slots hold the new handles (the Parameter itself, or the buffer's view), so a later
     re-binding (host -> device) finds the tensors and nothing keeps the old storage alive.
     """
-    return [Slot(rebinder.bind(slot.tensor, dense_view(buffer, slot.offset + shift, slot.tensor)), slot.offset)
-            for slot in slots]
+    return [
+        Slot(rebinder.bind(slot.tensor, dense_view(buffer, slot.offset + shift, slot.tensor)), slot.offset)
+        for slot in slots
+    ]
 
 
 def unit_tensors(module: nn.Module, paths: tuple[str, ...]) -> dict[str, list[torch.Tensor]]:

@@ -63,8 +63,13 @@ def candidates(modules: dict[str, nn.Module], weights: str) -> list[tuple[str, .
     return [tuple(by_size[:k]) for k in range(len(by_size) + 1)]
 
 
-def choose_weights(modules: dict[str, nn.Module], workload: Workload, budget: int,
-                   options: PlanOptions = PlanOptions(), weights: str = "auto") -> WeightChoice:
+def choose_weights(
+    modules: dict[str, nn.Module],
+    workload: Workload,
+    budget: int,
+    options: PlanOptions = PlanOptions(),
+    weights: str = "auto",
+) -> WeightChoice:
     """The preferred (int8 set, plan) under ``budget``; PlanError when even all-int8 fits nothing."""
     tried: list[WeightChoice] = []
     error = None
@@ -91,10 +96,17 @@ def _explain(choice: WeightChoice, tried: list[WeightChoice]) -> None:
     if not choice.int8:
         return
     native = next((c for c in tried if not c.int8), None)
-    why = (f"native weights would stream {format_size(native.plan.unet_streamed_bytes_per_call)} of U-Net "
-           "weights per call" if native else "native weights fit no placement")
-    log.warning("budget %s: int8 weights for %s (%s); pass weights='native' to keep them",
-                format_size(choice.plan.budget_bytes), ", ".join(choice.int8), why)
+    why = (
+        f"native weights would stream {format_size(native.plan.unet_streamed_bytes_per_call)} of U-Net weights per call"
+        if native
+        else "native weights fit no placement"
+    )
+    log.warning(
+        "budget %s: int8 weights for %s (%s); pass weights='native' to keep them",
+        format_size(choice.plan.budget_bytes),
+        ", ".join(choice.int8),
+        why,
+    )
 
 
 def apply_int8(modules: dict[str, nn.Module], names: tuple[str, ...]) -> None:
@@ -103,5 +115,10 @@ def apply_int8(modules: dict[str, nn.Module], names: tuple[str, ...]) -> None:
         if is_quantized(modules[name]):
             continue
         report = quantize_module(modules[name], progress=f"{name} to int8")
-        log.info("%s: %d layers to int8 weights, %s -> %s", name, report.layers,
-                 format_size(report.bytes_before), format_size(report.bytes_after))
+        log.info(
+            "%s: %d layers to int8 weights, %s -> %s",
+            name,
+            report.layers,
+            format_size(report.bytes_before),
+            format_size(report.bytes_after),
+        )

@@ -22,9 +22,7 @@ def _cosine_betas(num_train_timesteps: int) -> torch.Tensor:
     # Computed in float64 on the host, stored float32: the reference stores them the same way.
     betas = []
     for step in range(num_train_timesteps):
-        ratio = _cosine_alpha_bar((step + 1) / num_train_timesteps) / _cosine_alpha_bar(
-            step / num_train_timesteps
-        )
+        ratio = _cosine_alpha_bar((step + 1) / num_train_timesteps) / _cosine_alpha_bar(step / num_train_timesteps)
         betas.append(min(1.0 - ratio, _COSINE_MAX_BETA))
     return torch.tensor(betas, dtype=torch.float32)
 
@@ -40,8 +38,7 @@ def make_betas(
     if trained_betas is not None:
         if len(trained_betas) != num_train_timesteps:
             raise ValueError(
-                f"trained_betas has {len(trained_betas)} entries, expected num_train_timesteps="
-                f"{num_train_timesteps}"
+                f"trained_betas has {len(trained_betas)} entries, expected num_train_timesteps={num_train_timesteps}"
             )
         return torch.tensor(list(trained_betas), dtype=torch.float32)
     if beta_schedule == "linear":

@@ -122,9 +122,7 @@ def _split_output(
     return prediction, variance
 
 
-def predict_x0(
-    tables: DDPMTables, index: torch.Tensor, prediction: torch.Tensor, sample: torch.Tensor
-) -> torch.Tensor:
+def predict_x0(tables: DDPMTables, index: torch.Tensor, prediction: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
     """x0 from the model's prediction at step `index` (a (1,) int64 tensor), before clipping."""
     sqrt_alpha = gather(tables.sqrt_alpha_prod_t, index)
     sqrt_beta = gather(tables.sqrt_beta_prod_t, index)
@@ -139,9 +137,7 @@ def _noise_scale(tables: DDPMTables, index: torch.Tensor, variance: torch.Tensor
     if tables.variance_type == "learned_range":
         # The model picks a log-variance between the posterior variance and beta_t.
         frac = (variance + 1) / 2
-        log_var = frac * gather(tables.log_variance_max, index) + (1 - frac) * gather(
-            tables.log_variance_min, index
-        )
+        log_var = frac * gather(tables.log_variance_max, index) + (1 - frac) * gather(tables.log_variance_min, index)
         return torch.exp(0.5 * log_var)
     return gather(tables.noise_std, index)
 

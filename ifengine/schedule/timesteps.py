@@ -50,9 +50,7 @@ def spaced_timesteps(
     if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, numbers.Integral):
         raise ValueError(f"num_inference_steps must be an int, got {num_inference_steps!r}")
     if not 1 <= num_inference_steps <= num_train_timesteps:
-        raise ValueError(
-            f"num_inference_steps must be in [1, {num_train_timesteps}], got {num_inference_steps}"
-        )
+        raise ValueError(f"num_inference_steps must be in [1, {num_train_timesteps}], got {num_inference_steps}")
     n = int(num_inference_steps)
     if spacing == "leading":
         steps = _leading(n, num_train_timesteps, steps_offset)
@@ -89,9 +87,7 @@ def validate_timesteps(timesteps: Iterable[object], num_train_timesteps: int = 1
         raise ValueError(f"timesteps must lie in [0, {num_train_timesteps}); out of range: {bad[:5]}")
     for k in range(1, len(steps)):
         if steps[k] >= steps[k - 1]:
-            raise ValueError(
-                f"timesteps must be strictly descending; position {k} has {steps[k]} after {steps[k - 1]}"
-            )
+            raise ValueError(f"timesteps must be strictly descending; position {k} has {steps[k]} after {steps[k - 1]}")
     return steps
 
 

@@ -83,8 +83,12 @@ def quantile_last_dim(x: torch.Tensor, q: float) -> torch.Tensor:
     return torch.lerp(low, high, weight)
 
 
-def dynamic_threshold(x0: torch.Tensor, ratio: float, max_value: float,
-                      quantile: Callable[[torch.Tensor, float], torch.Tensor] = quantile_last_dim) -> torch.Tensor:
+def dynamic_threshold(
+    x0: torch.Tensor,
+    ratio: float,
+    max_value: float,
+    quantile: Callable[[torch.Tensor, float], torch.Tensor] = quantile_last_dim,
+) -> torch.Tensor:
     """Per-sample s = clamp(quantile(|x0|, ratio), 1, max_value); returns clamp(x0, -s, s) / s.
 
     ``quantile`` is swappable because exported step graphs need one whose top-k follows the runtime shape.
@@ -98,8 +102,9 @@ def dynamic_threshold(x0: torch.Tensor, ratio: float, max_value: float,
     return bounded.reshape(x0.shape).to(dtype)
 
 
-def apply_x0_clamp(spec: X0Clamp, x0: torch.Tensor,
-                   quantile: Callable[[torch.Tensor, float], torch.Tensor] = quantile_last_dim) -> torch.Tensor:
+def apply_x0_clamp(
+    spec: X0Clamp, x0: torch.Tensor, quantile: Callable[[torch.Tensor, float], torch.Tensor] = quantile_last_dim
+) -> torch.Tensor:
     """Bound x0 as the spec says (the branch is on static config, never on tensor values)."""
     if spec.mode == "dynamic":
         return dynamic_threshold(x0, spec.ratio, spec.max_value, quantile)

@@ -18,8 +18,10 @@ log = logging.getLogger(__name__)
 
 _URL_TLDS = r"[a-zA-Z0-9.\-]+[.](?:com|co|ru|net|org|edu|gov|it)[\w/-]*\b\/?(?!@)"
 _BAD_PUNCT = r"[#®•©™&@·º½¾¿¡§~\)\(\]\[\}\{\|\\\/\*]{1,}"
-_DASHES = (r"[\u002D\u058A\u05BE\u1400\u1806\u2010-\u2015\u2E17\u2E1A\u2E3A\u2E3B\u2E40\u301C\u3030"
-           r"\u30A0\uFE31\uFE32\uFE58\uFE63\uFF0D]+")
+_DASHES = (
+    r"[\u002D\u058A\u05BE\u1400\u1806\u2010-\u2015\u2E17\u2E1A\u2E3A\u2E3B\u2E40\u301C\u3030"
+    r"\u30A0\uFE31\uFE32\uFE58\uFE63\uFF0D]+"
+)
 _FILE_EXT = r"(?:png|jpg|jpeg|bmp|webp|eps|pdf|apk|mp4)"
 
 # Rules before the html pass.

@@ -21,8 +21,14 @@ class Tokens:
 
 def tokenize(tokenizer, prompts: list[str], max_length: int = 77) -> Tokens:
     """Pad/truncate to ``max_length`` as the reference does, warning about what a long prompt loses."""
-    batch = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True,
-                      add_special_tokens=True, return_tensors="pt")
+    batch = tokenizer(
+        prompts,
+        padding="max_length",
+        max_length=max_length,
+        truncation=True,
+        add_special_tokens=True,
+        return_tensors="pt",
+    )
     _warn_truncated(tokenizer, prompts, max_length)
     return Tokens(ids=batch.input_ids, mask=batch.attention_mask)
 
@@ -31,7 +37,7 @@ def _warn_truncated(tokenizer, prompts: list[str], max_length: int) -> None:
     for prompt in prompts:
         ids = tokenizer(prompt, add_special_tokens=True).input_ids
         if len(ids) > max_length:
-            lost = tokenizer.decode(ids[max_length - 1:-1])
+            lost = tokenizer.decode(ids[max_length - 1 : -1])
             log.warning("prompt is longer than %d tokens; this part is cut off: %r", max_length, lost)
 
 
@@ -47,8 +53,17 @@ class PromptEncoder:
     embeddings a failed check covered.
     """
 
-    def __init__(self, tokenizer, model, *, out_dtype: torch.dtype, use_mask: bool = True,
-                 max_length: int = 77, cache_size: int = 64, defer_checks: bool = False):
+    def __init__(
+        self,
+        tokenizer,
+        model,
+        *,
+        out_dtype: torch.dtype,
+        use_mask: bool = True,
+        max_length: int = 77,
+        cache_size: int = 64,
+        defer_checks: bool = False,
+    ):
         self.tokenizer, self.model = tokenizer, model
         self.out_dtype, self.use_mask, self.max_length = out_dtype, use_mask, max_length
         self.cache_size, self.defer_checks = cache_size, defer_checks
