@@ -80,7 +80,7 @@ def test_output_types(pipe):
     arr = pipe("a cat", output_type="np", **kw).images
     pt = pipe("a cat", output_type="pt", **kw).images
     assert pil[0].size == (16, 16) and arr.shape == (1, 16, 16, 3) and pt.shape == (1, 3, 16, 16)
-    assert arr.dtype.name == "float32" and 0 <= arr.min() and arr.max() <= 1
+    assert arr.dtype.name == "float32" and arr.min() >= 0 and arr.max() <= 1
     assert torch.allclose(torch.from_numpy(arr).permute(0, 3, 1, 2), pt)
     import numpy as np
 

@@ -13,7 +13,7 @@ import shlex
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import statistics
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 from tqdm.auto import tqdm
@@ -36,7 +36,7 @@ class Stats:
     n: int
 
     @classmethod
-    def of(cls, samples: list[float]) -> "Stats":
+    def of(cls, samples: list[float]) -> Stats:
         if not samples:
             raise ValueError("no samples to summarise")
         s = sorted(samples)

@@ -12,7 +12,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from collections.abc import Mapping
 
 from ..export.spec import ComponentSpec
 from .specs import STAGE_OF, spec_from_dict

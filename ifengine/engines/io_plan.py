@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Mapping
+from collections.abc import Mapping
 
 from ..export.spec import ComponentSpec, DimRange, TensorSpec
 from .specs import derived_dims as declared_derivations, spec_from_dict
@@ -27,7 +27,7 @@ class IOPlan:
     dtypes: Mapping[str, str]
 
     @classmethod
-    def from_manifest(cls, manifest: Mapping) -> "IOPlan":
+    def from_manifest(cls, manifest: Mapping) -> IOPlan:
         spec = spec_from_dict(manifest["spec"])
         dims = profile_dims(spec, manifest["profile"]["inputs"])
         dims.update(derived_dims(spec, dims))  # output-only dims (the VAE's out_height)

@@ -10,7 +10,8 @@ import logging
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from ..export.spec import MODEL, ComponentSpec
 from .exports import ExportRecord

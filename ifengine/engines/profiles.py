@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Mapping
+from collections.abc import Mapping
 
 from ..export.spec import TEXT_TOKENS, ComponentSpec, DimRange
 from .errors import RecipeError

@@ -7,7 +7,8 @@ is given on the command line and with the recipe's model presets otherwise.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from ..export import spec as io
 from ..export.spec import ComponentSpec, DimRange, TensorSpec

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Iterable
+from collections.abc import Iterable
 
 from filelock import FileLock
 from tqdm.auto import tqdm

@@ -8,7 +8,8 @@ docs/tensorrt.md for the list.
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from .cache import Target
 from .errors import TensorRTError, TensorRTUnavailable

@@ -22,7 +22,8 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 from .manifest import MANIFEST_NAME, ManifestError, check_files, read_manifest, write_manifest
 

@@ -10,7 +10,8 @@ other prompts and another seed, so the int8 fidelity figure is not measured on c
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Iterable
+from collections.abc import Iterable
 
 log = logging.getLogger(__name__)
 _CHUNK = 16 * 1024 * 1024

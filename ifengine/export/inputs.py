@@ -7,7 +7,8 @@ a traced or checked graph runs the code paths a real run takes.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import torch
 

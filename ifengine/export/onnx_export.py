@@ -12,7 +12,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 import onnx
 import torch

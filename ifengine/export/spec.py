@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from ..models.config import UNetConfig, VAEConfig
 
@@ -41,7 +42,7 @@ class TensorSpec:
         return {"name": self.name, "dtype": self.dtype, "dims": list(self.dims)}
 
     @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> "TensorSpec":
+    def from_dict(cls, raw: Mapping[str, Any]) -> TensorSpec:
         return cls(raw["name"], raw["dtype"], tuple(raw["dims"]))
 
 
@@ -62,7 +63,7 @@ class DimRange:
     def contains(self, value: int) -> bool:
         return self.min <= value <= self.max and value % self.multiple == 0
 
-    def scaled(self, factor: int) -> "DimRange":
+    def scaled(self, factor: int) -> DimRange:
         return DimRange(self.min * factor, self.opt * factor, self.max * factor, self.multiple * factor)
 
     def to_dict(self) -> dict[str, int]:
@@ -149,7 +150,7 @@ class ComponentSpec:
         """Every ranged dim at its "min", "opt" or "max" value."""
         return {name: getattr(rng, point) for name, rng in self.ranges.items()}
 
-    def with_dtype(self, model_dtype: str) -> "ComponentSpec":
+    def with_dtype(self, model_dtype: str) -> ComponentSpec:
         """The concrete spec of one exported variant: MODEL replaced by ``model_dtype``."""
         fix = lambda ts: tuple(replace(t, dtype=model_dtype) if t.dtype == MODEL else t for t in ts)  # noqa: E731
         return replace(self, inputs=fix(self.inputs), outputs=fix(self.outputs))
@@ -164,7 +165,7 @@ class ComponentSpec:
         }
 
     @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> "ComponentSpec":
+    def from_dict(cls, raw: Mapping[str, Any]) -> ComponentSpec:
         return cls(
             name=raw["name"],
             inputs=tuple(TensorSpec.from_dict(t) for t in raw["inputs"]),

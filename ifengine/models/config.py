@@ -100,7 +100,7 @@ class UNetConfig:
         return 2 ** (self.num_blocks - 1)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> "UNetConfig":
+    def from_dict(cls, raw: dict[str, Any]) -> UNetConfig:
         _refuse_unsupported(raw, _UNET_FIXED, "U-Net")
         raw = _known(cls, raw)
         n = len(raw["block_out_channels"])
@@ -149,7 +149,7 @@ class UNetConfig:
             f"unsupported cross_attention_norm {self.cross_attention_norm!r}",
         )
 
-    def replace(self, **changes: Any) -> "UNetConfig":
+    def replace(self, **changes: Any) -> UNetConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -175,7 +175,7 @@ class VAEConfig:
         return 2 ** (len(self.block_out_channels) - 1)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> "VAEConfig":
+    def from_dict(cls, raw: dict[str, Any]) -> VAEConfig:
         _refuse_unsupported(raw, _VAE_FIXED, "VAE")
         raw = _known(cls, raw)
         for key in ("block_out_channels", "up_block_types", "down_block_types"):

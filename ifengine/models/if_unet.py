@@ -63,7 +63,7 @@ class IFUNet(nn.Module):
         self.conv_out = nn.Conv2d(c0, config.out_channels, 3, padding=1)
 
     @classmethod
-    def from_config_dict(cls, raw: dict[str, Any]) -> "IFUNet":
+    def from_config_dict(cls, raw: dict[str, Any]) -> IFUNet:
         """Build from a diffusers ``unet/config.json`` dict (random weights; load a state dict after)."""
         return cls(UNetConfig.from_dict(raw))
 

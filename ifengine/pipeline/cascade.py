@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import torch
 
@@ -62,7 +63,7 @@ class Cascade:
         """The text encoders (T5, and stage III's CLIP) that are loaded."""
         return [e for e in (self.text, getattr(self.stage3, "text", None)) if e is not None]
 
-    def set_executor(self, executor: str) -> "Cascade":
+    def set_executor(self, executor: str) -> Cascade:
         """How denoising steps run: "eager" (module calls), "traced" (one frozen TorchScript graph per step,
         text-only work hoisted out of the loop; see runtime/traced.py) or "auto" (traced where measured
         equal and faster: CPU runs of 20+ steps). Stages run by another backend are left as they are."""
@@ -92,7 +93,7 @@ class Cascade:
         throughput: bool = False,
         max_batch: int = 1,
         max_size: tuple[int | None, int | None] | None = None,
-    ) -> "Cascade":
+    ) -> Cascade:
         """Load checkpoints given as local folders in the Hub layout or as Hub ids.
 
         On a CUDA device the GPU runtime is set up too (CUDA graphs unless ``cuda_graphs=False``);
@@ -131,7 +132,7 @@ class Cascade:
 
     def use_runtime(
         self, vram_budget: int | str | None = None, cuda_graphs: bool | None = None, compile: bool = False, **options
-    ) -> "Cascade":
+    ) -> Cascade:
         """Run stages through the lean runtime (ifengine/runtime): static buffers, one pinned upload per
         stage, CUDA graphs per step shape, and with ``vram_budget`` the memory planner's placement."""
         from ..runtime import configure
@@ -145,7 +146,7 @@ class Cascade:
         return self.runtime if self.runtime is not None else stages
 
     @classmethod
-    def from_artifacts(cls, artifacts: str | Path, backend: str = "onnxruntime", **kwargs) -> "Cascade":
+    def from_artifacts(cls, artifacts: str | Path, backend: str = "onnxruntime", **kwargs) -> Cascade:
         """Run from exported graphs (``ifengine export``) instead of torch modules."""
         if backend != "onnxruntime":
             raise ValueError(f"unknown backend {backend!r}; from_artifacts supports 'onnxruntime'")

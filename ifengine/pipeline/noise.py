@@ -51,7 +51,7 @@ class StageNoise:
     image: torch.Tensor | None
     steps: torch.Tensor  # (num_steps, *init.shape); zeros where the step adds no noise (t == 0)
 
-    def to(self, device: torch.device | str) -> "StageNoise":
+    def to(self, device: torch.device | str) -> StageNoise:
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
         return StageNoise(move(self.init), move(self.image), move(self.steps))
 

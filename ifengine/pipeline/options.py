@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 DEFAULT_STEPS = (100, 50, 75)
 DEFAULT_GUIDANCE = (7.0, 4.0, 9.0)

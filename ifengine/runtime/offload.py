@@ -82,7 +82,7 @@ class WeightPlacer:
         self._loaded: set[str] = set()
         self._hooks: list = []
 
-    def apply(self) -> "WeightPlacer":
+    def apply(self) -> WeightPlacer:
         placed = [n for n, m in self.modules.items() if getattr(m, PLACED, False)]
         if placed:
             # offloaded weights live in a shared swap area: only the loaded tenant's bytes are valid there,

@@ -84,7 +84,7 @@ class OrtPromptEncoder(PromptEncoder):
     @classmethod
     def from_graph(
         cls, model: OrtTextModel, tokenizer_dir: Path, kind: str, out_dtype: torch.dtype, use_mask: bool
-    ) -> "OrtPromptEncoder":
+    ) -> OrtPromptEncoder:
         from transformers import AutoTokenizer, CLIPTokenizer
 
         tokenizer = (CLIPTokenizer if kind == "clip" else AutoTokenizer).from_pretrained(tokenizer_dir)

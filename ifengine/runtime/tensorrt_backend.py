@@ -18,7 +18,8 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 from ..engines import bindings, trt_runtime as trt_rt
 from ..engines.cache import engine_manifests, load_verified
