@@ -28,10 +28,10 @@ import torch
 
 from ifengine.models.int8 import is_quantized
 from ifengine.runtime import configure
-from ifengine.runtime.fullsize import move_to, random_cascade
-from ifengine.runtime.memory import Workload
-from ifengine.runtime.plan_inputs import cascade_modules
-from ifengine.runtime.sizes import GiB, parse_size
+from ifengine.bench.fullsize import move_to, random_cascade
+from ifengine.memory.workload import Workload
+from ifengine.memory.plan_inputs import cascade_modules
+from ifengine.memory.sizes import GiB, parse_size
 from ifengine.runtime.throughput import run_throughput
 
 PROMPT = "a photograph of a red cat sitting on a wooden table"

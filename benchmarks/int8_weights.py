@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from ifengine.models.if_unet import IFUNet
 from ifengine.models.int8 import quantize_module
 from ifengine.models.presets import unet_preset
-from ifengine.runtime.fullsize import randomize
+from ifengine.bench.fullsize import randomize
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TIMESTEPS = (999, 500, 50)

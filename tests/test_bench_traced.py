@@ -1,4 +1,4 @@
-"""The traced step executor (runtime/traced.py + runtime/hoist.py) computes what the eager step computes.
+"""The traced step executor (backends/traced/executor.py + backends/traced/hoist.py) computes what the eager step computes.
 
 Tiny random cascades on the CPU: every stage output of a traced run must equal the eager run to <= 1e-5,
 through CFG and no-CFG, stage II's conditioning, the x4 stage, inpainting's mask and the style mixer.
@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 import ifengine
-from ifengine.runtime import traced as T
-from ifengine.runtime.hoist import split_invariant
+from ifengine.backends.traced import executor as T
+from ifengine.backends.traced.hoist import split_invariant
 
 TOL = 1e-5
 

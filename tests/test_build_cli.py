@@ -108,7 +108,7 @@ def test_importing_the_engine_code_needs_no_tensorrt():
         "ifengine.engines.trt_build",
         "ifengine.engines.trt_runtime",
         "ifengine.engines.builder",
-        "ifengine.runtime.tensorrt_backend",
+        "ifengine.backends.tensorrt.engines",
         "ifengine.commands.build",
     ):
         importlib.import_module(name)

@@ -19,7 +19,7 @@ from ifengine.engines.cache import (
 )
 from ifengine.engines.errors import EngineCorrupt, EngineForeign, EngineMissing, EngineStale
 from ifengine.engines.exports import find_exports
-from ifengine.engines.plan import make_plan
+from ifengine.engines.build_plan import make_plan
 from ifengine.engines.recipe import parse_recipe
 from test_engines_fixtures import TARGET, export_tiny_vae, fake_engine_bytes
 

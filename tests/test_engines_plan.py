@@ -5,7 +5,7 @@ import json
 import pytest
 
 from ifengine.engines.exports import ensure_exports, find_exports, read_export
-from ifengine.engines.plan import graph_io_dtypes, make_plan
+from ifengine.engines.build_plan import graph_io_dtypes, make_plan
 from ifengine.engines.recipe import load_recipe, parse_recipe, shipped_recipes
 from test_engines_fixtures import export_tiny_vae, tiny_vae_graph
 

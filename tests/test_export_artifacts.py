@@ -18,7 +18,7 @@ from ifengine.export.manifest import ArtifactError, ManifestError, read_manifest
 from ifengine.export.onnx_export import gather_external_data
 from ifengine.export.spec import ComponentSpec
 from ifengine.models.checkpoint import CheckpointError
-from ifengine.runtime.onnx_session import OrtGraph
+from ifengine.backends.onnxruntime.session import OrtGraph
 
 
 @pytest.fixture(scope="module")

@@ -24,12 +24,12 @@ from ifengine.models.presets import UNET_PRESETS
 from ifengine.pipeline.steps import if_step
 from ifengine.runtime import configure
 from ifengine.runtime.api import RuntimeOptions
-from ifengine.runtime.backend import TorchBackendOptions, UNetBackend
+from ifengine.backends.torch.settings import TorchBackendOptions, UNetBackend
 from ifengine.runtime.capture_audit import audit
-from ifengine.runtime.memory import Workload
-from ifengine.runtime.plan_inputs import cascade_modules, plan_inputs, preset_modules
-from ifengine.runtime.planner import STREAM, PlanError, PlanOptions, plan_memory
-from ifengine.runtime.weight_precision import apply_int8, choose_weights, int8_twin
+from ifengine.memory.workload import Workload
+from ifengine.memory.plan_inputs import cascade_modules, plan_inputs, preset_modules
+from ifengine.memory.planner import STREAM, PlanError, PlanOptions, plan_memory
+from ifengine.memory.weight_precision import apply_int8, choose_weights, int8_twin
 from ifengine.schedule import ddpm_tables
 from ifengine.schedule.presets import IF_STAGE1_DDPM
 

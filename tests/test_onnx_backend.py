@@ -12,8 +12,8 @@ from PIL import Image
 import ifengine
 from ifengine.export.manifest import ArtifactError
 from ifengine.export.spec import SpecError
-from ifengine.runtime.onnx_parts import OrtIFStep, OrtUNet
-from ifengine.runtime.onnx_session import OrtGraph
+from ifengine.backends.onnxruntime.parts import OrtIFStep, OrtUNet
+from ifengine.backends.onnxruntime.session import OrtGraph
 
 TOL = 1e-3
 RUN = dict(seed=3, output_type="pt", progress=False)

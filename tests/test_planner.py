@@ -7,10 +7,10 @@ tensors, so these tests need no GPU and no weights.
 import pytest
 import torch
 
-from ifengine.runtime.memory import Workload
-from ifengine.runtime.plan_inputs import plan_inputs, preset_modules
-from ifengine.runtime.planner import OFFLOAD, RESIDENT, STREAM, PlanError, PlanOptions, minimum_budget, plan_memory
-from ifengine.runtime.sizes import GiB
+from ifengine.memory.workload import Workload
+from ifengine.memory.plan_inputs import plan_inputs, preset_modules
+from ifengine.memory.planner import OFFLOAD, RESIDENT, STREAM, PlanError, PlanOptions, minimum_budget, plan_memory
+from ifengine.memory.sizes import GiB
 
 UNETS = ("unet1", "unet2", "unet3")
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from ifengine.runtime.buffers import ALIGN, BufferArena, HostPack, fetch_no_sync
-from ifengine.runtime.meta_trace import peak_activation_bytes
-from ifengine.runtime.sizes import SizeError, format_size, parse_size
+from ifengine.memory.meta_trace import peak_activation_bytes
+from ifengine.memory.sizes import SizeError, format_size, parse_size
 
 
 def test_arena_allocates_once_and_views_smaller_shapes_in_place():

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from ifengine.runtime import configure
-from ifengine.runtime.fullsize import move_to, random_cascade
-from ifengine.runtime.memory import Workload
+from ifengine.bench.fullsize import move_to, random_cascade
+from ifengine.memory.workload import Workload
 from ifengine.runtime.throughput import run_throughput
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_runtime_check.py"

@@ -8,11 +8,11 @@ from torch import nn
 import ifengine
 from ifengine.runtime import configure
 from ifengine.runtime.api import RuntimeOptions
-from ifengine.runtime.memory import Workload
-from ifengine.runtime.offload import WeightPlacer
-from ifengine.runtime.partition import LAYOUT_ALIGN, partition
-from ifengine.runtime.plan_inputs import cascade_modules, plan_inputs
-from ifengine.runtime.planner import OFFLOAD, RESIDENT, STREAM, MemoryPlan, Placement, PlanOptions, minimum_budget
+from ifengine.memory.workload import Workload
+from ifengine.memory.offload import WeightPlacer
+from ifengine.memory.partition import LAYOUT_ALIGN, partition
+from ifengine.memory.plan_inputs import cascade_modules, plan_inputs
+from ifengine.memory.planner import OFFLOAD, RESIDENT, STREAM, MemoryPlan, Placement, PlanOptions, minimum_budget
 from ifengine.runtime.throughput import run_throughput
 
 

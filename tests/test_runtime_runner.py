@@ -132,7 +132,7 @@ def test_compiled_unets_trace_as_one_graph():
     """fullgraph=True: a graph break would put Python between kernels inside a captured step."""
     from ifengine.models.if_unet import IFUNet
     from ifengine.models.presets import unet_preset
-    from ifengine.runtime.backend import TorchBackendOptions, UNetBackend
+    from ifengine.backends.torch.settings import TorchBackendOptions, UNetBackend
 
     torch.manual_seed(0)
     unet = IFUNet(unet_preset("tiny-I")).eval()

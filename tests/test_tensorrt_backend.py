@@ -12,7 +12,7 @@ from ifengine.engines.builder import engine_manifest
 from ifengine.engines.errors import EngineCorrupt, TensorRTError, TensorRTUnavailable
 from ifengine.engines.exports import find_exports
 from ifengine.engines.io_plan import IOPlan
-from ifengine.engines.plan import BuildFlags, make_plan
+from ifengine.engines.build_plan import BuildFlags, make_plan
 from ifengine.engines.recipe import parse_recipe
 from ifengine.engines.trt_build import PhaseBars, builder_settings, check_profile_inputs
 from ifengine.export.spec import DimRange
@@ -96,7 +96,7 @@ class Recorder:
     """Stands in for the thin TensorRT layer (trt_runtime's bind/output_shape/enqueue), recording calls."""
 
     def __init__(self, monkeypatch):
-        import ifengine.runtime.tensorrt_backend as backend
+        import ifengine.backends.tensorrt.engines as backend
 
         self.calls, self.shapes = [], {}
         monkeypatch.setattr(backend.trt_rt, "bind", self.bind)
@@ -112,7 +112,7 @@ class Recorder:
 
 
 def test_the_engine_copies_into_static_buffers_and_binds_only_on_shape_changes(vae, monkeypatch):
-    from ifengine.runtime.tensorrt_backend import TensorRTEngine, TensorRTEngineSet
+    from ifengine.backends.tensorrt.engines import TensorRTEngine, TensorRTEngineSet
 
     rec = Recorder(monkeypatch)
     engine = TensorRTEngine(vae, context=None, buffers=bindings.allocate_buffers(vae, "cpu"))
@@ -136,7 +136,7 @@ def test_the_engine_copies_into_static_buffers_and_binds_only_on_shape_changes(v
 
 
 def test_the_graph_adapter_answers_like_the_onnx_backends_graphs(tmp_path, monkeypatch):
-    from ifengine.runtime.tensorrt_backend import TensorRTEngine, TensorRTEngineSet, TensorRTGraph
+    from ifengine.backends.tensorrt.engines import TensorRTEngine, TensorRTEngineSet, TensorRTGraph
 
     Recorder(monkeypatch)
     plan, (manifest,) = _plan_and_manifest(tmp_path)
@@ -151,8 +151,8 @@ def test_the_graph_adapter_answers_like_the_onnx_backends_graphs(tmp_path, monke
 
 
 def test_a_shape_mismatch_reported_by_tensorrt_unbinds(vae, monkeypatch):
-    import ifengine.runtime.tensorrt_backend as backend
-    from ifengine.runtime.tensorrt_backend import TensorRTEngine
+    import ifengine.backends.tensorrt.engines as backend
+    from ifengine.backends.tensorrt.engines import TensorRTEngine
 
     rec = Recorder(monkeypatch)
     monkeypatch.setattr(backend.trt_rt, "bind", lambda *a: rec.shapes.update(image=(1, 3, 9, 9)))
@@ -264,7 +264,7 @@ def test_without_tensorrt_the_backend_says_how_to_install_it(tmp_path):
 
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("TensorRT is installed here")
-    from ifengine.runtime.tensorrt_backend import load_engines
+    from ifengine.backends.tensorrt.engines import load_engines
 
     with pytest.raises(TensorRTUnavailable, match="pip install"):
         load_engines(tmp_path, ["unet1"])
@@ -282,7 +282,7 @@ def test_real_tensorrt_builds_loads_runs_and_replays_a_cuda_graph(tmp_path):
     from ifengine.engines.builder import build_plan
     from ifengine.engines.trt_build import build_serialized
     from ifengine.engines.trt_runtime import current_target
-    from ifengine.runtime.tensorrt_backend import load_engines
+    from ifengine.backends.tensorrt.engines import load_engines
 
     plan, _ = _plan_and_manifest(tmp_path)
     (result,) = build_plan(plan, current_target(), build_serialized, progress=False)

@@ -40,7 +40,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from ..engines.errors import TensorRTError, TensorRTUnavailable
     from ..engines.exports import find_exports
-    from ..engines.plan import make_plan
+    from ..engines.build_plan import make_plan
     from ..engines.recipe import load_recipe
 
     recipe = load_recipe(args.recipe)

@@ -111,7 +111,7 @@ def _many_flags(group) -> None:
 
 
 def _runtime(args) -> dict:
-    from ..runtime.sizes import parse_size
+    from ..memory.sizes import parse_size
 
     budget = parse_size(args.vram) if args.vram is not None else None  # a bad size fails before loading
     return dict(

@@ -11,7 +11,7 @@ DEFAULT_PRESET = "IF-I-XL,IF-II-L,x4"
 
 
 def _size(text: str) -> int:
-    from ..runtime.sizes import SizeError, parse_size
+    from ..memory.sizes import SizeError, parse_size
 
     try:
         return parse_size(text)
@@ -57,11 +57,11 @@ def register(sub) -> None:
 def run(args) -> int:
     import torch
 
-    from ..runtime.memory import Workload
-    from ..runtime.plan_inputs import checkpoint_modules, preset_modules
-    from ..runtime.plan_report import format_plan
-    from ..runtime.planner import PlanOptions
-    from ..runtime.weight_precision import choose_weights
+    from ..memory.workload import Workload
+    from ..memory.plan_inputs import checkpoint_modules, preset_modules
+    from ..memory.plan_report import format_plan
+    from ..memory.planner import PlanOptions
+    from ..memory.weight_precision import choose_weights
 
     dtype = getattr(torch, args.dtype)
     if args.stage1 or args.stage2 or args.stage3:

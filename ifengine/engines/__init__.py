@@ -2,7 +2,7 @@
 
 - ``recipe``: build/*.toml parsed into frozen dataclasses (strict, errors name the key)
 - ``specs`` / ``profiles``: the I/O spec of each component and the recipe's min/opt/max profiles
-- ``plan``: the resolved, JSON-serialisable build plan (``ifengine build --dry-run`` prints it)
+- ``build_plan``: the resolved, JSON-serialisable build plan (``ifengine build --dry-run`` prints it)
 - ``exports``: finding export manifests and exporting missing graphs
 - ``cache`` / ``builder``: cache keys, manifests, checksums, atomic writes, build locks, the index
 - ``io_plan`` / ``bindings``: runtime buffer, binding, scratch and streaming-budget decisions

@@ -19,7 +19,7 @@ from .. import __version__
 from .cache import Target, build_once, cache_key, engine_paths, update_index
 from .errors import RecipeError
 from .exports import ensure_exports, find_exports
-from .plan import BuildPlan, EngineJob, make_plan
+from .build_plan import BuildPlan, EngineJob, make_plan
 from .specs import spec_to_dict
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from .cache import write_atomic
 from .errors import TensorRTError
-from .plan import BuildFlags, EngineJob
+from .build_plan import BuildFlags, EngineJob
 from .profiles import Profile
 from .trt_runtime import logger, require_tensorrt
 

@@ -65,9 +65,9 @@ class Cascade:
 
     def set_executor(self, executor: str) -> Cascade:
         """How denoising steps run: "eager" (module calls), "traced" (one frozen TorchScript graph per step,
-        text-only work hoisted out of the loop; see runtime/traced.py) or "auto" (traced where measured
+        text-only work hoisted out of the loop; see backends/traced/executor.py) or "auto" (traced where measured
         equal and faster: CPU runs of 20+ steps). Stages run by another backend are left as they are."""
-        from ..runtime.traced import attach_executor
+        from ..backends.traced.executor import attach_executor
 
         for stage in (self.stage1, self.stage2, self.stage3):
             attach_executor(stage, executor)
@@ -150,7 +150,7 @@ class Cascade:
         """Run from exported graphs (``ifengine export``) instead of torch modules."""
         if backend != "onnxruntime":
             raise ValueError(f"unknown backend {backend!r}; from_artifacts supports 'onnxruntime'")
-        from ..runtime.onnx_backend import load_onnx_cascade
+        from ..backends.onnxruntime.cascade import load_onnx_cascade
 
         return load_onnx_cascade(cls, Path(artifacts), **kwargs)
 

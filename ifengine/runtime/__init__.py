@@ -1,24 +1,18 @@
-"""Runtime backends behind one small interface, and the lean GPU runtime.
+"""The stage loops on a GPU: static buffers, CUDA-graph capture and replay of whole steps, throughput mode.
 
-``configure(cascade, vram_budget=..., cuda_graphs=...)`` (see ``api``) returns a ``Runtime`` whose
-``run_if_stage`` / ``run_x4_stage`` replace the eager stage loops: static buffers, one CUDA-graph launch
-per step, weights placed by the memory planner. Imported lazily so that importing this package (e.g.
-for the ONNX or TensorRT backends) costs nothing.
+- ``api``: ``configure(cascade, vram_budget=..., cuda_graphs=...)`` returns the ``Runtime``
+- ``gpu_runner``: stage loops over static buffers, one graph launch per step
+- ``graphs`` / ``capture_audit``: capture of one whole step per shape, and what would break a capture
+- ``buffers`` / ``stage_inputs``: static device buffers, pinned host staging, one upload per stage
+- ``throughput``: many prompts, stage I of the next batch overlapping stages II/III of the current one
+
+Networks are reached only through ``ifengine.backends``; weights are placed by ``ifengine.memory``.
+Imported lazily so that importing this package costs nothing.
 """
 
 from __future__ import annotations
 
-_LAZY = {
-    "configure": "api",
-    "Runtime": "api",
-    "RuntimeOptions": "api",
-    "plan_memory": "planner",
-    "MemoryPlan": "planner",
-    "PlanOptions": "planner",
-    "PlanError": "planner",
-    "Workload": "memory",
-    "parse_size": "sizes",
-}
+_LAZY = {"configure": "api", "Runtime": "api", "RuntimeOptions": "api"}
 
 __all__ = sorted(_LAZY)
 

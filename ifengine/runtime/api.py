@@ -12,16 +12,16 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .backend import TorchBackendOptions, UNetBackend
+from ..backends.torch.settings import TorchBackendOptions, UNetBackend
+from ..memory.offload import WeightPlacer
+from ..memory.plan_inputs import cascade_modules
+from ..memory.planner import UNETS, MemoryPlan, PlanOptions
+from ..memory.sizes import GiB, format_size, parse_size
+from ..memory.weight_precision import apply_int8, check_weights, choose_weights
+from ..memory.workload import Workload
 from .buffers import HostFetch, fetch_no_sync
 from .gpu_runner import DecodeSettings, GraphRunner
 from .graphs import GraphCache, check_graph_device
-from .memory import Workload
-from .offload import WeightPlacer
-from .plan_inputs import cascade_modules
-from .planner import UNETS, MemoryPlan, PlanOptions
-from .sizes import GiB, format_size, parse_size
-from .weight_precision import apply_int8, check_weights, choose_weights
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .buffers import byte_view
+from ..runtime.buffers import byte_view
 from .partition import shared_tensor_ids, tensor_bytes
 
 

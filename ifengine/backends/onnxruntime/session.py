@@ -17,8 +17,8 @@ import numpy as np
 import onnx
 import torch
 
-from ..export.manifest import ArtifactError, check_files, check_version, read_manifest
-from ..export.spec import ComponentSpec, SpecError
+from ...export.manifest import ArtifactError, check_files, check_version, read_manifest
+from ...export.spec import ComponentSpec, SpecError
 
 log = logging.getLogger(__name__)
 

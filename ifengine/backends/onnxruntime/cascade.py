@@ -17,14 +17,14 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from ..export.manifest import MANIFEST_NAME, ArtifactError
-from ..export.precision import supports
-from ..models.config import UNetConfig, VAEConfig
-from ..pipeline.stages import IFStage, X4Stage
-from ..schedule.ddim import DDIMConfig
-from ..schedule.ddpm import DDPMConfig
-from .onnx_parts import OrtIFStep, OrtPromptEncoder, OrtTextModel, OrtUNet, OrtVAE, OrtX4Step, UNetStub
-from .onnx_session import CPU, OrtGraph, binding_device
+from ...export.manifest import MANIFEST_NAME, ArtifactError
+from ...export.precision import supports
+from ...models.config import UNetConfig, VAEConfig
+from ...pipeline.stages import IFStage, X4Stage
+from ...schedule.ddim import DDIMConfig
+from ...schedule.ddpm import DDPMConfig
+from .parts import OrtIFStep, OrtPromptEncoder, OrtTextModel, OrtUNet, OrtVAE, OrtX4Step, UNetStub
+from .session import CPU, OrtGraph, binding_device
 
 log = logging.getLogger(__name__)
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.float32}

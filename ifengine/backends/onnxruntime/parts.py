@@ -6,12 +6,12 @@ from pathlib import Path
 
 import torch
 
-from ..export.manifest import ArtifactError
-from ..export.step_graphs import pack_ddim, pack_ddpm
-from ..models.config import UNetConfig, VAEConfig
-from ..pipeline.steps import if_step, x4_step
-from ..text.encoder import PromptEncoder
-from .onnx_session import OrtGraph
+from ...export.manifest import ArtifactError
+from ...export.step_graphs import pack_ddim, pack_ddpm
+from ...models.config import UNetConfig, VAEConfig
+from ...pipeline.steps import if_step, x4_step
+from ...text.encoder import PromptEncoder
+from .session import OrtGraph
 
 
 def _per_sample(value, batch: int) -> torch.Tensor:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-from .memory import CAPTURED_PHASES, PlanInputs, Workload
+from .workload import CAPTURED_PHASES, PlanInputs, Workload
 from .sizes import format_size
 
 RESIDENT, OFFLOAD, STREAM = "resident", "offload", "stream"

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..models.int8 import compute_dtype, is_quantized, quantize_module
-from .memory import PlanInputs, Workload
+from .workload import PlanInputs, Workload
 from .plan_inputs import plan_inputs
 from .planner import UNETS, MemoryPlan, PlanError, PlanOptions, plan_memory
 from .sizes import format_size

@@ -18,7 +18,7 @@ from torch import nn
 from ..pipeline.stages import IFStage, X4Stage
 from ..schedule import presets as sched
 from ..text.encoder import PromptEncoder
-from .plan_inputs import preset_modules
+from ..memory.plan_inputs import preset_modules
 
 
 def randomize(module: nn.Module, generator: torch.Generator) -> nn.Module:
@@ -75,7 +75,7 @@ def random_cascade(
 
 def move_to(cascade, device: torch.device | str) -> None:
     """Move every module of the cascade (the no-budget path: everything resident)."""
-    from .plan_inputs import cascade_modules
+    from ..memory.plan_inputs import cascade_modules
 
     for module in cascade_modules(cascade).values():
         module.to(device)

@@ -20,7 +20,7 @@ from ..models.int8 import compute_dtype, largest_dequantized_bytes
 from ..models.presets import text_preset, unet_preset, vae_preset
 from ..models.vae import VAEDecoder, decode_dtype
 from ..models.x4_unet import X4UNet
-from .memory import (
+from .workload import (
     PHASES,
     PhaseInfo,
     PlanInputs,

@@ -27,7 +27,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..pipeline.steps import if_step, x4_step
+from ...pipeline.steps import if_step, x4_step
 from .hoist import SplitStep, split_invariant
 
 log = logging.getLogger(__name__)

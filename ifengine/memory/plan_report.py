@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .memory import PHASE_LABELS, PlanInputs
+from .workload import PHASE_LABELS, PlanInputs
 from .planner import OFFLOAD, RESIDENT, MemoryPlan, Placement
 from .sizes import format_size
 

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Mapping, Sequence
 
-from ..engines import bindings, trt_runtime as trt_rt
-from ..engines.cache import engine_manifests, load_verified
-from ..engines.exports import find_exports
-from ..engines.io_plan import IOPlan
+from ...engines import bindings, trt_runtime as trt_rt
+from ...engines.cache import engine_manifests, load_verified
+from ...engines.exports import find_exports
+from ...engines.io_plan import IOPlan
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""TensorRT engines behind the runtime: deserialised once, sharing one scratch allocation (``engines``)."""
