@@ -133,7 +133,7 @@ def test_tiny_cascade_under_a_tight_budget_equals_the_eager_cascade(stage1_dir, 
     ]
     cascade = load(stage1_dir, stage2_dir, stage3_dir)
     workload = Workload(height=8, width=8, steps=steps)
-    plan_options = PlanOptions(cuda_graphs=False, reserve_bytes=0, activation_margin=1.0)
+    plan_options = PlanOptions(cuda_graphs=False, reserve_bytes=0, activation_margin=1.0, context_reserve_bytes=0)
     budget = minimum_budget(plan_inputs(cascade_modules(cascade), workload), plan_options, precision=64 * 1024)
     runtime = configure(
         cascade,

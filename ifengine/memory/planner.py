@@ -39,12 +39,18 @@ class PlanOptions:
     cuda_graphs: bool = True
     graph_scope: str = "auto"  # "run": graphs live across calls; "stage": dropped after each stage
     reserve_bytes: int = 512 * MiB  # workspaces, allocator rounding/fragmentation (the CUDA context is extra)
+    # The CUDA context, cuBLAS/cuDNN handles and loaded kernels live outside torch's allocator, so a budget
+    # for a whole card must leave them room, and the allocator limit is the budget less this. 0.75 GiB is
+    # a guess (published figures range 0.5-1 GB per context, by driver and GPU) until a GPU measures it.
+    context_reserve_bytes: int = 768 * MiB
     activation_margin: float = 1.25  # measured activations are a perfect-allocator lower bound
     mode: str = "latency"  # or "throughput": stages of consecutive batches overlap on two streams
 
     def __post_init__(self) -> None:
         if self.graph_scope not in ("auto", "run", "stage"):
             raise ValueError(f"graph_scope must be 'auto', 'run' or 'stage', got {self.graph_scope!r}")
+        if self.context_reserve_bytes < 0:
+            raise ValueError(f"context_reserve_bytes must be >= 0, got {self.context_reserve_bytes}")
         if self.mode not in ("latency", "throughput"):
             raise ValueError(f"mode must be 'latency' or 'throughput', got {self.mode!r}")
 
@@ -163,29 +169,44 @@ def _phase_extras(inputs: PlanInputs, options: PlanOptions, decode_act: int, sco
         p.name: int((decode_act if p.name == "decode" else p.activation_bytes) * options.activation_margin)
         for p in inputs.phases
     }
-    captured = [acts[p] for p in CAPTURED_PHASES if p in acts]
     if options.mode == "throughput":
         front = acts.get("stage1", 0)
         back = max([acts.get(p, 0) for p in ("stage2", "stage3")] or [0])
-        pools = front + back
+        pools = graph_pool_bytes(acts, "throughput")
         pipeline = pools + front + max(back, acts.get("decode", 0))
         return {"text": acts.get("text", 0) + pools, "pipeline": pipeline}
     # "run": graph pools outlive their stage; a later stage's eager warm-up runs beside them (conservative)
-    pool = max(captured or [0]) if scope == "run" else 0
+    pool = graph_pool_bytes(acts, "latency") if scope == "run" else 0
     return {name: act + pool for name, act in acts.items()}
+
+
+def graph_pool_bytes(acts: dict[str, int], mode: str) -> int:
+    """What the graph pools hold once every stage is captured, from each captured phase's activations.
+
+    A ``runtime.graphs.GraphCache`` captures all its graphs on ONE stream into ONE pool, so the allocator
+    reuses the blocks each capture freed for the next and the pool holds its largest graph (the max).
+    Latency mode has one cache; throughput mode has two (stage I on the front stream, II/III on the back),
+    whose pools add up.
+    """
+    captured = {p: acts[p] for p in CAPTURED_PHASES if p in acts}
+    if mode == "throughput":
+        back = [captured[p] for p in ("stage2", "stage3") if p in captured]
+        return captured.get("stage1", 0) + max(back, default=0)
+    return max(captured.values(), default=0)
 
 
 def _evaluate(
     inputs: PlanInputs, budget: int, options: PlanOptions, resident: frozenset, tile, decode_act, scope: str
 ) -> MemoryPlan | None:
     extras = _phase_extras(inputs, options, decode_act, scope)
+    budget_in_allocator = budget - options.context_reserve_bytes  # the context lives outside the allocator
     comps = {c.name: c for c in inputs.components}
     resident_bytes = sum(comps[n].partition.total_bytes for n in resident)
     fixed = options.reserve_bytes + inputs.buffer_bytes + resident_bytes
     groups = _swap_groups(inputs, resident)
     slot, streamed = 0, {}
     while True:
-        room = budget - fixed - slot - max(extras.values())
+        room = budget_in_allocator - fixed - slot - max(extras.values())
         streamed = _choose_streaming(groups, comps, room)
         if streamed is None:
             return None
@@ -303,7 +324,7 @@ def minimum_budget(inputs: PlanInputs, options: PlanOptions = PlanOptions(), pre
     """The smallest budget (to ``precision``) for which ``plan_memory`` finds a placement."""
     comps = sum(c.partition.total_bytes for c in inputs.components)
     acts = sum(p.activation_bytes for p in inputs.phases) + max(a for _, a in inputs.decode_options)
-    low, high = 0, 2 * (comps + acts + inputs.buffer_bytes + options.reserve_bytes)
+    low, high = 0, 2 * (comps + acts + inputs.buffer_bytes + options.reserve_bytes + options.context_reserve_bytes)
     while high - low > precision:
         mid = (low + high) // 2
         if _search(inputs, mid, options) is None:

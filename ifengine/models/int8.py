@@ -53,9 +53,12 @@ class _Int8Weight(nn.Module):
 
     def dequantized(self) -> torch.Tensor:
         shape = (-1,) + (1,) * (self.qweight.dim() - 1)
-        # in place: the transient is one copy of this layer's weight, not two; .to keeps qweight's memory
-        # format, so channels-last weights stay channels-last
-        return self.qweight.to(self.scale.dtype).mul_(self.scale.view(shape))
+        # ONE elementwise kernel: type promotion (int8 x float -> float) casts each int8 on the fly, so the
+        # pass reads 1 byte and writes one float per weight (3 bytes in fp16) where a cast then an
+        # in-place scale read and wrote the float weight twice (~7-9 bytes). The output follows qweight's
+        # memory format (channels-last stays channels-last), and the product is rounded once, exactly as
+        # before: bit-identical (tests/test_runtime_review.py).
+        return torch.mul(self.qweight, self.scale.view(shape))
 
 
 class Int8Linear(_Int8Weight):

@@ -256,9 +256,21 @@ def _place(cascade, options: RuntimeOptions, plan: MemoryPlan, device: torch.dev
             "budget needs; use compile=False or a larger vram_budget"
         )
     if options.limit_allocator:
-        _limit_allocator(options.vram_budget, device)
+        _limit_allocator(allocator_limit_bytes(options.vram_budget, plan.options), device)
     log.info("memory plan for %.2f GiB: %s", options.vram_budget / GiB, plan.modes())
     return WeightPlacer(plan, modules, device).apply()
+
+
+def allocator_limit_bytes(budget: int, plan_options: PlanOptions) -> int:
+    """What torch's allocator may hold under ``budget``: the budget less the CUDA context reserve, which
+    (context, cuBLAS/cuDNN handles, kernels) is device memory the allocator neither sees nor limits."""
+    limit = budget - plan_options.context_reserve_bytes
+    if limit <= 0:
+        raise ValueError(
+            f"vram_budget {format_size(budget)} leaves nothing after the CUDA context reserve of "
+            f"{format_size(plan_options.context_reserve_bytes)} (PlanOptions.context_reserve_bytes)"
+        )
+    return limit
 
 
 def _limit_allocator(budget: int, device: torch.device) -> None:

@@ -59,6 +59,7 @@ class BufferArena:
         self.device = torch.device(device)
         self.generation = 0  # bumped whenever a buffer moves; graphs captured before are then stale
         self._buffers: dict[str, torch.Tensor] = {}
+        self._streams: dict[str, list] = {}  # per buffer: the stream it was allocated on, then its users
 
     def reserve(self, name: str, nbytes: int) -> None:
         """Make ``name`` at least ``nbytes`` long (growth reallocates and bumps ``generation``)."""
@@ -72,9 +73,18 @@ class BufferArena:
                 current.numel(),
                 nbytes,
             )
+            self._release(name, current)
             self.generation += 1
         # zero-filled once, so a view never exposes stale memory from the allocator
         self._buffers[name] = torch.zeros(align_up(nbytes), dtype=torch.uint8, device=self.device)
+        self._streams[name] = [_current_stream(self.device)]
+
+    def _release(self, name: str, old: torch.Tensor) -> None:
+        # throughput mode: kernels on the other stream may still read the old buffer; the allocator only
+        # orders its reuse after the stream it was allocated on, so tell it about every other reader
+        used = self._streams.pop(name, [None])
+        for stream in foreign_streams(used[0], used[1:]):
+            old.record_stream(stream)
 
     def view(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """``shape``/``dtype`` view at the start of buffer ``name`` (allocating/growing it if needed)."""
@@ -82,6 +92,9 @@ class BufferArena:
         for d in shape:
             numel *= d
         self.reserve(name, numel * dtype.itemsize)
+        stream, users = _current_stream(self.device), self._streams[name]
+        if stream not in users:
+            users.append(stream)  # whoever takes a view enqueues work on it from this stream
         return byte_view(self._buffers[name], 0, tuple(shape), dtype)
 
     def data_ptr(self, name: str) -> int:
@@ -92,8 +105,24 @@ class BufferArena:
         return sum(b.numel() for b in self._buffers.values())
 
     def clear(self) -> None:
+        for name, buffer in list(self._buffers.items()):
+            self._release(name, buffer)
         self._buffers.clear()
         self.generation += 1
+
+
+def _current_stream(device: torch.device):
+    return torch.cuda.current_stream(device) if device.type == "cuda" else None
+
+
+def foreign_streams(allocated_on, used_on) -> list:
+    """The streams, other than the one a buffer was allocated on, that used it (each once, in order):
+    those ``record_stream`` must name before the buffer is freed. Pure, so the CPU tests can check it."""
+    out = []
+    for stream in used_on:
+        if stream is not None and stream != allocated_on and stream not in out:
+            out.append(stream)
+    return out
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ class StepGraph:
         enabled: bool = True,
         warmup_steps: int = 2,
         pool=None,
+        stream=None,
         name: str = "step",
     ):
         if enabled:
@@ -57,7 +58,9 @@ class StepGraph:
         self.warmup_steps, self.pool = warmup_steps, pool
         self.state, self.warmed = NEW, 0
         self._graph = None
-        self._stream = _new_stream(device) if enabled else None
+        self.on_capture: Callable[[], None] | None = None  # the owning cache counts captures
+        # a GraphCache passes its one capture stream; a StepGraph on its own makes one
+        self._stream = (stream if stream is not None else _new_stream(device)) if enabled else None
 
     def warmup_no_sync(self) -> None:
         """Run one real step eagerly on the side stream the graph will be captured on."""
@@ -80,6 +83,8 @@ class StepGraph:
                 "steps; lazily initialised kernels would be recorded half-built"
             )
         self._graph, self.state = _capture(self.fn, self.pool, self._stream), CAPTURED
+        if self.on_capture is not None:
+            self.on_capture()
         log.debug("%s: captured", self.name)
 
     def replay_no_sync(self) -> None:
@@ -144,8 +149,12 @@ def _side_stream(stream):
 class GraphCache:
     """StepGraphs keyed by everything that fixes a capture: stage, shapes, dtypes, flags, buffer generation.
 
-    All graphs of one cache share one memory pool: they never run concurrently (one cache per stream
-    group), and their scratch is dead after each replay because results land in arena buffers.
+    All graphs of one cache share one memory pool AND one capture stream: they never run concurrently
+    (one cache per stream group), and their scratch is dead after each replay because results land in
+    arena buffers. The caching allocator hands a freed block out again only to an allocation on the
+    stream it was freed on, so with one capture stream every capture reuses the blocks the previous ones
+    freed and the pool holds the largest graph (what ``memory.planner.graph_pool_bytes`` budgets); with a
+    stream per graph it would hold their sum. One stream also means one cuBLAS workspace.
     """
 
     def __init__(self, device: torch.device | str, *, enabled: bool = True, warmup_steps: int = 2):
@@ -154,6 +163,8 @@ class GraphCache:
             check_graph_device(self.device)
         self._graphs: dict[Hashable, StepGraph] = {}
         self.pool = self._new_pool()
+        self.stream = _new_stream(self.device) if enabled else None
+        self.captures = 0  # graphs recorded over the cache's life (each capture synchronises once)
 
     def _new_pool(self):
         return _pool_handle() if self.enabled else None
@@ -168,10 +179,15 @@ class GraphCache:
                 enabled=self.enabled,
                 warmup_steps=self.warmup_steps,
                 pool=self.pool,
+                stream=self.stream,
                 name=name,
             )
+            graph.on_capture = self._count_capture
             self._graphs[key] = graph
         return graph
+
+    def _count_capture(self) -> None:
+        self.captures += 1
 
     def clear(self) -> None:
         for graph in self._graphs.values():

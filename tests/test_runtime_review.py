@@ -1,0 +1,133 @@
+"""What a line-by-line review of the GPU runtime found (issue 12), each shown on the CPU where a CPU can.
+
+The CUDA touch points of graphs.py (stream, pool, capture) are replaced by the same recording fakes as in
+test_runtime_graphs.py; everything around them (caches, keys, buffers, tables, planner) is the real code.
+"""
+
+import contextlib
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from ifengine.memory.planner import MiB, PlanOptions, graph_pool_bytes
+from ifengine.memory.sizes import GiB
+from ifengine.models.int8 import Int8Conv2d, Int8Linear
+from ifengine.runtime import graphs
+from ifengine.runtime.buffers import foreign_streams
+from ifengine.runtime.graphs import GraphCache
+from ifengine.runtime.throughput import overlap_streams
+
+
+class FakeGraph:
+    def __init__(self, fn):
+        self.fn = fn
+
+    def replay(self):
+        self.fn()
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """Records every capture and every stream made; a fresh object per stream, as CUDA would give."""
+    record = {"captures": [], "streams": []}
+
+    def new_stream(device):
+        record["streams"].append(object())
+        return record["streams"][-1]
+
+    def capture(fn, pool, stream):
+        record["captures"].append((pool, stream))
+        return FakeGraph(fn)
+
+    monkeypatch.setattr(graphs, "check_graph_device", lambda device: None)
+    monkeypatch.setattr(graphs, "_new_stream", new_stream)
+    monkeypatch.setattr(graphs, "_pool_handle", lambda: object())
+    monkeypatch.setattr(graphs, "_capture", capture)
+    monkeypatch.setattr(graphs, "_side_stream", lambda stream: contextlib.nullcontext())
+    return record
+
+
+# 1. run_throughput's streams follow the runtime's mode -----------------------------------------------------
+def test_overlap_follows_the_runtime_mode_and_refuses_only_an_explicit_request():
+    assert overlap_streams(None, "cuda", "latency") is False  # a latency runtime: batches one after another
+    assert overlap_streams(None, "cuda", "throughput") is True
+    assert overlap_streams(None, "cpu", "throughput") is False  # no streams on a CPU
+    assert overlap_streams(False, "cuda", "throughput") is False
+    with pytest.raises(ValueError, match="mode='throughput'"):
+        overlap_streams(True, "cuda", "latency")
+
+
+# 2. one capture stream per cache, and the planner's pool term is what one stream gives ----------------------
+def test_every_graph_of_a_cache_captures_on_the_one_stream_of_its_cache(fake_cuda):
+    cache = GraphCache("cuda", warmup_steps=1)
+    made = [cache.get(("stage", n), lambda: lambda: None) for n in range(3)]
+    for graph in made:
+        graph.step_no_sync()  # warm-up, then capture
+    pools_streams = fake_cuda["captures"]
+    assert len(pools_streams) == 3 and len(fake_cuda["streams"]) == 1
+    assert all(stream is cache.stream for _, stream in pools_streams)
+    assert all(pool is cache.pool for pool, _ in pools_streams)
+    cache.clear()
+    assert cache.stream is fake_cuda["streams"][0]  # the stream (and its cuBLAS workspace) outlives clear()
+
+
+def test_the_planned_pool_is_the_largest_graph_per_stream_not_the_sum():
+    acts = {"text": 50, "stage1": 100, "stage2": 300, "stage3": 200, "decode": 900}
+    assert graph_pool_bytes(acts, "latency") == 300  # one cache, one stream: blocks are reused across graphs
+    assert graph_pool_bytes(acts, "throughput") == 100 + 300  # front cache (stage I) + back cache (II, III)
+    assert graph_pool_bytes({"text": 5}, "latency") == 0
+
+
+# 5. int8 dequantisation is one pass --------------------------------------------------------------------------
+class Ops(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("kind", ["linear", "conv", "conv channels-last"])
+def test_int8_dequantisation_is_one_pass_and_bit_identical_to_cast_then_scale(dtype, kind):
+    torch.manual_seed(0)
+    float_layer = torch.nn.Linear(64, 48) if kind == "linear" else torch.nn.Conv2d(16, 32, 3)
+    layer = (Int8Linear if kind == "linear" else Int8Conv2d)(float_layer.to(dtype))
+    if kind == "conv channels-last":
+        layer = layer.to(memory_format=torch.channels_last)
+    shape = (-1,) + (1,) * (layer.qweight.dim() - 1)
+    two_pass = layer.qweight.to(layer.scale.dtype).mul_(layer.scale.view(shape))  # the old formula
+    with Ops() as seen:
+        fused = layer.dequantized()
+    compute = [op for op in seen.ops if op not in ("aten.view", "aten.reshape", "aten._unsafe_view")]
+    assert compute == ["aten.mul"], seen.ops  # one kernel reads int8 and writes the float weight once
+    assert fused.dtype == dtype and torch.equal(fused, two_pass)
+    assert fused.stride() == two_pass.stride()  # channels-last weights stay channels-last
+
+
+# 7. the CUDA context is outside the allocator: plans leave room for it ------------------------------------
+def test_a_plan_leaves_the_context_reserve_free_and_the_allocator_limit_excludes_it():
+    from ifengine.memory.plan_inputs import plan_inputs, preset_modules
+    from ifengine.memory.planner import plan_memory
+    from ifengine.memory.workload import Workload
+    from ifengine.runtime.api import allocator_limit_bytes
+
+    options = PlanOptions()
+    assert options.context_reserve_bytes == 768 * MiB
+    inputs = plan_inputs(preset_modules(("IF-I-XL", "IF-II-L", "x4"), torch.float16), Workload())
+    plan = plan_memory(inputs, 8 * GiB, options)
+    assert plan.peak_bytes + options.context_reserve_bytes <= 8 * GiB
+    assert allocator_limit_bytes(8 * GiB, options) == 8 * GiB - 768 * MiB
+    with pytest.raises(ValueError, match="context reserve"):
+        allocator_limit_bytes(512 * MiB, options)
+
+
+# 9. a grown buffer read by other streams is kept until they are done ----------------------------------------
+def test_the_streams_to_record_on_a_freed_buffer_are_the_users_other_than_its_own():
+    own, front, back = "default", "front", "back"  # any hashable stream identities
+    assert foreign_streams(own, [own, front, back, front]) == [front, back]
+    assert foreign_streams(own, [own]) == []
+    assert foreign_streams(None, [None]) == []  # CPU: no streams at all
