@@ -131,3 +131,56 @@ def test_the_streams_to_record_on_a_freed_buffer_are_the_users_other_than_its_ow
     assert foreign_streams(own, [own, front, back, front]) == [front, back]
     assert foreign_streams(own, [own]) == []
     assert foreign_streams(None, [None]) == []  # CPU: no streams at all
+
+
+# 6. a step graph does not depend on the step count or the strength --------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_cascade(stage1_dir, stage2_dir, stage3_dir):
+    import ifengine
+
+    return ifengine.Cascade.from_pretrained(stage1_dir, stage2_dir, stage3_dir, safety=False)
+
+
+def test_new_step_counts_and_strengths_replay_the_graph_already_captured(fake_cuda, tiny_cascade):
+    from ifengine.pipeline.options import StageOptions
+    from ifengine.pipeline.stages import RunContext, Start, run_if_stage
+    from ifengine.runtime.gpu_runner import GraphRunner
+
+    cpu = torch.device("cpu")
+    cache = GraphCache(cpu, warmup_steps=1)  # "enabled" with the recording fakes: a real key, a fake capture
+    runner = GraphRunner(cpu, graphs={1: cache, 2: cache, 3: cache})
+    runner.reserve_for(1, batch=1, height=8, width=8, steps=6, text_dim=32, dtype=torch.float32)
+    cond = torch.randn(2, 77, 32, generator=torch.Generator().manual_seed(1))
+    source = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    calls = [(steps, None) for steps in (6, 4, 5)] + [(6, Start(source, s)) for s in (0.5, 0.8)]
+    for seed, (steps, start) in enumerate(calls):
+        opts = StageOptions(steps=steps, guidance=7.0)
+        context = lambda: RunContext(cpu, torch.float32, torch.Generator().manual_seed(seed), False)  # noqa: E731
+        ours = runner.run_if_stage(1, tiny_cascade.stage1, opts, cond, (1, 3, 8, 8), context(), start=start)
+        ref = run_if_stage(1, tiny_cascade.stage1, opts, cond, (1, 3, 8, 8), context(), start=start)
+        assert torch.equal(ours, ref), (steps, start)  # the reused graph reads this call's tables and noise
+    # one graph for text-to-image (3 step counts), one for img2img (2 strengths): nothing else recaptured
+    assert cache.captures == 2 and len(cache) == 2
+
+
+# 3. every prompt is encoded before stage I is queued -----------------------------------------------------
+@pytest.mark.parametrize("runtime", [False, True])
+def test_clip_encodes_before_stage1_is_queued(tiny_cascade, runtime):
+    cascade = tiny_cascade
+    if runtime:
+        cascade.use_runtime(cuda_graphs=False)
+    order, hooks = [], []
+    modules = {"t5": cascade.text.model, "clip": cascade.stage3.text.model, "unet1": cascade.stage1.unet}
+    modules["unet3"] = cascade.stage3.unet
+    for name, module in modules.items():
+        hooks.append(module.register_forward_pre_hook(lambda m, a, name=name: order.append(name)))
+    try:
+        for encoder in cascade.encoders():
+            encoder.clear_cache()
+        cascade("a red cat", negative_prompt="blurry", seed=0, steps=(2, 2, 2), height=8, width=8, output_type="pt")
+    finally:
+        for hook in hooks:
+            hook.remove()
+        cascade.runtime = None
+    assert order.index("clip") < order.index("unet1") < order.index("unet3")
+    assert order.count("clip") == 1  # one run for prompt and negative; stage III only reads the cache

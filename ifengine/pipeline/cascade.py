@@ -292,7 +292,16 @@ class Cascade:
         n = request.num_images_per_prompt
         pos = self.text.encode(preprocess(list(request.prompts), clean_caption)).repeat_interleave(n, 0)
         neg = self.text.encode(preprocess(list(request.negatives), clean_caption)).repeat_interleave(n, 0)
+        self._encode_stage3_prompts(request)
         return pos, neg
+
+    def _encode_stage3_prompts(self, request: Request) -> None:
+        """CLIP-encode stage III's prompts now, before stage I is queued: stage III then finds them in the
+        embedding cache, so no encoder work (and no wait for it) sits between the queued stages."""
+        if request.last_stage < 3:
+            return
+        negatives = list(request.negatives) if request.stages[2].cfg else []
+        self.stage3.text.encode(list(dict.fromkeys(list(request.prompts) + negatives)))
 
     def _run(self, req: Request, ctx: RunContext, clean_caption: bool) -> list[torch.Tensor]:
         pos, neg = self.encode(req, clean_caption)

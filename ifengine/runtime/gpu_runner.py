@@ -65,6 +65,9 @@ class GraphRunner:
         self.ensure, self.unet_for, self.decode = ensure, unet_for, decode
         self.release_graphs_after_stage = release_graphs_after_stage
         self._generations = {n: 0 for n in (1, 2, 3)}
+        # per stage: the step capacity its per-step uploads are padded to (grows with the longest call),
+        # so graphs are keyed by it and not by each call's step count or strength
+        self.step_rows = {n: 0 for n in (1, 2, 3)}
 
     # -- stage I / II ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -83,7 +86,11 @@ class GraphRunner:
         """Same contract as ``pipeline.stages.run_if_stage`` (text-to-image, super-resolution, edits)."""
         self.ensure(f"unet{stage_no}")
         shape = tuple(shape)
-        pack, tables = if_stage_pack(stage, opts, shape, ctx.generator, ctx.dtype, image is not None, start, mixer)
+        rows = self.step_rows[stage_no]
+        pack, tables = if_stage_pack(
+            stage, opts, shape, ctx.generator, ctx.dtype, image is not None, start, mixer, rows
+        )
+        self.step_rows[stage_no] = max(rows, len(tables))
         arena = self.arenas[stage_no]
         views = self._upload(arena, pack)
         dev_tables = device_tables(tables, views)
@@ -128,7 +135,9 @@ class GraphRunner:
         self.ensure("unet3")
         b, _, h, w = image.shape
         latent_shape = (b, stage.unet.config.out_channels, h, w)
-        pack, tables = x4_stage_pack(stage, opts, latent_shape, tuple(image.shape), ctx.generator, ctx.dtype)
+        rows = self.step_rows[3]
+        pack, tables = x4_stage_pack(stage, opts, latent_shape, tuple(image.shape), ctx.generator, ctx.dtype, rows)
+        self.step_rows[3] = max(rows, len(tables))
         arena = self.arenas[3]
         views = self._upload(arena, pack)
         latents, index, cond = _put(arena, "x", views["init"]), _zero_index(arena), _put(arena, "embeds", embeds)
@@ -191,6 +200,7 @@ class GraphRunner:
         image = batch * 3 * height * width * dtype.itemsize
         rows = 3 * batch  # uncond, cond and a style-mixer branch
         sample = image if stage_no < 3 else image * 4 // 3  # x4 latents have 4 channels
+        self.step_rows[stage_no] = max(self.step_rows[stage_no], steps)
         tables = 24 * (steps + 1) * 8 + 2 * 1000 * 4 + 32 * ALIGN  # per-step tables, alphas, alignment
         for name, nbytes in (
             ("x", sample),

@@ -133,9 +133,7 @@ def _prepare(cascade, prompts, seed, negative, height, width, steps, guidance, n
         output_type="pt",
     )
     ctx = RunContext(cascade.device, cascade.dtype, torch.Generator().manual_seed(seed), False)
-    embeds = cascade.encode(req, clean)
-    if req.last_stage >= 3:  # warm the CLIP cache now; stage III then encodes without a host sync
-        cascade.stage3.text.encode(list(req.prompts) + list(req.negatives))
+    embeds = cascade.encode(req, clean)  # T5, and CLIP for stage III (its cache is warm from here on)
     return _Batch(req, ctx, embeds, [])
 
 

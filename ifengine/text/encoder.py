@@ -41,6 +41,15 @@ def _warn_truncated(tokenizer, prompts: list[str], max_length: int) -> None:
             log.warning("prompt is longer than %d tokens; this part is cut off: %r", max_length, lost)
 
 
+def to_device_no_sync(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``host`` on ``device`` without a host synchronisation: a copy from pageable memory makes the host
+    wait for it, one from page-locked memory is only enqueued. torch's pinned allocator hands a block out
+    again only after the copies reading it have completed, so the staging tensor may go at once."""
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
+
+
 class PromptEncoder:
     """Encode prompts with a transformers text encoder (T5 for stages I/II, CLIP for stage III).
 
@@ -88,7 +97,7 @@ class PromptEncoder:
     @torch.no_grad()
     def _run(self, prompts: list[str]) -> torch.Tensor:
         tokens = tokenize(self.tokenizer, prompts, self.max_length)
-        out = self.model(tokens.ids.to(self.device), attention_mask=self._mask(tokens))
+        out = self.model(to_device_no_sync(tokens.ids, self.device), attention_mask=self._mask(tokens))
         hidden = out[0]
         finite = torch.isfinite(hidden).all()
         self._hidden_dtype = hidden.dtype
@@ -104,7 +113,7 @@ class PromptEncoder:
         if not self.use_mask:
             return None
         mask = host_attention_mask(self.model, tokens.mask)
-        return None if mask is None else mask.to(self.device)
+        return None if mask is None else to_device_no_sync(mask, self.device)
 
     def failure_message(self, dtype: torch.dtype | None = None) -> str:
         dtype = dtype or self._hidden_dtype
