@@ -155,7 +155,7 @@ def test_new_step_counts_and_strengths_replay_the_graph_already_captured(fake_cu
     calls = [(steps, None) for steps in (6, 4, 5)] + [(6, Start(source, s)) for s in (0.5, 0.8)]
     for seed, (steps, start) in enumerate(calls):
         opts = StageOptions(steps=steps, guidance=7.0)
-        context = lambda: RunContext(cpu, torch.float32, torch.Generator().manual_seed(seed), False)  # noqa: E731
+        context = lambda seed=seed: RunContext(cpu, torch.float32, torch.Generator().manual_seed(seed), False)  # noqa: E731
         ours = runner.run_if_stage(1, tiny_cascade.stage1, opts, cond, (1, 3, 8, 8), context(), start=start)
         ref = run_if_stage(1, tiny_cascade.stage1, opts, cond, (1, 3, 8, 8), context(), start=start)
         assert torch.equal(ours, ref), (steps, start)  # the reused graph reads this call's tables and noise
@@ -184,3 +184,37 @@ def test_clip_encodes_before_stage1_is_queued(tiny_cascade, runtime):
         cascade.runtime = None
     assert order.index("clip") < order.index("unet1") < order.index("unet3")
     assert order.count("clip") == 1  # one run for prompt and negative; stage III only reads the cache
+
+
+# 8. equality is judged in ulps, and a closed runtime frees its cascade -----------------------------------
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_ulp_distance_counts_representable_values(dtype):
+    from ifengine.bench.ulps import max_ulps, ulp_distance
+
+    x = torch.tensor([-3.0, -1e-3, 0.0, 1.0, 2.0, 1000.0], dtype=dtype)
+    up = torch.nextafter(x, torch.full_like(x, float("inf")))
+    assert ulp_distance(x, x).tolist() == [0] * 6 and ulp_distance(x, up).tolist() == [1] * 6
+    assert max_ulps(torch.tensor([0.0], dtype=dtype), torch.tensor([-0.0], dtype=dtype)) == 0
+    tiny = torch.nextafter(torch.zeros(1, dtype=dtype), torch.ones(1, dtype=dtype))
+    assert max_ulps(tiny, -tiny) == 2  # across zero: -tiny, (-)0, +tiny
+    two_up = torch.nextafter(up, torch.full_like(x, float("inf")))
+    assert ulp_distance(two_up, x).tolist() == [2] * 6
+    if dtype == torch.float16:  # why not 1e-3: one fp16 ulp at 2.0 is 2**-9 ~ 0.002
+        assert (up[4] - x[4]).item() > 1e-3
+
+
+def test_closing_a_runtime_breaks_the_cascade_runtime_cycle(stage1_dir):
+    import gc
+    import weakref
+
+    import ifengine
+
+    cascade = ifengine.Cascade.from_pretrained(stage1_dir, safety=False).use_runtime(cuda_graphs=False)
+    ref = weakref.ref(cascade)
+    gc.disable()  # only refcounting may free it: the cyclic collector would hide the cycle
+    try:
+        cascade.runtime.close()
+        del cascade
+        assert ref() is None
+    finally:
+        gc.enable()

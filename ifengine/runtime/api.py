@@ -105,6 +105,10 @@ class Runtime:
             cache.clear()
         if self.placer is not None:
             self.placer.remove_hooks()
+        if getattr(self.cascade, "runtime", None) is self:
+            # cascade.runtime <-> runtime.cascade is a reference cycle: only the cyclic collector would
+            # free the pair (and every device buffer they hold); detaching lets plain refcounting do it
+            self.cascade.runtime = None
 
 
 def default_workload(cascade, batch: int = 1, size: tuple[int | None, int | None] | None = None) -> Workload:
