@@ -127,7 +127,7 @@ def check_equality(cascade, cfg: CheckConfig, until: float) -> dict:
                 report[f"stage{stage}"] = _skip("time budget")
                 continue
             states = []
-            eager.runner.observe = lambda n, x: states.append(x.clone())
+            eager.runner.observe = lambda n, x, states=states: states.append(x.clone())
             out = run_stage(eager, cascade, req, embeds, stage, image, seed=stage)
             run_stage(graphs, cascade, req, embeds, stage, image, seed=stage)
             report[f"stage{stage}"] = _replay_ulps(graphs, stage, states)
@@ -188,6 +188,7 @@ def check_step_times(cfg: CheckConfig, until: float) -> dict:
                 rows.append({"unet": preset, "batch": batch, "skipped": "time budget"})
                 continue
             rows.append(time_unet(preset, batch, device, cfg.dtype, cfg.repeats, peak["flops_per_s"], cfg.size))
+            release(None)  # the U-Net (8 GiB for IF-I-XL) and its graph pool go before the next is built
     return {"matmul_peak": peak, "rows": rows}
 
 
@@ -293,16 +294,11 @@ def run_check(cfg: CheckConfig, script: Path) -> dict:
     report = {"config": asdict(cfg), "machine": describe(cfg.device)}
     with _timed(report, "build"):
         cascade = build_cascade(cfg)
-    sections = (
-        ("equality", lambda until: check_equality(cascade, cfg, until)),
-        ("sync_debug", lambda until: check_sync_debug(cascade, cfg, until)),
-        ("throughput", lambda until: check_throughput(cascade, cfg, until)),
-    )
-    for name, run in sections:
+    for name, run in (("equality", check_equality), ("sync_debug", check_sync_debug), ("throughput", check_throughput)):
         with _timed(report, name):
-            report[name] = run(deadline.section(name))
+            report[name] = run(cascade, cfg, deadline.section(name))
     release(cascade)
-    del cascade, sections
+    cascade = None
     release(None)  # nothing of the cascade may hold device memory while the budget child runs
     with _timed(report, "step_times"):
         report["step_times"] = check_step_times(cfg, deadline.section("step_times"))
