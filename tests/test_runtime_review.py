@@ -218,3 +218,44 @@ def test_closing_a_runtime_breaks_the_cascade_runtime_cycle(stage1_dir):
         assert ref() is None
     finally:
         gc.enable()
+
+
+# 4. weight streaming is double-buffered: unit k+1 is fetched before unit k computes -------------------------
+def test_streamed_units_alternate_two_slots_and_the_next_is_fetched_before_this_one_computes():
+    from torch import nn
+
+    from ifengine.memory.offload import WeightPlacer
+    from ifengine.memory.partition import partition
+    from ifengine.memory.planner import STREAM, MemoryPlan, Placement, stream_slot_offsets
+    from ifengine.memory.workload import Workload
+
+    torch.manual_seed(0)
+    net = nn.Sequential(*(nn.Linear(32, 32) for _ in range(4)))
+    x = torch.randn(4, 32)
+    expected, originals = net(x), {n: p.detach().clone() for n, p in net.named_parameters()}
+    units = partition(net).units
+    streamed = [u for u in units if u.path in ("1", "2", "3")]
+    offsets, slot = stream_slot_offsets([u.nbytes for u in streamed])
+    assert offsets == [0, streamed[0].nbytes, 0] and slot == streamed[0].nbytes + streamed[1].nbytes
+    resident_part = partition(net).total_bytes - sum(u.nbytes for u in streamed)
+    placement = Placement("net", STREAM, 0, 0, resident_part, tuple(u.path for u in streamed), slot)
+    plan = MemoryPlan(0, PlanOptions(), Workload(), (placement,), resident_part, slot, "none", None, (), 0, 0, 0, 0)
+    placer = WeightPlacer(plan, {"net": net}, "cpu").apply()
+    assert placer.slot_offsets["net"] == dict(zip(("1", "2", "3"), offsets, strict=True))
+
+    seen = {}
+
+    def at_compute(path):
+        def check(_module, _args):
+            # runs after the placer's pre-hook: this unit's weights are in place, and so are the next one's
+            following = str(int(path) + 1)
+            names = [n for n in originals if n.split(".")[0] in (path, following)]
+            seen[path] = all(torch.equal(dict(net.named_parameters())[n], originals[n]) for n in names)
+
+        return check
+
+    for path in ("1", "2"):
+        net.get_submodule(path).register_forward_pre_hook(at_compute(path))
+    got = net(x)
+    assert seen == {"1": True, "2": True}  # with one slot, unit 2's bytes would still be unit 1's here
+    assert torch.equal(got, expected) and torch.equal(net(x), expected)  # bit-identical, call after call

@@ -3,9 +3,12 @@
 * resident: packed into one device buffer of its own (exact accounting, no allocator rounding);
 * offload: one page-locked host buffer; its weights are views into the shared swap area at the
   component's fixed offset, refilled by ``ensure`` (one asynchronous copy) when its phase starts;
-* stream: as offload, plus units whose weights are views into the stream slot; a forward pre-hook on
-  each unit copies that unit in just before it runs. Under CUDA-graph capture the copy is recorded
-  with the step, so every replay streams the unit again: weights never need a fixed home of their own.
+* stream: as offload, plus units whose weights are views into one of two stream slots (alternating,
+  ``planner.stream_slot_offsets``). Unit k's forward pre-hook enqueues the copy of unit k+1 into the
+  other slot on a separate copy stream (fork: it waits for the compute issued so far, so unit k-1,
+  the slot's last reader, is done) and makes the compute stream wait for unit k's own copy (join, an
+  event): the copy of k+1 runs while k computes. Fork and join are events, so CUDA-graph capture
+  records them with the step and every replay streams again with the same overlap.
 
 Weights always keep the same device address, which is what lets captured graphs survive offloading.
 Copies are enqueued on the current stream and never waited for: stream order puts each copy after the
@@ -21,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .planner import RESIDENT, UNETS, MemoryPlan, Placement
+from .planner import RESIDENT, UNETS, MemoryPlan, Placement, stream_slot_offsets
 from .sizes import format_size
 from .weight_layout import Rebinder, Slot, bind_all, fill, layout, unique_tensors, unit_tensors
 
@@ -71,6 +74,14 @@ class _HostCopy:
     units: dict[str, tuple[int, int]]  # unit path -> (host offset, bytes)
 
 
+@dataclass
+class _StreamState:
+    """One streamed component's units in forward order, and which unit's copy is already in flight."""
+
+    following: dict[str, str | None]
+    prefetched: str | None = None
+
+
 class WeightPlacer:
     """Applies a MemoryPlan to named modules; ``ensure(name)`` before a component's phase runs."""
 
@@ -81,6 +92,10 @@ class WeightPlacer:
         self._copies: dict[str, _HostCopy] = {}
         self._loaded: set[str] = set()
         self._hooks: list = []
+        self.slot_offsets: dict[str, dict[str, int]] = {}  # component -> unit path -> offset in the slot
+        self._streams: dict[str, _StreamState] = {}
+        self._copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        self._events: dict[tuple[str, str], object] = {}
 
     def apply(self) -> WeightPlacer:
         placed = [n for n, m in self.modules.items() if getattr(m, PLACED, False)]
@@ -127,10 +142,11 @@ class WeightPlacer:
             start = end
             unit_slots[path], end = layout(tensors, start)
             host_units[path] = (start, end - start)
-            if end - start > self.plan.slot_bytes:
-                raise PlanMismatchError(
-                    f"{p.name}.{path} needs {end - start} bytes, the stream slot holds {self.plan.slot_bytes}"
-                )
+        needed = stream_slot_offsets([n for _, n in host_units.values()])[1]
+        if needed > self.plan.slot_bytes:
+            raise PlanMismatchError(
+                f"{p.name}'s streamed units need {needed} bytes of stream slots, the plan has {self.plan.slot_bytes}"
+            )
         host = page_locked(end, self.device)
         all_slots = part_slots + [s for slots in unit_slots.values() for s in slots]
         fill(host, all_slots)
@@ -146,11 +162,16 @@ class WeightPlacer:
         bind_all(rebinder, part_slots, self.swap, shift=p.swap_offset)
         module = self.modules[p.name]
         fired: set[str] = set()
+        paths = list(unit_slots)  # forward order (the plan's order)
+        offsets, _ = stream_slot_offsets([self._copies[p.name].units[q][1] for q in paths])
+        self.slot_offsets[p.name] = dict(zip(paths, offsets, strict=True))
+        stream = _StreamState(dict(zip(paths, paths[1:] + [None], strict=True)))
         for path, slots in unit_slots.items():
-            start, nbytes = self._copies[p.name].units[path]
-            bind_all(rebinder, slots, self.slot, shift=-start)
-            hook = self._stream_hook(p.name, path, start, nbytes, fired)
+            start, _ = self._copies[p.name].units[path]
+            bind_all(rebinder, slots, self.slot, shift=self.slot_offsets[p.name][path] - start)
+            hook = self._stream_hook(p.name, path, stream, fired)
             self._hooks.append(module.get_submodule(path).register_forward_pre_hook(hook))
+        self._streams[p.name] = stream
         if unit_slots or p.name not in UNETS:
             # U-Nets without streaming get no root hook: the runner loads them before the stage (a graph
             # replay runs no hooks anyway), and torch.compile then sees a module without Python hooks
@@ -161,17 +182,43 @@ class WeightPlacer:
     def _enter_hook(self, name: str, fired: set[str]):
         def enter(_module, _args) -> None:
             fired.clear()
+            if name in self._streams:
+                self._streams[name].prefetched = None  # a new forward: nothing is in flight for it yet
             self.ensure(name)  # eager components (text encoders) load themselves on first use in a call
 
         return enter
 
-    def _stream_hook(self, name: str, path: str, start: int, nbytes: int, fired: set[str]):
+    def _stream_hook(self, name: str, path: str, stream: _StreamState, fired: set[str]):
         def load_unit(_module, _args) -> None:
-            # recorded into the step's CUDA graph when captured: every replay streams the unit again
-            self.slot[:nbytes].copy_(self._copies[name].host[start : start + nbytes], non_blocking=True)
+            # recorded into the step's CUDA graph when captured: every replay streams the units again
+            if stream.prefetched != path:  # the forward's first unit (or an unexpected order): fetch it now
+                self._fetch(name, path)
+            following = stream.following[path]
+            if following is not None:
+                self._fetch(name, following)  # into the other slot, while this unit computes
+            stream.prefetched = following
+            self._join(name, path)
             fired.add(path)
 
         return load_unit
+
+    def _fetch(self, name: str, path: str) -> None:
+        """Enqueue unit ``path``'s copy into its slot: on the copy stream after the compute issued so far."""
+        start, nbytes = self._copies[name].units[path]
+        offset = self.slot_offsets[name][path]
+        dst, src = self.slot[offset : offset + nbytes], self._copies[name].host[start : start + nbytes]
+        if self._copy_stream is None:
+            dst.copy_(src)
+            return
+        compute = torch.cuda.current_stream(self.device)
+        self._copy_stream.wait_stream(compute)  # fork: the slot's previous reader has been issued before
+        with torch.cuda.stream(self._copy_stream):
+            dst.copy_(src, non_blocking=True)
+        self._events.setdefault((name, path), torch.cuda.Event()).record(self._copy_stream)
+
+    def _join(self, name: str, path: str) -> None:
+        if self._copy_stream is not None:
+            torch.cuda.current_stream(self.device).wait_event(self._events[(name, path)])
 
     @staticmethod
     def _check_hook(name: str, expected: set[str], fired: set[str]):

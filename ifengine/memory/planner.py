@@ -9,7 +9,8 @@ budget. Every component is either
   the same address and CUDA graphs captured over it stay valid. T5 offloaded means T5 is released
   after encoding: stage I's weights overwrite its part of the swap area;
 * stream: offloaded, but some of its units do not fit the swap area; they pass through a separate
-  *stream slot* (sized for the largest streamed unit) every forward, each just before it runs.
+  *stream slots* every forward: two of them, so that unit k+1 is copied in while unit k computes
+  (``stream_slot_offsets``; the even units of a component share one slot, the odd ones the other).
 
 The search enumerates resident sets, VAE decode tilings and graph lifetimes, keeps the placements
 whose predicted peak fits every phase, and picks the cheapest by, in order: U-Net bytes streamed per
@@ -210,11 +211,11 @@ def _evaluate(
         streamed = _choose_streaming(groups, comps, room)
         if streamed is None:
             return None
-        needed = max((u.nbytes for units in streamed.values() for u in units), default=0)
+        needed = _slot_bytes(streamed)
         if needed <= slot:
             break
         slot = needed
-    slot = max((u.nbytes for units in streamed.values() for u in units), default=0)
+    slot = _slot_bytes(streamed)
     placements, swap = _placements(comps, resident, groups, streamed)
     peaks = tuple(_peak(inputs, name, extras, fixed + slot + swap, decode_act, options) for name in extras)
     return MemoryPlan(
@@ -232,6 +233,22 @@ def _evaluate(
         transfer_bytes_per_call=_transfer(placements, comps, unets=False),
         unet_streamed_bytes_per_call=_transfer(placements, comps, unets=True),
     )
+
+
+def _slot_bytes(streamed: dict[str, list]) -> int:
+    # streamed units are chosen from the end of each partition: their forward order is the reverse
+    return max((stream_slot_offsets([u.nbytes for u in reversed(us)])[1] for us in streamed.values()), default=0)
+
+
+def stream_slot_offsets(unit_bytes: list[int]) -> tuple[list[int], int]:
+    """(offset in the stream slot of each unit, in forward order; bytes the slot needs) for one component.
+
+    Two slots, so that the copy of unit k+1 runs while unit k computes: even units at offset 0 (the first
+    slot, as large as the largest even unit), odd units right after it. Neighbours never share bytes.
+    """
+    even = max(unit_bytes[0::2], default=0)
+    odd = max(unit_bytes[1::2], default=0)
+    return [0 if i % 2 == 0 else even for i in range(len(unit_bytes))], even + odd
 
 
 def _swap_groups(inputs: PlanInputs, resident: frozenset) -> list[tuple[str, ...]]:
