@@ -5,8 +5,10 @@ A budget caps the process with ``torch.cuda.set_per_process_memory_fraction``: a
 fail as they would on a smaller GPU, so a run either fits (its peaks are recorded) or is reported OOM.
 Systems that plan for a budget get it too (ifengine-graphs: ``runtime.configure(vram_budget=...)``
 places, offloads and streams weights to fit); the others simply run or fail under the cap.
-Peaks are ``torch.cuda.max_memory_allocated`` (tensors the caching allocator handed out), reset at
-every stage boundary; "resident" is what the loaded weights hold before the run.
+Peaks are ``torch.cuda.max_memory_reserved`` (what the caching allocator holds from the device: tensors,
+CUDA-graph pools, cached free blocks), reset at every stage boundary. ``max_memory_allocated`` would omit
+graph-pool memory, and a budget is a limit on what is reserved. "resident" is the reserved bytes once
+the weights are loaded, before the run. The CUDA context is on top of both (see PlanOptions).
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ class MemoryBenchConfig:
 
 
 class Probe:
-    """Times regions and records each region's peak allocated bytes (nested regions fold upward)."""
+    """Times regions and records each region's peak reserved bytes (nested regions fold upward)."""
 
     def __init__(self, device: torch.device):
         self.device, self.clock = device, timing.Clock(device)
@@ -78,7 +80,7 @@ class Probe:
     def _fold(self) -> None:
         if self.device.type != "cuda":
             return
-        peak = torch.cuda.max_memory_allocated(self.device)
+        peak = torch.cuda.max_memory_reserved(self.device)
         for name in self._open:
             self.peaks[name] = max(self.peaks[name], peak)
 
@@ -124,7 +126,7 @@ def _one(name: str, budget: float | None, paths, device: torch.device, dtype: to
             systems = load_systems(
                 [name], paths, device, dtype, vram_budget=None if budget is None else int(budget * GIB)
             )
-            entry["resident"] = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
+            entry["resident"] = torch.cuda.memory_reserved(device) if device.type == "cuda" else None
             probe = Probe(device)
             systems[name].run(run, probe)
             entry["seconds"], entry["peaks"] = probe.clock.collect(), dict(probe.peaks)
@@ -177,7 +179,7 @@ def memory_table(payload: dict) -> str:
         )
     cfg = payload["config"]
     head = (
-        f"Peak device memory (torch.cuda.max_memory_allocated), {cfg['preset']} presets, {cfg['dtype']}, "
+        f"Peak device memory (torch.cuda.max_memory_reserved), {cfg['preset']} presets, {cfg['dtype']}, "
         f"batch {cfg['batch']}, steps {tuple(cfg['steps'])}; {summary_line(payload['machine'])}\n\n"
     )
     return head + markdown_table(header, rows)
@@ -188,6 +190,6 @@ def write_memory_results(payload: dict, out_dir: Path, name: str = "memory") -> 
     chart = None
     if free and any(e["peaks"].get("total") for e in free):
         data = {e["system"]: {s: e["peaks"].get(s, 0) for s in STAGES} for e in free}
-        title = f"peak allocated memory per stage\n{summary_line(payload['machine'])}"
+        title = f"peak reserved memory per stage\n{summary_line(payload['machine'])}"
         chart = lambda path: stage_chart(path, data, title, ylabel="GiB", scale=1 / GIB)  # noqa: E731
     return write_outputs(out_dir, name, payload, memory_table(payload), chart)
