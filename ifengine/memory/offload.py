@@ -165,13 +165,14 @@ class WeightPlacer:
         paths = list(unit_slots)  # forward order (the plan's order)
         offsets, _ = stream_slot_offsets([self._copies[p.name].units[q][1] for q in paths])
         self.slot_offsets[p.name] = dict(zip(paths, offsets, strict=True))
-        stream = _StreamState(dict(zip(paths, paths[1:] + [None], strict=True)))
+        stream = _StreamState({q: (paths[i + 1] if i + 1 < len(paths) else None) for i, q in enumerate(paths)})
         for path, slots in unit_slots.items():
             start, _ = self._copies[p.name].units[path]
             bind_all(rebinder, slots, self.slot, shift=self.slot_offsets[p.name][path] - start)
             hook = self._stream_hook(p.name, path, stream, fired)
             self._hooks.append(module.get_submodule(path).register_forward_pre_hook(hook))
-        self._streams[p.name] = stream
+        if paths:
+            self._streams[p.name] = stream
         if unit_slots or p.name not in UNETS:
             # U-Nets without streaming get no root hook: the runner loads them before the stage (a graph
             # replay runs no hooks anyway), and torch.compile then sees a module without Python hooks
