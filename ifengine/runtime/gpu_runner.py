@@ -128,7 +128,8 @@ class GraphRunner:
         ctx: RunContext,
     ) -> torch.Tensor:
         """Same contract as ``pipeline.stages.run_x4_stage``."""
-        self.ensure("clip")
+        # no ensure("clip"): Cascade.encode has CLIP-encoded these prompts before stage I (a cache hit here
+        # needs no weights), and on a miss the placed encoder's own pre-hook moves it in
         embeds = stage.text.encode(prompts)
         if opts.cfg:
             embeds = torch.cat([stage.text.encode(negatives), embeds])
