@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ..lora.api import LoraMixin
 from ..models.checkpoint import resolve
 from ..text.clean import preprocess
 from ..text.encoder import PromptEncoder
@@ -34,8 +35,9 @@ class CascadeOutput:
     settings: dict = field(default_factory=dict)
 
 
-class Cascade:
-    """DeepFloyd IF on our own modules. Any stage may be absent; the run stops at the last one present."""
+class Cascade(LoraMixin):
+    """DeepFloyd IF on our own modules. Any stage may be absent; the run stops at the last one present.
+    LoRA: ``load_lora_weights``/``set_adapters``/``fuse_lora`` (ifengine/lora)."""
 
     def __init__(
         self,
