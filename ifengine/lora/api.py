@@ -60,9 +60,11 @@ class LoraMixin:
             state, metadata = dict(source), None
         else:
             state, metadata = read_file(lora_file(source, weight_name))
+        layers = parse(state, metadata)
         adapters = self._adapters(stage, create=True)
         name = adapter_name or f"default_{sum(len(a.adapters) for a in self._lora.values())}"
-        adapters.add(name, parse(state, metadata), _weight(scale, "scale"))
+        adapters.add(name, layers, _weight(scale, "scale"))  # checks the fit before changing anything
+        self._lora[stage] = adapters
         self._lora_changed(stage)
         log.info("stage %d: LoRA adapter %r from %s (%d layers)", stage, name, _label(source), len(state) // 2)
         return name
@@ -136,7 +138,7 @@ class LoraMixin:
         if stage not in self._lora:
             if not create:
                 raise LoraError(f"stage {stage} has no LoRA loaded")
-            self._lora[stage] = UNetAdapters(unet, f"stage {stage}")
+            return UNetAdapters(unet, f"stage {stage}")  # registered once an adapter is in
         return self._lora[stage]
 
     def _lora_stages(self, stage, names: list[str]) -> list[int]:
