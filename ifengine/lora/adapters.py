@@ -44,13 +44,15 @@ class UNetAdapters:
         self.lora_scale = 1.0
         self.enabled = True
         self.base: dict[str, torch.Tensor] = {}  # module name -> its weight before any LoRA
+        self.sources: dict[str, str] = {}  # adapter name -> where it was read from (for image metadata)
 
-    def add(self, name: str, layers: dict[str, LoraLayer], weight: float) -> None:
+    def add(self, name: str, layers: dict[str, LoraLayer], weight: float, source: str = "") -> None:
         if name in self.adapters:
             raise LoraError(f"{self.label} already has an adapter named {name!r}; pick another adapter_name")
         check_fits(self.unet, layers, self.label)
         self.adapters[name] = layers
         self.active[name] = float(weight)
+        self.sources[name] = source
         for module in layers:
             if module not in self.base:
                 self.base[module] = self.unet.get_submodule(module).weight.detach().clone()
@@ -67,6 +69,7 @@ class UNetAdapters:
         """Base weights back; every adapter forgotten."""
         self.adapters.clear()
         self.active.clear()
+        self.sources.clear()
         self.apply()
         self.base.clear()
 

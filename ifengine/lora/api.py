@@ -63,7 +63,8 @@ class LoraMixin:
         layers = parse(state, metadata)
         adapters = self._adapters(stage, create=True)
         name = adapter_name or f"default_{sum(len(a.adapters) for a in self._lora.values())}"
-        adapters.add(name, layers, _weight(scale, "scale"))  # checks the fit before changing anything
+        source_name = "" if isinstance(source, Mapping) else str(source)
+        adapters.add(name, layers, _weight(scale, "scale"), source_name)  # checks the fit before changing anything
         self._lora[stage] = adapters
         self._lora_changed(stage)
         log.info("stage %d: LoRA adapter %r from %s (%d layers)", stage, name, _label(source), len(state) // 2)

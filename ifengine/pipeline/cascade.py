@@ -14,7 +14,7 @@ from ..lora.api import LoraMixin
 from ..models.checkpoint import resolve
 from ..text.clean import preprocess
 from ..text.encoder import PromptEncoder
-from . import aliases, components, edit, embeds, options, sizes
+from . import aliases, components, edit, embeds, metadata, options, sizes
 from .fetch import fetch_checked
 from .images import convert
 from .many import ManyOutput, generate_many
@@ -127,6 +127,7 @@ class Cascade(LoraMixin):
         pipe = cls(
             text=text, stage1=ifs.get(1), stage2=ifs.get(2), stage3=x4, device=device, dtype=dtype, safety=checker
         )
+        pipe.sources = {n: _source_name(src) for n, src in ((1, stage1), (2, stage2), (3, stage3)) if src}
         if device.type == "cuda" or vram_budget is not None or cuda_graphs or weights == "int8" or throughput:
             pipe.use_runtime(
                 vram_budget=vram_budget,
@@ -358,6 +359,7 @@ class Cascade(LoraMixin):
             "last_stage": req.last_stage,
             "num_images_per_prompt": req.num_images_per_prompt,
             "stages": [vars(s) for s in req.stages[: req.last_stage]],
+            **metadata.run_facts(self, req.last_stage),
         }
         return CascadeOutput(images=images, stages=outs, seed=seed, nsfw_detected=nsfw, settings=settings)
 
@@ -371,6 +373,12 @@ class Cascade(LoraMixin):
     def _watermark_size(self, last_stage: int) -> int | None:
         """IF pipelines scale the logo by their U-Net's sample size; the x4 pipeline by the image itself."""
         return None if last_stage == 3 else (self.stage1, self.stage2)[last_stage - 1].unet.config.sample_size
+
+
+def _source_name(source) -> str:
+    """How image metadata names a checkpoint: a Hub id as given, a local folder by its absolute path."""
+    path = Path(source).expanduser()
+    return str(path.resolve()) if path.exists() else str(source)
 
 
 def _load_safety(ckpt, device):
