@@ -228,7 +228,7 @@ def _run_stages(pipe, plan: EditPlan, ctx: RunContext, clean: bool) -> list[torc
     branches = [neg, pos]
     if plan.positives:
         branches.append(pipe.text.encode(preprocess(list(plan.positives), clean)).repeat_interleave(n, 0))
-    embeds = lambda o: torch.cat(branches) if o.cfg else pos  # noqa: E731
+    stage_embeds = lambda o: torch.cat(branches) if o.cfg else pos  # noqa: E731
     outs: list[torch.Tensor] = []
     for number, stage in ((1, pipe.stage1), (2, pipe.stage2))[: min(req.last_stage, 2)]:
         opts = req.stages[number - 1]
@@ -240,7 +240,7 @@ def _run_stages(pipe, plan: EditPlan, ctx: RunContext, clean: bool) -> list[torc
                 number,
                 stage,
                 opts,
-                embeds(opts),
+                stage_embeds(opts),
                 tuple(source.shape),
                 ctx,
                 image=outs[-1] if outs else None,
