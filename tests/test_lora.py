@@ -130,3 +130,50 @@ def test_bad_loras_are_refused(pipe, loras, stage1_dir, stage2_dir):
     with pytest.raises(LoraError, match="no adapter named"):
         pipe.set_adapters(["missing"])
     assert pipe.get_list_adapters() == {}
+
+
+def test_refit_exported_graph_weights_on_onnxruntime(stage1_dir, loras, tmp_path):
+    """Fuse, then write only the changed weights into the exported graph; ONNX Runtime then computes the
+    fused U-Net. Checked on the artifact (inline weights, manifest hashes refreshed) and on an
+    external-data copy (graph file untouched, data file rewritten)."""
+    import onnx
+    import onnxruntime as ort
+
+    from ifengine.export.api import export_artifacts
+    from ifengine.export.manifest import check_files, read_manifest
+    from ifengine.lora import refit_artifact, refit_onnx
+
+    manifest = export_artifacts({1: stage1_dir}, tmp_path / "art", components=["unet1"], precisions=["fp32"],
+                                progress=False)[0]  # fmt: skip
+    graph = manifest.parent / read_manifest(manifest)["graph"]
+    external = tmp_path / "ext" / "model.onnx"
+    external.parent.mkdir()
+    onnx.save_model(onnx.load(str(graph)), str(external), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="model.onnx.data", size_threshold=0)  # fmt: skip
+    pipe = ifengine.Cascade.from_pretrained(stage1_dir, safety=False)
+    torch.manual_seed(0)
+    feed = {"sample": torch.randn(2, 3, 16, 16), "timestep": torch.tensor([500.0, 20.0]),
+            "encoder_hidden_states": torch.randn(2, 77, 32)}  # fmt: skip
+    run = lambda path: ort.InferenceSession(str(path)).run(None, {k: v.numpy() for k, v in feed.items()})[0]  # noqa: E731
+    before = run(graph)
+    pipe.load_lora_weights(loras["a"], stage=1)
+    pipe.fuse_lora(lora_scale=0.8)
+    with torch.no_grad():
+        fused = pipe.stage1.unet(*feed.values()).numpy()
+    assert abs(fused - before).max() > 0.05
+    graph_bytes = external.read_bytes()
+    assert refit_onnx(external, pipe.lora_updates(1)) == len(pipe.lora_updates(1))
+    assert external.read_bytes() == graph_bytes  # only the external data changed
+    assert abs(run(external) - fused).max() <= 1e-4
+    refit_artifact(manifest, pipe.lora_updates(1))
+    check_files(read_manifest(manifest), manifest.parent, full=True)  # sizes and hashes refreshed
+    assert abs(run(graph) - fused).max() <= 1e-4
+    with pytest.raises(LoraError, match="not in"):  # a weight whose base value the graph does not hold
+        refit_onnx(graph, _fake(pipe))
+
+
+def _fake(pipe):
+    from ifengine.lora import WeightUpdate
+
+    w = pipe.stage1.unet.conv_in.weight.detach()
+    return [WeightUpdate("conv_in.weight", w + 1, w)]

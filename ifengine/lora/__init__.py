@@ -3,6 +3,7 @@
 from .adapters import LoraError, UNetAdapters, WeightUpdate
 from .api import LoraMixin, lora_file
 from .format import LoraFormatError, LoraLayer, parse
+from .onnx_weights import refit_artifact, refit_onnx
 
 __all__ = [
     "LoraError",
@@ -13,4 +14,6 @@ __all__ = [
     "WeightUpdate",
     "lora_file",
     "parse",
+    "refit_artifact",
+    "refit_onnx",
 ]
