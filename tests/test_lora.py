@@ -1,6 +1,7 @@
 """LoRA against diffusers: a random LoRA made with peft on the tiny stage I U-Net, saved the way diffusers'
 DreamBooth-LoRA script saves it, loaded into ifengine and into diffusers' IFPipeline; same images."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -142,6 +143,7 @@ def test_refit_exported_graph_weights_on_onnxruntime(stage1_dir, loras, tmp_path
     from ifengine.export.api import export_artifacts
     from ifengine.export.manifest import check_files, read_manifest
     from ifengine.lora import refit_artifact, refit_onnx
+    from ifengine.lora.onnx_weights import named_weights
 
     manifest = export_artifacts({1: stage1_dir}, tmp_path / "art", components=["unet1"], precisions=["fp32"],
                                 progress=False)[0]  # fmt: skip
@@ -165,7 +167,10 @@ def test_refit_exported_graph_weights_on_onnxruntime(stage1_dir, loras, tmp_path
     assert refit_onnx(external, pipe.lora_updates(1)) == len(pipe.lora_updates(1))
     assert external.read_bytes() == graph_bytes  # only the external data changed
     assert abs(run(external) - fused).max() <= 1e-4
+    named = named_weights(graph, pipe.lora_updates(1))  # what a TensorRT Refitter would be given
     refit_artifact(manifest, pipe.lora_updates(1))
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(graph)).graph.initializer}
+    assert named and all(np.array_equal(inits[n], a) for n, a in named.items())
     check_files(read_manifest(manifest), manifest.parent, full=True)  # sizes and hashes refreshed
     assert abs(run(graph) - fused).max() <= 1e-4
     with pytest.raises(LoraError, match="not in"):  # a weight whose base value the graph does not hold
@@ -177,3 +182,17 @@ def _fake(pipe):
 
     w = pipe.stage1.unet.conv_in.weight.detach()
     return [WeightUpdate("conv_in.weight", w + 1, w)]
+
+
+def test_engine_refit_needs_tensorrt(tmp_path):
+    from ifengine.engines.errors import TensorRTUnavailable
+    from ifengine.engines.refit import refit_engine
+
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("TensorRT is installed: the real refit is the GPU tests' job")
+    with pytest.raises(TensorRTUnavailable):
+        refit_engine(object(), tmp_path / "g.onnx", [])

@@ -84,6 +84,20 @@ def _find(model, folder: Path, updates: Sequence[WeightUpdate], graph: Path) -> 
     return found
 
 
+def named_weights(graph: str | Path, updates: Sequence[WeightUpdate]) -> dict[str, np.ndarray]:
+    """Initializer name -> new value (graph dtype and layout) of each changed weight: what a TensorRT
+    Refitter's ``set_named_weights`` takes for an engine built from ``graph`` (its weights keep the ONNX
+    initializer names)."""
+    graph = Path(graph)
+    model = onnx.load(str(graph), load_external_data=False)
+    out = {}
+    for f in _find(model, graph.parent, updates, graph):
+        dtype = _dtype(f.tensor)
+        weight = f.update.weight.detach().to("cpu", dtype)
+        out[f.tensor.name] = np.ascontiguousarray((weight.t() if f.transposed else weight).numpy())
+    return out
+
+
 def _key(tensor: torch.Tensor) -> tuple:
     data = tensor.contiguous().view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
     return tuple(tensor.shape), str(tensor.dtype), hashlib.sha256(data).hexdigest()
