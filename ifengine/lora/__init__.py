@@ -3,7 +3,6 @@
 from .adapters import LoraError, UNetAdapters, WeightUpdate
 from .api import LoraMixin, lora_file
 from .format import LoraFormatError, LoraLayer, parse
-from .onnx_weights import refit_artifact, refit_onnx
 
 __all__ = [
     "LoraError",
@@ -17,3 +16,12 @@ __all__ = [
     "refit_artifact",
     "refit_onnx",
 ]
+
+
+def __getattr__(name: str):
+    # the ONNX refit needs the [export] extra (onnx); importing ifengine must not
+    if name in ("refit_artifact", "refit_onnx"):
+        from . import onnx_weights
+
+        return getattr(onnx_weights, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
