@@ -118,10 +118,10 @@ def attach(pipe, request: Request, given: Given | None) -> Request:
     """The request carrying the caller's embeddings, after the checks that need its stage options."""
     if given is None:
         return request
-    if pipe.text is not None:
-        width = pipe.text.model.config.d_model
-        if given.pos.shape[-1] != width:
-            raise RequestError(f"prompt_embeds have {given.pos.shape[-1]} features; this cascade's T5 makes {width}")
+    # the width stage I's U-Net projects from (T5's d_model), where its config says
+    width = getattr(getattr(getattr(pipe.stage1, "unet", None), "config", None), "encoder_hid_dim", None)
+    if isinstance(width, int) and given.pos.shape[-1] != width:
+        raise RequestError(f"prompt_embeds have {given.pos.shape[-1]} features; this cascade's U-Nets take {width}")
     ifs = request.stages[: min(request.last_stage, 2)]
     if given.neg is None and pipe.text is None and any(o.cfg for o in ifs):
         raise RequestError(
