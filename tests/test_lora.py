@@ -99,6 +99,16 @@ def test_scale_on_load_and_older_key_style(pipe, loras, stage1_dir):
     old.update({k.split(".lora_A")[0] + ".alpha": torch.tensor(8.0) for k in state if "lora_A" in k})
     pipe.load_lora_weights(old, stage=1, scale=0.6)
     assert torch.equal(run_ours(pipe), peft_style)
+    pipe.unload_lora_weights()
+    # the first IF DreamBooth-LoRA scripts' attention-processor names: <attn>.processor.to_q_lora.down.weight
+    processor = {}
+    for k, v in old.items():
+        for proj in ("to_q", "to_k", "to_v", "add_k_proj", "add_v_proj"):
+            k = k.replace(f".{proj}.lora.", f".processor.{proj}_lora.")
+        processor[k.replace(".to_out.0.lora.", ".processor.to_out_lora.")] = v
+    assert any(".processor.add_k_proj_lora.down" in k for k in processor)
+    pipe.load_lora_weights(processor, stage=1, scale=0.6)
+    assert torch.equal(run_ours(pipe), peft_style)
 
 
 def test_traced_executor_sees_new_weights(stage1_dir, loras):
