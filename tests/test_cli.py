@@ -29,8 +29,10 @@ def test_demo_generation_writes_png_with_metadata(tmp_path, capsys, caplog):
     assert any("DEMO" in r.getMessage() and "noise" in r.getMessage() for r in caplog.records)
     img = Image.open(out)
     assert img.size == (256, 256)
-    assert img.text["prompt"] == "a red cat" and img.text["seed"] == "3"
+    assert "prompt" not in img.text  # ComfyUI reads a "prompt" chunk as JSON: none is written
+    assert img.text["parameters"].startswith("a red cat\nSteps: 2, ")
     settings = json.loads(img.text["ifengine"])
+    assert settings["prompt"] == ["a red cat"] and settings["seed"] == 3
     assert settings["stages"][0]["steps"] == 2 and settings["last_stage"] == 3
     assert not list(tmp_path.glob(".*tmp"))
 

@@ -73,7 +73,7 @@ def test_prompts_file_writes_one_png_per_prompt(tmp_path, capsys):
     )
     paths = capsys.readouterr().out.split()
     assert [p.rsplit("/", 1)[-1] for p in paths] == ["if-4-0000.png", "if-4-0001.png"]
-    assert [Image.open(p).text["prompt"] for p in paths] == ["a red cat", "a blue dog"]
+    assert [Image.open(p).text["parameters"].split("\n")[0] for p in paths] == ["a red cat", "a blue dog"]
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .common import DTYPES, csv_values as _csv
+from .rerun import LORA_HELP, apply_png_settings, lora_flag
 
 log = logging.getLogger("ifengine.cli")
 
@@ -18,7 +19,7 @@ def register(sub) -> None:
         description="Generate images with DeepFloyd IF. Without --stage1/2/3 a built-in tiny demo cascade "
         "with random weights runs in seconds on a CPU (its pictures are noise).",
     )
-    p.add_argument("prompt", nargs="?", default=None, help="the text prompt (or --prompts-file)")
+    p.add_argument("prompt", nargs="?", default=None, help="the text prompt (or --prompts-file, or --from)")
     p.add_argument("--negative", default=None, help="negative prompt (default: empty)")
     p.add_argument(
         "--stage1", help="stage I checkpoint: local folder in the Hub layout or Hub id, e.g. DeepFloyd/IF-I-XL-v1.0"
@@ -48,7 +49,26 @@ def register(sub) -> None:
         help="stop after this stage (default: the last loaded one)",
     )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--dtype", choices=DTYPES, default=None, help="float16 on GPU, float32 on CPU by default")
+    p.add_argument(
+        "--dtype",
+        "--torch-dtype",
+        dest="dtype",
+        choices=DTYPES,
+        default=None,
+        help="float16 on GPU, float32 on CPU by default (--torch-dtype: diffusers' name, the same flag)",
+    )
+    p.add_argument(
+        "--lora", action="append", type=lora_flag, default=[], metavar="[STAGE:]PATH[:SCALE]", help=LORA_HELP
+    )
+    p.add_argument(
+        "--from",
+        dest="from_png",
+        type=Path,
+        default=None,
+        metavar="IMAGE.png",
+        help="re-run the settings stored in a PNG written by ifengine (see `ifengine info`); flags given "
+        "explicitly override them",
+    )
     p.add_argument("--variant", default=None, help="weight variant to load, e.g. fp16")
     p.add_argument("--no-safety", action="store_true", help="skip the safety checker and watermark")
     p.add_argument("--no-clean-caption", action="store_true", help="do not clean the prompt text")
@@ -135,6 +155,8 @@ def run(args) -> int:
     from ..pipeline.save import output_paths, save_images
     from ..pipeline.sizes import aspect_size
 
+    if args.from_png is not None:
+        apply_png_settings(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype or ("float16" if device.startswith("cuda") else "float32"))
     if args.aspect:
@@ -161,6 +183,8 @@ def run(args) -> int:
             safety=not args.no_safety,
             **runtime,
         )
+    for stage, source, scale in args.lora:
+        pipe.load_lora_weights(source, stage=stage, scale=scale)
     if prompts is not None:
         return _many(pipe, prompts, args)
     common = dict(
@@ -176,6 +200,8 @@ def run(args) -> int:
         progress=not args.quiet,
     )
     out = _dispatch(pipe, args, common)
+    if not (args.stage1 or args.stage2 or args.stage3):
+        out.settings["demo"] = True  # `--from` re-runs it on the demo cascade
     paths = output_paths(args.out, len(out.images), out.seed)
     save_images(out.images, paths, out.settings)
     for path in paths:

@@ -10,10 +10,11 @@ from collections.abc import Sequence
 
 import torch
 
+from ..lora.api import LoraMixin
 from ..models.checkpoint import resolve
 from ..text.clean import preprocess
 from ..text.encoder import PromptEncoder
-from . import components, edit, options, sizes
+from . import aliases, components, edit, embeds, metadata, options, sizes
 from .fetch import fetch_checked
 from .images import convert
 from .many import ManyOutput, generate_many
@@ -34,8 +35,9 @@ class CascadeOutput:
     settings: dict = field(default_factory=dict)
 
 
-class Cascade:
-    """DeepFloyd IF on our own modules. Any stage may be absent; the run stops at the last one present."""
+class Cascade(LoraMixin):
+    """DeepFloyd IF on our own modules. Any stage may be absent; the run stops at the last one present.
+    LoRA: ``load_lora_weights``/``set_adapters``/``fuse_lora`` (ifengine/lora)."""
 
     def __init__(
         self,
@@ -81,7 +83,7 @@ class Cascade:
         stage3: str | Path | None = None,
         *,
         device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | None = None,
         variant: str | None = None,
         text_dtype: torch.dtype | None = None,
         safety: bool = True,
@@ -93,6 +95,8 @@ class Cascade:
         throughput: bool = False,
         max_batch: int = 1,
         max_size: tuple[int | None, int | None] | None = None,
+        torch_dtype: torch.dtype | None = None,
+        text_encoder: str | None = "auto",
     ) -> Cascade:
         """Load checkpoints given as local folders in the Hub layout or as Hub ids.
 
@@ -103,20 +107,27 @@ class Cascade:
         ``generate_many`` with overlapped stages (every U-Net then stays resident). ``max_batch``: the most
         images one call (or one ``generate_many`` batch) makes, and ``max_size`` its largest stage I
         (height, width); buffers and the memory plan are sized for them.
+
+        diffusers spellings: ``torch_dtype`` is ``dtype`` (float32 when neither is given);
+        ``text_encoder=None`` loads no T5 (calls then take ``prompt_embeds=``, see ``encode_prompt``).
         """
+        dtype = aliases.load_dtype(dtype, torch_dtype, torch.float32)
+        if text_encoder not in ("auto", None):
+            raise ValueError(f"text_encoder takes None (load no T5) or 'auto', got {text_encoder!r}")
         if stage1 is None and stage2 is None and stage3 is None:
             raise ValueError("give at least one checkpoint (stage1=, stage2=, stage3=)")
         device = torch.device(device)
         # under a budget nothing may have to fit the device before the planner has placed it
         load_on = torch.device("cpu") if vram_budget is not None else device
         ckpts = {n: resolve(src, n, variant) for n, src in ((1, stage1), (2, stage2), (3, stage3)) if src}
-        text = cls._load_text(ckpts, dtype, load_on, variant, text_dtype)
+        text = cls._load_text(ckpts, dtype, load_on, variant, text_dtype) if text_encoder else None
         ifs = {n: components.load_if_stage(ckpts[n], dtype, load_on, variant) for n in (1, 2) if n in ckpts}
         x4 = components.load_x4_stage(ckpts[3], dtype, load_on, variant) if 3 in ckpts else None
         checker = _load_safety(ckpts.get(1), device) if safety else None
         pipe = cls(
             text=text, stage1=ifs.get(1), stage2=ifs.get(2), stage3=x4, device=device, dtype=dtype, safety=checker
         )
+        pipe.sources = {n: _source_name(src) for n, src in ((1, stage1), (2, stage2), (3, stage3)) if src}
         if device.type == "cuda" or vram_budget is not None or cuda_graphs or weights == "int8" or throughput:
             pipe.use_runtime(
                 vram_budget=vram_budget,
@@ -169,7 +180,7 @@ class Cascade:
 
     def __call__(
         self,
-        prompt: str | Sequence[str],
+        prompt: str | Sequence[str] | None = None,
         negative_prompt: str | Sequence[str] | None = None,
         height: int | None = None,
         width: int | None = None,
@@ -184,9 +195,19 @@ class Cascade:
         output_type: str = "pil",
         clean_caption: bool = True,
         progress: bool = True,
+        num_inference_steps=None,
+        guidance_scale=None,
+        prompt_embeds=None,
+        negative_prompt_embeds=None,
     ) -> CascadeOutput:
         """Text to image. ``steps``/``guidance``/``noise_level`` take one value for every stage or one per
-        stage; None means the cascade's defaults ((100, 50, 75), (7, 4, 9), (250, 20) for real weights)."""
+        stage; None means the cascade's defaults ((100, 50, 75), (7, 4, 9), (250, 20) for real weights).
+        diffusers' ``num_inference_steps``/``guidance_scale`` are aliases of ``steps``/``guidance``;
+        ``prompt_embeds``/``negative_prompt_embeds`` (from ``encode_prompt``) replace the text."""
+        steps, guidance = aliases.call_settings(steps, num_inference_steps, guidance, guidance_scale)
+        prompt, negative_prompt, given = embeds.prepare(
+            self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds
+        )
         request = self.make_request(
             prompt,
             negative_prompt,
@@ -200,6 +221,7 @@ class Cascade:
             last_stage,
             output_type,
         )
+        request = embeds.attach(self, request, given)
         generator, seed = make_generator(generator, seed)
         ctx = RunContext(self.device, self.dtype, generator, progress)
         return self.finish(request, self._run(request, ctx, clean_caption), seed)
@@ -213,17 +235,23 @@ class Cascade:
         height, width, steps, guidance, noise_level, clean_caption, output_type."""
         return generate_many(self, prompts, batch_size=batch_size, seed=seed, **kwargs)
 
-    def img2img(self, image, prompt: str | Sequence[str], strength=0.7, **kwargs) -> CascadeOutput:
+    def img2img(self, image, prompt: str | Sequence[str] | None = None, strength=0.7, **kwargs) -> CascadeOutput:
         """Zero-shot image to image: the source is noised part way (``strength``; a pair sets stage I and
         II) and denoised with ``prompt``; other keyword arguments as ``__call__``."""
         return edit.run(self, "img2img", image, prompt, strength=strength, **kwargs)
 
-    def inpaint(self, image, mask, prompt: str | Sequence[str], strength=1.0, **kwargs) -> CascadeOutput:
+    def inpaint(self, image, mask, prompt: str | Sequence[str] | None = None, strength=1.0, **kwargs) -> CascadeOutput:
         """Repaint where ``mask`` is white; pixels outside it stay the source's."""
         return edit.run(self, "inpaint", image, prompt, mask=mask, strength=strength, **kwargs)
 
     def style_transfer(
-        self, image, style_prompt: str | Sequence[str], positive_prompt=None, mixer=None, strength=None, **kwargs
+        self,
+        image,
+        style_prompt: str | Sequence[str] | None = None,
+        positive_prompt=None,
+        mixer=None,
+        strength=None,
+        **kwargs,
     ) -> CascadeOutput:
         """Restyle ``image`` with ``style_prompt`` through stages I-II(-III), keeping its layout; an
         optional ``positive_prompt`` is mixed into the guidance with weight ``mixer`` (default 0.5)."""
@@ -237,6 +265,13 @@ class Cascade:
             strength=strength,
             **kwargs,
         )
+
+    def encode_prompt(self, prompts, negative_prompts=None, clean_caption: bool = True) -> embeds.PromptEmbeds:
+        """T5 embeddings of ``prompts`` and ``negative_prompts`` (default ""), and stage III's CLIP ones
+        when it is loaded, for ``prompt_embeds=`` on any call; unpacks to ``(prompt_embeds,
+        negative_prompt_embeds)`` as diffusers' ``encode_prompt``. One row per prompt: a call's
+        ``num_images_per_prompt`` repeats them."""
+        return embeds.encode_prompt(self, prompts, negative_prompts, clean_caption)
 
     def make_request(
         self,
@@ -289,6 +324,8 @@ class Cascade:
 
     def encode(self, request: Request, clean_caption: bool) -> torch.Tensor:
         """T5 embeddings for the run's batch, [negatives; prompts] when any IF stage uses guidance."""
+        if request.embeds is not None:
+            return embeds.t5_pair(self, request, clean_caption)
         n = request.num_images_per_prompt
         pos = self.text.encode(preprocess(list(request.prompts), clean_caption)).repeat_interleave(n, 0)
         neg = self.text.encode(preprocess(list(request.negatives), clean_caption)).repeat_interleave(n, 0)
@@ -305,18 +342,17 @@ class Cascade:
 
     def _run(self, req: Request, ctx: RunContext, clean_caption: bool) -> list[torch.Tensor]:
         pos, neg = self.encode(req, clean_caption)
-        embeds = lambda opts: torch.cat([neg, pos]) if opts.cfg else pos  # noqa: E731
+        branches = lambda opts: torch.cat([neg, pos]) if opts.cfg else pos  # noqa: E731
         o1, o2, o3 = req.stages
         run = self.runner
-        outs = [run.run_if_stage(1, self.stage1, o1, embeds(o1), (req.batch, 3, *req.size(1)), ctx)]
+        outs = [run.run_if_stage(1, self.stage1, o1, branches(o1), (req.batch, 3, *req.size(1)), ctx)]
         if req.last_stage >= 2:
             outs.append(
-                run.run_if_stage(2, self.stage2, o2, embeds(o2), (req.batch, 3, *req.size(2)), ctx, image=outs[-1])
+                run.run_if_stage(2, self.stage2, o2, branches(o2), (req.batch, 3, *req.size(2)), ctx, image=outs[-1])
             )
         if req.last_stage >= 3:
-            prompts = [p for p in req.prompts for _ in range(req.num_images_per_prompt)]
-            negatives = [p for p in req.negatives for _ in range(req.num_images_per_prompt)]
-            outs.append(run.run_x4_stage(self.stage3, o3, prompts, negatives, outs[-1], ctx))
+            stage3, prompts, negatives = embeds.x4_inputs(self, req)
+            outs.append(run.run_x4_stage(stage3, o3, prompts, negatives, outs[-1], ctx))
         return outs
 
     def finish(self, req: Request, outs: list[torch.Tensor], seed: int | None) -> CascadeOutput:
@@ -332,6 +368,7 @@ class Cascade:
             "last_stage": req.last_stage,
             "num_images_per_prompt": req.num_images_per_prompt,
             "stages": [vars(s) for s in req.stages[: req.last_stage]],
+            **metadata.run_facts(self, req.last_stage),
         }
         return CascadeOutput(images=images, stages=outs, seed=seed, nsfw_detected=nsfw, settings=settings)
 
@@ -345,6 +382,12 @@ class Cascade:
     def _watermark_size(self, last_stage: int) -> int | None:
         """IF pipelines scale the logo by their U-Net's sample size; the x4 pipeline by the image itself."""
         return None if last_stage == 3 else (self.stage1, self.stage2)[last_stage - 1].unet.config.sample_size
+
+
+def _source_name(source) -> str:
+    """How image metadata names a checkpoint: a Hub id as given, a local folder by its absolute path."""
+    path = Path(source).expanduser()
+    return str(path.resolve()) if path.exists() else str(source)
 
 
 def _load_safety(ckpt, device):

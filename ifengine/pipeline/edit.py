@@ -8,13 +8,14 @@ transfer mixes an optional positive prompt into the guidance. Stage III upscales
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
 import torch
 
 from ..text.clean import preprocess
-from . import options
+from . import aliases, embeds, options
 from .inputs import check_mask, check_strength, image_tensor, load_image, mask_tensor, target_size
 from .noise import make_generator
 from .options import Request, RequestError, RunDefaults
@@ -68,8 +69,19 @@ def run(
     output_type="pil",
     clean_caption: bool = True,
     progress: bool = True,
+    num_inference_steps=None,
+    guidance_scale=None,
+    prompt_embeds=None,
+    negative_prompt_embeds=None,
 ):
-    """Validate everything, then run the stages from the source image."""
+    """Validate everything, then run the stages from the source image (diffusers' argument names and
+    prompt embeddings as in ``Cascade.__call__``)."""
+    steps, guidance = aliases.call_settings(steps, num_inference_steps, guidance, guidance_scale)
+    prompt, negative_prompt, given = embeds.prepare(
+        pipe, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds
+    )
+    if positive_prompt is not None and pipe.text is None:
+        raise RequestError("positive_prompt is text for T5, and this cascade was loaded without it")
     plan = make_plan(
         pipe,
         mode,
@@ -88,6 +100,7 @@ def run(
         last_stage,
         output_type,
     )
+    plan = dataclasses.replace(plan, request=embeds.attach(pipe, plan.request, given))
     generator, seed = make_generator(generator, seed)
     outs = _run_stages(pipe, plan, RunContext(pipe.device, pipe.dtype, generator, progress), clean_caption)
     result = pipe.finish(plan.request, outs, seed)
@@ -215,7 +228,7 @@ def _run_stages(pipe, plan: EditPlan, ctx: RunContext, clean: bool) -> list[torc
     branches = [neg, pos]
     if plan.positives:
         branches.append(pipe.text.encode(preprocess(list(plan.positives), clean)).repeat_interleave(n, 0))
-    embeds = lambda o: torch.cat(branches) if o.cfg else pos  # noqa: E731
+    stage_embeds = lambda o: torch.cat(branches) if o.cfg else pos  # noqa: E731
     outs: list[torch.Tensor] = []
     for number, stage in ((1, pipe.stage1), (2, pipe.stage2))[: min(req.last_stage, 2)]:
         opts = req.stages[number - 1]
@@ -227,7 +240,7 @@ def _run_stages(pipe, plan: EditPlan, ctx: RunContext, clean: bool) -> list[torc
                 number,
                 stage,
                 opts,
-                embeds(opts),
+                stage_embeds(opts),
                 tuple(source.shape),
                 ctx,
                 image=outs[-1] if outs else None,
@@ -236,7 +249,6 @@ def _run_stages(pipe, plan: EditPlan, ctx: RunContext, clean: bool) -> list[torc
             )
         )
     if req.last_stage >= 3:
-        prompts = [p for p in req.prompts for _ in range(n)]
-        negatives = [p for p in req.negatives for _ in range(n)]
-        outs.append(pipe.runner.run_x4_stage(pipe.stage3, req.stages[2], prompts, negatives, outs[-1], ctx))
+        stage3, prompts, negatives = embeds.x4_inputs(pipe, req)
+        outs.append(pipe.runner.run_x4_stage(stage3, req.stages[2], prompts, negatives, outs[-1], ctx))
     return outs

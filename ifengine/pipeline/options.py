@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from collections.abc import Sequence
 
@@ -52,6 +52,7 @@ class Request:
     last_stage: int
     output_type: str
     stages: tuple[StageOptions, StageOptions, StageOptions]
+    embeds: Any = field(default=None, compare=False)  # pipeline.embeds.Given: the caller's prompt embeddings
 
     @property
     def batch(self) -> int:

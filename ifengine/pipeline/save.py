@@ -10,14 +10,14 @@ from pathlib import Path
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from .metadata import PARAMETERS_KEY, SETTINGS_KEY, image_settings, parameters_text
+
 
 def png_info(settings: dict, index: int) -> PngInfo:
+    """A1111's ``parameters`` text and the full settings as JSON (``metadata.py``); no plain ``prompt`` chunk."""
     info = PngInfo()
-    prompts = settings.get("prompt") or [""]
-    per_prompt = max(1, settings.get("num_images_per_prompt", 1))
-    info.add_text("prompt", prompts[min(index // per_prompt, len(prompts) - 1)])
-    info.add_text("seed", str(settings.get("seed")))
-    info.add_text("ifengine", json.dumps(settings, sort_keys=True, default=str))
+    info.add_text(PARAMETERS_KEY, parameters_text(settings, index))
+    info.add_text(SETTINGS_KEY, json.dumps(image_settings(settings, index), sort_keys=True, default=str))
     return info
 
 
