@@ -163,10 +163,7 @@ class LoraMixin:
 
     def _lora_changed(self, stage: int) -> None:
         """Weights moved under graphs that froze them: give the stage a fresh traced executor."""
-        try:  # the traced executor moves to backends/traced/ in the runtime split (main)
-            from ..backends.traced.executor import TracedStep
-        except ImportError:
-            from ..runtime.traced import TracedStep
+        from ..backends.traced.executor import TracedStep
 
         holder = {1: self.stage1, 2: self.stage2, 3: self.stage3}[stage]
         old = getattr(holder, "step_fn", None)
