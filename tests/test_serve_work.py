@@ -34,7 +34,8 @@ def info_of(pipe) -> ModelInfo:
         stages=pipe.loaded_stages,
         sample_size=pipe.stage1.unet.config.sample_size,
         downsample={
-            n: s.unet.config.downsample_factor for n, s in zip((1, 2, 3), (pipe.stage1, pipe.stage2, pipe.stage3))
+            n: s.unet.config.downsample_factor
+            for n, s in zip((1, 2, 3), (pipe.stage1, pipe.stage2, pipe.stage3), strict=True)
         },
         defaults=pipe.defaults,
     )
@@ -61,7 +62,7 @@ def test_batched_requests_match_their_single_calls(demo):
         job(demo, prompt="a green frog", seed=5),
     ]
     done = work.cascade_batch(demo, [work.start(j) for j in jobs])
-    for j, carry in zip(jobs, done):
+    for j, carry in zip(jobs, done, strict=True):
         assert carry.error is None
         assert carry.batched == {"text": 3, "stage1": 4, "stage2": 4, "stage3": 4}  # all ran in one call
         alone = demo(

@@ -27,12 +27,18 @@ class StageConfig:
     batch_wait_timeout_s: float = 0.05
     max_ongoing_requests: int = 8  # per replica: at least max_batch_size, or batches never fill
     max_queued_requests: int = 16  # per caller; past it Ray raises BackPressureError -> 503 + Retry-After
+    torch_threads: int | None = None  # intra-op threads per replica (None: as Ray's OMP_NUM_THREADS sets)
 
     def __post_init__(self):
         for name in ("replicas", "max_batch_size", "max_ongoing_requests"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+        if self.max_batch_size > self.max_ongoing_requests:
+            raise ValueError(
+                f"max_batch_size {self.max_batch_size} exceeds max_ongoing_requests {self.max_ongoing_requests}: "
+                "a replica only batches the requests it is running; raise max_ongoing_requests"
+            )
         if self.max_queued_requests != -1 and self.max_queued_requests < 0:
             raise ValueError(f"max_queued_requests must be >= 0 or -1 (unbounded), got {self.max_queued_requests!r}")
         if self.num_gpus < 0 or self.num_cpus < 0 or self.batch_wait_timeout_s < 0:

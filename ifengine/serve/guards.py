@@ -36,8 +36,9 @@ def install_guards(app: FastAPI, config: ServeConfig) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, err: RequestValidationError):
         first = err.errors()[0] if err.errors() else {}
+        # the top-level field: deeper parts are list indices or pydantic's union member tags ("int")
         loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "form")]
-        param = ".".join(loc) or "body"
+        param = loc[0] if loc else "body"
         if first.get("type") == "json_invalid":
             param = "body"
         message = f"{param}: {first.get('msg', 'invalid request')}"

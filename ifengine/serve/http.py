@@ -11,6 +11,7 @@ a request unanswered within ``Limits.request_timeout_s`` -> 503 too, so nothing 
 import asyncio
 import logging
 from collections import Counter
+from typing import Annotated
 
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -87,18 +88,18 @@ def build_ingress(config: ServeConfig):
         @app.post("/v1/images/edits", response_model=ImagesResponse)
         async def edits(
             self,
-            image: UploadFile = File(..., description="the source image (PNG/JPEG)"),
-            prompt: str = Form(...),
-            mask: UploadFile | None = File(None, description="inpainting mask, white = repaint"),
-            mode: str = Form("img2img", description="img2img, inpaint or style"),
-            n: int = Form(1),
-            response_format: str = Form("b64_json"),
-            seed: int | None = Form(None),
-            steps: int | None = Form(None),
-            guidance: float | None = Form(None),
-            strength: float | None = Form(None),
-            negative_prompt: str | None = Form(None),
-            last_stage: int | None = Form(None),
+            image: Annotated[UploadFile, File(description="the source image (PNG/JPEG)")],
+            prompt: Annotated[str, Form()],
+            mask: Annotated[UploadFile | None, File(description="inpainting mask, white = repaint")] = None,
+            mode: Annotated[str, Form(description="img2img, inpaint or style")] = "img2img",
+            n: Annotated[int, Form()] = 1,
+            response_format: Annotated[str, Form()] = "b64_json",
+            seed: Annotated[int | None, Form()] = None,
+            steps: Annotated[int | None, Form()] = None,
+            guidance: Annotated[float | None, Form()] = None,
+            strength: Annotated[float | None, Form()] = None,
+            negative_prompt: Annotated[str | None, Form()] = None,
+            last_stage: Annotated[int | None, Form()] = None,
         ) -> dict:
             limits = config.limits
             api.check_common(prompt, n, response_format, steps, limits)

@@ -76,7 +76,7 @@ def _each_group(carries: list[Carry], key, run, label: str) -> list[Carry]:
         except (ValueError, FloatingPointError, RuntimeError) as err:
             log.warning("%s failed for a group of %d requests: %s", label, len(batch), err)
             done = [dataclasses.replace(c, error=f"{label}: {err}") for c in batch]
-        for i, c in zip(idx, done):
+        for i, c in zip(idx, done, strict=True):
             result[i] = c
     return result
 
@@ -120,7 +120,7 @@ def stage_batch(cascade, stage_no: int, carries: list[Carry]) -> list[Carry]:
 
 def _context(cascade, batch: list[Carry]) -> tuple[RunContext, list[torch.Generator]]:
     gens = [_generator(c.rng) for c in batch]
-    rows = GeneratorGroups(tuple((g, c.job.request.batch) for g, c in zip(gens, batch)))
+    rows = GeneratorGroups(tuple((g, c.job.request.batch) for g, c in zip(gens, batch, strict=True)))
     return RunContext(cascade.device, cascade.dtype, rows, progress=False), gens
 
 
@@ -157,7 +157,7 @@ def _split(cascade, batch: list[Carry], x: torch.Tensor, gens, name: str) -> lis
     """Each request's rows back on the host (the stage's one wait, with its NaN check)."""
     (host,) = fetch_checked([x], cascade.encoders(), labels=[name.replace("stage", "stage ")])
     out, row = [], 0
-    for c, g in zip(batch, gens):
+    for c, g in zip(batch, gens, strict=True):
         n = c.job.request.batch
         out.append(
             dataclasses.replace(
@@ -173,6 +173,6 @@ def cascade_batch(cascade, carries: list[Carry]) -> list[Carry]:
     carries = encode_batch(cascade, carries)
     for stage_no in (1, 2, 3):
         todo = [i for i, c in enumerate(carries) if c.error is None and c.job.request.last_stage >= stage_no]
-        for i, c in zip(todo, stage_batch(cascade, stage_no, [carries[i] for i in todo])):
+        for i, c in zip(todo, stage_batch(cascade, stage_no, [carries[i] for i in todo]), strict=True):
             carries[i] = c
     return carries

@@ -22,7 +22,11 @@ log = logging.getLogger(__name__)
 _BATCH = dict(max_batch_size=4, batch_wait_timeout_s=0.05)
 
 
-def _configure_batching(method, cfg: StageConfig) -> None:
+def _configure(method, cfg: StageConfig) -> None:
+    if cfg.torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(cfg.torch_threads)
     method.set_max_batch_size(cfg.max_batch_size)
     method.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
 
@@ -35,7 +39,7 @@ class StageWorker:
         self.part = part
         self.cascade = load_part(source, part)
         self.lock = threading.Lock()
-        _configure_batching(self.run, cfg)
+        _configure(self.run, cfg)
 
     @serve.batch(**_BATCH)
     async def run(self, carries: list[Carry]) -> list[Carry]:
@@ -55,7 +59,7 @@ class CascadeWorker:
     def __init__(self, source: ModelSource, cfg: StageConfig):
         self.cascade = load_whole(source)
         self.lock = threading.Lock()
-        _configure_batching(self.run, cfg)
+        _configure(self.run, cfg)
 
     @serve.batch(**_BATCH)
     async def run(self, carries: list[Carry]) -> list[Carry]:
