@@ -55,14 +55,15 @@ def server():
     import ray
     from ray import serve
 
-    from ifengine.serve import build_app
+    from ifengine.serve import app
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     port = _free_port()
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=96 * 2**20, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app(_config()), name="ifengine", route_prefix="/")
+        # through the `serve run ifengine.serve:app` builder, from the config's plain-dict form
+        serve.run(app(_config().to_dict()), name="ifengine", route_prefix="/")
         yield f"http://127.0.0.1:{port}"
     finally:
         try:

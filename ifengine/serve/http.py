@@ -100,6 +100,8 @@ def build_ingress(config: ServeConfig):
             strength: Annotated[float | None, Form()] = None,
             negative_prompt: Annotated[str | None, Form()] = None,
             last_stage: Annotated[int | None, Form()] = None,
+            positive_prompt: Annotated[str | None, Form(description="style: mixed into the guidance")] = None,
+            mixer: Annotated[float | None, Form(description="style: weight of positive_prompt")] = None,
         ) -> dict:
             limits = config.limits
             api.check_common(prompt, n, response_format, steps, limits)
@@ -114,8 +116,8 @@ def build_ingress(config: ServeConfig):
                 guidance=guidance,
                 last_stage=api.last_stage(self.info, last_stage),
             )
-            if strength is not None:
-                kwargs["strength"] = strength
+            extra = dict(strength=strength, positive_prompt=positive_prompt, mixer=mixer)
+            kwargs.update({k: v for k, v in extra.items() if v is not None})
             if mode == "inpaint":
                 if mask is None:
                     raise ApiError(400, "mask: inpaint needs a mask image (white = repaint)", "mask")
@@ -160,7 +162,18 @@ def _busy(message: str) -> ApiError:
 
 def _param_of(message: str) -> str | None:
     """The field a cascade RequestError is about (its messages start with or name it)."""
-    for name in ("strength", "mask", "image", "steps", "guidance", "noise_level", "last_stage", "prompt", "mixer"):
+    for name in (
+        "positive_prompt",
+        "mixer",
+        "strength",
+        "mask",
+        "image",
+        "steps",
+        "guidance",
+        "noise_level",
+        "last_stage",
+        "prompt",
+    ):
         if name in message:
             return name
     return None
