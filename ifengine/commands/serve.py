@@ -170,8 +170,13 @@ def _serve(config, args) -> int:
 
 
 def _wait() -> None:
+    import signal
     import time
 
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)  # a container's stop signal shuts down as cleanly as Ctrl-C
     try:
         while True:
             time.sleep(3600)
