@@ -10,7 +10,7 @@ import sys
 log = logging.getLogger("ifengine.cli")
 
 # Each command is ifengine/commands/<name>.py with register(subparsers).
-COMMANDS = ("generate", "export", "build", "plan", "bench", "info")
+COMMANDS = ("generate", "export", "build", "plan", "bench", "info", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

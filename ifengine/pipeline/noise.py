@@ -13,7 +13,23 @@ from dataclasses import dataclass
 
 import torch
 
-Generator = torch.Generator | list[torch.Generator] | None
+
+@dataclass(frozen=True)
+class GeneratorGroups:
+    """Requests batched together (serving): each draws its own rows from its own generator, exactly as it
+    would alone, so a batched request gets the image it gets by itself with its seed."""
+
+    groups: tuple[tuple[torch.Generator, int], ...]  # (generator, rows) in batch order
+
+    def randn(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        rows = sum(n for _, n in self.groups)
+        if rows != shape[0]:
+            raise ValueError(f"generator groups cover {rows} rows, the batch has {shape[0]}")
+        rest = tuple(shape[1:])
+        return torch.cat([torch.randn((n, *rest), generator=g, device=g.device, dtype=dtype) for g, n in self.groups])
+
+
+Generator = torch.Generator | list[torch.Generator] | GeneratorGroups | None
 
 
 def make_generator(generator: Generator, seed: int | None) -> tuple[Generator, int | None]:
@@ -31,6 +47,8 @@ def make_generator(generator: Generator, seed: int | None) -> tuple[Generator, i
 
 def randn(shape: tuple[int, ...], generator: Generator, dtype: torch.dtype) -> torch.Tensor:
     """Standard normal noise as diffusers' ``randn_tensor`` draws it, left on the generator's device."""
+    if isinstance(generator, GeneratorGroups):
+        return generator.randn(shape, dtype)
     if isinstance(generator, list):
         if len(generator) != shape[0]:
             raise ValueError(

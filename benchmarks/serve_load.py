@@ -1,0 +1,209 @@
+#!/usr/bin/env python
+"""Load on `ifengine serve` (loopback only, bounded): requests/s and latency at several concurrencies.
+
+Starts a local Ray Serve with the demo cascade (split layout: one deployment per stage) on 127.0.0.1,
+sends --requests requests at each --concurrency, and records requests/s, p50/p95/p99 latency and the
+batch sizes each stage actually ran (from each response's settings). Then the same prompts go through
+in-process `Cascade.generate_many` (batch size = the concurrency, capped by --max-batch) with Ray shut
+down, for the serving overhead. Writes <out>/serve_load.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--concurrency", default="1,4,16", help="comma-separated client concurrencies")
+    p.add_argument("--requests", type=int, default=16, help="requests per concurrency level")
+    p.add_argument("--steps", default="8,4,4", help="steps per stage of every request")
+    p.add_argument("--max-batch", type=int, default=8, help="max_batch_size of every stage deployment")
+    p.add_argument("--batch-wait-ms", type=float, default=50.0)
+    p.add_argument("--num-cpus", type=int, default=2, help="logical CPUs of the local Ray")
+    p.add_argument("--max-seconds", type=float, default=900.0, help="stop sending once this much time has passed")
+    return p.parse_args(argv)
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    k = (len(values) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+def start_server(args):
+    import ray
+    from ray import serve
+
+    from ifengine.serve import ServeConfig, StageConfig, build_app
+
+    stage = StageConfig(
+        max_batch_size=args.max_batch,
+        batch_wait_timeout_s=args.batch_wait_ms / 1000,
+        max_ongoing_requests=2 * args.max_batch,
+        max_queued_requests=64,
+        torch_threads=1,
+    )
+    config = ServeConfig(text=stage, stage1=stage, stage2=stage, stage3=stage)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray.init(num_cpus=args.num_cpus, include_dashboard=False, object_store_memory=128 * 2**20, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(config), name="ifengine", route_prefix="/")
+    return f"http://127.0.0.1:{port}"
+
+
+def stop_server():
+    import ray
+    from ray import serve
+
+    try:
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+
+
+def load_level(url: str, concurrency: int, n: int, steps: list[int], deadline: float) -> dict:
+    import httpx
+
+    def one(i: int):
+        if time.monotonic() > deadline:
+            return None
+        body = {"prompt": f"prompt {i % 5}", "seed": 1000 + i, "steps": steps}
+        t0 = time.perf_counter()
+        r = client.post("/v1/images/generations", json=body)
+        return (
+            r.status_code,
+            time.perf_counter() - t0,
+            r.json()["data"][0]["settings"]["batched"] if r.is_success else {},
+        )
+
+    with httpx.Client(base_url=url, timeout=300.0) as client:
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(concurrency) as pool:
+            results = [r for r in pool.map(one, range(n)) if r is not None]
+        wall = time.perf_counter() - t0
+    ok = [r for r in results if r[0] == 200]
+    lat = [r[1] for r in ok]
+    batches = {}
+    for _, _, batched in ok:
+        for stage, size in batched.items():
+            batches.setdefault(stage, Counter())[size] += 1
+    return {
+        "concurrency": concurrency,
+        "requests": len(results),
+        "ok": len(ok),
+        "status": dict(Counter(r[0] for r in results)),
+        "seconds": wall,
+        "requests_per_s": len(ok) / wall if wall > 0 else 0.0,
+        "latency_s": {
+            "p50": percentile(lat, 0.5) if lat else None,
+            "p95": percentile(lat, 0.95) if lat else None,
+            "p99": percentile(lat, 0.99) if lat else None,
+            "mean": statistics.fmean(lat) if lat else None,
+        },
+        "batch_sizes": {k: dict(sorted(v.items())) for k, v in batches.items()},
+    }
+
+
+def in_process(levels: list[int], n: int, steps: list[int], max_batch: int) -> list[dict]:
+    import torch
+
+    from ifengine.demo import demo_cascade
+
+    # one intra-op thread, as each serving replica runs: on a busy 2-core machine more threads only spin
+    torch.set_num_threads(1)
+    pipe = demo_cascade()
+    prompts = [f"prompt {i % 5}" for i in range(n)]
+    pipe.generate_many(prompts[:1], batch_size=1, seed=0, steps=steps)  # warm-up
+    out = []
+    for c in levels:
+        batch = min(c, max_batch)
+        t0 = time.perf_counter()
+        pipe.generate_many(prompts, batch_size=batch, seed=1000, steps=steps)
+        wall = time.perf_counter() - t0
+        out.append({"concurrency": c, "batch_size": batch, "seconds": wall, "images_per_s": n / wall, "threads": 1})
+    return out
+
+
+def table(payload: dict) -> str:
+    from ifengine.bench.machine import summary_line
+    from ifengine.bench.report import markdown_table
+
+    direct = {r["concurrency"]: r for r in payload["in_process"]}
+    rows = []
+    for r in payload["serve"]:
+        lat, d = r["latency_s"], direct.get(r["concurrency"])
+        sizes = "; ".join(f"{k} {v}" for k, v in r["batch_sizes"].items())
+        ms = lambda v: "n/a" if v is None else f"{v * 1000:.0f}"  # noqa: E731
+        rows.append(
+            [
+                r["concurrency"],
+                f"{r['ok']}/{r['requests']}",
+                f"{r['requests_per_s']:.2f}",
+                ms(lat["p50"]),
+                ms(lat["p95"]),
+                ms(lat["p99"]),
+                f"{d['images_per_s']:.2f} (batch {d['batch_size']})" if d else "n/a",
+                sizes,
+            ]
+        )
+    header = [
+        "concurrency",
+        "ok",
+        "serve req/s",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "in-process generate_many img/s",
+        "images per stage call (size: requests)",
+    ]
+    cfg = payload["config"]
+    head = (
+        f"`ifengine serve` on the demo cascade, split layout, steps {cfg['steps']}, {cfg['requests']} requests per "
+        f"level, max batch {cfg['max_batch']}, loopback; {summary_line(payload['machine'])}\n\n"
+    )
+    return head + markdown_table(header, rows)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    from ifengine.bench.machine import describe
+    from ifengine.bench.report import command_line, write_outputs
+
+    levels = [int(c) for c in args.concurrency.split(",")]
+    steps = [int(s) for s in args.steps.split(",")]
+    deadline = time.monotonic() + args.max_seconds
+    url = start_server(args)
+    try:
+        load_level(url, 2, 2, steps, deadline)  # warm-up: first calls trace and allocate
+        serve_runs = [load_level(url, c, args.requests, steps, deadline) for c in levels]
+    finally:
+        stop_server()
+    payload = {
+        "benchmark": "serve_load",
+        "command": command_line(),
+        "machine": describe("cpu"),
+        "config": {**vars(args), "out": str(args.out), "steps": steps, "concurrency": levels},
+        "serve": serve_runs,
+        "in_process": in_process(levels, args.requests, steps, args.max_batch),
+    }
+    paths = write_outputs(args.out, "serve_load", payload, table(payload))
+    sys.stdout.write(Path(paths["md"]).read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

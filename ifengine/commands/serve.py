@@ -1,0 +1,184 @@
+"""`ifengine serve`: the cascade behind an OpenAI-style images API on Ray Serve.
+
+Flags map onto ``ifengine.serve.ServeConfig``; the same config drives ``--print-config`` (a Ray Serve
+config file for ``serve deploy``) and ``ifengine.serve.app`` (for ``serve run``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .common import DTYPES
+
+log = logging.getLogger("ifengine.cli")
+PARTS = ("text", "stage1", "stage2", "stage3", "single", "edits")
+
+
+def per_stage(kind):
+    """'2' (every stage) or 'stage1=2,stage2=1' -> {part: value}."""
+
+    def parse(text: str) -> dict:
+        out = {}
+        for item in text.split(","):
+            name, sep, value = item.partition("=")
+            if not sep:
+                name, value = "*", name
+            name = name.strip()
+            if name != "*" and name not in PARTS:
+                raise argparse.ArgumentTypeError(f"unknown deployment {name!r}; known: {', '.join(PARTS)}")
+            try:
+                out[name] = kind(value)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"expected a {kind.__name__} for {name}, got {value!r}") from None
+        return out
+
+    return parse
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve the cascade over HTTP on Ray Serve (OpenAI-style images API)",
+        description="Serve DeepFloyd IF on Ray Serve: one deployment per stage (or --layout single), "
+        "batched and replicated independently. Without --stage1/2/3 the tiny demo cascade is served.",
+    )
+    p.add_argument("--stage1", help="stage I checkpoint (folder in the Hub layout or Hub id)")
+    p.add_argument("--stage2", help="stage II checkpoint")
+    p.add_argument("--stage3", help="stage III checkpoint")
+    p.add_argument("--variant", default=None, help="weight variant, e.g. fp16")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda where a replica has a GPU)")
+    p.add_argument("--dtype", choices=DTYPES, default=None, help="float16 on GPU, float32 on CPU by default")
+    p.add_argument("--layout", choices=("split", "single"), default="split", help="one deployment per stage, or one")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray (default: all)")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' ($IFENGINE_API_KEY)")
+    group = p.add_argument_group("deployments ('N' for all, or e.g. 'stage1=2,stage3=4')")
+    group.add_argument("--replicas", type=per_stage(int), default={}, help="replicas per deployment")
+    group.add_argument("--gpus", type=per_stage(float), default={}, help="GPUs per replica (fractions allowed)")
+    group.add_argument("--cpus", type=per_stage(float), default={}, help="CPUs reserved per replica")
+    group.add_argument("--max-batch", type=per_stage(int), default={}, help="largest batch per stage call")
+    group.add_argument("--batch-wait-ms", type=per_stage(float), default={}, help="how long a batch waits to fill")
+    group.add_argument("--max-ongoing", type=per_stage(int), default={}, help="requests running per replica")
+    group.add_argument("--max-queued", type=per_stage(int), default={}, help="requests waiting per caller (-1: any)")
+    tools = p.add_argument_group("without serving")
+    tools.add_argument("--print-config", metavar="FILE", help="write the Ray Serve config YAML ('-': stdout), exit")
+    tools.add_argument("--propose-replicas", metavar="BENCH_JSON", help="replica counts from `ifengine bench cascade`")
+    tools.add_argument("--total-replicas", type=int, default=4, help="replicas to share out (--propose-replicas)")
+    p.set_defaults(run=run)
+
+
+def serve_config(args):
+    from ..serve import ModelSource, ServeConfig
+
+    source = ModelSource(
+        stage1=args.stage1,
+        stage2=args.stage2,
+        stage3=args.stage3,
+        variant=args.variant,
+        device=args.device,
+        dtype=args.dtype,
+    )
+    config = ServeConfig(layout=args.layout, source=source, api_key=args.api_key)
+    flags = {
+        "replicas": args.replicas,
+        "num_gpus": args.gpus,
+        "num_cpus": args.cpus,
+        "max_batch_size": args.max_batch,
+        "batch_wait_timeout_s": {k: v / 1000 for k, v in args.batch_wait_ms.items()},
+        "max_ongoing_requests": args.max_ongoing,
+        "max_queued_requests": args.max_queued,
+    }
+    changes = {}
+    for part in PARTS:
+        fields = {f: v.get(part, v.get("*")) for f, v in flags.items()}
+        fields = {f: v for f, v in fields.items() if v is not None}
+        if "max_batch_size" in fields and "max_ongoing_requests" not in fields:
+            # a replica batches only what it runs: keep room for a full batch plus the next one filling
+            base = getattr(config, part).max_ongoing_requests
+            fields["max_ongoing_requests"] = max(base, 2 * fields["max_batch_size"])
+        if fields:
+            changes[part] = dataclasses.replace(getattr(config, part), **fields)
+    return dataclasses.replace(config, **changes)
+
+
+def run(args) -> int:
+    if args.propose_replicas:
+        return _propose(args)
+    config = serve_config(args)
+    if args.print_config:
+        return _print_config(config, args)
+    return _serve(config, args)
+
+
+def _propose(args) -> int:
+    from ..serve.replicas import propose_from_file
+
+    result = propose_from_file(args.propose_replicas, args.total_replicas)
+    sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    flag = ",".join(f"{k}={v}" for k, v in result["replicas"].items())
+    sys.stdout.write(f"ifengine serve --replicas {flag} ...\n")
+    return 0
+
+
+def _print_config(config, args) -> int:
+    from ..bench.report import write_text
+    from ..serve.deploy_config import config_yaml
+
+    text = config_yaml(config, host=args.host, port=args.port)
+    if args.print_config == "-":
+        sys.stdout.write(text)
+    else:
+        write_text(Path(args.print_config), text)
+        sys.stdout.write(f"{args.print_config}\n")
+    return 0
+
+
+def _serve(config, args) -> int:
+    import ray
+    from ray import serve
+
+    from ..serve import build_app
+
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    started = not ray.is_initialized()
+    if started:
+        if address:
+            ray.init(address=address)
+        else:
+            ray.init(num_cpus=args.num_cpus, include_dashboard=False)
+    try:
+        serve.start(http_options={"host": args.host, "port": args.port})
+        serve.run(build_app(config), name="ifengine", route_prefix="/")
+        log.info("serving on http://%s:%d (docs: /docs); Ctrl-C stops", args.host, args.port)
+        if config.source.is_demo:
+            log.warning("serving the tiny DEMO cascade (random weights): its pictures are noise")
+        _wait()
+    finally:
+        if started and not address:
+            serve.shutdown()
+        if started:
+            ray.shutdown()
+    return 0
+
+
+def _wait() -> None:
+    import signal
+    import time
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)  # a container's stop signal shuts down as cleanly as Ctrl-C
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        log.info("stopping")

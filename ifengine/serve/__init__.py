@@ -1,0 +1,43 @@
+"""The cascade on Ray Serve: an OpenAI-style images API over one deployment per stage.
+
+``app(...)`` builds the Ray Serve application (for ``serve.run``, ``serve run ifengine.serve:app`` and
+the ``serve deploy`` file ``ifengine serve --print-config`` writes); ``ifengine serve`` starts it.
+Needs the ``serve`` extra (ray[serve], fastapi, python-multipart).
+"""
+
+from __future__ import annotations
+
+from .config import Limits, ModelSource, ServeConfig, StageConfig
+
+__all__ = ["Limits", "ModelSource", "ServeConfig", "StageConfig", "app", "build_app"]
+
+
+def build_app(config: ServeConfig):
+    """The Ray Serve application for ``config``: the ingress bound to its stage deployments."""
+    from .http import build_ingress
+    from .models import model_info
+    from .workers import CascadeWorker, StageWorker
+
+    config = config.with_env_key()
+    info = model_info(config.source)
+    handles = {}
+    if config.layout == "single":
+        whole = CascadeWorker.options(name="cascade", **config.single.deployment_options())
+        handles["single"] = handles["edits"] = whole.bind(config.source, config.single)
+    else:
+        for part in ("text", "stage1", "stage2", "stage3"):
+            if part == "text" or int(part[-1]) in info.stages:
+                cfg = getattr(config, part)
+                handles[part] = StageWorker.options(name=part, **cfg.deployment_options()).bind(
+                    part, config.source, cfg
+                )
+        edits = CascadeWorker.options(name="edits", **config.edits.deployment_options())
+        handles["edits"] = edits.bind(config.source, config.edits)
+    ingress = build_ingress(config).options(name="ingress", **config.ingress.deployment_options())
+    return ingress.bind(info, **handles)
+
+
+def app(args: dict | None = None):
+    """Application builder for ``serve run ifengine.serve:app`` / ``serve deploy``: ``args`` is
+    ``ServeConfig.to_dict()`` (or any part of it); nothing given serves the demo cascade."""
+    return build_app(ServeConfig.from_dict(dict(args or {})))

@@ -1,0 +1,128 @@
+"""Serving configuration: frozen dataclasses that the CLI, `serve run` builder and the YAML writer share.
+
+Every knob Ray Serve offers per deployment (replicas, GPUs per replica, batching, queue limits) is a field
+here and is handed to Ray as is: Ray schedules replicas, batches requests and refuses work past a full
+queue; nothing in ifengine re-implements that.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+STAGE_NAMES = ("text", "stage1", "stage2", "stage3")
+LAYOUTS = ("split", "single")
+API_KEY_ENV = "IFENGINE_API_KEY"
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One deployment: how many replicas, what each reserves, how it batches and how much it queues."""
+
+    replicas: int = 1
+    num_gpus: float = 0.0
+    num_cpus: float = 0.25  # replicas mostly wait on torch threads; a small reservation packs them on a laptop
+    max_batch_size: int = 4
+    batch_wait_timeout_s: float = 0.05
+    max_ongoing_requests: int = 8  # per replica: at least max_batch_size, or batches never fill
+    max_queued_requests: int = 16  # per caller; past it Ray raises BackPressureError -> 503 + Retry-After
+    torch_threads: int | None = None  # intra-op threads per replica (None: as Ray's OMP_NUM_THREADS sets)
+
+    def __post_init__(self):
+        for name in ("replicas", "max_batch_size", "max_ongoing_requests"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+        if self.max_batch_size > self.max_ongoing_requests:
+            raise ValueError(
+                f"max_batch_size {self.max_batch_size} exceeds max_ongoing_requests {self.max_ongoing_requests}: "
+                "a replica only batches the requests it is running; raise max_ongoing_requests"
+            )
+        if self.max_queued_requests != -1 and self.max_queued_requests < 0:
+            raise ValueError(f"max_queued_requests must be >= 0 or -1 (unbounded), got {self.max_queued_requests!r}")
+        if self.num_gpus < 0 or self.num_cpus < 0 or self.batch_wait_timeout_s < 0:
+            raise ValueError("num_gpus, num_cpus and batch_wait_timeout_s must be >= 0")
+
+    def deployment_options(self) -> dict:
+        """Keyword arguments of ``Deployment.options``."""
+        return dict(
+            num_replicas=self.replicas,
+            max_ongoing_requests=self.max_ongoing_requests,
+            max_queued_requests=self.max_queued_requests,
+            ray_actor_options={"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
+        )
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one HTTP request may ask for; anything past these is a 4xx naming the field."""
+
+    max_images: int = 4  # `n`
+    max_side: int = 1024  # the largest stage I side, in pixels
+    max_steps: int = 200
+    max_body_bytes: int = 16 * 2**20
+    max_image_pixels: int = 4096 * 4096  # an uploaded image over this is refused (decompression bombs)
+    max_prompt_chars: int = 4000
+    request_timeout_s: float = 300.0  # a request still unanswered then gets a 503; none waits forever
+    retry_after_s: int = 1
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Which weights every deployment loads: the tiny demo cascade when no checkpoint is given."""
+
+    stage1: str | None = None
+    stage2: str | None = None
+    stage3: str | None = None
+    variant: str | None = None
+    device: str | None = None  # None: cuda when the replica sees a GPU, else cpu
+    dtype: str | None = None  # None: float16 on cuda, float32 on cpu
+    demo_root: str | None = None  # where the demo checkpoints live (default: $IFENGINE_CACHE)
+
+    @property
+    def is_demo(self) -> bool:
+        return not (self.stage1 or self.stage2 or self.stage3)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    layout: str = "split"
+    source: ModelSource = ModelSource()
+    text: StageConfig = StageConfig()
+    stage1: StageConfig = StageConfig()
+    stage2: StageConfig = StageConfig()
+    stage3: StageConfig = StageConfig()
+    single: StageConfig = StageConfig()  # the whole cascade in one deployment (--layout single)
+    edits: StageConfig = StageConfig(max_batch_size=1)  # editing requests run one at a time, whole cascade
+    ingress: StageConfig = StageConfig(num_cpus=0.1, max_ongoing_requests=256, max_queued_requests=256)
+    limits: Limits = Limits()
+    api_key: str | None = field(default=None, repr=False)
+    model_name: str = "ifengine-demo"
+
+    def __post_init__(self):
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
+
+    def with_env_key(self) -> ServeConfig:
+        """The API key from the environment when none was given."""
+        if self.api_key is None and os.environ.get(API_KEY_ENV):
+            return dataclasses.replace(self, api_key=os.environ[API_KEY_ENV])
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> ServeConfig:
+        """The inverse of ``to_dict`` (the `serve deploy` file carries it as the builder's args)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(raw) - known
+        if unknown:
+            raise ValueError(f"unknown serve config keys {sorted(unknown)}; known: {sorted(known)}")
+        kinds = {"source": ModelSource, "limits": Limits}
+        out = {}
+        for key, value in raw.items():
+            kind = kinds.get(key, StageConfig if key in (*STAGE_NAMES, "single", "edits", "ingress") else None)
+            out[key] = kind(**value) if kind is not None and isinstance(value, dict) else value
+        return cls(**out)
