@@ -163,8 +163,8 @@ def update_index(target_dir: Path, manifest: dict, build_command: str, replace: 
         write_json_atomic(path, index)
 
 
-def engine_manifests(out: str | Path, target: Target, component: str) -> list[Path]:
-    """The manifests the index lists for ``component``; errors say which build command makes them."""
+def target_index(out: str | Path, target: Target) -> dict:
+    """The index of the engines built into ``out`` for ``target``; errors say which build command makes them."""
     out = Path(out)
     index_path = out / target.slug / INDEX
     if not index_path.is_file():
@@ -176,7 +176,14 @@ def engine_manifests(out: str | Path, target: Target, component: str) -> list[Pa
                 f"`ifengine build RECIPE --out {out}` here"
             )
         raise EngineMissing(f"no TensorRT engines in {out}: run `ifengine build RECIPE --out {out}` first")
-    index = read_json(index_path, "engine index")
+    return read_json(index_path, "engine index")
+
+
+def engine_manifests(out: str | Path, target: Target, component: str) -> list[Path]:
+    """The manifests the index lists for ``component``; errors say which build command makes them."""
+    out = Path(out)
+    index_path = out / target.slug / INDEX
+    index = target_index(out, target)
     entries = index.get("engines", {}).get(component)
     if not entries:
         raise EngineMissing(

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..export.components import ALL_COMPONENTS, INT8_COMPONENTS, PRECISIONS
 from ..pipeline.sizes import aspect_size
 from .errors import RecipeError
 
@@ -23,13 +24,10 @@ except ModuleNotFoundError:  # Python 3.10
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
-COMPONENTS = ("t5", "unet1", "unet2", "x4_unet", "vae_decoder", "clip", "step1", "step2", "step3")
+COMPONENTS = ALL_COMPONENTS
 RECIPE_DIR = Path(__file__).resolve().parents[2] / "build"  # the checkout's shipped recipes
-# The components the exporter writes int8 (Q/DQ) graphs for (ifengine/export/precision.py): static
-# quantisation for the U-Nets and step graphs, weight-only for T5. fp16 is always available: the exporter
-# keeps T5's FFN output and the x4 VAE in fp32 inside fp16 graphs, where they would overflow.
-INT8_COMPONENTS = ("unet1", "unet2", "x4_unet", "step1", "step2", "step3", "t5")
+# int8 (Q/DQ) graphs exist for INT8_COMPONENTS only. fp16 is always available: the exporter keeps T5's
+# FFN output and the x4 VAE in fp32 inside fp16 graphs, where they would overflow.
 
 
 @dataclass(frozen=True)
