@@ -25,7 +25,9 @@ except ModuleNotFoundError:  # Python 3.10
 log = logging.getLogger(__name__)
 
 COMPONENTS = ALL_COMPONENTS
-RECIPE_DIR = Path(__file__).resolve().parents[2] / "build"  # the checkout's shipped recipes
+# the shipped recipes: package data in an installed wheel (ifengine/recipes), build/ in a checkout
+_PACKAGED, _CHECKOUT = Path(__file__).resolve().parents[1] / "recipes", Path(__file__).resolve().parents[2] / "build"
+RECIPE_DIR = _PACKAGED if _PACKAGED.is_dir() else _CHECKOUT
 # int8 (Q/DQ) graphs exist for INT8_COMPONENTS only. fp16 is always available: the exporter keeps T5's
 # FFN output and the x4 VAE in fp32 inside fp16 graphs, where they would overflow.
 
@@ -101,7 +103,7 @@ class Recipe:
 
 
 def find_recipe(name_or_path: str | Path) -> Path:
-    """A recipe file path, or the name of a shipped recipe (``24gb`` -> build/24gb.toml)."""
+    """A recipe file path, or the name of a shipped recipe (``24gb`` -> RECIPE_DIR/24gb.toml)."""
     path = Path(name_or_path)
     if path.is_file():
         return path
