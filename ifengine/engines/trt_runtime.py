@@ -46,7 +46,7 @@ def require_tensorrt():
 
 def supported_version(version: str) -> bool:
     parts = tuple(int(p) for p in (version.split(".") + ["0"])[:2] if p.isdigit())
-    return len(parts) == 2 and MIN_VERSION <= parts and parts[0] <= MAX_MAJOR
+    return len(parts) == 2 and parts >= MIN_VERSION and parts[0] <= MAX_MAJOR
 
 
 def current_target(device: int = 0) -> Target:
