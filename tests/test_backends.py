@@ -178,3 +178,14 @@ def test_generate_refuses_flags_that_cannot_apply_to_graphs(tmp_path, capsys):
         main(["generate", "--help"])
     helptext = capsys.readouterr().out
     assert all(flag in helptext for flag in ("--engines", "--artifacts", "--providers"))
+
+
+def test_providers_by_short_name():
+    from ifengine.backends.onnxruntime.load import provider_list
+
+    assert provider_list(None) == provider_list("cpu") == ["CPUExecutionProvider"]
+    assert provider_list("cuda") == ["CUDAExecutionProvider"]
+    assert provider_list("tensorrt") == ["TensorrtExecutionProvider", "CUDAExecutionProvider"]
+    assert provider_list([("CUDAExecutionProvider", {"device_id": 1})]) == [("CUDAExecutionProvider", {"device_id": 1})]
+    with pytest.raises(ValueError, match="unknown provider 'rocm'"):
+        provider_list("rocm")
