@@ -8,6 +8,18 @@ from __future__ import annotations
 
 # The dtype a precision's graph computes in (int8 graphs are fp32 graphs with Q/DQ nodes).
 PRECISION_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "int8": "float32"}
+# onnx.TensorProto.DataType names -> dtype names (TensorRT's own enum names are in engines/trt_runtime.py)
+ONNX_NAMES = {
+    "FLOAT": "float32",
+    "FLOAT16": "float16",
+    "BFLOAT16": "bfloat16",
+    "DOUBLE": "float64",
+    "INT64": "int64",
+    "INT32": "int32",
+    "INT8": "int8",
+    "UINT8": "uint8",
+    "BOOL": "bool",
+}
 ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "int8": 1, "uint8": 1, "bool": 1}
 
 

@@ -162,8 +162,17 @@ def test_generate_with_artifacts_writes_the_checkpoints_picture(exports, stage1_
     a = np.asarray(Image.open(tmp_path / "torch.png"), np.int16)
     b = np.asarray(Image.open(tmp_path / "ort.png"), np.int16)
     assert a.shape == b.shape and a.shape[-1] == 3
+    assert Image.open(tmp_path / "torch.png").text == Image.open(tmp_path / "ort.png").text  # same settings
     # fp32 ORT and torch agree to ~1e-5; a value that close to a rounding edge may land one level over
     assert np.abs(a - b).max() <= 1 and (a != b).mean() < 0.01
+    source = tmp_path / "src.png"
+    source_image().save(source)
+    edit = ["--image", str(source), "--mask", str(source), "--last-stage", "2"]  # inpainting through the flags
+    assert main(common + edit + ckpts + ["--out", str(tmp_path / "torch-edit.png")]) == 0
+    assert main(common + edit + ["--artifacts", str(exports.get("fp32")), "--out", str(tmp_path / "ort-edit.png")]) == 0
+    a = np.asarray(Image.open(tmp_path / "torch-edit.png"), np.int16)
+    b = np.asarray(Image.open(tmp_path / "ort-edit.png"), np.int16)
+    assert a.shape == b.shape and np.abs(a - b).max() <= 1
 
 
 def test_generate_refuses_flags_that_cannot_apply_to_graphs(tmp_path, capsys):

@@ -44,7 +44,7 @@ def check(args) -> None:
     used = [flag for attr, flag in _TORCH_ONLY if getattr(args, attr)]
     if args.weights != "auto":
         used.append("--weights")
-    if args.engines is None and args.throughput:
+    if args.throughput:  # TensorRT engines share one scratch allocation: they must not run on two streams
         used.append("--throughput")
     if used:
         raise ValueError(

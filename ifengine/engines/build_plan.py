@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..dtypes import PRECISION_DTYPES
+from ..dtypes import ONNX_NAMES, PRECISION_DTYPES
 from ..export.spec import MODEL, ComponentSpec
 from ..memory.sizes import GiB as GIB
 from .exports import ExportRecord
@@ -200,20 +200,8 @@ def graph_io_dtypes(path: Path) -> dict[str, str]:
     initializers = {i.name for i in model.graph.initializer}
     names = onnx.TensorProto.DataType.Name
     return {
-        t.name: _ONNX_DTYPES.get(names(t.type.tensor_type.elem_type), names(t.type.tensor_type.elem_type).lower())
+        t.name: ONNX_NAMES.get(names(t.type.tensor_type.elem_type), names(t.type.tensor_type.elem_type).lower())
         for t in tensors
         if t.name not in initializers
     }
 
-
-_ONNX_DTYPES = {
-    "FLOAT": "float32",
-    "FLOAT16": "float16",
-    "BFLOAT16": "bfloat16",
-    "DOUBLE": "float64",
-    "INT64": "int64",
-    "INT32": "int32",
-    "INT8": "int8",
-    "UINT8": "uint8",
-    "BOOL": "bool",
-}
