@@ -91,7 +91,8 @@ class TensorRTEngineSet:
         return candidates[bindings.select([e.plan for e in candidates], dims)]
 
     def __call__(self, component: str, feeds: Mapping[str, Any]) -> dict:
-        return call(EngineNetwork(self, component), feeds)
+        dims = self.candidates(component)[0].plan.dims_of({k: tuple(v.shape) for k, v in feeds.items()})
+        return call(self.engine(component, **dims), feeds)
 
     def candidates(self, component: str) -> list[TensorRTEngine]:
         if component not in self.engines:
