@@ -137,7 +137,7 @@ def test_a_failed_build_or_write_leaves_the_previous_engine_and_no_debris(tmp_pa
     def full_disk(fd):
         raise OSError("No space left on device")
 
-    monkeypatch.setattr("ifengine.engines.cache.os.fsync", full_disk)  # fails after the bytes were written
+    monkeypatch.setattr("ifengine.atomic.os.fsync", full_disk)  # fails after the bytes were written
     with pytest.raises(OSError, match="No space"):
         write_atomic(paths.engine, b"half-written replacement")
     assert paths.engine.read_bytes() == b"good" and not list(paths.engine.parent.glob(".*.tmp"))

@@ -12,7 +12,7 @@ from PIL import Image
 import ifengine
 from ifengine.export.manifest import ArtifactError
 from ifengine.export.spec import SpecError
-from ifengine.backends.onnxruntime.parts import OrtIFStep, OrtUNet
+from ifengine.backends.parts import NetworkIFStep, NetworkUNet
 from ifengine.backends.onnxruntime.session import OrtGraph
 
 TOL = 1e-3
@@ -43,9 +43,9 @@ def assert_close(ours, ref):
 
 
 def test_cascade_uses_the_exported_graphs(ort_cascade):
-    assert isinstance(ort_cascade.stage1.unet, OrtUNet) and isinstance(ort_cascade.stage1.step_fn, OrtIFStep)
+    assert isinstance(ort_cascade.stage1.unet, NetworkUNet) and isinstance(ort_cascade.stage1.step_fn, NetworkIFStep)
     assert ort_cascade.stage3.step_fn is not None and ort_cascade.safety is None
-    assert ort_cascade.stage1.unet.graph.session.get_providers() == ["CPUExecutionProvider"]
+    assert ort_cascade.stage1.unet.network.graph.session.get_providers() == ["CPUExecutionProvider"]
 
 
 @pytest.mark.parametrize(

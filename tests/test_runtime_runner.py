@@ -104,19 +104,28 @@ def test_the_recorded_step_never_touches_the_host(cascade):
 
 
 def test_only_capturable_step_functions_replace_the_plain_step(cascade):
+    from ifengine.backends.base import Capturable, Capture
+    from ifengine.pipeline.steps import if_step
+
     calls = []
 
     def custom(*args, **kwargs):
         calls.append(1)
-        from ifengine.pipeline.steps import if_step
-
         return if_step(*args, **kwargs)
+
+    class Stated(Capturable):
+        capture = Capture.AFTER_WARMUP
+
+        def __call__(self, *args, **kwargs):
+            return custom(*args, **kwargs)
 
     stage = dataclasses.replace(cascade.stage1, step_fn=custom)
     make_runner().run_if_stage(1, stage, S1, embeds(2), (1, 3, 8, 8), ctx())
-    assert calls == []  # not marked capturable: host-side state would be frozen into a graph
-    custom.capturable = True
+    assert calls == []  # states no capture rule: host-side state would be frozen into a graph
+    custom.capturable = True  # a duck-typed attribute is not a statement
     make_runner().run_if_stage(1, stage, S1, embeds(2), (1, 3, 8, 8), ctx())
+    assert calls == []
+    make_runner().run_if_stage(1, dataclasses.replace(stage, step_fn=Stated()), S1, embeds(2), (1, 3, 8, 8), ctx())
     assert len(calls) == S1.steps
 
 

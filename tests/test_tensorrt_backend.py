@@ -102,7 +102,7 @@ class Recorder:
         monkeypatch.setattr(backend.trt_rt, "bind", self.bind)
         monkeypatch.setattr(backend.trt_rt, "output_shape", lambda ctx, name: self.shapes[name])
         monkeypatch.setattr(backend.trt_rt, "enqueue", lambda ctx, stream: self.calls.append(("enqueue", stream)))
-        monkeypatch.setattr(backend, "_stream_handle", lambda stream: 7)
+        monkeypatch.setattr(backend, "stream_handle", lambda stream: 7)
 
     def bind(self, context, shapes, addresses):
         self.calls.append(("bind", dict(shapes), dict(addresses)))
@@ -115,7 +115,7 @@ def test_the_engine_copies_into_static_buffers_and_binds_only_on_shape_changes(v
     from ifengine.backends.tensorrt.engines import TensorRTEngine, TensorRTEngineSet
 
     rec = Recorder(monkeypatch)
-    engine = TensorRTEngine(vae, context=None, buffers=bindings.allocate_buffers(vae, "cpu"))
+    engine = TensorRTEngine(vae, context=None, device="cpu")
     latents = torch.randn(1, 4, 256, 256)
     out = engine({"latents": latents})
     assert out["image"].shape == (1, 3, 1024, 1024)
@@ -126,7 +126,7 @@ def test_the_engine_copies_into_static_buffers_and_binds_only_on_shape_changes(v
     kinds = [c[0] for c in rec.calls]
     assert kinds == ["bind", "enqueue", "enqueue", "bind", "enqueue"]
     assert rec.calls[0][2] == {n: b.data_ptr() for n, b in engine.buffers.items()} and rec.calls[3][2] == {}
-    assert rec.calls[1] == ("enqueue", 7) and engine.binder.warm
+    assert rec.calls[1] == ("enqueue", 7) and engine.io.binder.warm
     with pytest.raises(ValueError, match="outside the engine's profile"):
         engine({"latents": torch.randn(1, 4, 512, 256)})
     engines = TensorRTEngineSet(engines={"vae_decoder": [engine]}, scratch=torch.empty(256, dtype=torch.uint8))
@@ -135,19 +135,21 @@ def test_the_engine_copies_into_static_buffers_and_binds_only_on_shape_changes(v
         engines.engine("unet1")
 
 
-def test_the_graph_adapter_answers_like_the_onnx_backends_graphs(tmp_path, monkeypatch):
-    from ifengine.backends.tensorrt.engines import TensorRTEngine, TensorRTEngineSet, TensorRTGraph
+def test_the_component_network_carries_its_export_and_picks_the_engine(tmp_path, monkeypatch):
+    from ifengine.backends.base import Capture, call
+    from ifengine.backends.tensorrt.engines import EngineNetwork, TensorRTEngine, TensorRTEngineSet
 
     Recorder(monkeypatch)
     plan, (manifest,) = _plan_and_manifest(tmp_path)
     io = IOPlan.from_manifest(manifest)
-    engine = TensorRTEngine(io, context=None, buffers=bindings.allocate_buffers(io, "cpu"))
+    engine = TensorRTEngine(io, context=None, device="cpu")
     engines = TensorRTEngineSet({"vae_decoder": [engine]}, torch.empty(1), manifests={"vae_decoder": manifest})
-    graph = TensorRTGraph(engines, "vae_decoder", device="cpu")
-    assert graph.name == "vae_decoder" and graph.manifest["component"] == "vae_decoder"
-    assert graph.manifest_path == plan.jobs[0].export.manifest and graph.spec.input_names == ["latents"]
-    image = graph(latents=torch.zeros(1, 4, 256, 256))
-    assert image.shape == (1, 3, 1024, 1024) and image.data_ptr() != engine.buffers["image"].data_ptr()
+    network = EngineNetwork(engines, "vae_decoder", device="cpu")
+    assert network.name == "vae_decoder" and network.manifest["component"] == "vae_decoder"
+    assert network.manifest_path == plan.jobs[0].export.manifest and network.spec.input_names == ["latents"]
+    assert network.capture is Capture.AFTER_WARMUP and network.config == network.manifest["config"]
+    image = call(network, {"latents": torch.zeros(1, 4, 256, 256)})["image"]
+    assert image.shape == (1, 3, 1024, 1024) and image.data_ptr() == engine.buffers["image"].data_ptr()
 
 
 def test_a_shape_mismatch_reported_by_tensorrt_unbinds(vae, monkeypatch):
@@ -156,10 +158,10 @@ def test_a_shape_mismatch_reported_by_tensorrt_unbinds(vae, monkeypatch):
 
     rec = Recorder(monkeypatch)
     monkeypatch.setattr(backend.trt_rt, "bind", lambda *a: rec.shapes.update(image=(1, 3, 9, 9)))
-    engine = TensorRTEngine(vae, context=None, buffers=bindings.allocate_buffers(vae, "cpu"))
+    engine = TensorRTEngine(vae, context=None, device="cpu")
     with pytest.raises(RuntimeError, match="TensorRT gives image the shape"):
-        engine.prepare(batch=1, height=256, width=256)
-    assert engine.binder.bound_dims is None
+        engine.prepare({"batch": 1, "height": 256, "width": 256})
+    assert engine.io.binder.bound_dims is None
 
 
 def test_one_scratch_allocation_serves_every_engine():
@@ -259,15 +261,26 @@ def test_build_progress_follows_top_level_phases_only():
     assert bars.bars == {}
 
 
+def _built_engines(tmp_path):
+    """Engines built through the real build path with fake TensorRT bytes (they pass every cache check)."""
+    from ifengine.engines.builder import build_plan
+    from test_engines_fixtures import fake_engine_bytes
+
+    plan, _ = _plan_and_manifest(tmp_path)
+    build_plan(plan, TARGET, fake_engine_bytes, progress=False)
+    return plan.out
+
+
 def test_without_tensorrt_the_backend_says_how_to_install_it(tmp_path):
     import importlib.util
 
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("TensorRT is installed here")
-    from ifengine.backends.tensorrt.engines import load_engines
+    from ifengine.backends.tensorrt.load import load_engines
 
+    built = _built_engines(tmp_path)
     with pytest.raises(TensorRTUnavailable, match="pip install"):
-        load_engines(tmp_path, ["unet1"])
+        load_engines(built, ["vae_decoder"])
 
 
 def _need_tensorrt_and_gpu():
@@ -282,7 +295,7 @@ def test_real_tensorrt_builds_loads_runs_and_replays_a_cuda_graph(tmp_path):
     from ifengine.engines.builder import build_plan
     from ifengine.engines.trt_build import build_serialized
     from ifengine.engines.trt_runtime import current_target
-    from ifengine.backends.tensorrt.engines import load_engines
+    from ifengine.backends.tensorrt.load import load_engines
 
     plan, _ = _plan_and_manifest(tmp_path)
     (result,) = build_plan(plan, current_target(), build_serialized, progress=False)
@@ -295,7 +308,7 @@ def test_real_tensorrt_builds_loads_runs_and_replays_a_cuda_graph(tmp_path):
     engine = engines.engine("vae_decoder", batch=1, height=256, width=448)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        engine.enqueue_no_sync()
+        engine.enqueue()
     engine.inputs()["latents"].copy_(latents * 2)
     graph.replay()
     torch.cuda.synchronize()

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from ..memory.sizes import GiB
+
 log = logging.getLogger(__name__)
 _LIBRARIES = ("torch", "diffusers", "transformers", "onnxruntime", "onnxruntime-gpu", "tensorrt", "ifengine")
 
@@ -72,7 +74,7 @@ def gpu_info(device: torch.device) -> dict:
     props = torch.cuda.get_device_properties(device)
     return {
         "name": props.name,
-        "memory_gib": props.total_memory / 2**30,
+        "memory_gib": props.total_memory / GiB,
         "capability": f"{props.major}.{props.minor}",
         "multiprocessors": props.multi_processor_count,
         "cuda": torch.version.cuda,

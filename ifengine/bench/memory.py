@@ -17,13 +17,14 @@ import dataclasses
 import gc
 import logging
 import time
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterator
 
 import torch
 
+from ..memory.sizes import GiB as GIB
 from . import timing
 from .cascade import bench_device, default_checkpoint_root
 from .checkpoints import build_checkpoints, cascade_spec
@@ -32,7 +33,6 @@ from .report import command_line, markdown_table, stage_chart, write_outputs
 from .systems import STAGES, RunSpec, load_systems
 
 log = logging.getLogger(__name__)
-GIB = 2**30
 
 
 @dataclass(frozen=True)

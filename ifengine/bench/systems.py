@@ -141,7 +141,9 @@ def _ifengine_artifacts(artifacts: Path | None, device, dtype) -> System:
 
     if artifacts is None:
         raise ValueError("ifengine-onnxruntime needs --artifacts DIR (the output of `ifengine export`)")
-    pipe = Cascade.from_artifacts(artifacts, backend="onnxruntime", device=device, dtype=dtype)
+    precision = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
+    providers = "cuda" if torch.device(device).type == "cuda" else "cpu"
+    pipe = Cascade.from_artifacts(artifacts, backend="onnxruntime", providers=providers, precision=precision)
     return System("ifengine-onnxruntime", _ifengine_runner(pipe, None))
 
 

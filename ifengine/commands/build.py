@@ -55,7 +55,8 @@ def run(args) -> int:
         components=components,
     )
     if args.dry_run:
-        sys.stdout.write(json.dumps(plan.to_json(), indent=2) + "\n")
+        payload = {**plan.to_json(), "generate_command": generate_command(plan, args)}
+        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
         return 0
     try:
         return _build(plan, args, checkpoints, components)
@@ -81,7 +82,24 @@ def _build(plan, args, checkpoints, components) -> int:
     for result in results:
         state = f"built in {result.seconds:.1f} s" if result.built else "up to date"
         sys.stdout.write(f"{result.engine}\t{state}\n")
+    sys.stdout.write(f"generate with them:\n  {generate_command(plan, args)}\n")
     return 0
+
+
+def generate_command(plan, args) -> str:
+    """The `ifengine generate` call that runs what this build makes; stages with components the recipe
+    builds no engine for name their checkpoint (torch runs those parts)."""
+    import shlex
+
+    from ..export.components import STAGE_COMPONENTS
+
+    built = {j.component for j in plan.jobs}
+    words = ["ifengine", "generate", "a photo of a red panda", "--engines", plan.out, "--artifacts", plan.artifacts]
+    for n, source in ((1, args.stage1), (2, args.stage2), (3, args.stage3)):
+        networks = {c for c in STAGE_COMPONENTS[n] if not c.startswith("step")}
+        if source and not networks <= built:
+            words += [f"--stage{n}", str(source)]
+    return shlex.join([*words, "--out", "image.png"])
 
 
 def _checkpoints(args) -> dict:

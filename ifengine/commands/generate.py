@@ -6,6 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
+from . import backend_flags
 from .common import DTYPES, csv_values as _csv
 from .rerun import LORA_HELP, apply_png_settings, lora_flag
 
@@ -73,6 +74,7 @@ def register(sub) -> None:
     p.add_argument("--no-safety", action="store_true", help="skip the safety checker and watermark")
     p.add_argument("--no-clean-caption", action="store_true", help="do not clean the prompt text")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    backend_flags.add(p)
     _runtime_flags(p.add_argument_group("GPU runtime (static buffers, CUDA graphs, memory planner)"))
     _many_flags(p.add_argument_group("many prompts (throughput)"))
     edit = p.add_argument_group("image editing (zero-shot, through the same weights)")
@@ -165,14 +167,16 @@ def run(args) -> int:
     if prompts is None:
         output_paths(args.out, args.num_images, None)
     _check_edit_flags(args)
+    backend_flags.check(args)
     runtime = _runtime(args)
-    if not (args.stage1 or args.stage2 or args.stage3):
+    pipe = backend_flags.load(args, device, dtype)  # --engines / --artifacts, else None
+    if pipe is None and not (args.stage1 or args.stage2 or args.stage3):
         log.warning(
             "no checkpoints given: running the built-in tiny DEMO cascade with random weights; "
             "its pictures are noise. Pass --stage1/--stage2/--stage3 for real images."
         )
         pipe = demo_cascade(device=device, dtype=dtype, **runtime)
-    else:
+    elif pipe is None:
         pipe = Cascade.from_pretrained(
             args.stage1,
             args.stage2,

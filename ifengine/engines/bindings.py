@@ -11,15 +11,15 @@ The TensorRT backend only executes what these functions decide, so all of it is 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
+from ..memory.sizes import GiB as GIB
 from .errors import EngineCorrupt
 from .io_plan import IOPlan
 
 log = logging.getLogger(__name__)
 ALIGNMENT = 256  # TensorRT's required alignment for device memory handed to a context
-GIB = 2**30
 
 
 def shared_scratch_bytes(needs: Iterable[int]) -> int:

@@ -8,23 +8,23 @@ from __future__ import annotations
 
 import logging
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from collections.abc import Mapping
 
+from ..dtypes import ONNX_NAMES, PRECISION_DTYPES
 from ..export.spec import MODEL, ComponentSpec
+from ..memory.sizes import GiB as GIB
 from .exports import ExportRecord
 from .profiles import Profile, make_profiles
 from .recipe import RECIPE_DIR, ComponentRecipe, Recipe
 from .specs import planned_spec, spec_to_dict
 
 log = logging.getLogger(__name__)
-GIB = 2**30
 # The dtype "model" tensors have in each precision variant before a graph exists (int8 graphs are the fp32
 # graph with Q/DQ nodes). Once exported, the graph's own I/O dtypes are used: the exporter may deviate
 # (its fp16 VAE decoder computes, and takes its I/O, in fp32).
-MODEL_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "int8": "float32"}
 
 
 @dataclass(frozen=True)
@@ -184,7 +184,7 @@ def io_dtypes(spec: ComponentSpec, precision: str, export: ExportRecord | None) 
         graph = graph_io_dtypes(export.graph)
         if graph:
             return graph
-    model = MODEL_DTYPES[precision]
+    model = PRECISION_DTYPES[precision]
     return {t.name: model if t.dtype == MODEL else t.dtype for t in tensors}
 
 
@@ -200,20 +200,8 @@ def graph_io_dtypes(path: Path) -> dict[str, str]:
     initializers = {i.name for i in model.graph.initializer}
     names = onnx.TensorProto.DataType.Name
     return {
-        t.name: _ONNX_DTYPES.get(names(t.type.tensor_type.elem_type), names(t.type.tensor_type.elem_type).lower())
+        t.name: ONNX_NAMES.get(names(t.type.tensor_type.elem_type), names(t.type.tensor_type.elem_type).lower())
         for t in tensors
         if t.name not in initializers
     }
 
-
-_ONNX_DTYPES = {
-    "FLOAT": "float32",
-    "FLOAT16": "float16",
-    "BFLOAT16": "bfloat16",
-    "DOUBLE": "float64",
-    "INT64": "int64",
-    "INT32": "int32",
-    "INT8": "int8",
-    "UINT8": "uint8",
-    "BOOL": "bool",
-}

@@ -13,9 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +22,7 @@ from collections.abc import Callable
 
 from filelock import FileLock, Timeout
 
+from ..atomic import replacing, write_json_atomic as _write_json
 from .errors import EngineCorrupt, EngineForeign, EngineMissing, EngineStale
 
 log = logging.getLogger(__name__)
@@ -68,27 +67,18 @@ def engine_paths(out: str | Path, target: Target, job_name: str, key: str) -> En
 
 def write_atomic(path: Path, data) -> tuple[str, int]:
     """Write a bytes-like object (buffer protocol; no copy) atomically; return its sha256 and size."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     view = memoryview(data).cast("B")
     digest = hashlib.sha256()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for start in range(0, len(view), CHUNK):
-                chunk = view[start : start + CHUNK]
-                digest.update(chunk)
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())  # the rename must not land before the bytes do
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with replacing(path) as tmp, open(tmp, "wb") as f:
+        for start in range(0, len(view), CHUNK):
+            chunk = view[start : start + CHUNK]
+            digest.update(chunk)
+            f.write(chunk)
     return digest.hexdigest(), len(view)
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    write_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    _write_json(path, obj, sort_keys=True)
 
 
 def read_json(path: Path, what: str) -> dict:
@@ -163,8 +153,8 @@ def update_index(target_dir: Path, manifest: dict, build_command: str, replace: 
         write_json_atomic(path, index)
 
 
-def engine_manifests(out: str | Path, target: Target, component: str) -> list[Path]:
-    """The manifests the index lists for ``component``; errors say which build command makes them."""
+def target_index(out: str | Path, target: Target) -> dict:
+    """The index of the engines built into ``out`` for ``target``; errors say which build command makes them."""
     out = Path(out)
     index_path = out / target.slug / INDEX
     if not index_path.is_file():
@@ -176,7 +166,14 @@ def engine_manifests(out: str | Path, target: Target, component: str) -> list[Pa
                 f"`ifengine build RECIPE --out {out}` here"
             )
         raise EngineMissing(f"no TensorRT engines in {out}: run `ifengine build RECIPE --out {out}` first")
-    index = read_json(index_path, "engine index")
+    return read_json(index_path, "engine index")
+
+
+def engine_manifests(out: str | Path, target: Target, component: str) -> list[Path]:
+    """The manifests the index lists for ``component``; errors say which build command makes them."""
+    out = Path(out)
+    index_path = out / target.slug / INDEX
+    index = target_index(out, target)
     entries = index.get("engines", {}).get(component)
     if not entries:
         raise EngineMissing(

@@ -7,10 +7,10 @@ message names the command that fixes it. A missing TensorRT is an ``ImportError`
 from __future__ import annotations
 
 INSTALL_HINT = (
-    "TensorRT is not installed. `ifengine build` and the TensorRT backend need TensorRT 10.x or 11.x, "
-    'an NVIDIA GPU and its driver: install with `pip install "ifengine[gpu]"` (or `pip install tensorrt '
-    "cuda-python`) on a machine that can reach NVIDIA's package host (pypi.nvidia.com), or use the TensorRT "
-    "container (nvcr.io/nvidia/tensorrt). `ifengine build RECIPE --dry-run` shows the plan without it."
+    "TensorRT is not installed. `ifengine build` and the TensorRT backend need TensorRT 10.1+ (10.x or 11.x), "
+    "an NVIDIA GPU and its driver: install with `pip install 'ifengine[gpu]'` (or `pip install "
+    "'tensorrt>=10.1,<12'`) on a machine that can reach NVIDIA's package host (pypi.nvidia.com), or use the "
+    "TensorRT container (nvcr.io/nvidia/tensorrt). `ifengine build RECIPE --dry-run` shows the plan without it."
 )
 
 

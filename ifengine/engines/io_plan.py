@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from collections.abc import Mapping
 
+from ..dtypes import ITEMSIZE
 from ..export.spec import ComponentSpec, DimRange, TensorSpec
 from .specs import derived_dims as declared_derivations, spec_from_dict
-
-ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "int8": 1, "uint8": 1, "bool": 1}
 
 
 @dataclass(frozen=True)
@@ -36,6 +35,16 @@ class IOPlan:
             spec=spec,
             dims=MappingProxyType(dims),
             dtypes=MappingProxyType(dict(manifest["io_dtypes"])),
+        )
+
+    @classmethod
+    def from_spec(cls, spec: ComponentSpec) -> IOPlan:
+        """The plan of an exported graph run as it is (ONNX Runtime): its spec's own ranges are the profile."""
+        return cls(
+            name=spec.name,
+            spec=spec,
+            dims=MappingProxyType(dict(spec.ranges)),
+            dtypes=MappingProxyType({t.name: t.dtype for t in spec.inputs + spec.outputs}),
         )
 
     @property

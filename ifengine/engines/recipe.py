@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..export.components import ALL_COMPONENTS, INT8_COMPONENTS, PRECISIONS
 from ..pipeline.sizes import aspect_size
 from .errors import RecipeError
 
@@ -23,13 +24,12 @@ except ModuleNotFoundError:  # Python 3.10
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
-COMPONENTS = ("t5", "unet1", "unet2", "x4_unet", "vae_decoder", "clip", "step1", "step2", "step3")
-RECIPE_DIR = Path(__file__).resolve().parents[2] / "build"  # the checkout's shipped recipes
-# The components the exporter writes int8 (Q/DQ) graphs for (ifengine/export/precision.py): static
-# quantisation for the U-Nets and step graphs, weight-only for T5. fp16 is always available: the exporter
-# keeps T5's FFN output and the x4 VAE in fp32 inside fp16 graphs, where they would overflow.
-INT8_COMPONENTS = ("unet1", "unet2", "x4_unet", "step1", "step2", "step3", "t5")
+COMPONENTS = ALL_COMPONENTS
+# the shipped recipes: package data in an installed wheel (ifengine/recipes), build/ in a checkout
+_PACKAGED, _CHECKOUT = Path(__file__).resolve().parents[1] / "recipes", Path(__file__).resolve().parents[2] / "build"
+RECIPE_DIR = _PACKAGED if _PACKAGED.is_dir() else _CHECKOUT
+# int8 (Q/DQ) graphs exist for INT8_COMPONENTS only. fp16 is always available: the exporter keeps T5's
+# FFN output and the x4 VAE in fp32 inside fp16 graphs, where they would overflow.
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ class Recipe:
 
 
 def find_recipe(name_or_path: str | Path) -> Path:
-    """A recipe file path, or the name of a shipped recipe (``24gb`` -> build/24gb.toml)."""
+    """A recipe file path, or the name of a shipped recipe (``24gb`` -> RECIPE_DIR/24gb.toml)."""
     path = Path(name_or_path)
     if path.is_file():
         return path

@@ -19,18 +19,7 @@ from ..schedule.ddpm import DDPMConfig
 from .errors import RecipeError
 from .recipe import ModelChoice
 
-# Which checkpoint (stage) each component is exported from.
-STAGE_OF = {
-    "t5": 1,
-    "unet1": 1,
-    "step1": 1,
-    "unet2": 2,
-    "step2": 2,
-    "x4_unet": 3,
-    "vae_decoder": 3,
-    "clip": 3,
-    "step3": 3,
-}
+from ..export.components import STAGE_OF  # noqa: F401 (re-exported)
 
 
 def planned_spec(component: str, models: ModelChoice, checkpoints: Mapping[int, Any] | None = None) -> ComponentSpec:

@@ -15,7 +15,9 @@ from .cache import Target
 from .errors import TensorRTError, TensorRTUnavailable
 
 log = logging.getLogger(__name__)
-MIN_MAJOR = 10  # execute_async_v3, named tensors, weight streaming, strongly typed networks
+# execute_async_v3, named tensors, strongly typed networks (10.0) and weight streaming v2 (10.1); the code
+# knows the 10.x and 11.x APIs (pyproject's gpu extra: tensorrt>=10.1,<12)
+MIN_VERSION, MAX_MAJOR = (10, 1), 11
 
 # TensorRT DataType member name -> torch dtype name.
 TRT_DTYPES = {
@@ -37,9 +39,14 @@ def require_tensorrt():
     except ImportError as err:
         raise TensorRTUnavailable(f"import tensorrt failed: {err}") from None
     version = getattr(trt, "__version__", "0")
-    if int(version.split(".")[0]) < MIN_MAJOR:
-        raise TensorRTUnavailable(f"found TensorRT {version}; ifengine needs 10.x or 11.x")
+    if not supported_version(version):
+        raise TensorRTUnavailable(f"found TensorRT {version}; ifengine needs 10.1 or later, up to 11.x")
     return trt
+
+
+def supported_version(version: str) -> bool:
+    parts = tuple(int(p) for p in (version.split(".") + ["0"])[:2] if p.isdigit())
+    return len(parts) == 2 and parts >= MIN_VERSION and parts[0] <= MAX_MAJOR
 
 
 def current_target(device: int = 0) -> Target:

@@ -12,15 +12,16 @@ import gc
 import logging
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-from collections.abc import Mapping
 
 import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
+from ..memory.sizes import GiB
 from ..models.checkpoint import Checkpoint, resolve
 from .artifacts import GRAPH_NAME, ArtifactStore
 from .calibration import CalibrationSettings
@@ -174,7 +175,7 @@ def _build_graph(
     module = source.load(v.weights)
     args = random_inputs(spec, trace_dims(spec), source.config, torch.Generator().manual_seed(0))
     trace_to_onnx(module, spec, tuple(args.values()), target, opset=options.opset)
-    big = sum(p.numel() * p.element_size() for p in module.parameters()) > 2**30
+    big = sum(p.numel() * p.element_size() for p in module.parameters()) > GiB
     del module, args
     if big:
         gc.collect()  # release a large model's weights before quantization or opset conversion loads the graph

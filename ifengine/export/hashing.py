@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from collections.abc import Iterable
+
+from ..atomic import write_text_atomic
 
 log = logging.getLogger(__name__)
 _CHUNK = 16 * 1024 * 1024
@@ -63,7 +64,4 @@ class HashCache:
     def save(self) -> None:
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self._entries, indent=1, sort_keys=True))
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, json.dumps(self._entries, indent=1, sort_keys=True))

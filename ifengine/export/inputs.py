@@ -17,11 +17,7 @@ from ..schedule.ddim import DDIMConfig
 from ..schedule.ddpm import DDPMConfig
 from .spec import ComponentSpec, TensorSpec
 
-TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int64": torch.int64}
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    return TORCH_DTYPES[name]
+from ..dtypes import torch_dtype  # noqa: F401 (re-exported)
 
 
 def random_inputs(

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
+from ..atomic import write_json_atomic
 from .. import __version__
 from .hashing import sha256_file
 
@@ -67,12 +67,7 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
 
 def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
     """Write atomically: a reader sees the old manifest or the new one, never a partial file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as handle:
-        json.dump(manifest, handle, indent=2, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    write_json_atomic(path, manifest, sort_keys=True)
 
 
 def check_version(manifest: dict[str, Any], path: Path) -> None:

@@ -19,17 +19,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..dtypes import dtype_name, torch_dtype
+from .components import INT8_COMPONENTS, INT8_WEIGHT_ONLY, PRECISIONS
 from .sources import ComponentSource
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 DEFAULT_OPSET = 19
 BF16_OPSET = 22
-_INT8_STATIC = ("unet1", "unet2", "x4_unet", "step1", "step2", "step3")
-_INT8_WEIGHT_ONLY = ("t5",)
-_TORCH = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.float32}
-_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
 
 @dataclass(frozen=True)
@@ -47,13 +44,13 @@ class Variant:
 def supports(component: str, precision: str) -> bool:
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
-    return precision != "int8" or component in _INT8_STATIC + _INT8_WEIGHT_ONLY
+    return precision != "int8" or component in INT8_COMPONENTS
 
 
 def variant(source: ComponentSource, precision: str, opset: int = DEFAULT_OPSET) -> Variant:
     if not supports(source.name, precision):
         raise ValueError(f"{source.name} has no {precision} export (int8 covers the U-Nets, step graphs and T5)")
-    weights = _TORCH[precision]
+    weights = torch_dtype(precision)
     note = ""
     if source.name == "vae_decoder" and precision == "fp16" and source.config["vae"].get("force_upcast", True):
         weights, note = torch.float32, "force_upcast: the x4 VAE decoder overflows in fp16, so it computes in fp32"
@@ -61,8 +58,10 @@ def variant(source: ComponentSource, precision: str, opset: int = DEFAULT_OPSET)
         note = "T5 FFN output projections (wo) and the residual stream after them stay fp32 (fp16 overflow)"
     quantize = None
     if precision == "int8":
-        quantize = "weight_only" if source.name in _INT8_WEIGHT_ONLY else "static"
-    return Variant(precision, weights, _NAMES[weights], BF16_OPSET if precision == "bf16" else opset, quantize, note)
+        quantize = "weight_only" if source.name in INT8_WEIGHT_ONLY else "static"
+    return Variant(
+        precision, weights, dtype_name(weights), BF16_OPSET if precision == "bf16" else opset, quantize, note
+    )
 
 
 def keep_t5_ffn_output_fp32(model: nn.Module) -> int:

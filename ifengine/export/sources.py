@@ -24,26 +24,12 @@ from ..models.config import UNetConfig, VAEConfig
 from ..models.weights import DIFFUSERS_STEM, TRANSFORMERS_STEM, weight_files
 from ..schedule.ddim import DDIMConfig
 from ..schedule.ddpm import DDPMConfig
+from .components import ALL_COMPONENTS, NETWORKS, STAGE_OF, STEP_GRAPHS  # noqa: F401 (re-exported)
 from .sizes import cascade_sizes
 from .spec import ComponentSpec, clip_spec, if_unet_spec, t5_spec, vae_decoder_spec, x4_unet_spec
 from .step_spec import if_step_spec, x4_step_spec
 
 log = logging.getLogger(__name__)
-
-NETWORKS = ("t5", "clip", "unet1", "unet2", "x4_unet", "vae_decoder")
-STEP_GRAPHS = ("step1", "step2", "step3")
-ALL_COMPONENTS = NETWORKS + STEP_GRAPHS
-STAGE_OF = {
-    "t5": 1,
-    "unet1": 1,
-    "step1": 1,
-    "unet2": 2,
-    "step2": 2,
-    "clip": 3,
-    "x4_unet": 3,
-    "vae_decoder": 3,
-    "step3": 3,
-}
 
 
 @dataclass(frozen=True)

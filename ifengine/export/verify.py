@@ -16,16 +16,12 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx
 
+from ..dtypes import ONNX_NAMES
 from .spec import ComponentSpec, SpecError
 
 log = logging.getLogger(__name__)
 
-ONNX_DTYPES = {
-    "float32": onnx.TensorProto.FLOAT,
-    "float16": onnx.TensorProto.FLOAT16,
-    "bfloat16": onnx.TensorProto.BFLOAT16,
-    "int64": onnx.TensorProto.INT64,
-}
+ONNX_DTYPES = {name: getattr(onnx.TensorProto, enum) for enum, name in ONNX_NAMES.items()}
 
 
 class GraphCheckError(ValueError):

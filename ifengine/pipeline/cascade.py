@@ -157,13 +157,25 @@ class Cascade(LoraMixin):
         return self.runtime if self.runtime is not None else stages
 
     @classmethod
-    def from_artifacts(cls, artifacts: str | Path, backend: str = "onnxruntime", **kwargs) -> Cascade:
-        """Run from exported graphs (``ifengine export``) instead of torch modules."""
+    def from_artifacts(cls, artifacts: str | Path, backend: str = "onnxruntime", providers=None, **kwargs) -> Cascade:
+        """Run from exported graphs (``ifengine export``) on ONNX Runtime; ``providers``: "cpu" (default),
+        "cuda", "tensorrt" (onnxruntime-gpu's execution providers) or ORT provider names. Other keyword
+        arguments: precision, use_step_graphs, verify (see backends/onnxruntime/load.py)."""
         if backend != "onnxruntime":
             raise ValueError(f"unknown backend {backend!r}; from_artifacts supports 'onnxruntime'")
-        from ..backends.onnxruntime.cascade import load_onnx_cascade
+        from ..backends.onnxruntime.load import load_onnx_cascade
 
-        return load_onnx_cascade(cls, Path(artifacts), **kwargs)
+        return load_onnx_cascade(cls, Path(artifacts), providers=providers, **kwargs)
+
+    @classmethod
+    def from_engines(cls, engines: str | Path, artifacts: str | Path | None = None, **kwargs) -> Cascade:
+        """Run on TensorRT engines built by ``ifengine build`` (verified against the engine cache first);
+        components without an engine come from ``stage1=``/``stage2=``/``stage3=`` checkpoints (torch) or,
+        failing that, from the graphs under ``artifacts`` (ONNX Runtime, CUDA provider). See
+        backends/tensorrt/load.py for the other keyword arguments."""
+        from ..backends.tensorrt.load import load_engine_cascade
+
+        return load_engine_cascade(cls, Path(engines), None if artifacts is None else Path(artifacts), **kwargs)
 
     @staticmethod
     def _load_text(ckpts, dtype, device, variant, text_dtype) -> PromptEncoder | None:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from ..atomic import replacing
 from .metadata import PARAMETERS_KEY, SETTINGS_KEY, image_settings, parameters_text
 
 
@@ -34,19 +33,5 @@ def output_paths(out: Path, count: int, seed: int | None) -> list[Path]:
 def save_images(images: list[Image.Image], paths: list[Path], settings: dict) -> None:
     """Each PNG is written to a temporary file in its folder and renamed, so none is left half-written."""
     for index, (img, path) in enumerate(zip(images, paths)):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                img.save(handle, format="PNG", pnginfo=png_info(settings, index))
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a saved image should look like any file
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+        with replacing(path) as tmp:
+            img.save(tmp, format="PNG", pnginfo=png_info(settings, index))

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..backends.base import Capturable, Capture, capture_of, weakest
 from ..pipeline.options import StageOptions
 from ..pipeline.stages import STAGE_LABELS, IFStage, RunContext, Start, X4Stage
 from ..pipeline.steps import if_step, x4_step
@@ -98,6 +99,7 @@ class GraphRunner:
         index, cond = _zero_index(arena), _put(arena, "embeds", embeds)
         upscaled = None if image is None else _put(arena, "upscaled", _noised_upscale(image, views, shape))
         unet, step_fn = self.unet_for(stage.unet), capturable_step(stage, if_step)
+        capture = weakest((capture_of(step_fn), capture_of(unet)))
         key = (
             "if",
             stage_no,
@@ -113,7 +115,7 @@ class GraphRunner:
         def make_step():
             return _if_step_fn(step_fn, unet, dev_tables, views, x, index, cond, opts.cfg, upscaled)
 
-        self._loop(stage_no, key, make_step, len(tables), ctx, x)
+        self._loop(stage_no, key, make_step, len(tables), ctx, x, capture)
         return x.clone()  # the arena is reused by the next run; the caller keeps its own copy
 
     # -- stage III ---------------------------------------------------------------------------------
@@ -144,6 +146,7 @@ class GraphRunner:
         latents, index, cond = _put(arena, "x", views["init"]), _zero_index(arena), _put(arena, "embeds", embeds)
         low_res = _put(arena, "low_res", _noised_low_res(image, views, ctx.dtype, opts.cfg))
         unet, step_fn = self.unet_for(stage.unet), capturable_step(stage, x4_step)
+        capture = weakest((capture_of(step_fn), capture_of(unet)))
         key = (
             "x4",
             id(unet),
@@ -159,7 +162,7 @@ class GraphRunner:
         def make_step():
             return _x4_step_fn(step_fn, unet, dev_tables, views, latents, index, cond, low_res, opts.cfg)
 
-        self._loop(3, key, make_step, len(tables), ctx, latents)
+        self._loop(3, key, make_step, len(tables), ctx, latents, capture)
         self.ensure("vae")
         return self._decode(stage.vae, latents)
 
@@ -173,17 +176,21 @@ class GraphRunner:
         _, total = pack.layout()
         return pack.upload_no_sync(arena.view("upload", (total,), torch.uint8))
 
-    def _loop(self, stage_no: int, key, make_step, steps: int, ctx: RunContext, state: torch.Tensor) -> None:
-        """Advance ``steps`` steps; the host enqueues only (no read-back, no synchronisation)."""
+    def _loop(
+        self, stage_no: int, key, make_step, steps: int, ctx: RunContext, state: torch.Tensor, capture: Capture
+    ) -> None:
+        """Advance ``steps`` steps; the host enqueues only (no read-back, no synchronisation). A step whose
+        networks may never be captured (``Capture.NEVER``: ONNX Runtime) runs eagerly through the same buffers."""
         cache = self.graphs[stage_no]
         arena = self.arenas[stage_no]
         if arena.generation != self._generations[stage_no]:
             # a buffer moved: graphs recorded over its old address would read freed memory
             cache.clear()
             self._generations[stage_no] = arena.generation
-        graph = cache.get(key, make_step, name=STAGE_LABELS[stage_no])
+        graph = cache.get(key, make_step, name=STAGE_LABELS[stage_no]) if capture is not Capture.NEVER else None
+        step = graph.step_no_sync if graph is not None else make_step()
         for _ in tqdm(range(steps), desc=STAGE_LABELS[stage_no], disable=not ctx.progress, leave=False):
-            graph.step_no_sync()
+            step()
             if self.observe is not None:
                 self.observe(stage_no, state)
         if self.release_graphs_after_stage:
@@ -256,16 +263,15 @@ def _edit_start(tables, views: dict[str, torch.Tensor], start: Start) -> torch.T
 
 
 def capturable_step(stage, default: Callable) -> Callable:
-    """The step to capture: the stage's own ``step_fn`` only when it declares ``capturable = True``.
+    """The step the runner repeats: the stage's own ``step_fn`` when it states its capture rule (a
+    ``backends.base.Capturable``: the network steps of ONNX Runtime and TensorRT), else ``default``.
 
     A captured graph replays kernels without running any Python, so a step_fn that keeps host-side
-    state between calls (e.g. the traced executor's cached prologue, keyed by tensor identity) would
-    replay stale values. Other backends opt in by setting ``step_fn.capturable = True``.
+    state between calls and says nothing about it (the traced executor's cached prologue, keyed by
+    tensor identity) would replay stale values; the torch step replaces it here.
     """
     step_fn = getattr(stage, "step_fn", None)
-    if step_fn is None or not getattr(step_fn, "capturable", False):
-        return default
-    return step_fn
+    return step_fn if isinstance(step_fn, Capturable) else default
 
 
 def _if_step_fn(step_fn, unet, tables, views, x, index, cond, cfg: bool, upscaled):

@@ -1,6 +1,6 @@
-"""The cascade on ONNX Runtime, from exported graphs.
+"""Exported graphs on ONNX Runtime (CPU provider here; CUDA and TensorRT providers of onnxruntime-gpu).
 
-- ``session``: one exported graph in an ORT session, called through IO binding on torch tensors
-- ``parts``: ORT-backed stand-ins with the torch parts' call signatures
-- ``cascade``: ``load_onnx_cascade`` behind ``Cascade.from_artifacts``
+- ``session``: one artifact and its ORT session (``OrtGraph``), dims checked against its I/O spec
+- ``network``: ``OrtNetwork``, the ``backends.base.Network`` over a session (IO binding to static buffers)
+- ``load``: ``load_onnx_cascade`` behind ``Cascade.from_artifacts`` (providers "cpu", "cuda", "tensorrt")
 """

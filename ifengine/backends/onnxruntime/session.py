@@ -1,9 +1,9 @@
-"""One exported graph on ONNX Runtime, called with torch tensors through IO binding.
+"""One exported graph on ONNX Runtime: the artifact (manifest checked: version, files, sizes) and its session.
 
-``OrtGraph`` loads an artifact (manifest checked: version, files, sizes), opens an ORT session on the
-given providers and binds torch tensors' memory directly as inputs and a preallocated torch tensor as
-the output, so no numpy copies are made; on CUDA providers the tensors stay on the GPU. Shapes are
-checked against the artifact's I/O spec before each run, so a wrong size fails with the dim named.
+``OrtGraph`` opens an ORT session on the given providers and reads named dims off input shapes, checked
+against the artifact's I/O spec, so a wrong size fails with the dim named. Running it goes through
+``network.OrtNetwork`` (IO binding to static torch buffers, no numpy copies; on CUDA providers the
+tensors stay on the GPU); ``graph(**inputs)`` is the one-off convenience form of that.
 """
 
 from __future__ import annotations
@@ -24,13 +24,12 @@ log = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
-_ELEMENT = {
+ELEMENT_TYPES = {
     torch.float32: np.float32,
     torch.float16: np.float16,
     torch.int64: np.int64,
     torch.bfloat16: onnx.TensorProto.BFLOAT16,
 }
-_TORCH = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int64": torch.int64}
 
 
 def provider_names(providers: Sequence[Any]) -> list[str]:
@@ -59,12 +58,19 @@ class OrtGraph:
         self.name = self.manifest["component"]
         self.device = binding_device(providers)
         self.session = _session(self.manifest_path.parent / self.manifest["graph"], providers, self.manifest)
+        self._network = None
 
     def dims_of(self, inputs: dict[str, torch.Tensor]) -> dict[str, int]:
         """Named dims read off the inputs' shapes, checked for agreement and against the spec's ranges."""
+        return self.dims_of_shapes({n: tuple(v.shape) for n, v in inputs.items()})
+
+    def dims_of_shapes(self, shapes) -> dict[str, int]:
+        missing = [n for n in self.spec.input_names if n not in shapes]
+        if missing:
+            raise SpecError(f"{self.name}: missing inputs {missing}")
         dims: dict[str, int] = {}
         for t in self.spec.inputs:
-            shape = tuple(inputs[t.name].shape)
+            shape = tuple(shapes[t.name])
             if len(shape) != len(t.dims):
                 raise SpecError(f"{self.name}: {t.name} has shape {shape}, the graph takes dims {t.dims}")
             for size, dim in zip(shape, t.dims):
@@ -79,30 +85,14 @@ class OrtGraph:
         return named
 
     def __call__(self, **inputs: torch.Tensor) -> torch.Tensor:
-        missing = [n for n in self.spec.input_names if n not in inputs]
-        if missing:
-            raise SpecError(f"{self.name}: missing inputs {missing}")
-        bound = {t.name: inputs[t.name].to(self.device, _TORCH[t.dtype]).contiguous() for t in self.spec.inputs}
-        dims = self.dims_of(bound)
-        out_spec = self.spec.outputs[0]
-        out = torch.empty(
-            self.spec.output_shapes(**dims)[out_spec.name], dtype=_TORCH[out_spec.dtype], device=self.device
-        )
-        binding = self.session.io_binding()
-        for name, tensor in bound.items():
-            binding.bind_input(name, *_where(tensor), _ELEMENT[tensor.dtype], tuple(tensor.shape), tensor.data_ptr())
-        binding.bind_output(out_spec.name, *_where(out), _ELEMENT[out.dtype], tuple(out.shape), out.data_ptr())
-        if self.device.type == "cuda":
-            torch.cuda.current_stream(self.device).synchronize()  # ORT runs on its own stream
-            binding.synchronize_inputs()
-        self.session.run_with_iobinding(binding)
-        if self.device.type == "cuda":
-            binding.synchronize_outputs()
-        return out
+        """One call, outside any runner: through this graph's ``OrtNetwork`` (static buffers), copied out."""
+        from ..base import call
+        from .network import OrtNetwork
 
-
-def _where(t: torch.Tensor) -> tuple[str, int]:
-    return t.device.type, t.device.index or 0
+        if self._network is None:
+            self._network = OrtNetwork(self)
+        (out,) = call(self._network, inputs).values()
+        return out.clone()
 
 
 def load_manifest(path: Path, verify: str = "size") -> dict[str, Any]:

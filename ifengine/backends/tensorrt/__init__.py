@@ -1,1 +1,5 @@
-"""TensorRT engines behind the runtime: deserialised once, sharing one scratch allocation (``engines``)."""
+"""TensorRT engines as ``backends.base.Network``s.
+
+- ``engines``: the thin adapter (``TensorRTEngine`` per context, ``EngineNetwork`` per component)
+- ``load``: engine-cache checks before TensorRT, deserialisation, shared scratch; ``Cascade.from_engines``
+"""

@@ -1,0 +1,96 @@
+"""``Cascade.from_artifacts``: the exported graphs of a folder on ONNX Runtime, through the GPU runner.
+
+Each graph becomes an ``OrtNetwork`` (IO binding to static buffers); ``backends.assemble`` gives them
+the torch parts' call signatures, and the cascade is attached to the same runtime (``GraphRunner``:
+static buffers, one upload per stage) that runs torch checkpoints, with CUDA graphs off because ORT
+calls are ``Capture.NEVER``. Providers are given by short name ("cpu", "cuda", "tensorrt") or as ORT's
+own provider names / (name, options) pairs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ...dtypes import torch_dtype
+from ...export.components import ALL_COMPONENTS
+from ...export.manifest import MANIFEST_NAME, ArtifactError
+from ...export.precision import supports
+from ..assemble import assemble
+from .network import OrtNetwork
+from .session import CPU, OrtGraph, binding_device
+
+log = logging.getLogger(__name__)
+PROVIDERS = {"cpu": CPU, "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+
+
+def provider_list(providers: Sequence[Any] | str | None) -> list[Any]:
+    """ORT providers from short names ("cpu", "cuda", "tensorrt"; a comma list) or ORT's own names."""
+    if providers is None:
+        return [CPU]
+    if isinstance(providers, str):
+        providers = [p.strip() for p in providers.split(",") if p.strip()]
+    out = []
+    for p in providers:
+        if isinstance(p, str) and p.lower() in PROVIDERS:
+            out.append(PROVIDERS[p.lower()])
+        elif isinstance(p, (tuple, list)) or (isinstance(p, str) and p.endswith("ExecutionProvider")):
+            out.append(p)
+        else:
+            raise ValueError(f"unknown provider {p!r}; use {', '.join(PROVIDERS)} or an ORT provider name")
+    if "TensorrtExecutionProvider" in out and "CUDAExecutionProvider" not in out:
+        out.append("CUDAExecutionProvider")  # TensorRT EP falls back to CUDA for what it does not take
+    return out
+
+
+def load_onnx_cascade(
+    cls,
+    artifacts: Path,
+    providers: Sequence[Any] | str | None = None,
+    precision: str | Mapping[str, str] = "fp32",
+    use_step_graphs: bool = True,
+    verify: str = "size",
+    runtime: bool = True,
+):
+    """A ``cls`` (Cascade) running the graphs under ``artifacts`` on ``providers`` (default: CPU).
+
+    ``precision`` picks the artifacts: one name for all, or a dict per component with an optional
+    "default" (e.g. {"default": "fp16", "t5": "int8"}); "int8" means fp32 for the CLIP text encoder and
+    the VAE decoder, which have no int8 graphs. ``verify`` "hash" re-hashes every file first.
+    ``runtime=False`` leaves the cascade on the plain stage loops instead of the GPU runner.
+    """
+    artifacts, providers = Path(artifacts), provider_list(providers)
+    networks = open_networks(artifacts, providers, precision, verify)
+    dtype = torch_dtype(chooser(precision)("unet1"))
+    cascade = assemble(cls, networks, binding_device(providers), dtype, use_step_graphs)
+    log.info("ONNX Runtime cascade from %s: %s on %s", artifacts, ", ".join(sorted(networks)), providers)
+    if runtime:
+        cascade.use_runtime(cuda_graphs=False)  # ORT calls are never capturable
+    return cascade
+
+
+def open_networks(
+    artifacts: Path, providers: Sequence[Any], precision: str | Mapping[str, str], verify: str = "size", skip=()
+) -> dict[str, OrtNetwork]:
+    """An OrtNetwork per component exported under ``artifacts`` at the chosen precision (not ``skip``)."""
+    if not artifacts.is_dir():
+        raise ArtifactError(f"{artifacts} is not a folder of exported graphs: run `ifengine export --out {artifacts}`")
+    choose = chooser(precision)
+    paths = {c: artifacts / c / choose(c) / MANIFEST_NAME for c in ALL_COMPONENTS if c not in skip}
+    networks = {c: OrtNetwork(OrtGraph(p, providers, verify)) for c, p in paths.items() if p.is_file()}
+    if not networks and not skip:
+        raise ArtifactError(f"no exported graphs for precision {precision!r} under {artifacts}: run `ifengine export`")
+    return networks
+
+
+def chooser(precision: str | Mapping[str, str]):
+    """component -> precision; int8 falls back to fp32 where no int8 graph exists (CLIP, VAE)."""
+    table = {"default": precision} if isinstance(precision, str) else dict(precision)
+
+    def choose(component: str) -> str:
+        chosen = table.get(component, table.get("default", "fp32"))
+        return chosen if supports(component, chosen) else "fp32"
+
+    return choose

@@ -1,0 +1,103 @@
+"""Static I/O shared by the ONNX Runtime and TensorRT networks: every decision around a bound network.
+
+- buffers: one flat torch buffer per named tensor, sized at the plan's largest shape (TensorRT: the
+  engine profile's maximum, allocated up front so addresses never change and a captured graph stays
+  valid) or grown to the largest call seen so far (``grow=True``, ONNX Runtime on the CPU, whose spec
+  ranges can be far larger than any call); a call views a prefix of each buffer;
+- binding: shapes are re-bound only when the dims change, addresses only when a buffer moved (first
+  call, or growth), as ``engines.bindings.Binder`` decides;
+- capture: a bind during a CUDA graph capture, or a capture before one eager call at the bound shapes
+  (for ``Capture.AFTER_WARMUP`` networks), or any capture of a ``Capture.NEVER`` network, is an error.
+
+The adapters (``backends.onnxruntime.network``, ``backends.tensorrt.engines``) only execute a ``Binding``
+and enqueue; this module is tested on the CPU through the ONNX Runtime adapter.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+
+from ..engines import bindings
+from ..engines.io_plan import IOPlan
+from .base import Capture
+
+
+class StaticIO:
+    """Buffers, views and binding state of one network (an ``IOPlan``) on one device."""
+
+    def __init__(self, plan: IOPlan, device: torch.device | str, *, grow: bool = False):
+        self.plan, self.device, self.grow = plan, torch.device(device), grow
+        self.buffers: dict[str, torch.Tensor] = {} if grow else bindings.allocate_buffers(plan, self.device)
+        self.binder = bindings.Binder(plan, self._addresses())
+        self.binds = 0  # how many times prepare() had to tell the backend something (tests read it)
+
+    def _addresses(self) -> dict[str, int]:
+        return {n: b.data_ptr() for n, b in self.buffers.items()}
+
+    def prepare(self, dims: Mapping[str, int]) -> bindings.Binding | None:
+        """What the backend must bind for ``dims`` (None: nothing changed). Refuses changes mid-capture."""
+        shapes = self.plan.io_shapes(dims)  # checks the dims against the profile first
+        if self.grow:
+            self._grow(shapes)
+        binding = self.binder.update(dims)
+        if binding is not None:
+            if capturing():
+                self.binder.reset()
+                raise RuntimeError(
+                    f"{self.plan.name}: shapes changed during a CUDA graph capture; prepare() and run once "
+                    "at these shapes before capturing"
+                )
+            self.binds += 1
+        return binding
+
+    def _grow(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        small = [n for n, s in shapes.items() if n not in self.buffers or self.buffers[n].numel() < math.prod(s)]
+        if not small:
+            return
+        if capturing():
+            raise RuntimeError(f"{self.plan.name}: buffers would move during a CUDA graph capture")
+        for name in small:
+            dtype = getattr(torch, self.plan.dtypes[name])
+            self.buffers[name] = torch.empty(math.prod(shapes[name]), dtype=dtype, device=self.device)
+        self.binder.addresses, self.binder.addresses_bound = self._addresses(), False  # rebind every address
+
+    def shapes(self, names) -> dict[str, tuple[int, ...]]:
+        return {n: self.binder.shapes[n] for n in names}
+
+    def inputs(self) -> dict[str, torch.Tensor]:
+        self._check_prepared()
+        return bindings.views(self.buffers, self.shapes(self.plan.spec.input_names))
+
+    def outputs(self) -> dict[str, torch.Tensor]:
+        self._check_prepared()
+        return bindings.views(self.buffers, self.shapes(self.plan.spec.output_names))
+
+    def before_enqueue(self, capture: Capture) -> bool:
+        """Check an enqueue is legal now; returns whether a capture is recording it."""
+        self._check_prepared()
+        recording = capturing()
+        if recording and not capture.allows(self.binder.warm):
+            why = "it never may" if capture is Capture.NEVER else "run it once at these shapes first"
+            raise RuntimeError(f"{self.plan.name}: cannot be captured in a CUDA graph now ({why})")
+        return recording
+
+    def after_enqueue(self, recording: bool) -> None:
+        self.binder.warm = self.binder.warm or not recording
+
+    def _check_prepared(self) -> None:
+        if self.binder.bound_dims is None:
+            raise RuntimeError(f"{self.plan.name}: call prepare() before using its buffers or enqueueing")
+
+
+def capturing() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
+def stream_handle(stream) -> int:
+    """A raw CUDA stream handle from a torch stream, an int, or None (torch's current stream)."""
+    if stream is None:
+        return torch.cuda.current_stream().cuda_stream
+    return stream.cuda_stream if hasattr(stream, "cuda_stream") else int(stream)

@@ -1,0 +1,187 @@
+"""Loading a cascade's TensorRT engines: every cache check first, TensorRT only after they all pass.
+
+Order: the engines folder exists and has engines (``EngineMissing``), this machine's target (GPU +
+TensorRT version; TensorRT is imported here), every engine of every requested component verified
+against its manifest — built for this target (``EngineForeign``), complete and intact
+(``EngineCorrupt``), built from the graph exported under ``artifacts`` now (``EngineStale``) — and
+only then deserialisation, weight-streaming budgets, one shared scratch allocation and the contexts.
+With an explicit ``target`` the checks run without TensorRT (how the CPU tests reach them).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ...engines import bindings, trt_runtime as trt_rt
+from ...engines.cache import INDEX, Target, engine_manifests, load_verified, target_index
+from ...engines.errors import EngineMissing
+from ...engines.exports import find_exports
+from ...engines.io_plan import IOPlan
+from ...export.components import ALL_COMPONENTS
+from ...memory.sizes import GiB
+from .engines import EngineNetwork, TensorRTEngine, TensorRTEngineSet, _peek
+
+log = logging.getLogger(__name__)
+
+
+def check_engines_dir(out: Path) -> None:
+    """Engines were built into ``out`` for some target (needs no TensorRT)."""
+    if not out.is_dir() or not any(out.glob(f"*/{INDEX}")):
+        raise EngineMissing(f"no TensorRT engines in {out}: run `ifengine build RECIPE --out {out}` first")
+
+
+def built_components(out: Path, target: Target) -> list[str]:
+    """The components this target's index lists (EngineForeign/EngineMissing when there is none)."""
+    index = target_index(out, target)
+    return [c for c in ALL_COMPONENTS if index.get("engines", {}).get(c)]
+
+
+def verify_engines(
+    out: Path, components: Sequence[str], target: Target, artifacts: Path | None = None, checksum: bool = True
+) -> list[tuple[str, dict, bytes]]:
+    """(component, manifest, engine bytes) of every engine, each proven usable here; no TensorRT needed."""
+    current = find_exports(artifacts) if artifacts is not None else {}
+    verified = []
+    for component in components:
+        for path in engine_manifests(out, target, component):
+            manifest, data = load_verified(path, target, _export_fingerprint(current, _peek(path)), checksum)
+            verified.append((component, manifest, data))
+    return verified
+
+
+def load_engines(
+    out: str | Path,
+    components: Sequence[str],
+    *,
+    artifacts: str | Path | None = None,
+    device: int = 0,
+    budgets: Mapping[str, Any] | None = None,
+    checksum: bool = True,
+    target: Target | None = None,
+) -> TensorRTEngineSet:
+    """Load, verify and activate the engines of ``components`` built into ``out`` for this machine.
+
+    ``artifacts``: when given, each engine must have been built from the graph exported there now (stale check).
+    ``budgets``: per component weight-streaming budget ("auto", "N%", bytes, GiB float); default: the recipe's.
+    """
+    out = Path(out)
+    check_engines_dir(out)
+    target = target or trt_rt.current_target(device)
+    verified = verify_engines(out, components, target, None if artifacts is None else Path(artifacts), checksum)
+    return activate(verified, device, budgets)
+
+
+def activate(verified, device: int = 0, budgets: Mapping[str, Any] | None = None) -> TensorRTEngineSet:
+    """Deserialise verified engines, set streaming budgets, share one scratch, create the contexts."""
+    import torch
+
+    trt = trt_rt.require_tensorrt()
+    runtime = trt.Runtime(trt_rt.logger(trt))
+    loaded = []
+    for component, manifest, data in verified:
+        loaded.append((component, manifest, trt_rt.deserialize(trt, runtime, data, manifest.get("engine", "?"))))
+    del verified, data
+    for component, manifest, engine in loaded:
+        _apply_budget(component, manifest, engine, (budgets or {}).get(component))
+    size = bindings.shared_scratch_bytes(trt_rt.scratch_need(e) for _, _, e in loaded)
+    scratch = torch.empty(max(size, 1), dtype=torch.uint8, device=f"cuda:{device}")
+    log.info("TensorRT: %d engine(s), shared scratch %.2f GiB", len(loaded), size / GiB)
+    engines: dict[str, list[TensorRTEngine]] = {}
+    for component, manifest, engine in loaded:
+        engines.setdefault(component, []).append(_activate(trt, manifest, engine, scratch, size, device))
+    manifests = {component: manifest for component, manifest, _ in loaded}
+    return TensorRTEngineSet(engines=engines, scratch=scratch, keep=[runtime], manifests=manifests)
+
+
+def engine_networks(engines: TensorRTEngineSet, device: int = 0) -> dict[str, EngineNetwork]:
+    import torch
+
+    return {c: EngineNetwork(engines, c, torch.device("cuda", device)) for c in engines.engines}
+
+
+def _export_fingerprint(current: Mapping, manifest: Mapping) -> str | None:
+    record = current.get((manifest.get("component"), manifest.get("precision")))
+    return record.fingerprint if record else None
+
+
+def _apply_budget(component: str, manifest: Mapping, engine, requested) -> None:
+    streaming = bool(manifest.get("flags", {}).get("weight_streaming"))
+    default = manifest.get("stream_budget")
+    if not streaming and requested is None:
+        return
+    streamable, automatic = trt_rt.streaming_info(engine) if streaming else (0, 0)
+    budget = bindings.resolve_budget(requested, streaming, default, streamable, automatic)
+    if budget is not None:
+        trt_rt.set_streaming_budget(engine, budget)
+        log.info("%s: %.2f of %.2f GiB of weights stay on the GPU", component, budget / GiB, streamable / GiB)
+
+
+def _activate(trt, manifest: Mapping, engine, scratch, size: int, device: int) -> TensorRTEngine:
+    plan = IOPlan.from_manifest(manifest)
+    bindings.check_engine_io(plan, trt_rt.describe_io(trt, engine))
+    context = trt_rt.user_managed_context(trt, engine, scratch.data_ptr(), size)
+    # the context runs in `scratch` and needs its engine: keep both alive as long as the engine object
+    return TensorRTEngine(plan, context, f"cuda:{device}", keep=(engine, scratch))
+
+
+def load_engine_cascade(
+    cls,
+    engines: Path,
+    artifacts: Path | None = None,
+    *,
+    stage1=None,
+    stage2=None,
+    stage3=None,
+    components: Sequence[str] | None = None,
+    device: int = 0,
+    dtype=None,
+    variant: str | None = None,
+    precision: str | Mapping[str, str] = "fp16",
+    providers: Sequence[Any] | str = ("cuda",),
+    budgets: Mapping[str, Any] | None = None,
+    checksum: bool = True,
+    cuda_graphs: bool = True,
+    target: Target | None = None,
+    use_step_graphs: bool = True,
+):
+    """A ``cls`` (Cascade) on the engines in ``engines``; what has no engine runs on torch from the
+    ``stage1``/``stage2``/``stage3`` checkpoints, else on ONNX Runtime (``providers``) from ``artifacts``.
+
+    Every engine is verified (target, checksum, staleness against ``artifacts``) before anything is
+    loaded. The cascade runs on the GPU runner; each step around TensorRT enqueues is captured as one
+    CUDA graph after its warm-up (``cuda_graphs``)."""
+    import torch
+
+    from ...models.checkpoint import resolve
+    from ..assemble import assemble, torch_parts
+    from ..onnxruntime.load import open_networks, provider_list
+
+    check_engines_dir(engines)
+    target = target or trt_rt.current_target(device)
+    built = [c for c in built_components(engines, target) if components is None or c in components]
+    verified = verify_engines(engines, built, target, artifacts, checksum)  # every cache error, before any work
+    dtype = dtype or torch.float16
+    checkpoints = {n: resolve(s, n, variant) for n, s in ((1, stage1), (2, stage2), (3, stage3)) if s}
+    networks: dict[str, Any] = engine_networks(activate(verified, device, budgets), device) if verified else {}
+    if artifacts is not None:
+        covered = set(networks) | _covered_by(checkpoints)
+        networks |= open_networks(Path(artifacts), provider_list(providers), precision, skip=covered)
+    parts = torch_parts(checkpoints, set(networks), dtype, torch.device("cuda", device), variant)
+    cascade = assemble(cls, networks, torch.device("cuda", device), dtype, use_step_graphs, parts)
+    log.info("engines from %s: %s", engines, ", ".join(sorted(c for c in networks if c in built)) or "none")
+    cascade.use_runtime(cuda_graphs=cuda_graphs)
+    return cascade
+
+
+def _covered_by(checkpoints: Mapping[int, Any]) -> set[str]:
+    """Components the given checkpoints provide on torch (T5 only with a text encoder); their step graphs
+    too, because the torch step is capturable and an ONNX Runtime one is not."""
+    from ...export.components import STAGE_COMPONENTS
+
+    out = {c for n in checkpoints for c in STAGE_COMPONENTS[n]}
+    if not any(checkpoints[n].has("text_encoder") for n in (1, 2) if n in checkpoints):
+        out.discard("t5")
+    return out

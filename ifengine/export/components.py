@@ -1,0 +1,25 @@
+"""The cascade's exportable components, stated once (export, engine recipes, specs, backends import it)."""
+
+from __future__ import annotations
+
+NETWORKS = ("t5", "clip", "unet1", "unet2", "x4_unet", "vae_decoder")
+STEP_GRAPHS = ("step1", "step2", "step3")  # one whole denoising step per stage
+ALL_COMPONENTS = NETWORKS + STEP_GRAPHS
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+# Which checkpoint (stage) each component is exported from.
+STAGE_OF = {
+    "t5": 1,
+    "unet1": 1,
+    "step1": 1,
+    "unet2": 2,
+    "step2": 2,
+    "clip": 3,
+    "x4_unet": 3,
+    "vae_decoder": 3,
+    "step3": 3,
+}
+STAGE_COMPONENTS = {s: tuple(c for c in ALL_COMPONENTS if STAGE_OF[c] == s) for s in (1, 2, 3)}
+# int8 (Q/DQ) graphs: static quantisation for the U-Nets and step graphs, weight-only for T5.
+INT8_STATIC = ("unet1", "unet2", "x4_unet", "step1", "step2", "step3")
+INT8_WEIGHT_ONLY = ("t5",)
+INT8_COMPONENTS = INT8_STATIC + INT8_WEIGHT_ONLY
