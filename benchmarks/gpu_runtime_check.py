@@ -86,7 +86,7 @@ def check_equality(cascade, steps) -> dict:
     report, image = {}, None
     for stage in (1, 2, 3):
         states = []
-        eager.runner.observe = lambda n, x: states.append(x.clone())
+        eager.runner.observe = lambda n, x, states=states: states.append(x.clone())  # bound: this stage's list
         out = run_stage(eager, cascade, req, embeds, stage, image, seed=stage)
         graphed = run_stage(graphs, cascade, req, embeds, stage, image, seed=stage)
         graph = list(graphs.runner.graphs[stage]._graphs.values())[-1]  # stages share one cache

@@ -11,7 +11,7 @@ def test_runtime_path_equals_plain_loops(stage1_dir, stage2_dir, stage3_dir):
     assert plain.runtime is None and lean.runtime is not None
     kw = dict(steps=(4, 3, 2), seed=2, output_type="pt", progress=False)
     a, b = plain("a red cat", **kw), lean("a red cat", **kw)
-    for x, y in zip(a.stages, b.stages):
+    for x, y in zip(a.stages, b.stages, strict=True):
         assert torch.equal(x, y)
     mask = torch.zeros(1, 16, 16)
     mask[:, :8] = 1
@@ -21,5 +21,5 @@ def test_runtime_path_equals_plain_loops(stage1_dir, stage2_dir, stage3_dir):
     # img2img is bit-exact too; the inpainting blend differs by one ulp on the first step (element-wise
     # kernels round their vector body and scalar tail differently, and the runtime's inputs are views
     # at other offsets of one upload buffer), which a few U-Net steps amplify to ~2e-5
-    for x, y in zip(ea.stages, eb.stages):
+    for x, y in zip(ea.stages, eb.stages, strict=True):
         assert (x - y).abs().max().item() <= 1e-4

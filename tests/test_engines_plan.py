@@ -26,7 +26,7 @@ def test_every_shipped_recipe_resolves_to_a_complete_json_plan(path, tmp_path):
         assert set(engine["inputs"]) == {t["name"] for t in engine["spec"]["inputs"]}
         for shapes in engine["inputs"].values():
             lo, opt, hi = shapes["min"], shapes["opt"], shapes["max"]
-            assert len(lo) == len(opt) == len(hi) and all(a <= b <= c for a, b, c in zip(lo, opt, hi))
+            assert len(lo) == len(opt) == len(hi) and all(a <= b <= c for a, b, c in zip(lo, opt, hi, strict=True))
             assert shapes["dtype"] in ("float32", "float16", "bfloat16", "int64")
     assert data["build_command"].startswith(f"ifengine build {recipe.name} --artifacts ")
 

@@ -185,7 +185,7 @@ def test_a_budget_that_would_stream_runs_int8_unets_equal_to_the_plain_int8_casc
     reference = load(stage1_dir, stage2_dir, stage3_dir)
     apply_int8(cascade_modules(reference), tuple(quantised))
     kw = dict(steps=steps, seed=3, height=8, width=8, output_type="pt", progress=False)
-    for want, got in zip(reference("a red cat", **kw).stages, cascade("a red cat", **kw).stages):
+    for want, got in zip(reference("a red cat", **kw).stages, cascade("a red cat", **kw).stages, strict=True):
         assert torch.equal(want, got)
 
 

@@ -47,7 +47,7 @@ def test_graph_replay_equals_eager_per_step_in_float16(tiny_cuda):
     stage1(tiny_cuda, configure(tiny_cuda, cuda_graphs=False), observe=lambda n, x: eager_states.append(x.clone()))
     stage1(tiny_cuda, configure(tiny_cuda, cuda_graphs=True), observe=lambda n, x: graph_states.append(x.clone()))
     assert len(eager_states) == len(graph_states) == 8
-    for e, g in zip(eager_states, graph_states):
+    for e, g in zip(eager_states, graph_states, strict=True):
         assert (e.float() - g.float()).abs().max().item() <= 1e-3
 
 
@@ -83,5 +83,5 @@ def test_overlapped_streams_give_the_sequential_images(tiny_cuda):
     kwargs = dict(steps=(4, 3, 3), height=16, width=16, seed=3)
     overlapped = run_throughput(tiny_cuda, runtime, ["a", "b", "c"], overlap=True, **kwargs)
     sequential = run_throughput(tiny_cuda, runtime, ["a", "b", "c"], overlap=False, **kwargs)
-    for a, b in zip(overlapped.outputs, sequential.outputs):
-        assert all((x - y).abs().max().item() <= 1e-3 for x, y in zip(a, b))
+    for a, b in zip(overlapped.outputs, sequential.outputs, strict=True):
+        assert all((x - y).abs().max().item() <= 1e-3 for x, y in zip(a, b, strict=True))

@@ -33,7 +33,7 @@ def output_paths(out: Path, count: int, seed: int | None) -> list[Path]:
 
 def save_images(images: list[Image.Image], paths: list[Path], settings: dict) -> None:
     """Each PNG is written to a temporary file in its folder and renamed, so none is left half-written."""
-    for index, (img, path) in enumerate(zip(images, paths)):
+    for index, (img, path) in enumerate(zip(images, paths, strict=True)):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
