@@ -6,6 +6,8 @@ import ifengine
 
 
 def test_runtime_path_equals_plain_loops(stage1_dir, stage2_dir, stage3_dir):
+    """A self-comparison on purpose: the runtime must reproduce the plain loops (themselves checked against
+    diffusers in test_cascade.py / test_edit.py) bit for bit."""
     plain = ifengine.Cascade.from_pretrained(stage1_dir, stage2_dir, stage3_dir)
     lean = ifengine.Cascade.from_pretrained(stage1_dir, stage2_dir, stage3_dir).use_runtime(cuda_graphs=False)
     assert plain.runtime is None and lean.runtime is not None

@@ -141,13 +141,23 @@ def test_unmasked_pixels_stay_the_source(pipe):
         assert torch.equal(out.stages[stage][keep], src[keep])
 
 
-def test_style_transfer_without_positive_is_img2img(pipe):
-    image = source_image(seed=2)
-    kw = dict(steps=(8, 4), last_stage=2, seed=3, output_type="pt", progress=False)
-    styled = pipe.style_transfer(image, "in style lego", strength=(0.5, 0.5), **kw)
-    plain = pipe.img2img(image, "in style lego", strength=(0.5, 0.5), guidance=(10.0, 4.0), **kw)
-    for a, b in zip(styled.stages, plain.stages, strict=True):
-        assert torch.equal(a, b)
+def test_style_transfer_without_positive_is_img2img(pipe, reference):
+    """Without a positive prompt the original's style transfer is img2img with the style prompt:
+    checked against diffusers' img2img pipelines (not against our own img2img)."""
+    image, steps, strength = source_image(seed=2), (8, 4), (0.5, 0.5)
+    ref = run_reference(
+        reference,
+        "img2img",
+        image,
+        "in style lego",
+        steps=steps,
+        strength=strength,
+        guidance=(10.0, 4.0),
+        seed=3,
+        last=2,
+    )
+    kw = dict(steps=steps, last_stage=2, seed=3, output_type="pt", progress=False)
+    assert_match(pipe.style_transfer(image, "in style lego", strength=strength, **kw), ref)
 
 
 def test_style_mixer_follows_the_original_formula(pipe, diffusers_stage1):

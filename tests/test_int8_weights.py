@@ -166,6 +166,8 @@ def load(d1, d2, d3):
 
 
 def test_a_budget_that_would_stream_runs_int8_unets_equal_to_the_plain_int8_cascade(stage1_dir, stage2_dir, stage3_dir):
+    """A self-comparison on purpose: the planner's int8 choice must run exactly the int8 cascade (whose
+    closeness to diffusers' fp32 U-Nets is checked above)."""
     steps, workload = (2, 2, 2), Workload(height=8, width=8, steps=(2, 2, 2))
     options = PlanOptions(cuda_graphs=False, reserve_bytes=0, activation_margin=1.0)
     cascade = load(stage1_dir, stage2_dir, stage3_dir)

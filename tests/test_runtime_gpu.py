@@ -43,6 +43,7 @@ def stage1(cascade, runtime, seed=0, observe=None):
 @pytest.mark.gpu
 @needs_cuda
 def test_graph_replay_equals_eager_per_step_in_float16(tiny_cuda):
+    """A self-comparison on purpose: replayed CUDA graphs must give the eager steps' states."""
     eager_states, graph_states = [], []
     stage1(tiny_cuda, configure(tiny_cuda, cuda_graphs=False), observe=lambda n, x: eager_states.append(x.clone()))
     stage1(tiny_cuda, configure(tiny_cuda, cuda_graphs=True), observe=lambda n, x: graph_states.append(x.clone()))
@@ -79,6 +80,7 @@ def test_budgeted_tiny_cascade_stays_under_its_limit():
 @pytest.mark.gpu
 @needs_cuda
 def test_overlapped_streams_give_the_sequential_images(tiny_cuda):
+    """A self-comparison on purpose: overlapping batches on streams must not change any image."""
     runtime = configure(tiny_cuda, mode="throughput")
     kwargs = dict(steps=(4, 3, 3), height=16, width=16, seed=3)
     overlapped = run_throughput(tiny_cuda, runtime, ["a", "b", "c"], overlap=True, **kwargs)

@@ -125,6 +125,7 @@ def load(d1, d2, d3):
 
 
 def test_tiny_cascade_under_a_tight_budget_equals_the_eager_cascade(stage1_dir, stage2_dir, stage3_dir):
+    """A self-comparison on purpose: offloading and streaming weights must not change a single value."""
     steps, seeds = (2, 2, 2), (5,)
     reference = load(stage1_dir, stage2_dir, stage3_dir)
     expected = [
