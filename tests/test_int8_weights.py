@@ -94,7 +94,6 @@ def test_quantize_module_keeps_pixel_layers_and_small_weights_and_works_on_meta(
 def diffusers_unets():
     from test_if_unet import ours_from, reference_unet
 
-    pytest.importorskip("diffusers")
     return {
         name: (reference_unet(UNET_PRESETS[name]), ours_from(reference_unet(UNET_PRESETS[name]), UNET_PRESETS[name]))
         for name in ("tiny-I", "tiny-II")
