@@ -1,4 +1,4 @@
-"""The traced step executor (backends/traced/executor.py + backends/traced/hoist.py) computes what the eager step computes.
+"""The traced step executor (backends/traced/executor.py + hoist.py) computes what the eager step computes.
 
 Tiny random cascades on the CPU: every stage output of a traced run must equal the eager run to <= 1e-5,
 through CFG and no-CFG, stage II's conditioning, the x4 stage, inpainting's mask and the style mixer.
@@ -34,7 +34,7 @@ def run(pipe, method="__call__", *args, **kwargs):
 
 def assert_close(ours, ref):
     assert len(ours) == len(ref)
-    for stage, (a, b) in enumerate(zip(ours, ref), start=1):
+    for stage, (a, b) in enumerate(zip(ours, ref, strict=True), start=1):
         err = (a - b).abs().max().item()
         assert err <= TOL, f"stage {stage}: traced differs from eager by {err:.2e}"
 

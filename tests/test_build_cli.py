@@ -59,7 +59,8 @@ def test_dry_run_against_exported_graphs_reports_their_hashes(tmp_path, capsys):
 
 
 def test_dry_run_on_graphs_from_the_real_exporter(request, tmp_path, capsys):
-    api = pytest.importorskip("ifengine.export.api", reason="the ONNX exporter is not in this checkout yet")
+    from ifengine.export import api
+
     stage3_dir = request.getfixturevalue("stage3_dir")
     artifacts = tmp_path / "artifacts"
     api.export_artifacts({3: stage3_dir}, artifacts, components=["vae_decoder"], precisions=["fp32"], progress=False)

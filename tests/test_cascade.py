@@ -93,7 +93,7 @@ def reference_chain(
 
 def assert_stages_match(ours, ref):
     assert len(ours.stages) == len(ref)
-    for stage, (a, b) in enumerate(zip(ours.stages, ref), start=1):
+    for stage, (a, b) in enumerate(zip(ours.stages, ref, strict=True), start=1):
         if stage == 3:  # the x4 pipeline returns [0, 1]; our stage outputs are [-1, 1]
             a = (a / 2 + 0.5).clamp(0, 1)
         assert a.shape == b.shape, f"stage {stage}: {a.shape} vs {b.shape}"

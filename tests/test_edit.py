@@ -102,7 +102,7 @@ def run_reference(
 
 
 def assert_match(ours, ref):
-    for stage, (a, b) in enumerate(zip(ours.stages, ref), start=1):
+    for stage, (a, b) in enumerate(zip(ours.stages, ref, strict=True), start=1):
         a = (a / 2 + 0.5).clamp(0, 1) if stage == 3 else a
         assert a.shape == b.shape, f"stage {stage}: {a.shape} vs {b.shape}"
         assert (a - b).abs().max().item() <= TOL, f"stage {stage} differs by {(a - b).abs().max().item():.2e}"
@@ -141,13 +141,23 @@ def test_unmasked_pixels_stay_the_source(pipe):
         assert torch.equal(out.stages[stage][keep], src[keep])
 
 
-def test_style_transfer_without_positive_is_img2img(pipe):
-    image = source_image(seed=2)
-    kw = dict(steps=(8, 4), last_stage=2, seed=3, output_type="pt", progress=False)
-    styled = pipe.style_transfer(image, "in style lego", strength=(0.5, 0.5), **kw)
-    plain = pipe.img2img(image, "in style lego", strength=(0.5, 0.5), guidance=(10.0, 4.0), **kw)
-    for a, b in zip(styled.stages, plain.stages):
-        assert torch.equal(a, b)
+def test_style_transfer_without_positive_is_img2img(pipe, reference):
+    """Without a positive prompt the original's style transfer is img2img with the style prompt:
+    checked against diffusers' img2img pipelines (not against our own img2img)."""
+    image, steps, strength = source_image(seed=2), (8, 4), (0.5, 0.5)
+    ref = run_reference(
+        reference,
+        "img2img",
+        image,
+        "in style lego",
+        steps=steps,
+        strength=strength,
+        guidance=(10.0, 4.0),
+        seed=3,
+        last=2,
+    )
+    kw = dict(steps=steps, last_stage=2, seed=3, output_type="pt", progress=False)
+    assert_match(pipe.style_transfer(image, "in style lego", strength=strength, **kw), ref)
 
 
 def test_style_mixer_follows_the_original_formula(pipe, diffusers_stage1):
@@ -170,7 +180,10 @@ def test_style_mixer_follows_the_original_formula(pipe, diffusers_stage1):
     )
     # reference: the single kept step of 10 (strength 0.1), three CFG branches, mixed conditional term
     g = torch.Generator().manual_seed(6)
-    enc = lambda p: diffusers_stage1.encode_prompt(p, do_classifier_free_guidance=False, clean_caption=True)[0]
+
+    def enc(p):
+        return diffusers_stage1.encode_prompt(p, do_classifier_free_guidance=False, clean_caption=True)[0]
+
     embeds = torch.cat([enc(""), enc("in style origami"), enc("a tall tower")])
     sched = DDPMScheduler.from_config(diffusers_stage1.scheduler.config)
     sched.set_timesteps(10)

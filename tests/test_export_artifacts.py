@@ -200,6 +200,7 @@ def test_cli_exports_and_reports_bad_input(stage3_dir, tmp_path, capsys):
     ]
     assert main(["export", "--stage1", str(tmp_path), "--out", str(out)]) == 2
     assert "not a diffusers checkpoint folder" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as done:
         main(["export", "--stage3", str(stage3_dir), "--out", str(out), "--components", "unet9"])
+    assert done.value.code == 2  # argparse's usage error, not a crash
     assert "choose from" in capsys.readouterr().err

@@ -23,6 +23,8 @@ def _expected(cascade, prompts, seed):
 
 @pytest.mark.parametrize("throughput", [False, True])
 def test_batches_equal_plain_calls_seeded_seed_plus_k(plain, stage1_dir, stage2_dir, stage3_dir, throughput):
+    """A self-comparison on purpose: batched throughput runs must equal plain calls (checked against
+    diffusers in test_cascade.py) seeded seed + batch index, bit for bit."""
     cascade = (
         plain
         if not throughput

@@ -28,11 +28,43 @@ class ReadBacks(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = str(func)
-        if name.startswith(HOST_SYNC_OPS):
+        if name.startswith(HOST_SYNC_OPS) or (name.startswith("aten.index.Tensor") and _bool_index(args)):
             frames = [f.name for f in traceback.extract_stack() if "/ifengine/" in f.filename]
             if "host_attention_mask" not in frames:
                 self.reads.append((name, " <- ".join(frames[-4:])))
         return func(*args, **(kwargs or {}))
+
+
+def _bool_index(args) -> bool:
+    """t[mask] dispatches as aten.index.Tensor; on a GPU its data-dependent shape needs a nonzero (a sync)."""
+    return any(getattr(i, "dtype", None) == torch.bool for i in (args[1] if len(args) > 1 else ()))
+
+
+# The common ways of reading a device tensor back (each makes a GPU host sync), written out here rather
+# than taken from ifengine's own op list, so an incomplete list fails this test instead of seeing nothing.
+# (.tolist(), .numpy() and .cpu() of a CPU tensor dispatch no op at all: this CPU test cannot see them.)
+_T = torch.linspace(-1, 1, 8)
+READ_BACKS = {
+    "item": lambda: _T.sum().item(),
+    "bool": lambda: bool(_T.sum() > 0),
+    "float": lambda: float(_T.max()),
+    "int": lambda: int(_T.argmax()),
+    "if any": lambda: 1 if (_T > 0).any() else 0,
+    "nonzero": lambda: _T.nonzero(),
+    "mask index": lambda: _T[_T > 0],
+    "masked_select": lambda: _T.masked_select(_T > 0),
+    "unique": lambda: _T.unique(),
+    "equal": lambda: torch.equal(_T, _T),
+    "repeat_interleave": lambda: torch.repeat_interleave(torch.arange(3)),
+}
+
+
+@pytest.mark.parametrize("idiom", list(READ_BACKS))
+def test_the_audit_sees_every_read_back(idiom):
+    audit = ReadBacks()
+    with audit:
+        READ_BACKS[idiom]()
+    assert audit.reads, f"{idiom} read a tensor back unseen"
 
 
 @pytest.fixture(scope="module")

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+import diffusers
 import pytest
 import torch
+from diffusers.models.attention_processor import AttnAddedKVProcessor, AttnAddedKVProcessor2_0
 
 from ifengine.models.config import UNetConfig
 from ifengine.models.if_unet import IFUNet
 from ifengine.models.presets import UNET_PRESETS
 from reference_utils import config_kwargs, perturb, rel_err
-
-diffusers = pytest.importorskip("diffusers")
-from diffusers.models.attention_processor import AttnAddedKVProcessor, AttnAddedKVProcessor2_0  # noqa: E402
 
 TOL = 1e-5  # max |ours - reference| / max |reference| in float32
 SIZES = [(1, 16, 16), (2, 24, 16), (2, 16, 32)]  # (batch, H, W): square and both non-square orientations
@@ -170,7 +169,8 @@ def test_variant_config_matches_diffusers():
 def test_onnx_export_matches_torch(pair, tmp_path):
     """Legacy (TorchScript) export at one shape; ORT then runs other batch sizes and H x W too,
     which shows nothing shape-dependent was baked into the graph."""
-    ort = pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
+
     cfg, _, ours = pair
     args = inputs(cfg, 2, 16, 24)
     spatial = {0: "batch", 2: "height", 3: "width"}

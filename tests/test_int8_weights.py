@@ -94,7 +94,6 @@ def test_quantize_module_keeps_pixel_layers_and_small_weights_and_works_on_meta(
 def diffusers_unets():
     from test_if_unet import ours_from, reference_unet
 
-    pytest.importorskip("diffusers")
     return {
         name: (reference_unet(UNET_PRESETS[name]), ours_from(reference_unet(UNET_PRESETS[name]), UNET_PRESETS[name]))
         for name in ("tiny-I", "tiny-II")
@@ -166,6 +165,8 @@ def load(d1, d2, d3):
 
 
 def test_a_budget_that_would_stream_runs_int8_unets_equal_to_the_plain_int8_cascade(stage1_dir, stage2_dir, stage3_dir):
+    """A self-comparison on purpose: the planner's int8 choice must run exactly the int8 cascade (whose
+    closeness to diffusers' fp32 U-Nets is checked above)."""
     steps, workload = (2, 2, 2), Workload(height=8, width=8, steps=(2, 2, 2))
     # a CPU run of tiny models: no CUDA context to leave room for
     options = PlanOptions(cuda_graphs=False, reserve_bytes=0, activation_margin=1.0, context_reserve_bytes=0)
@@ -186,7 +187,7 @@ def test_a_budget_that_would_stream_runs_int8_unets_equal_to_the_plain_int8_casc
     reference = load(stage1_dir, stage2_dir, stage3_dir)
     apply_int8(cascade_modules(reference), tuple(quantised))
     kw = dict(steps=steps, seed=3, height=8, width=8, output_type="pt", progress=False)
-    for want, got in zip(reference("a red cat", **kw).stages, cascade("a red cat", **kw).stages):
+    for want, got in zip(reference("a red cat", **kw).stages, cascade("a red cat", **kw).stages, strict=True):
         assert torch.equal(want, got)
 
 

@@ -36,7 +36,7 @@ def ort_cascade(exports):
 
 def assert_close(ours, ref):
     assert len(ours.stages) == len(ref.stages)
-    for stage, (a, b) in enumerate(zip(ours.stages, ref.stages), start=1):
+    for stage, (a, b) in enumerate(zip(ours.stages, ref.stages, strict=True), start=1):
         assert a.shape == b.shape
         err = (a - b).abs().max().item()
         assert err <= TOL, f"stage {stage} differs from the torch backend by {err:.2e}"

@@ -89,3 +89,8 @@ def test_checkpoint_folders_are_planned_from_their_configs(capsys, stage1_dir, s
 def test_preset_and_checkpoints_are_exclusive(capsys, stage1_dir):
     code, _, err = run(capsys, "--vram", "8GiB", "--preset", "IF-I-M", "--stage1", str(stage1_dir))
     assert code == 2 and "either --preset or --stage1" in err
+
+
+def test_more_step_values_than_stages_are_refused(capsys):
+    code, _, err = run(capsys, "--vram", "8GiB", "--steps", "10,10,10,10")
+    assert code == 2 and "--steps takes at most 3 values" in err

@@ -88,6 +88,7 @@ def test_output_types(pipe):
 
 
 def test_seed_and_generator_agree(pipe):
+    """A self-comparison on purpose: seed=n is defined as generator=torch.Generator().manual_seed(n)."""
     kw = dict(steps=2, last_stage=1, output_type="pt", progress=False)
     a = pipe("a cat", seed=11, **kw)
     b = pipe("a cat", generator=torch.Generator().manual_seed(11), **kw)

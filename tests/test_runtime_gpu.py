@@ -62,11 +62,12 @@ def stage1(cascade, runtime, seed=0, observe=None):
 @pytest.mark.gpu
 @needs_cuda
 def test_graph_replay_equals_eager_per_step_in_float16(tiny_cuda):
+    """A self-comparison on purpose: replayed CUDA graphs must give the eager steps' states."""
     eager_states, graph_states = [], []
     stage1(tiny_cuda, configure(tiny_cuda, cuda_graphs=False), observe=lambda n, x: eager_states.append(x.clone()))
     stage1(tiny_cuda, configure(tiny_cuda, cuda_graphs=True), observe=lambda n, x: graph_states.append(x.clone()))
     assert len(eager_states) == len(graph_states) == 8
-    for e, g in zip(eager_states, graph_states):
+    for e, g in zip(eager_states, graph_states, strict=True):
         assert max_ulps(e, g) == 0  # the same kernels on the same inputs: bit for bit (1e-3 < 1 ulp at |x|>=2)
 
 
@@ -115,9 +116,12 @@ def test_budgeted_tiny_cascade_stays_under_its_limit():
 @pytest.mark.gpu
 @needs_cuda
 def test_overlapped_streams_give_the_sequential_images(tiny_cuda):
+    """A self-comparison on purpose: overlapping batches on streams must not change any image."""
     runtime = configure(tiny_cuda, mode="throughput")
     kwargs = dict(steps=(4, 3, 3), height=16, width=16, seed=3)
     overlapped = run_throughput(tiny_cuda, runtime, ["a", "b", "c"], overlap=True, **kwargs)
     sequential = run_throughput(tiny_cuda, runtime, ["a", "b", "c"], overlap=False, **kwargs)
-    for a, b in zip(overlapped.outputs, sequential.outputs):
-        assert all(max_ulps(x, y) == 0 for x, y in zip(a, b))  # the same kernels per batch, in another order
+    for a, b in zip(overlapped.outputs, sequential.outputs, strict=True):
+        assert all(
+            max_ulps(x, y) == 0 for x, y in zip(a, b, strict=True)
+        )  # the same kernels per batch, in another order

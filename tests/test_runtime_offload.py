@@ -125,6 +125,7 @@ def load(d1, d2, d3):
 
 
 def test_tiny_cascade_under_a_tight_budget_equals_the_eager_cascade(stage1_dir, stage2_dir, stage3_dir):
+    """A self-comparison on purpose: offloading and streaming weights must not change a single value."""
     steps, seeds = (2, 2, 2), (5,)
     reference = load(stage1_dir, stage2_dir, stage3_dir)
     expected = [
@@ -144,6 +145,6 @@ def test_tiny_cascade_under_a_tight_budget_equals_the_eager_cascade(stage1_dir, 
     assert STREAM in modes.values() and RESIDENT not in (modes["unet1"], modes["unet2"])
     assert runtime.plan.peak_bytes <= budget
     result = run_throughput(cascade, runtime, ["a red cat"], seed=seeds[0], steps=steps, height=8, width=8)
-    for want, got in zip(expected, result.outputs):
-        assert all(torch.equal(w, g) for w, g in zip(want, got))
+    for want, got in zip(expected, result.outputs, strict=True):
+        assert all(torch.equal(w, g) for w, g in zip(want, got, strict=True))
     assert result.images == 1 and result.images_per_second > 0

@@ -136,6 +136,7 @@ def test_unsupported_config_is_a_value_error(change, name):
 
 @torch.no_grad()
 def test_bf16_close_to_fp32(pair):
+    """Against our fp32 decoder, which test_decode_matches_diffusers holds to diffusers' AutoencoderKL."""
     ours, _ = pair
     z = latents(1, 8, 12)
     half = VAEDecoder(TINY).eval().to(torch.bfloat16)

@@ -95,6 +95,7 @@ def test_config_variants_match_diffusers():
 
 @torch.no_grad()
 def test_timestep_and_label_forms_broadcast(pair):
+    """A self-comparison on purpose: every accepted form of timestep and label means the same call."""
     ours, _ = pair
     sample, _, context, _ = inputs(2, 16, 16)
     expected = ours(sample, torch.tensor([500, 500]), context, torch.tensor([20, 20]))
@@ -126,6 +127,7 @@ def test_unsupported_config_names_the_field(change, name):
 @pytest.mark.parametrize("dtype, tol", [(torch.bfloat16, 5e-2), (torch.float16, 5e-3)])
 @torch.no_grad()
 def test_half_precision_close_to_fp32(pair, dtype, tol):
+    """Against our fp32 module, which test_matches_diffusers holds to diffusers' fp32 U-Net."""
     ours, _ = pair
     sample, t, context, labels = inputs(2, 16, 24)
     expected = ours(sample, t, context, labels)

@@ -129,7 +129,9 @@ def _measure(systems, run: RunSpec, dtype_name: str, device, config: CascadeBenc
         "stats": stats,
         "samples": samples,
         "images_per_s": {n: run.batch / s["total"]["median"] for n, s in stats.items()},
-        "per_step": {n: {st: s[st]["median"] / k for st, k in zip(STAGES[1:], run.steps)} for n, s in stats.items()},
+        "per_step": {
+            n: {st: s[st]["median"] / k for st, k in zip(STAGES[1:], run.steps, strict=True)} for n, s in stats.items()
+        },
     }
 
 

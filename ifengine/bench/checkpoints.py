@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -76,7 +77,9 @@ def build_checkpoints(spec: CascadeSpec, root: Path, seed: int = 0, progress: bo
         if _manifest(target) == manifest:
             continue
         log.info("building random %s checkpoint %s (%s presets)", name, target, spec.name)
-        _write_atomically(target, lambda tmp: writer(tmp, spec, seed + 10 * offset, progress), manifest)
+        # partial binds this iteration's writer and seed now (a lambda would read the loop variables late)
+        write = partial(writer, spec=spec, seed=seed + 10 * offset, progress=progress)
+        _write_atomically(target, write, manifest)
     return paths
 
 

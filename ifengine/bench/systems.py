@@ -160,7 +160,7 @@ def _ifengine_runner(pipe, step_fns, runner=None) -> Callable[[RunSpec, Clock], 
 
     def run(spec: RunSpec, clock: Clock) -> None:
         if step_fns is not None:
-            for stage, fn in zip(stages, step_fns):
+            for stage, fn in zip(stages, step_fns, strict=True):
                 stage.step_fn = fn
         o1, o2, o3 = stage_options(spec.steps, spec.guidance, None, spec.noise_level)
         ctx = RunContext(pipe.device, pipe.dtype, make_generator(None, 0)[0], progress=False)
@@ -232,7 +232,7 @@ def _diffusers_runner(pipes, unets, device) -> Callable[[RunSpec, Clock], None]:
     d1, d2, d3 = pipes
 
     def run(spec: RunSpec, clock: Clock) -> None:
-        for p, u in zip(pipes, unets):
+        for p, u in zip(pipes, unets, strict=True):
             p.unet = u
         g = torch.Generator(device="cpu").manual_seed(0)
         prompts, h = [spec.prompt] * spec.batch, spec.size

@@ -132,7 +132,7 @@ def per_step(long: list[float], short: list[float], steps: int) -> list[float]:
     """Per-step seconds of each repetition from runs of different lengths: fixed costs cancel."""
     if steps <= 0:
         raise ValueError("the long run must have more steps than the short one")
-    return [(a - b) / steps for a, b in zip(long, short)]
+    return [(a - b) / steps for a, b in zip(long, short, strict=True)]
 
 
 def fmt_ms(seconds: float | None) -> str:

@@ -14,7 +14,7 @@ def csv_values(kind):
         try:
             values = tuple(kind(v) if v.strip() else None for v in text.split(","))
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__} values, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__} values, got {text!r}") from None
         return values[0] if len(values) == 1 else values
 
     return parse

@@ -254,7 +254,7 @@ def _many(pipe, prompts: list[str], args) -> int:
         noise_level=args.noise_level,
         clean_caption=not args.no_clean_caption,
     )
-    for i, (image, prompt, seed) in enumerate(zip(out.images, out.prompts, out.seeds)):
+    for i, (image, prompt, seed) in enumerate(zip(out.images, out.prompts, out.seeds, strict=True)):
         path = args.out / f"if-{seed}-{i:04d}.png"
         save_images([image], [path], {**out.settings, "prompt": [prompt], "seed": seed})
         sys.stdout.write(f"{path}\n")

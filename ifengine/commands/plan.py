@@ -97,7 +97,10 @@ def _steps(value) -> tuple[int, int, int]:
     if value is None:
         return default
     values = value if isinstance(value, tuple) else (value,) * 3
-    values = tuple(v if v is not None else d for v, d in zip(values, default)) + default[len(values) :]
+    if len(values) > len(default):
+        raise ValueError(f"--steps takes at most {len(default)} values (one per stage), got {value}")
+    # fewer values than stages is allowed: the later stages keep their defaults
+    values = tuple(v if v is not None else d for v, d in zip(values, default, strict=False)) + default[len(values) :]
     if any(v < 1 for v in values[:3]):
         raise ValueError(f"--steps must be positive, got {value}")
     return values[:3]

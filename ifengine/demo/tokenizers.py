@@ -19,6 +19,7 @@ import re
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -218,7 +219,7 @@ def train_bpe(sentences: list[str], num_merges: int) -> list[tuple[str, str]]:
     for _ in range(num_merges):
         pairs: Counter = Counter()
         for seq, count in seqs.items():
-            for pair in zip(seq, seq[1:]):
+            for pair in pairwise(seq):
                 pairs[pair] += count
         if not pairs:
             break

@@ -204,4 +204,3 @@ def graph_io_dtypes(path: Path) -> dict[str, str]:
         for t in tensors
         if t.name not in initializers
     }
-

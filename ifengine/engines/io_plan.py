@@ -95,7 +95,7 @@ class IOPlan:
             shape = tuple(shapes[t.name])
             if len(shape) != len(t.dims):
                 raise ValueError(f"{self.name}: {t.name} has shape {shape}, expected {len(t.dims)} dims {t.dims}")
-            for size, dim in zip(shape, t.dims):
+            for size, dim in zip(shape, t.dims, strict=True):
                 if isinstance(dim, int) and size != dim:
                     raise ValueError(f"{self.name}: {t.name} has shape {shape}, expected {t.dims}")
                 if isinstance(dim, str) and found.setdefault(dim, size) != size:

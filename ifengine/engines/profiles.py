@@ -43,7 +43,7 @@ class Profile:
         """Whether concrete input shapes fit this profile (every axis within min..max)."""
         for name, (lo, _, hi) in self.shapes.items():
             shape = tuple(shapes.get(name, ()))
-            if len(shape) != len(lo) or any(not a <= s <= b for a, s, b in zip(lo, shape, hi)):
+            if len(shape) != len(lo) or any(not a <= s <= b for a, s, b in zip(lo, shape, hi, strict=True)):
                 return False
         return True
 

@@ -47,8 +47,8 @@ def export_artifacts(
     stages: Mapping[int, str | Path],
     out: str | Path,
     components: list[str] | None = None,
-    precisions: list[str] = ["fp16"],
-    progress: bool = True,  # noqa: B006 - never mutated
+    precisions: list[str] = ["fp16"],  # noqa: B006 - read, never mutated
+    progress: bool = True,
     options: ExportOptions = ExportOptions(),
     variant: str | None = None,
 ) -> list[Path]:

@@ -56,7 +56,9 @@ def quantize_component(
     calls = stage_calls(source.stage, source.config, embed, CALIBRATION_PROMPTS, settings.samples, *size, settings.seed)
     quantize_static_qdq(fp32_path, out_path, feeds(source.name, spec, calls))
     stats = {
-        "method": "static Q/DQ, int8 symmetric (zero point 0), per-channel weights, percentile (99.99) activation ranges",
+        "method": (
+            "static Q/DQ, int8 symmetric (zero point 0), per-channel weights, percentile (99.99) activation ranges"
+        ),
         "ops": ["Conv", "MatMul", "Gemm"],
         "options": dict(STATIC_OPTIONS),
         "calibration_size": list(size),

@@ -50,7 +50,7 @@ def check_io(model: onnx.ModelProto, spec: ComponentSpec) -> None:
             raise GraphCheckError(
                 f"{spec.name}: graph {kind}s {names} differ from the spec's {[t.name for t in wanted]}"
             )
-        for value, t in zip(graph_io, wanted):
+        for value, t in zip(graph_io, wanted, strict=True):
             _check_value(spec.name, value, t)
 
 
@@ -60,9 +60,9 @@ def _check_value(component: str, value: onnx.ValueInfoProto, t) -> None:
         got = onnx.TensorProto.DataType.Name(tensor.elem_type)
         raise GraphCheckError(f"{component}: {t.name} is {got} in the graph, {t.dtype} in the spec")
     dims = [d.dim_param or d.dim_value for d in tensor.shape.dim]
-    if len(dims) != len(t.dims) or any(isinstance(w, int) and g != w for g, w in zip(dims, t.dims)):
+    if len(dims) != len(t.dims) or any(isinstance(w, int) and g != w for g, w in zip(dims, t.dims, strict=True)):
         raise GraphCheckError(f"{component}: {t.name} has dims {dims} in the graph, {list(t.dims)} in the spec")
-    fixed = [g for g, w in zip(dims, t.dims) if isinstance(w, str) and not isinstance(g, str)]
+    fixed = [g for g, w in zip(dims, t.dims, strict=True) if isinstance(w, str) and not isinstance(g, str)]
     if fixed:
         raise GraphCheckError(f"{component}: {t.name} has fixed sizes {dims} where the spec has named dims {t.dims}")
 

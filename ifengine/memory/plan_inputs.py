@@ -35,6 +35,7 @@ from .workload import (
 
 log = logging.getLogger(__name__)
 DEFAULT_PRESETS = ("IF-I-XL", "IF-II-L", "x4")
+DEFAULT_WORKLOAD = Workload()  # frozen: one shared default instance is safe
 DECODE_TILES = (128, 96, 64, 48, 32)  # latent pixels; overlap is a quarter of the tile, as diffusers uses
 
 
@@ -43,9 +44,10 @@ def text_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.bfloat16 if dtype == torch.float16 else dtype
 
 
-def _meta(factory):
+def _meta(factory, *args):
+    """``factory(*args)`` built on the meta device (args, not a closure: loops pass their current values)."""
     with torch.device("meta"):
-        return factory()
+        return factory(*args)
 
 
 def _transformers_text(kind: str, kwargs: dict, dtype: torch.dtype) -> nn.Module:
@@ -103,15 +105,15 @@ def checkpoint_modules(stage1=None, stage2=None, stage3=None, *, dtype: torch.dt
             continue
         ckpt = resolve(_configs_only(source), stage)
         config = UNetConfig.from_dict(ckpt.config("unet"))
-        modules[f"unet{stage}"] = _meta(lambda: (X4UNet if stage == 3 else IFUNet)(config)).to(dtype)
+        modules[f"unet{stage}"] = _meta(X4UNet if stage == 3 else IFUNet, config).to(dtype)
         if stage == 1 and ckpt.has("text_encoder"):
             t5 = AutoConfig.from_pretrained(ckpt.root / "text_encoder")
-            modules["t5"] = _meta(lambda: T5EncoderModel(t5)).to(text_dtype(dtype))
+            modules["t5"] = _meta(T5EncoderModel, t5).to(text_dtype(dtype))
         if stage == 3:
             vae = VAEConfig.from_dict(ckpt.config("vae"))
             clip = AutoConfig.from_pretrained(ckpt.root / "text_encoder")
-            modules["clip"] = _meta(lambda: CLIPTextModel(clip)).to(dtype)
-            modules["vae"] = _meta(lambda: VAEDecoder(vae)).to(decode_dtype(vae, dtype))
+            modules["clip"] = _meta(CLIPTextModel, clip).to(dtype)
+            modules["vae"] = _meta(VAEDecoder, vae).to(decode_dtype(vae, dtype))
     return modules
 
 
@@ -171,20 +173,15 @@ def _text_phase(module: nn.Module, workload: Workload) -> int:
 
 def _decode_options(vae: nn.Module, workload: Workload) -> tuple[tuple[int | None, int], ...]:
     h, w = workload.size(2)
-    measure = lambda tile: decode_activation(
-        vae.config,
-        _dtype(vae),
-        workload.batch,
-        h,
-        w,
-        tile,  # noqa: E731
-        (tile or 0) // 4,
-    )
+
+    def measure(tile: int | None) -> int:
+        return decode_activation(vae.config, _dtype(vae), workload.batch, h, w, tile, (tile or 0) // 4)
+
     tiles = [t for t in DECODE_TILES if t < max(h, w)]
     return ((None, measure(None)),) + tuple((t, measure(t)) for t in tiles)
 
 
-def plan_inputs(modules: dict[str, nn.Module], workload: Workload = Workload()) -> PlanInputs:
+def plan_inputs(modules: dict[str, nn.Module], workload: Workload = DEFAULT_WORKLOAD) -> PlanInputs:
     """Measure every component and phase of ``modules`` for ``workload``."""
     if "unet1" not in modules:
         raise ValueError("planning needs at least stage I (unet1)")

@@ -47,7 +47,10 @@ def trace_step(
         latents = _tensor((batch, config.out_channels, height, width), dtype)
         low_res, level = _tensor((rows, 3, height, width), dtype), _tensor((rows,), torch.long)
         inputs = [index, embeds, guidance, latents, low_res, level]
-        run = lambda: x4_step(unet, tables, index, latents, low_res, embeds, level, guidance, cfg)  # noqa: E731
+
+        def run():
+            return x4_step(unet, tables, index, latents, low_res, embeds, level, guidance, cfg)
+
     else:
         unet = _meta(IFUNet, config, dtype)
         tables = ddpm_tables(IF_STAGE1_DDPM if kind == "if1" else IF_STAGE2_DDPM, _TRACE_STEPS).to(META)
@@ -55,18 +58,10 @@ def trace_step(
         upscaled = _tensor((batch, 3, height, width), dtype) if kind == "if2" else None
         level = _tensor((rows,), torch.long) if kind == "if2" else None
         inputs = [t for t in (index, embeds, guidance, x, noise, upscaled, level) if t is not None]
-        run = lambda: if_step(
-            unet,
-            tables,
-            index,
-            x,
-            embeds,
-            noise,
-            guidance,
-            cfg,  # noqa: E731
-            upscaled=upscaled,
-            noise_level=level,
-        )
+
+        def run():
+            return if_step(unet, tables, index, x, embeds, noise, guidance, cfg, upscaled=upscaled, noise_level=level)
+
     return peak_activation_bytes(run, module_tensors(unet) + inputs + _tables_tensors(tables))
 
 

@@ -27,6 +27,7 @@ from .sizes import format_size
 
 log = logging.getLogger(__name__)
 WEIGHT_CHOICES = ("auto", "native", "int8")
+DEFAULT_OPTIONS = PlanOptions()  # frozen: one shared default instance is safe
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ def choose_weights(
     modules: dict[str, nn.Module],
     workload: Workload,
     budget: int,
-    options: PlanOptions = PlanOptions(),
+    options: PlanOptions = DEFAULT_OPTIONS,
     weights: str = "auto",
 ) -> WeightChoice:
     """The preferred (int8 set, plan) under ``budget``; PlanError when even all-int8 fits nothing."""

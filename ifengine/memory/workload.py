@@ -109,7 +109,7 @@ def text_activation_bytes(hidden: int, ffn: int, heads: int, batch: int, itemsiz
 
 
 def forwards_per_run(name: str, workload: Workload) -> int:
-    steps = dict(zip(("unet1", "unet2", "unet3"), workload.steps))
+    steps = dict(zip(("unet1", "unet2", "unet3"), workload.steps, strict=True))
     return steps.get(name, 2 if name in ("t5", "clip") else 1)  # encoders: prompts, then negatives
 
 

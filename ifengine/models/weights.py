@@ -69,7 +69,7 @@ def read_state_dict(
     state: dict[str, torch.Tensor] = {}
     for path in files:
         with safe_open(str(path), framework="pt") as handle:
-            for key in handle.keys():
+            for key in handle.keys():  # noqa: SIM118 - a safe_open handle is not a mapping: no __iter__
                 if keep(key):
                     tensor = handle.get_tensor(key)
                     state[key] = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor

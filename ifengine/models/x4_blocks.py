@@ -252,6 +252,6 @@ class UNetMidBlock2DCrossAttn(nn.Module):
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         x = self.resnets[0](x, temb)
-        for attn, resnet in zip(self.attentions, self.resnets[1:]):
+        for attn, resnet in zip(self.attentions, self.resnets[1:], strict=True):
             x = resnet(attn(x, context), temb)
         return x

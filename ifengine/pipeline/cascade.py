@@ -49,7 +49,7 @@ class Cascade(LoraMixin):
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
         safety=None,
-        defaults: options.RunDefaults = options.RunDefaults(),
+        defaults: options.RunDefaults = options.RunDefaults(),  # noqa: B008 - frozen, safe to share
         executor: str = "auto",
     ):
         self.text, self.stage1, self.stage2, self.stage3 = text, stage1, stage2, stage3

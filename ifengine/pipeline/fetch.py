@@ -25,14 +25,14 @@ def fetch_checked(
     (``labels`` name the outputs in that error; default "stage 1", "stage 2", ...)."""
     checks = [(enc, prompts, flag) for enc in encoders for prompts, flag in enc.take_checks()]
     host, finite = fetch_no_sync(outputs, extra_flags=[flag for _, _, flag in checks]).wait()
-    failed = [(enc, prompts) for (enc, prompts, _), ok in zip(checks, finite[len(outputs) :]) if not ok]
+    failed = [(enc, prompts) for (enc, prompts, _), ok in zip(checks, finite[len(outputs) :], strict=True) if not ok]
     for enc, prompts in failed:
         enc.reject(prompts)
     if failed:
         raise FloatingPointError(failed[0][0].failure_message())
     if check_finite:
         labels = labels or [f"stage {n}" for n in range(1, len(outputs) + 1)]
-        for label, ok in zip(labels, finite[: len(outputs)]):
+        for label, ok in zip(labels, finite[: len(outputs)], strict=True):
             if not ok:
                 raise FloatingPointError(
                     f"{label} produced NaN or infinite values; with float16 try dtype=torch.bfloat16 or float32"

@@ -73,7 +73,8 @@ def per_stage(value: Any, default: tuple, name: str) -> tuple:
     value = tuple(value)
     if len(value) > len(default):
         raise RequestError(f"{name} takes at most {len(default)} values (one per stage), got {len(value)}")
-    return tuple(v if v is not None else d for v, d in zip(value, default)) + default[len(value) :]
+    # strict=False: fewer values than stages is allowed (checked above: never more); the rest keep defaults
+    return tuple(v if v is not None else d for v, d in zip(value, default, strict=False)) + default[len(value) :]
 
 
 def as_prompts(prompt: str | Sequence[str], name: str = "prompt") -> tuple[str, ...]:

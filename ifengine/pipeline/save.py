@@ -32,6 +32,6 @@ def output_paths(out: Path, count: int, seed: int | None) -> list[Path]:
 
 def save_images(images: list[Image.Image], paths: list[Path], settings: dict) -> None:
     """Each PNG is written to a temporary file in its folder and renamed, so none is left half-written."""
-    for index, (img, path) in enumerate(zip(images, paths)):
+    for index, (img, path) in enumerate(zip(images, paths, strict=True)):
         with replacing(path) as tmp:
             img.save(tmp, format="PNG", pnginfo=png_info(settings, index))

@@ -173,7 +173,7 @@ class HostPack:
             raise ValueError(f"upload buffer holds {dest.numel()} bytes, the pack needs {total}")
         staging = pinned_bytes(total, dest.device)
         on_device = []
-        for entry, (_, tensor) in zip(entries, self._tensors):
+        for entry, (_, tensor) in zip(entries, self._tensors, strict=True):
             if tensor.device.type == "cpu":
                 byte_view(staging, entry.offset, entry.shape, entry.dtype).copy_(tensor)
             else:
@@ -217,7 +217,7 @@ def fetch_no_sync(
         return HostFetch([o.to(dtype) for o in outputs], flags, None)
     pin = dict(device="cpu", pin_memory=True)
     host = [torch.empty(o.shape, dtype=dtype, **pin) for o in outputs]
-    for h, o in zip(host, outputs):
+    for h, o in zip(host, outputs, strict=True):
         # the cast runs on the device first; the temporary is freed stream-ordered, so this stays async
         h.copy_(o.to(dtype), non_blocking=True)
     host_flags = torch.empty(flags.shape, dtype=torch.bool, **pin)

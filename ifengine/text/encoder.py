@@ -88,7 +88,7 @@ class PromptEncoder:
         """(len(prompts), max_length, hidden) embeddings in ``out_dtype``."""
         todo = list(dict.fromkeys(p for p in prompts if p not in self._cache))
         if todo:
-            for prompt, emb in zip(todo, self._run(todo).unbind(0)):
+            for prompt, emb in zip(todo, self._run(todo).unbind(0), strict=True):
                 self._remember(prompt, emb)
         for p in prompts:
             self._cache.move_to_end(p)

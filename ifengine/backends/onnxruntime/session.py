@@ -73,7 +73,7 @@ class OrtGraph:
             shape = tuple(shapes[t.name])
             if len(shape) != len(t.dims):
                 raise SpecError(f"{self.name}: {t.name} has shape {shape}, the graph takes dims {t.dims}")
-            for size, dim in zip(shape, t.dims):
+            for size, dim in zip(shape, t.dims, strict=True):
                 fixed = isinstance(dim, int)
                 if (size != dim) if fixed else (dims.setdefault(dim, size) != size):
                     raise SpecError(

@@ -68,7 +68,7 @@ class _StepModule(nn.Module):
         self.unet, self.kind, self.tables, self.tensor_names, self.statics = unet, kind, tables, tensor_names, statics
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-        values = dict(zip(self.tensor_names, tensors))
+        values = dict(zip(self.tensor_names, tensors, strict=True))
         fields = {k[len("tables.") :]: values.pop(k) for k in list(values) if k.startswith("tables.")}
         tables = dataclasses.replace(self.tables, **fields)
         return self.kind.fn(self.unet, tables, **values, **self.statics)
@@ -86,7 +86,7 @@ class _Graph:
         split = self.split
         if split.prologue is not None:
             invariants = tuple(tensors[k] for k in split.prologue_inputs)
-            if self._invariants is None or any(a is not b for a, b in zip(invariants, self._invariants)):
+            if self._invariants is None or any(a is not b for a, b in zip(invariants, self._invariants, strict=True)):
                 out = split.prologue(*invariants)
                 self._hoisted = out if isinstance(out, tuple) else (out,)
                 self._invariants = invariants  # held, so identity cannot be reused by a new tensor
@@ -115,7 +115,8 @@ class TracedStep:
         self._cache_size = cache_size
 
     def __call__(self, unet: nn.Module, tables, *args, **kwargs) -> torch.Tensor:
-        values = {**self._defaults, **dict(zip(self._names, args)), **kwargs}
+        # strict=False: positional args may stop before the names do; defaults and kwargs fill the rest
+        values = {**self._defaults, **dict(zip(self._names, args, strict=False)), **kwargs}
         if not self._wanted(unet, tables, values):
             return self.kind.fn(unet, tables, **values)
         names, tensors, statics = self._partition(tables, values)
@@ -206,7 +207,8 @@ def _key(unet, tables, names, tensors, statics) -> tuple:
         if f.name != "host_timesteps" and not isinstance(getattr(tables, f.name), torch.Tensor)
     )
     shapes = tuple(
-        (n, t.dim() if n.startswith("tables.") else tuple(t.shape), t.dtype, t.device) for n, t in zip(names, tensors)
+        (n, t.dim() if n.startswith("tables.") else tuple(t.shape), t.dtype, t.device)
+        for n, t in zip(names, tensors, strict=True)
     )
     return (id(unet), type(tables), table_statics, tuple(sorted(statics.items())), shapes)
 
