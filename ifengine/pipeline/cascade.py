@@ -13,7 +13,7 @@ import torch
 from ..models.checkpoint import resolve
 from ..text.clean import preprocess
 from ..text.encoder import PromptEncoder
-from . import components, edit, options, sizes
+from . import components, edit, limits, options, sizes
 from .fetch import fetch_checked
 from .images import convert
 from .many import ManyOutput, generate_many
@@ -270,7 +270,13 @@ class Cascade:
         )
         sizes.check_size(req.height, req.width, self.size_multiple(last))
         options.check_timesteps(req.stages)
+        limits.check(self, req)  # a request that cannot fit is refused before any allocation
         return req
+
+    def set_limits(self, *, memory=None, max_pixels: int | None = None, max_batch: int | None = None) -> Cascade:
+        """Refuse later requests above ``max_pixels`` (output pixels per image) or ``max_batch`` (images per
+        call), or whose estimate exceeds ``memory`` ("8GiB"; default: the device's free memory)."""
+        return limits.set_limits(self, memory=memory, max_pixels=max_pixels, max_batch=max_batch)
 
     def resolve_last_stage(self, last_stage: int | None) -> int:
         loaded = self.loaded_stages

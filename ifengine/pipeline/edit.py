@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ..text.clean import preprocess
-from . import options
+from . import limits, options
 from .inputs import check_mask, check_strength, image_tensor, load_image, mask_tensor, target_size
 from .noise import make_generator
 from .options import Request, RequestError, RunDefaults
@@ -147,6 +147,7 @@ def make_plan(
         stages=options.stage_options(steps, guidance, timesteps, noise_level, defaults),
     )
     options.check_timesteps(request.stages)
+    limits.check(pipe, request)  # before the sources are resized to a size that cannot fit
     strengths = _strengths(strength, spec, request)
     sources = tuple(image_tensor(src, short, mult) for short, mult in _resolutions(pipe, last))
     masks = tuple(
