@@ -327,8 +327,8 @@ def refusal_message(est: RequestEstimate) -> str:
     loaded = f" beside the {_bytes(est.weight_bytes)} of weights already loaded" if est.weights_loaded else ""
     return (
         f"request too large: {_n(est.batch)} image(s) (prompts x num_images_per_prompt) at height={_n(est.height)}, "
-        f"width={_n(est.width)} (output {_n(ow)}x{_n(oh)}, stage {est.last_stage}) need {est.summary()}{loaded}, but the "
-        f"limit is {_bytes(est.limit_bytes)} ({est.limit_source}){hint}"
+        f"width={_n(est.width)} (output {_n(ow)}x{_n(oh)}, stage {est.last_stage}) need {est.summary()}{loaded}, "
+        f"but the limit is {_bytes(est.limit_bytes)} ({est.limit_source}){hint}"
     )
 
 
@@ -362,8 +362,8 @@ def explicit_limits(
         best = largest_size(height, width, multiple, lambda h, w: h * w * scale * scale <= limits.max_pixels)
         hint = f"the largest at this aspect ratio is height={best[0]}, width={best[1]}" if best else "no size fits"
         return (
-            f"request too large: height={_n(height)}, width={_n(width)} makes {_n(ow)}x{_n(oh)} = {_n(oh * ow)} pixel images "
-            f"(stage {last_stage}), more than max_pixels={limits.max_pixels}; {hint}"
+            f"request too large: height={_n(height)}, width={_n(width)} makes {_n(ow)}x{_n(oh)} = {_n(oh * ow)} "
+            f"pixel images (stage {last_stage}), more than max_pixels={limits.max_pixels}; {hint}"
         )
     return None
 
