@@ -134,6 +134,7 @@ def run(args) -> int:
     from ..demo import demo_cascade
     from ..pipeline.save import output_paths, save_images
     from ..pipeline.sizes import aspect_size
+    from .preflight import check_before_loading
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype or ("float16" if device.startswith("cuda") else "float32"))
@@ -144,6 +145,7 @@ def run(args) -> int:
         output_paths(args.out, args.num_images, None)
     _check_edit_flags(args)
     runtime = _runtime(args)
+    check_before_loading(args, torch.device(device), dtype, prompts)  # configs only: no weights read yet
     if not (args.stage1 or args.stage2 or args.stage3):
         log.warning(
             "no checkpoints given: running the built-in tiny DEMO cascade with random weights; "
