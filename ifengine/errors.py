@@ -7,6 +7,7 @@ line with exit status 2) instead of the library's traceback.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -38,3 +39,15 @@ def read_json(path: str | Path, action: str = REDOWNLOAD) -> Any:
         raise
     except (OSError, UnicodeDecodeError, ValueError) as err:
         raise DamagedFileError(path, err, action) from None
+
+
+@contextlib.contextmanager
+def damaged_folder(folder: str | Path, action: str = REDOWNLOAD):
+    """transformers and tokenizers raise bare Exceptions (or OSErrors) for corrupt files: one line naming
+    the folder. ifengine's own errors pass through unchanged."""
+    try:
+        yield
+    except Exception as err:  # noqa: BLE001 - SafetensorError, tokenizers' Exception, OSError, JSON errors
+        if type(err).__module__.startswith("ifengine"):
+            raise
+        raise DamagedFileError(folder, err, action) from None

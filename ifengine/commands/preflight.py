@@ -58,7 +58,7 @@ def _configs(source) -> Path:
 def check_before_loading(args, device: torch.device, dtype: torch.dtype, prompts: list[str] | None) -> Preflight:
     """Raise ValueError for the first flag that cannot work; returns the request's shape and estimate."""
     ckpts = {n: resolve(_configs(src), n) for n, src in stage_sources(args).items()}
-    unets = {n: UNetConfig.from_dict(c.config("unet")) for n, c in ckpts.items()}
+    unets = {n: c.parsed(UNetConfig, "unet") for n, c in ckpts.items()}
     last = _last_stage(args.last_stage, tuple(sorted(unets)))
     if 1 not in unets:
         raise ValueError("generate needs a stage I checkpoint (--stage1)")
