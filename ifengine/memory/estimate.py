@@ -112,6 +112,7 @@ class RequestEstimate:
     reason: str  # why it is refused ("" when it fits)
     largest_batch: int | None = None  # at this size (0: not even one image)
     largest_size: tuple[int, int] | None = None  # stage I (height, width) at this batch and aspect
+    size_note: str = "stage I size at this batch"  # or a square size when no size of this aspect fits
 
     @property
     def needed_bytes(self) -> int:
@@ -310,7 +311,12 @@ def _refused(est: RequestEstimate, costs: CascadeCosts, steps, multiple: int) ->
     best_batch = largest_batch(costs, est.height, est.width, last, steps, room, est.batch) if room > 0 else 0
     ok = lambda h, w: _fits(costs, est.batch, h, w, last, steps, room)  # noqa: E731
     best_size = largest_size(est.height, est.width, multiple, ok) if room > 0 else None
-    est = replace(est, fits=False, largest_batch=best_batch, largest_size=best_size)
+    if best_size is None and room > 0 and est.height != est.width:  # no size of this aspect fits: try squares
+        side = max(est.height, est.width)
+        best_size, note = largest_size(side, side, multiple, ok), "square stage I size at this batch"
+    else:
+        note = "stage I size at this batch"
+    est = replace(est, fits=False, largest_batch=best_batch, largest_size=best_size, size_note=note)
     return replace(est, reason=refusal_message(est))
 
 
@@ -320,7 +326,7 @@ def refusal_message(est: RequestEstimate) -> str:
     fits = []
     if est.largest_size:
         h, w = est.largest_size
-        fits.append(f"height={h}, width={w} ({bound}stage I size at this batch)")
+        fits.append(f"height={h}, width={w} ({bound}{est.size_note})")
     if est.largest_batch:
         fits.append(f"{bound}{est.largest_batch} image(s) per call at this size")
     hint = "; what fits: " + " or ".join(fits) if fits else "; not even one image of the smallest size fits"
