@@ -1,4 +1,6 @@
-"""The tiny demo cascade for test modules that share one load: the same cache folder test_cli.py uses."""
+"""The tiny demo cascade for test modules that share one load, in the cache folder test_cli.py uses.
+
+Plain generators (not fixtures) so each module declares its own module-scoped fixtures from them."""
 
 from __future__ import annotations
 
@@ -11,18 +13,15 @@ def demo_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.getbasetemp() / "ifengine-cache"
 
 
-@pytest.fixture(scope="module")
 def demo_env(tmp_path_factory):
-    """IFENGINE_CACHE pointing at the session's demo cache for the whole module (the CLI reads it)."""
+    """IFENGINE_CACHE pointing at the session's demo cache while the generator is open (the CLI reads it)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("IFENGINE_CACHE", str(demo_cache(tmp_path_factory)))
         yield demo_cache(tmp_path_factory)
 
 
-@pytest.fixture(scope="module")
-def demo_pipe(demo_env):
-    """The demo cascade on the CPU, loaded once per module; limits set by a test are reset after it."""
+def load_demo():
+    """The demo cascade on the CPU (call with IFENGINE_CACHE set by ``demo_env``)."""
     from ifengine.demo import demo_cascade
 
-    pipe = demo_cascade()
-    yield pipe
+    return demo_cascade()

@@ -5,7 +5,7 @@ import time
 
 import pytest
 import torch
-from demo_support import demo_env, demo_pipe  # noqa: F401 - fixtures
+import demo_support
 
 from ifengine.cli import main
 from ifengine.memory.estimate import Limits, RequestTooLarge, cascade_costs, check_request, estimate_request
@@ -13,6 +13,16 @@ from ifengine.memory.plan_inputs import preset_modules
 from ifengine.memory.workload import decode_activation, unet_step_activation
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def demo_env(tmp_path_factory):
+    yield from demo_support.demo_env(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def demo_pipe(demo_env):
+    return demo_support.load_demo()
 
 
 def _text_dim(unet):
@@ -30,8 +40,9 @@ def _trace(modules, name, batch, side):
     return unet_step_activation(kind, unet.config, f32, batch, s, s, True, _text_dim(unet))
 
 
-# (stage I side as a multiple of the reference, batch, phases): every phase at one larger size, stages I and
-# at a second (and IF-I-XL's below), and stage I below the reference (where the estimate is the reference's, an upper bound)
+# (stage I side as a multiple of the reference, batch, phases): every phase at one larger size, stage I at a
+# second (and IF-I-XL's below), and stage I below the reference (there the estimate is the reference's: an
+# upper bound)
 CASES = ((2, 2, ("stage1", "stage2", "stage3", "decode")), (3, 1, ("stage1",)), (0.5, 2, ("stage1",)))
 
 
