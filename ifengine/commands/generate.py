@@ -141,11 +141,9 @@ def run(args) -> int:
     if args.aspect:
         args.height, args.width = aspect_size(args.aspect, args.height or 64)
     prompts = _check_prompt_flags(args)  # everything a user can get wrong is refused before any loading
-    if prompts is None:
-        output_paths(args.out, args.num_images, None)
     _check_edit_flags(args)
     runtime = _runtime(args)
-    check_before_loading(args, torch.device(device), dtype, prompts)  # configs only: no weights read yet
+    check_before_loading(args, torch.device(device), dtype, prompts)  # configs and --out: no weights read yet
     if not (args.stage1 or args.stage2 or args.stage3):
         log.warning(
             "no checkpoints given: running the built-in tiny DEMO cascade with random weights; "
