@@ -127,12 +127,10 @@ def _runtime(args) -> dict:
     )
 
 
-def run(args) -> int:
+def prepare(args):
+    """Everything checked before loading (configs and --out, no weights): (device, dtype, prompts, runtime)."""
     import torch
 
-    from .. import Cascade
-    from ..demo import demo_cascade
-    from ..pipeline.save import output_paths, save_images
     from ..pipeline.sizes import aspect_size
     from .preflight import check_before_loading
 
@@ -143,7 +141,16 @@ def run(args) -> int:
     prompts = _check_prompt_flags(args)  # everything a user can get wrong is refused before any loading
     _check_edit_flags(args)
     runtime = _runtime(args)
-    check_before_loading(args, torch.device(device), dtype, prompts)  # configs and --out: no weights read yet
+    check_before_loading(args, torch.device(device), dtype, prompts)
+    return device, dtype, prompts, runtime
+
+
+def run(args) -> int:
+    from .. import Cascade
+    from ..demo import demo_cascade
+    from ..pipeline.save import output_paths, save_images
+
+    device, dtype, prompts, runtime = prepare(args)
     if not (args.stage1 or args.stage2 or args.stage3):
         log.warning(
             "no checkpoints given: running the built-in tiny DEMO cascade with random weights; "
