@@ -131,10 +131,12 @@ def prepare(args):
     """Everything checked before loading (configs and --out, no weights): (device, dtype, prompts, runtime)."""
     import torch
 
+    from ..pipeline.limits import check_device
     from ..pipeline.sizes import aspect_size
     from .preflight import check_before_loading
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    check_device(device)
     dtype = getattr(torch, args.dtype or ("float16" if device.startswith("cuda") else "float32"))
     if args.aspect:
         args.height, args.width = aspect_size(args.aspect, args.height or 64)

@@ -106,7 +106,7 @@ class Cascade:
         """
         if stage1 is None and stage2 is None and stage3 is None:
             raise ValueError("give at least one checkpoint (stage1=, stage2=, stage3=)")
-        device = torch.device(device)
+        device = limits.check_device(device)
         # under a budget nothing may have to fit the device before the planner has placed it
         load_on = torch.device("cpu") if vram_budget is not None else device
         ckpts = {n: resolve(src, n, variant) for n, src in ((1, stage1), (2, stage2), (3, stage3)) if src}

@@ -7,6 +7,9 @@ would fit, before a single tensor is allocated. Servers set limits once with ``s
 
 from __future__ import annotations
 
+import torch
+
+from ..errors import one_line
 from ..memory.estimate import Limits, RequestEstimate, check_request
 from ..memory.sizes import parse_size
 
@@ -19,6 +22,17 @@ def set_limits(
     memory = parse_size(memory) if memory is not None else None
     cascade.request_limits = Limits(memory=memory, max_pixels=max_pixels, max_batch=max_batch)
     return cascade
+
+
+def check_device(device) -> torch.device:
+    """``device`` as a torch.device, refusing names torch does not know and CUDA where there is none."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r} ({one_line(err, 80)})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} asked for, but this machine has no usable CUDA GPU; use 'cpu'")
+    return device
 
 
 def check(cascade, request) -> RequestEstimate:
