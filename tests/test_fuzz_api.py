@@ -23,10 +23,16 @@ from ifengine import Cascade
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 SECONDS = 20.0  # per case, on a busy 2-core machine
-OUTCOMES: Counter = Counter()  # (test, outcome) -> cases, reported by the slow run
+OUTCOMES: Counter = Counter()
+# how a message may name an argument besides its own name
+SYNONYMS = {
+    "last_stage": ("last_stage", "stage"),
+    "stage1": ("stage1", "stage I", "checkpoint"),
+    "vram_budget": ("vram_budget", "memory size", "size unit"),
+}  # (test, outcome) -> cases, reported by the slow run
 _QUIET = dict(deadline=None, database=None, suppress_health_check=list(HealthCheck))
-FAST = settings(max_examples=35, derandomize=True, **_QUIET)
-SLOW = settings(max_examples=350, **_QUIET)
+# cases per test (default run, slow run): loading and whole-cascade batches cost more than single calls
+EXAMPLES = {"call": (35, 350), "edit": (35, 350), "generate_many": (20, 150), "from_pretrained": (10, 60)}
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +117,7 @@ def outcome(test: str, broken: str | None, call) -> str:
         out = call()
     except (ValueError, TypeError) as err:
         message = str(err)
-        named = broken is None or broken in message or (broken == "last_stage" and "stage" in message)
+        named = broken is None or any(word in message for word in SYNONYMS.get(broken, (broken,)))
         assert named, f"{type(err).__name__} for a bad {broken} does not name it: {message}"
         assert "\n" not in message.strip() and "Traceback" not in message, message
         result = "refused" if broken else "refused (all valid)"
@@ -188,32 +194,76 @@ def _many(pipe, broken, args):
     return outcome("generate_many", broken, lambda: pipe.generate_many(prompts, **args))
 
 
-def _suite(cfg):
-    @cfg
+def _load_case(demo_dirs, broken, args):
+    sources = {
+        "demo": demo_dirs["stage1"],
+        "stage2-as-1": demo_dirs["stage2"],
+        "file": demo_dirs["stage1"] / "model_index.json",
+    }
+    stage1 = sources.get(args.pop("stage1"), "no/such-id/here")
+    return outcome("from_pretrained", broken, lambda: _Loaded(Cascade.from_pretrained(stage1, safety=False, **args)))
+
+
+class _Loaded:
+    def __init__(self, pipe):
+        self.images = [pipe]  # outcome() counts what a call made
+
+
+LOAD_VALID = dict(
+    stage1=st.just("demo"),
+    device=st.sampled_from(["cpu", torch.device("cpu")]),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16]),
+    variant=st.sampled_from([None, "fp16"]),
+    max_batch=st.integers(1, 4),
+)
+LOAD_BAD = dict(
+    stage1=st.sampled_from(["stage2-as-1", "file", "missing"]),
+    device=st.one_of(st.sampled_from(["tpu", "cuda:7", ""]), junk),
+    dtype=st.one_of(st.sampled_from([torch.int8, "float32"]), junk),
+    variant=junk,
+    vram_budget=st.one_of(st.sampled_from(["8 gigs", "-1GiB", 0, "1KiB"]), junk),
+    weights=st.one_of(st.sampled_from(["int4", "INT8"]), junk),
+    max_batch=st.one_of(st.integers(-2, 0), junk),
+    max_size=st.one_of(st.tuples(st.integers(-2, 0), st.integers(-2, 0)), junk),
+)
+
+
+def _suite(slow: bool):
+    def cfg(name):
+        return settings(max_examples=EXAMPLES[name][slow], derandomize=not slow, **_QUIET)
+
+    @cfg("call")
     @given(case=cases(CALL_VALID, CALL_BAD))
     def call(pipe, case):
         _call(pipe, case[0], dict(case[1]))
 
-    @cfg
+    @cfg("edit")
     @given(case=cases(EDIT_VALID, EDIT_BAD))
     def edit(pipe, case):
         _edit(pipe, case[0], dict(case[1]))
 
-    @cfg
+    @cfg("generate_many")
     @given(case=cases(MANY_VALID, MANY_BAD))
     def many(pipe, case):
         _many(pipe, case[0], dict(case[1]))
 
-    return {"call": call, "edit": edit, "generate_many": many}
+    @cfg("from_pretrained")
+    @given(case=cases(LOAD_VALID, LOAD_BAD))
+    def load(pipe, case):
+        from ifengine.demo import demo_checkpoints
+
+        _load_case(demo_checkpoints(), case[0], dict(case[1]))
+
+    return {"call": call, "edit": edit, "generate_many": many, "from_pretrained": load}
 
 
-DEFAULT, SLOW_RUN = _suite(FAST), _suite(SLOW)
+DEFAULT, SLOW_RUN = _suite(False), _suite(True)
 
 
 @pytest.mark.parametrize("which", list(DEFAULT))
 def test_fuzz_api(pipe, which):
     DEFAULT[which](pipe)
-    print(dict(OUTCOMES))
+    assert sum(OUTCOMES.values()) > 0
 
 
 @pytest.mark.slow
@@ -221,4 +271,4 @@ def test_fuzz_api(pipe, which):
 def test_fuzz_api_slow(pipe, which, capsys):
     SLOW_RUN[which](pipe)
     with capsys.disabled():
-        print(f"\nfuzz {which}: {dict(OUTCOMES)}")
+        print(f"\nfuzz {which}: {sorted(OUTCOMES.items())}")

@@ -106,7 +106,11 @@ class Cascade:
         """
         if stage1 is None and stage2 is None and stage3 is None:
             raise ValueError("give at least one checkpoint (stage1=, stage2=, stage3=)")
-        device = limits.check_device(device)
+        device, dtype = limits.check_device(device), limits.check_dtype(dtype)
+        if text_dtype is not None:
+            limits.check_dtype(text_dtype, "text_dtype")
+        if variant is not None and not isinstance(variant, str):
+            raise TypeError(f"variant must be a string such as 'fp16' or None, got {variant!r}")
         # under a budget nothing may have to fit the device before the planner has placed it
         load_on = torch.device("cpu") if vram_budget is not None else device
         ckpts = {n: resolve(src, n, variant) for n, src in ((1, stage1), (2, stage2), (3, stage3)) if src}

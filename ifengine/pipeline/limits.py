@@ -35,6 +35,16 @@ def check_device(device) -> torch.device:
     return device
 
 
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def check_dtype(dtype, name: str = "dtype") -> torch.dtype:
+    """A floating torch dtype the modules can run in (torch's own error for others is many lines)."""
+    if dtype not in DTYPES:
+        raise TypeError(f"{name} must be torch.float32, torch.float16 or torch.bfloat16, got {dtype!r}")
+    return dtype
+
+
 def check(cascade, request) -> RequestEstimate:
     """Refuse ``request`` (a pipeline ``Request``) when it exceeds a limit or the memory it may use."""
     return check_request(
