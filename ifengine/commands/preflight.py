@@ -48,16 +48,19 @@ def stage_sources(args) -> dict[int, str | Path]:
     return {1: paths["stage1"], 2: paths["stage2"], 3: paths["stage3"]}
 
 
-def _configs(source) -> Path:
-    """A local folder as is; a Hub id fetched without its weights."""
+def _configs(source, stage: int) -> Path:
+    """A local folder as is; a Hub id fetched without its weights (anything else: resolve's own error)."""
     from ..memory.plan_inputs import _configs_only
 
+    text = str(source)
+    if Path(source).expanduser().is_dir() or text.startswith((".", "/", "~")) or text.count("/") != 1:
+        return resolve(source, stage).root
     return Path(_configs_only(source))
 
 
 def check_before_loading(args, device: torch.device, dtype: torch.dtype, prompts: list[str] | None) -> Preflight:
     """Raise ValueError for the first flag that cannot work; returns the request's shape and estimate."""
-    ckpts = {n: resolve(_configs(src), n) for n, src in stage_sources(args).items()}
+    ckpts = {n: resolve(_configs(src, n), n) for n, src in stage_sources(args).items()}
     unets = {n: c.parsed(UNetConfig, "unet") for n, c in ckpts.items()}
     last = _last_stage(args.last_stage, tuple(sorted(unets)))
     if 1 not in unets:

@@ -112,6 +112,7 @@ class RequestEstimate:
     reason: str  # why it is refused ("" when it fits)
     largest_batch: int | None = None  # at this size (0: not even one image)
     largest_size: tuple[int, int] | None = None  # stage I (height, width) at this batch and aspect
+    steps: tuple[int, ...] = ()  # per stage: the noise drawn up front grows with them
     size_note: str = "stage I size at this batch"  # or a square size when no size of this aspect fits
 
     @property
@@ -301,6 +302,7 @@ def estimate(
         exact=costs.phases is not None,
         fits=True,
         reason="",
+        steps=tuple(steps)[:last_stage],
     )
     return est if limit[0] is None or est.needed_bytes <= limit[0] else _refused(est, costs, steps, multiple)
 
@@ -333,7 +335,8 @@ def refusal_message(est: RequestEstimate) -> str:
     loaded = f" beside the {_bytes(est.weight_bytes)} of weights already loaded" if est.weights_loaded else ""
     return (
         f"request too large: {_n(est.batch)} image(s) (prompts x num_images_per_prompt) at height={_n(est.height)}, "
-        f"width={_n(est.width)} (output {_n(ow)}x{_n(oh)}, stage {est.last_stage}) need {est.summary()}{loaded}, "
+        f"width={_n(est.width)}, steps={','.join(map(_n, est.steps))} (output {_n(ow)}x{_n(oh)}, stage "
+        f"{est.last_stage}) need {est.summary()}{loaded}, "
         f"but the limit is {_bytes(est.limit_bytes)} ({est.limit_source}){hint}"
     )
 

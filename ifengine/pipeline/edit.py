@@ -202,7 +202,7 @@ def _positive(mode, positive_prompt, mixer, prompts):
         return None, None
     if mode != "style":
         raise RequestError("positive_prompt is a style-transfer option")
-    positives = options.negatives_for(prompts, positive_prompt)  # same broadcasting rules as negatives
+    positives = options.negatives_for(prompts, positive_prompt, "positive_prompt")  # as negatives broadcast
     mixer = 0.5 if mixer is None else mixer
     if isinstance(mixer, bool) or not isinstance(mixer, (int, float)) or not 0 <= mixer <= 1:
         raise RequestError(f"mixer must be a number in [0, 1], got {mixer!r}")

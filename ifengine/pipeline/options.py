@@ -69,7 +69,10 @@ def per_stage(value: Any, default: tuple, name: str) -> tuple:
         return default
     if isinstance(value, (str, int, float)) or value is None:
         return (value,) * len(default)
-    value = tuple(value)
+    try:
+        value = tuple(value)
+    except TypeError:
+        raise RequestError(f"{name} takes one value or one per stage, got {value!r}") from None
     if len(value) > len(default):
         raise RequestError(f"{name} takes at most {len(default)} values (one per stage), got {len(value)}")
     return tuple(v if v is not None else d for v, d in zip(value, default)) + default[len(value) :]
@@ -83,16 +86,17 @@ def as_prompts(prompt: str | Sequence[str], name: str = "prompt") -> tuple[str, 
     raise RequestError(f"{name} must be a string or a non-empty list of strings, got {prompt!r}")
 
 
-def negatives_for(prompts: tuple[str, ...], negative: str | Sequence[str] | None) -> tuple[str, ...]:
+def negatives_for(
+    prompts: tuple[str, ...], negative: str | Sequence[str] | None, name: str = "negative_prompt"
+) -> tuple[str, ...]:
     if negative is None:
         return ("",) * len(prompts)
     if isinstance(negative, str):
         return (negative,) * len(prompts)
-    negatives = as_prompts(negative, "negative_prompt")
+    negatives = as_prompts(negative, name)
     if len(negatives) != len(prompts):
         raise RequestError(
-            f"negative_prompt has {len(negatives)} entries but prompt has {len(prompts)}; "
-            "give one negative prompt, or one per prompt"
+            f"{name} has {len(negatives)} entries but prompt has {len(prompts)}; give one {name}, or one per prompt"
         )
     return negatives
 
