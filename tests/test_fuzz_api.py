@@ -29,6 +29,7 @@ SYNONYMS = {
     "last_stage": ("last_stage", "stage"),
     "stage1": ("stage1", "stage I", "checkpoint"),
     "vram_budget": ("vram_budget", "memory size", "size unit"),
+    "timesteps": ("timestep", "step"),  # a short list can leave a strength no step to keep, and says so
 }  # (test, outcome) -> cases, reported by the slow run
 _QUIET = dict(deadline=None, database=None, suppress_health_check=list(HealthCheck))
 # cases per test (default run, slow run): loading and whole-cascade batches cost more than single calls

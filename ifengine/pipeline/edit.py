@@ -183,7 +183,10 @@ def _strengths(strength, spec: Mode, request: Request) -> tuple[float, float]:
         strength = spec.strength
     elif isinstance(strength, (int, float)):
         strength = (strength, spec.strength[1])
-    strength = tuple(strength)
+    try:
+        strength = tuple(strength)
+    except TypeError:
+        raise RequestError(f"strength must be a number in (0, 1] or a pair, got {strength!r}") from None
     if len(strength) != 2:
         raise RequestError(f"strength takes one value (stage I) or two (stages I and II), got {strength!r}")
     out = tuple(check_strength(s, f"stage {i} strength") for i, s in enumerate(strength, start=1))
