@@ -135,10 +135,14 @@ def _steps(value, stage: int) -> int:
     return value
 
 
+MAX_GUIDANCE = 1e4  # far above any useful scale (IF uses 4-9); larger ones overflow float16/32 into NaN
+
+
 def _guidance(value, stage: int) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+    bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+    if bad or not 0 <= value <= MAX_GUIDANCE:
         raise RequestError(
-            f"stage {stage} guidance must be a finite number >= 0 (1 or less disables "
+            f"stage {stage} guidance must be a finite number in [0, {MAX_GUIDANCE:g}] (1 or less disables "
             f"classifier-free guidance), got {value!r}"
         )
     return float(value)
