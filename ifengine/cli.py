@@ -13,8 +13,15 @@ log = logging.getLogger("ifengine.cli")
 COMMANDS = ("generate", "export", "build", "plan", "bench", "info", "serve")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line, like every other CLI error; the full usage is a --help away."""
+
+    def error(self, message: str):
+        self.exit(2, f"ifengine: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="ifengine", description="ifengine: a lean inference engine for the DeepFloyd IF cascade."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

@@ -57,24 +57,39 @@ def check(args) -> None:
 
 def load(args, device: str, dtype):
     """The cascade from --engines or --artifacts, or None when neither was given."""
+    return load_graphs(
+        engines=args.engines,
+        artifacts=args.artifacts,
+        providers=args.providers,
+        stages=(args.stage1, args.stage2, args.stage3),
+        variant=args.variant,
+        device=device,
+        dtype=dtype,
+        cuda_graphs=not args.no_cuda_graphs,
+    )
+
+
+def load_graphs(*, engines, artifacts, providers, stages, variant, device: str, dtype, cuda_graphs: bool = True):
+    """``generate`` and ``serve`` alike: engines (checked first), else graphs on ONNX Runtime, else None."""
     from .. import Cascade
 
-    if args.engines is not None:
+    if engines is not None:
         index = int(device.split(":")[1]) if device.startswith("cuda:") else 0
+        stage1, stage2, stage3 = stages
         return Cascade.from_engines(
-            args.engines,
-            artifacts=args.artifacts,
-            stage1=args.stage1,
-            stage2=args.stage2,
-            stage3=args.stage3,
+            engines,
+            artifacts=artifacts,
+            stage1=stage1,
+            stage2=stage2,
+            stage3=stage3,
             device=index,
             dtype=dtype,
-            variant=args.variant,
-            cuda_graphs=not args.no_cuda_graphs,
+            variant=variant,
+            cuda_graphs=cuda_graphs,
         )
-    if args.artifacts is not None:
-        providers = args.providers or ("cuda" if device.startswith("cuda") else "cpu")
-        return Cascade.from_artifacts(args.artifacts, providers=providers, precision=_precision(dtype))
+    if artifacts is not None:
+        providers = providers or ("cuda" if device.startswith("cuda") else "cpu")
+        return Cascade.from_artifacts(artifacts, providers=providers, precision=_precision(dtype))
     return None
 
 

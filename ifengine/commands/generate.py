@@ -149,28 +149,38 @@ def _runtime(args) -> dict:
     )
 
 
-def run(args) -> int:
+def prepare(args):
+    """Everything checked before loading (configs and --out, no weights): (device, dtype, prompts, runtime)."""
     import torch
 
-    from .. import Cascade
-    from ..demo import demo_cascade
-    from ..pipeline.save import output_paths, save_images
+    from ..pipeline.limits import check_device
     from ..pipeline.sizes import aspect_size
+    from .preflight import check_before_loading
 
     if args.from_png is not None:
         apply_png_settings(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    check_device(device)
     dtype = getattr(torch, args.dtype or ("float16" if device.startswith("cuda") else "float32"))
     if args.aspect:
         args.height, args.width = aspect_size(args.aspect, args.height or 64)
     prompts = _check_prompt_flags(args)  # everything a user can get wrong is refused before any loading
-    if prompts is None:
-        output_paths(args.out, args.num_images, None)
     _check_edit_flags(args)
     backend_flags.check(args)
     runtime = _runtime(args)
+    check_before_loading(args, torch.device(device), dtype, prompts)
+    return device, dtype, prompts, runtime
+
+
+def run(args) -> int:
+    from .. import Cascade
+    from ..demo import demo_cascade
+    from ..pipeline.save import output_paths, save_images
+
+    device, dtype, prompts, runtime = prepare(args)
     pipe = backend_flags.load(args, device, dtype)  # --engines / --artifacts, else None
-    if pipe is None and not (args.stage1 or args.stage2 or args.stage3):
+    demo = pipe is None and not (args.stage1 or args.stage2 or args.stage3)
+    if demo:
         log.warning(
             "no checkpoints given: running the built-in tiny DEMO cascade with random weights; "
             "its pictures are noise. Pass --stage1/--stage2/--stage3 for real images."
@@ -204,7 +214,7 @@ def run(args) -> int:
         progress=not args.quiet,
     )
     out = _dispatch(pipe, args, common)
-    if not (args.stage1 or args.stage2 or args.stage3):
+    if demo:
         out.settings["demo"] = True  # `--from` re-runs it on the demo cascade
     paths = output_paths(args.out, len(out.images), out.seed)
     save_images(out.images, paths, out.settings)

@@ -52,6 +52,13 @@ def register(sub) -> None:
     p.add_argument("--stage2", help="stage II checkpoint")
     p.add_argument("--stage3", help="stage III checkpoint")
     p.add_argument("--variant", default=None, help="weight variant, e.g. fp16")
+    p.add_argument(
+        "--artifacts", default=None, help="exported graphs (`ifengine export`) on ONNX Runtime; --layout single"
+    )
+    p.add_argument(
+        "--engines", default=None, help="TensorRT engines (`ifengine build`), checked before serving; --layout single"
+    )
+    p.add_argument("--providers", default=None, help="ONNX Runtime providers for --artifacts: cpu, cuda or tensorrt")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda where a replica has a GPU)")
     p.add_argument("--dtype", choices=DTYPES, default=None, help="float16 on GPU, float32 on CPU by default")
     p.add_argument("--layout", choices=("split", "single"), default="split", help="one deployment per stage, or one")
@@ -85,6 +92,9 @@ def serve_config(args):
         variant=args.variant,
         device=args.device,
         dtype=args.dtype,
+        artifacts=args.artifacts,
+        engines=args.engines,
+        providers=args.providers,
     )
     config = ServeConfig(layout=args.layout, source=source, api_key=args.api_key)
     flags = {

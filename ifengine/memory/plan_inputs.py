@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import damaged_folder
 from ..models.config import UNetConfig, VAEConfig
 from ..models.if_unet import IFUNet
 from ..models.int8 import compute_dtype, largest_dequantized_bytes
@@ -104,14 +105,16 @@ def checkpoint_modules(stage1=None, stage2=None, stage3=None, *, dtype: torch.dt
         if source is None:
             continue
         ckpt = resolve(_configs_only(source), stage)
-        config = UNetConfig.from_dict(ckpt.config("unet"))
+        config = ckpt.parsed(UNetConfig, "unet")
         modules[f"unet{stage}"] = _meta(X4UNet if stage == 3 else IFUNet, config).to(dtype)
         if stage == 1 and ckpt.has("text_encoder"):
-            t5 = AutoConfig.from_pretrained(ckpt.root / "text_encoder")
+            with damaged_folder(ckpt.root / "text_encoder"):
+                t5 = AutoConfig.from_pretrained(ckpt.root / "text_encoder")
             modules["t5"] = _meta(T5EncoderModel, t5).to(text_dtype(dtype))
         if stage == 3:
-            vae = VAEConfig.from_dict(ckpt.config("vae"))
-            clip = AutoConfig.from_pretrained(ckpt.root / "text_encoder")
+            vae = ckpt.parsed(VAEConfig, "vae")
+            with damaged_folder(ckpt.root / "text_encoder"):
+                clip = AutoConfig.from_pretrained(ckpt.root / "text_encoder")
             modules["clip"] = _meta(CLIPTextModel, clip).to(dtype)
             modules["vae"] = _meta(VAEDecoder, vae).to(decode_dtype(vae, dtype))
     return modules

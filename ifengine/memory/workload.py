@@ -133,16 +133,17 @@ def decode_activation(
     return trace_decode(config, dtype, batch, height, width, tile, overlap)
 
 
-def buffer_bytes(workload: Workload, text_dims: tuple[int, int, int], itemsize: int) -> int:
-    """Static arenas, uploads and stage outputs of one call (arenas persist across stages and calls)."""
+def buffer_bytes(workload: Workload, text_dims: tuple[int, int, int], itemsize: int, last_stage: int = 3) -> int:
+    """Static arenas, uploads and stage outputs of one call (arenas persist across stages and calls);
+    ``last_stage`` < 3 counts only the stages a call that stops early runs."""
     total = 0
-    for stage in (1, 2, 3):
+    for stage in range(1, last_stage + 1):
         h, w = workload.size(min(stage, 2))  # stage III's latents have stage II's size
         image = workload.batch * 3 * h * w
         steps = workload.steps[stage - 1] if stage < 3 else 0
         noise = (steps + 3) * image  # start sample, image noise, one slice per step
         state = 5 * image + workload.unet_batch(stage) * TEXT_TOKENS * text_dims[stage - 1]
         total += noise + state
-    out_h, out_w = workload.size(3)
+    out_h, out_w = workload.size(last_stage)
     final = workload.batch * 3 * out_h * out_w * (itemsize + 4)  # the image and its float32 copy
     return total * itemsize + final + 3 * 2**20  # + schedule tables, scalars, alignment

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..errors import DamagedFileError, read_json
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,17 @@ class Checkpoint:
         path = self.root / component / filename
         if not path.is_file():
             raise CheckpointError(f"{self.root} has no {component}/{filename}")
-        return json.loads(path.read_text())
+        raw = read_json(path)
+        if not isinstance(raw, dict):
+            raise DamagedFileError(path, f"holds a JSON {type(raw).__name__}, not an object")
+        return raw
+
+    def parsed(self, cls, component: str, filename: str = "config.json"):
+        """``cls.from_dict`` of a config file; entries missing or of the wrong type name the file."""
+        try:
+            return cls.from_dict(self.config(component, filename))
+        except (KeyError, TypeError, AttributeError) as err:
+            raise DamagedFileError(self.root / component / filename, f"missing or malformed entry {err}") from None
 
 
 def resolve(source: str | Path, stage: int, variant: str | None = None) -> Checkpoint:
@@ -65,7 +76,9 @@ def resolve(source: str | Path, stage: int, variant: str | None = None) -> Check
             f"{root} is not a diffusers checkpoint folder (no model_index.json); expected the Hub layout of "
             f"{STAGE_NAMES[stage]}: model_index.json, unet/, scheduler/, ..."
         )
-    index = json.loads(index_path.read_text())
+    index = read_json(index_path)
+    if not isinstance(index, dict):
+        raise DamagedFileError(index_path, "not a JSON object")
     cls = index.get("_class_name", "")
     actual = next((s for s, names in STAGE_PIPELINES.items() if cls in names), None)
     if actual != stage:

@@ -13,8 +13,10 @@ import logging
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from torch import nn
+
+from ..errors import DamagedFileError
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +70,24 @@ def read_state_dict(
     """Every tensor of the files (those ``keep`` accepts), cast to ``dtype`` when given."""
     state: dict[str, torch.Tensor] = {}
     for path in files:
-        with safe_open(str(path), framework="pt") as handle:
-            for key in handle.keys():  # noqa: SIM118 - a safe_open handle is not a mapping: no __iter__
-                if keep(key):
-                    tensor = handle.get_tensor(key)
-                    state[key] = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                for key in handle.keys():  # noqa: SIM118 - a safe_open handle is not a mapping: no __iter__
+                    if keep(key):
+                        tensor = handle.get_tensor(key)
+                        state[key] = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+        except (SafetensorError, OSError) as err:
+            raise DamagedFileError(path, err) from None
     return state
+
+
+def check_readable(path: Path) -> None:
+    """Open a safetensors file's header (cheap): a truncated or corrupt file fails here, naming itself."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            handle.keys()
+    except (SafetensorError, OSError) as err:
+        raise DamagedFileError(path, err) from None
 
 
 def check_state_dict(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

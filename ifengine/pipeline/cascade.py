@@ -14,7 +14,7 @@ from ..lora.api import LoraMixin
 from ..models.checkpoint import resolve
 from ..text.clean import preprocess
 from ..text.encoder import PromptEncoder
-from . import aliases, components, edit, embeds, metadata, options, sizes
+from . import aliases, components, edit, embeds, limits, metadata, options, sizes
 from .fetch import fetch_checked
 from .images import convert
 from .many import ManyOutput, generate_many
@@ -116,7 +116,11 @@ class Cascade(LoraMixin):
             raise ValueError(f"text_encoder takes None (load no T5) or 'auto', got {text_encoder!r}")
         if stage1 is None and stage2 is None and stage3 is None:
             raise ValueError("give at least one checkpoint (stage1=, stage2=, stage3=)")
-        device = torch.device(device)
+        device, dtype = limits.check_device(device), limits.check_dtype(dtype)
+        if text_dtype is not None:
+            limits.check_dtype(text_dtype, "text_dtype")
+        if variant is not None and not isinstance(variant, str):
+            raise TypeError(f"variant must be a string such as 'fp16' or None, got {variant!r}")
         # under a budget nothing may have to fit the device before the planner has placed it
         load_on = torch.device("cpu") if vram_budget is not None else device
         ckpts = {n: resolve(src, n, variant) for n, src in ((1, stage1), (2, stage2), (3, stage3)) if src}
@@ -317,7 +321,13 @@ class Cascade(LoraMixin):
         )
         sizes.check_size(req.height, req.width, self.size_multiple(last))
         options.check_timesteps(req.stages)
+        limits.check(self, req)  # a request that cannot fit is refused before any allocation
         return req
+
+    def set_limits(self, *, memory=None, max_pixels: int | None = None, max_batch: int | None = None) -> Cascade:
+        """Refuse later requests above ``max_pixels`` (output pixels per image) or ``max_batch`` (images per
+        call), or whose estimate exceeds ``memory`` ("8GiB"; default: the device's free memory)."""
+        return limits.set_limits(self, memory=memory, max_pixels=max_pixels, max_batch=max_batch)
 
     def resolve_last_stage(self, last_stage: int | None) -> int:
         loaded = self.loaded_stages

@@ -11,7 +11,8 @@ from ..models.checkpoint import Checkpoint, CheckpointError
 from ..models.config import UNetConfig, VAEConfig
 from ..models.if_unet import IFUNet
 from ..models.vae import DECODER_PREFIXES, VAEDecoder, decode_dtype
-from ..models.weights import load_component
+from ..errors import damaged_folder
+from ..models.weights import TRANSFORMERS_STEM, WeightsError, check_readable, load_component, weight_files
 from ..models.x4_unet import X4UNet
 from ..schedule.ddim import DDIMConfig
 from ..schedule.ddpm import DDPMConfig
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 def load_unet(ckpt: Checkpoint, cls, dtype: torch.dtype, device, variant: str | None):
-    config = UNetConfig.from_dict(ckpt.config("unet"))
+    config = ckpt.parsed(UNetConfig, "unet")
     _check_unet_kind(ckpt, config)
     unet = load_component(lambda: cls(config), ckpt.root / "unet", dtype, variant)
     return unet.to(device)
@@ -38,7 +39,7 @@ def _check_unet_kind(ckpt: Checkpoint, config: UNetConfig) -> None:
 
 
 def _scheduler(ckpt: Checkpoint, name: str, cls):
-    return cls.from_dict(ckpt.config(name, "scheduler_config.json"))
+    return ckpt.parsed(cls, name, "scheduler_config.json")
 
 
 def load_if_stage(ckpt: Checkpoint, dtype: torch.dtype, device, variant: str | None) -> IFStage:
@@ -49,7 +50,7 @@ def load_if_stage(ckpt: Checkpoint, dtype: torch.dtype, device, variant: str | N
 
 def load_x4_stage(ckpt: Checkpoint, dtype: torch.dtype, device, variant: str | None) -> X4Stage:
     unet = load_unet(ckpt, X4UNet, dtype, device, variant)
-    vae_config = VAEConfig.from_dict(ckpt.config("vae"))
+    vae_config = ckpt.parsed(VAEConfig, "vae")
     keep = lambda key: key.startswith(DECODER_PREFIXES)  # noqa: E731 - the cascade never encodes
     # the x4 VAE overflows in fp16 (force_upcast): decode_dtype keeps it in fp32 then
     vae = load_component(
@@ -69,6 +70,20 @@ def load_x4_stage(ckpt: Checkpoint, dtype: torch.dtype, device, variant: str | N
 
 def _pretrained(cls, folder, dtype, variant):
     """transformers loading, falling back to the default weights when the variant is absent."""
+    for path in _weight_files(folder, variant):
+        check_readable(path)  # a truncated file names itself, not transformers' traceback
+    with damaged_folder(folder):
+        return _from_pretrained(cls, folder, dtype, variant)
+
+
+def _weight_files(folder, variant):
+    try:
+        return weight_files(folder, TRANSFORMERS_STEM, variant)
+    except WeightsError:
+        return []  # not safetensors, or sharded differently: transformers says what is missing
+
+
+def _from_pretrained(cls, folder, dtype, variant):
     try:
         return cls.from_pretrained(folder, dtype=dtype, variant=variant)
     except (OSError, ValueError):
@@ -100,7 +115,8 @@ def load_t5(
         raise CheckpointError(f"{ckpt.root} ships no T5 text_encoder/tokenizer; stage I checkpoints do")
     run_dtype = text_dtype or t5_dtype(dtype, device)
     model = _pretrained(T5EncoderModel, ckpt.root / "text_encoder", run_dtype, variant).to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(ckpt.root / "tokenizer")
+    with damaged_folder(ckpt.root / "tokenizer"):
+        tokenizer = AutoTokenizer.from_pretrained(ckpt.root / "tokenizer")
     return PromptEncoder(tokenizer, model, out_dtype=dtype, use_mask=True)
 
 
@@ -108,6 +124,7 @@ def load_clip(ckpt: Checkpoint, dtype: torch.dtype, device, variant: str | None)
     from transformers import CLIPTextModel, CLIPTokenizer
 
     model = _pretrained(CLIPTextModel, ckpt.root / "text_encoder", dtype, variant).to(device).eval()
-    tokenizer = CLIPTokenizer.from_pretrained(ckpt.root / "tokenizer")
+    with damaged_folder(ckpt.root / "tokenizer"):
+        tokenizer = CLIPTokenizer.from_pretrained(ckpt.root / "tokenizer")
     use_mask = bool(getattr(model.config, "use_attention_mask", False))
     return PromptEncoder(tokenizer, model, out_dtype=dtype, use_mask=use_mask, max_length=tokenizer.model_max_length)

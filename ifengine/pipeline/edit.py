@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from ..text.clean import preprocess
-from . import aliases, embeds, options
+from . import aliases, embeds, limits, options
 from .inputs import check_mask, check_strength, image_tensor, load_image, mask_tensor, target_size
 from .noise import make_generator
 from .options import Request, RequestError, RunDefaults
@@ -160,6 +160,7 @@ def make_plan(
         stages=options.stage_options(steps, guidance, timesteps, noise_level, defaults),
     )
     options.check_timesteps(request.stages)
+    limits.check(pipe, request)  # before the sources are resized to a size that cannot fit
     strengths = _strengths(strength, spec, request)
     sources = tuple(image_tensor(src, short, mult) for short, mult in _resolutions(pipe, last))
     masks = tuple(
@@ -195,7 +196,10 @@ def _strengths(strength, spec: Mode, request: Request) -> tuple[float, float]:
         strength = spec.strength
     elif isinstance(strength, (int, float)):
         strength = (strength, spec.strength[1])
-    strength = tuple(strength)
+    try:
+        strength = tuple(strength)
+    except TypeError:
+        raise RequestError(f"strength must be a number in (0, 1] or a pair, got {strength!r}") from None
     if len(strength) != 2:
         raise RequestError(f"strength takes one value (stage I) or two (stages I and II), got {strength!r}")
     out = tuple(check_strength(s, f"stage {i} strength") for i, s in enumerate(strength, start=1))
@@ -214,7 +218,7 @@ def _positive(mode, positive_prompt, mixer, prompts):
         return None, None
     if mode != "style":
         raise RequestError("positive_prompt is a style-transfer option")
-    positives = options.negatives_for(prompts, positive_prompt)  # same broadcasting rules as negatives
+    positives = options.negatives_for(prompts, positive_prompt, "positive_prompt")  # as negatives broadcast
     mixer = 0.5 if mixer is None else mixer
     if isinstance(mixer, bool) or not isinstance(mixer, (int, float)) or not 0 <= mixer <= 1:
         raise RequestError(f"mixer must be a number in [0, 1], got {mixer!r}")

@@ -70,7 +70,10 @@ def per_stage(value: Any, default: tuple, name: str) -> tuple:
         return default
     if isinstance(value, (str, int, float)) or value is None:
         return (value,) * len(default)
-    value = tuple(value)
+    try:
+        value = tuple(value)
+    except TypeError:
+        raise RequestError(f"{name} takes one value or one per stage, got {value!r}") from None
     if len(value) > len(default):
         raise RequestError(f"{name} takes at most {len(default)} values (one per stage), got {len(value)}")
     # strict=False: fewer values than stages is allowed (checked above: never more); the rest keep defaults
@@ -85,16 +88,17 @@ def as_prompts(prompt: str | Sequence[str], name: str = "prompt") -> tuple[str, 
     raise RequestError(f"{name} must be a string or a non-empty list of strings, got {prompt!r}")
 
 
-def negatives_for(prompts: tuple[str, ...], negative: str | Sequence[str] | None) -> tuple[str, ...]:
+def negatives_for(
+    prompts: tuple[str, ...], negative: str | Sequence[str] | None, name: str = "negative_prompt"
+) -> tuple[str, ...]:
     if negative is None:
         return ("",) * len(prompts)
     if isinstance(negative, str):
         return (negative,) * len(prompts)
-    negatives = as_prompts(negative, "negative_prompt")
+    negatives = as_prompts(negative, name)
     if len(negatives) != len(prompts):
         raise RequestError(
-            f"negative_prompt has {len(negatives)} entries but prompt has {len(prompts)}; "
-            "give one negative prompt, or one per prompt"
+            f"{name} has {len(negatives)} entries but prompt has {len(prompts)}; give one {name}, or one per prompt"
         )
     return negatives
 
@@ -133,10 +137,14 @@ def _steps(value, stage: int) -> int:
     return value
 
 
+MAX_GUIDANCE = 1e4  # far above any useful scale (IF uses 4-9); larger ones overflow float16/32 into NaN
+
+
 def _guidance(value, stage: int) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+    bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+    if bad or not 0 <= value <= MAX_GUIDANCE:
         raise RequestError(
-            f"stage {stage} guidance must be a finite number >= 0 (1 or less disables "
+            f"stage {stage} guidance must be a finite number in [0, {MAX_GUIDANCE:g}] (1 or less disables "
             f"classifier-free guidance), got {value!r}"
         )
     return float(value)

@@ -46,7 +46,7 @@ def aspect_size(ratio: str, short_side: int, multiple: int = 8) -> tuple[int, in
     """'W:H' -> (height, width) with the short side fixed and the long side a multiple of ``multiple``."""
     try:
         w, h = (float(x) for x in ratio.split(":"))
-        assert w > 0 and h > 0
+        assert w > 0 and h > 0 and math.isfinite(w / h) and w / h > 0  # "inf:1" would overflow below
     except (ValueError, AssertionError):
         raise RequestError(f"aspect ratio must look like '16:9' (width:height), got {ratio!r}") from None
     long_side = max(multiple, round(short_side * max(w, h) / min(w, h) / multiple) * multiple)

@@ -79,10 +79,17 @@ class ModelSource:
     device: str | None = None  # None: cuda when the replica sees a GPU, else cpu
     dtype: str | None = None  # None: float16 on cuda, float32 on cpu
     demo_root: str | None = None  # where the demo checkpoints live (default: $IFENGINE_CACHE)
+    artifacts: str | None = None  # exported graphs (`ifengine export`), run on ONNX Runtime
+    engines: str | None = None  # TensorRT engines (`ifengine build`); the rest from checkpoints or artifacts
+    providers: str | None = None  # ONNX Runtime providers for artifacts: cpu, cuda, tensorrt
+
+    @property
+    def uses_graphs(self) -> bool:
+        return bool(self.artifacts or self.engines)
 
     @property
     def is_demo(self) -> bool:
-        return not (self.stage1 or self.stage2 or self.stage3)
+        return not (self.stage1 or self.stage2 or self.stage3 or self.uses_graphs)
 
 
 @dataclass(frozen=True)
@@ -103,6 +110,9 @@ class ServeConfig:
     def __post_init__(self):
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
+        if self.source.uses_graphs and self.layout != "single":
+            # a split deployment loads one stage's torch modules; graphs and engines load as one cascade
+            raise ValueError("--artifacts/--engines are served whole: add --layout single")
 
     def with_env_key(self) -> ServeConfig:
         """The API key from the environment when none was given."""

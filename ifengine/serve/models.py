@@ -46,6 +46,10 @@ def model_info(source: ModelSource) -> ModelInfo:
         n: UNetConfig.from_dict(resolve(p, n, source.variant).config("unet"))
         for n, p in checkpoint_paths(source).items()
     }
+    if source.artifacts:  # what no checkpoint gives comes from the exported graphs' manifests
+        from ..backends.onnxruntime.load import graph_unet_configs
+
+        configs = {**graph_unet_configs(Path(source.artifacts)), **configs}
     if 1 not in configs:
         raise ValueError("serving text to image needs a stage I checkpoint (--stage1)")
     defaults = _demo_defaults() if source.is_demo else RunDefaults()
@@ -75,6 +79,18 @@ def load_whole(source: ModelSource):
     from ..pipeline.cascade import Cascade
 
     device, dtype = device_and_dtype(source)
+    if source.uses_graphs:
+        from ..commands.backend_flags import load_graphs
+
+        return load_graphs(
+            engines=source.engines,
+            artifacts=source.artifacts,
+            providers=source.providers,
+            stages=(source.stage1, source.stage2, source.stage3),
+            variant=source.variant,
+            device=str(device),
+            dtype=dtype,
+        )
     if source.is_demo:
         return demo_cascade(device=device, dtype=dtype, root=Path(source.demo_root) if source.demo_root else None)
     return Cascade.from_pretrained(

@@ -16,8 +16,9 @@ from typing import Any
 
 from ...dtypes import torch_dtype
 from ...export.components import ALL_COMPONENTS
-from ...export.manifest import MANIFEST_NAME, ArtifactError
+from ...export.manifest import MANIFEST_NAME, ArtifactError, read_manifest
 from ...export.precision import supports
+from ...models.config import UNetConfig
 from ..assemble import assemble
 from .network import OrtNetwork
 from .session import CPU, OrtGraph, binding_device
@@ -94,3 +95,14 @@ def chooser(precision: str | Mapping[str, str]):
         return chosen if supports(component, chosen) else "fp32"
 
     return choose
+
+
+def graph_unet_configs(artifacts: Path) -> dict[int, UNetConfig]:
+    """Stage -> U-Net config from the manifests of the exported U-Net graphs (any precision): what a caller
+    checks a request against before opening a single graph."""
+    out = {}
+    for n, component in ((1, "unet1"), (2, "unet2"), (3, "x4_unet")):
+        found = sorted((Path(artifacts) / component).glob(f"*/{MANIFEST_NAME}"))
+        if found:
+            out[n] = UNetConfig.from_dict(read_manifest(found[0])["config"]["unet"])
+    return out

@@ -1,0 +1,55 @@
+"""`ifengine serve --artifacts/--engines`: exported graphs served whole (--layout single), from the same loader
+as `ifengine generate --artifacts`; checked without starting Ray (tests/test_serve.py runs a real Ray Serve)."""
+
+import pytest
+import torch
+from export_support import shared_exports
+
+import ifengine
+from ifengine.cli import main
+from ifengine.serve import ModelSource, ServeConfig
+from ifengine.serve.models import load_whole, model_info
+
+pytest.importorskip("ray.serve")
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory, stage1_dir, stage2_dir, stage3_dir):
+    return shared_exports(tmp_path_factory, stage1_dir, stage2_dir, stage3_dir)
+
+
+def test_graphs_need_the_single_layout(exports, capsys):
+    assert main(["serve", "--artifacts", str(exports.get("fp32")), "--print-config", "-"]) == 2
+    err = capsys.readouterr().err
+    assert "--layout single" in err and "Traceback" not in err
+    with pytest.raises(ValueError, match="--layout single"):
+        ServeConfig(source=ModelSource(engines="engines"))
+
+
+def test_print_config_carries_the_artifacts(exports, tmp_path):
+    import yaml
+
+    out = tmp_path / "serve.yaml"
+    argv = ["serve", "--artifacts", str(exports.get("fp32")), "--layout", "single", "--print-config", str(out)]
+    assert main(argv) == 0
+    (app,) = yaml.safe_load(out.read_text())["applications"]
+    rebuilt = ServeConfig.from_dict(app["args"])
+    assert rebuilt.layout == "single" and rebuilt.source.artifacts == str(exports.get("fp32"))
+    assert not rebuilt.source.is_demo
+
+
+def test_model_facts_from_graph_manifests_equal_the_checkpoints(exports, stage1_dir, stage2_dir, stage3_dir):
+    from_graphs = model_info(ModelSource(artifacts=str(exports.get("fp32")), device="cpu"))
+    from_ckpts = model_info(ModelSource(str(stage1_dir), str(stage2_dir), str(stage3_dir), device="cpu"))
+    assert from_graphs.stages == from_ckpts.stages == (1, 2, 3)
+    assert from_graphs.sample_size == from_ckpts.sample_size
+    assert from_graphs.downsample == from_ckpts.downsample
+
+
+def test_a_graph_replica_computes_what_torch_does(exports, stage1_dir, stage2_dir, stage3_dir):
+    served = load_whole(ModelSource(artifacts=str(exports.get("fp32")), device="cpu", dtype="float32"))
+    torch_pipe = ifengine.Cascade.from_pretrained(stage1_dir, safety=False)
+    kwargs = dict(steps=(3, 2, 2), seed=5, last_stage=1, output_type="pt")
+    got = served("a red cat", **kwargs).stages[0]
+    want = torch_pipe("a red cat", **kwargs).stages[0]
+    assert torch.allclose(got, want, atol=1e-4)
