@@ -192,3 +192,15 @@ def test_providers_by_short_name():
     assert provider_list([("CUDAExecutionProvider", {"device_id": 1})]) == [("CUDAExecutionProvider", {"device_id": 1})]
     with pytest.raises(ValueError, match="unknown provider 'rocm'"):
         provider_list("rocm")
+
+
+def test_graph_cascades_keep_the_explicit_request_limits(ort):
+    """The torch activation model does not describe ORT/TensorRT memory, but max_batch/max_pixels still hold."""
+    ort.set_limits(max_batch=1, max_pixels=32 * 32)  # the tiny stage I is 16x16, so stage II makes 64x64
+    try:
+        with pytest.raises(ValueError, match="max_batch=1"):
+            ort("a red cat", num_images_per_prompt=2, steps=(2, 2, 2), last_stage=1, **RUN)
+        with pytest.raises(ValueError, match="max_pixels"):
+            ort("a red cat", steps=(2, 2, 2), last_stage=2, **RUN)
+    finally:
+        ort.set_limits()

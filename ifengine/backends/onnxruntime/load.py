@@ -66,6 +66,7 @@ def load_onnx_cascade(
     networks = open_networks(artifacts, providers, precision, verify)
     dtype = torch_dtype(chooser(precision)("unet1"))
     cascade = assemble(cls, networks, binding_device(providers), dtype, use_step_graphs)
+    cascade.sources = graph_sources(networks)
     log.info("ONNX Runtime cascade from %s: %s on %s", artifacts, ", ".join(sorted(networks)), providers)
     if runtime:
         cascade.use_runtime(cuda_graphs=False)  # ORT calls are never capturable
@@ -95,6 +96,20 @@ def chooser(precision: str | Mapping[str, str]):
         return chosen if supports(component, chosen) else "fp32"
 
     return choose
+
+
+_STAGE_GRAPHS = {1: ("unet1", "step1"), 2: ("unet2", "step2"), 3: ("x4_unet", "step3")}
+
+
+def graph_sources(networks: Mapping[str, OrtNetwork]) -> dict[int, str]:
+    """Stage -> the checkpoint its graphs were exported from (as the manifests record it): image metadata
+    names the same models whether a picture came from the checkpoints or from their graphs."""
+    out = {}
+    for n, names in _STAGE_GRAPHS.items():
+        source = next((networks[c].manifest.get("source") for c in names if c in networks), None)
+        if source:
+            out[n] = source
+    return out
 
 
 def graph_unet_configs(artifacts: Path) -> dict[int, UNetConfig]:
