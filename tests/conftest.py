@@ -91,3 +91,11 @@ def diffusers_stage2(stage2_dir):
 def diffusers_stage3(stage3_dir):
     """diffusers.StableDiffusionUpscalePipeline loaded from stage3_dir (CPU, float32)."""
     return _load(stage3_dir)
+
+
+@pytest.fixture(scope="session")
+def exports(tmp_path_factory, stage1_dir, stage2_dir, stage3_dir):
+    """The tiny cascade exported once per session (every precision on first use; see export_support)."""
+    from export_support import shared_exports
+
+    return shared_exports(tmp_path_factory, stage1_dir, stage2_dir, stage3_dir)

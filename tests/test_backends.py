@@ -9,7 +9,6 @@ binding, buffer reuse and capture rules is what TensorRT would be told. Referenc
 import numpy as np
 import pytest
 import torch
-from export_support import shared_exports
 from PIL import Image
 from test_cascade import assert_stages_match, reference_chain
 from test_edit import assert_match, border_mask, reference, run_reference, source_image  # noqa: F401 (fixture)
@@ -21,11 +20,6 @@ from ifengine.backends.onnxruntime.session import OrtGraph
 from ifengine.runtime.api import Runtime
 
 RUN = dict(seed=3, output_type="pt", progress=False)
-
-
-@pytest.fixture(scope="module")
-def exports(tmp_path_factory, stage1_dir, stage2_dir, stage3_dir):
-    return shared_exports(tmp_path_factory, stage1_dir, stage2_dir, stage3_dir)
 
 
 @pytest.fixture(scope="module")

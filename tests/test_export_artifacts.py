@@ -7,7 +7,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from export_support import shared_exports
 
 import ifengine
 from ifengine.cli import main
@@ -19,11 +18,6 @@ from ifengine.export.onnx_export import gather_external_data
 from ifengine.export.spec import ComponentSpec
 from ifengine.models.checkpoint import CheckpointError
 from ifengine.backends.onnxruntime.session import OrtGraph
-
-
-@pytest.fixture(scope="module")
-def exports(tmp_path_factory, stage1_dir, stage2_dir, stage3_dir):
-    return shared_exports(tmp_path_factory, stage1_dir, stage2_dir, stage3_dir)
 
 
 def _export_unet1(stage1_dir, out, **kw):

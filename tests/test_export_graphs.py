@@ -14,7 +14,7 @@ test_export_precision.py.
 import numpy as np
 import pytest
 import torch
-from export_support import relative_error, shared_exports, to_numpy
+from export_support import relative_error, to_numpy
 
 from ifengine.export.inputs import random_inputs
 from ifengine.export.sources import ALL_COMPONENTS, plan_sources
@@ -24,11 +24,6 @@ from ifengine.export.verify import check_graph, cosine, is_bf16, run_onnx, sessi
 from ifengine.models.checkpoint import resolve
 
 TOL = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 1e-2}
-
-
-@pytest.fixture(scope="module")
-def exports(tmp_path_factory, stage1_dir, stage2_dir, stage3_dir):
-    return shared_exports(tmp_path_factory, stage1_dir, stage2_dir, stage3_dir)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from export_support import relative_error, shared_exports
+from export_support import relative_error
 from onnx import numpy_helper
 
 from ifengine.export.api import export_artifacts
@@ -20,11 +20,6 @@ from ifengine.models.checkpoint import resolve
 
 INT8_UNETS = ("unet1", "unet2", "x4_unet")
 FP16_MAX = 65504.0
-
-
-@pytest.fixture(scope="module")
-def exports(tmp_path_factory, stage1_dir, stage2_dir, stage3_dir):
-    return shared_exports(tmp_path_factory, stage1_dir, stage2_dir, stage3_dir)
 
 
 @pytest.fixture(scope="module")

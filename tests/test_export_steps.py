@@ -5,7 +5,7 @@ schedules of different lengths fed through the same graph."""
 import onnx
 import pytest
 import torch
-from export_support import relative_error, shared_exports
+from export_support import relative_error
 
 from ifengine.export.step_graphs import pack_ddim, pack_ddpm, quantile_dynamic
 from ifengine.export.verify import run_onnx, session
@@ -15,11 +15,6 @@ from ifengine.models.checkpoint import resolve
 from ifengine.schedule import ddim_tables, ddpm_tables, quantile_last_dim
 
 TOL = 1e-4  # the fp32 bar; measured <= 1e-5 (x0 at t ~ 990 amplifies the U-Net's float noise)
-
-
-@pytest.fixture(scope="module")
-def exports(tmp_path_factory, stage1_dir, stage2_dir, stage3_dir):
-    return shared_exports(tmp_path_factory, stage1_dir, stage2_dir, stage3_dir)
 
 
 def test_shape_following_quantile_equals_the_torch_one():

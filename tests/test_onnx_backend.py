@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from export_support import shared_exports
 from PIL import Image
 
 import ifengine
@@ -17,11 +16,6 @@ from ifengine.backends.onnxruntime.session import OrtGraph
 
 TOL = 1e-3
 RUN = dict(seed=3, output_type="pt", progress=False)
-
-
-@pytest.fixture(scope="module")
-def exports(tmp_path_factory, stage1_dir, stage2_dir, stage3_dir):
-    return shared_exports(tmp_path_factory, stage1_dir, stage2_dir, stage3_dir)
 
 
 @pytest.fixture(scope="module")

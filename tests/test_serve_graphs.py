@@ -3,7 +3,6 @@ as `ifengine generate --artifacts`; checked without starting Ray (tests/test_ser
 
 import pytest
 import torch
-from export_support import shared_exports
 
 import ifengine
 from ifengine.cli import main
@@ -11,11 +10,6 @@ from ifengine.serve import ModelSource, ServeConfig
 from ifengine.serve.models import load_whole, model_info
 
 pytest.importorskip("ray.serve")
-
-
-@pytest.fixture(scope="module")
-def exports(tmp_path_factory, stage1_dir, stage2_dir, stage3_dir):
-    return shared_exports(tmp_path_factory, stage1_dir, stage2_dir, stage3_dir)
 
 
 def test_graphs_need_the_single_layout(exports, capsys):
