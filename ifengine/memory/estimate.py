@@ -422,11 +422,32 @@ def estimate_request(
     shape = dict(batch=batch, height=height, width=width, last_stage=last)
     modules = cascade_modules(cascade)
     reason = explicit_limits(limits, **shape, multiple=multiple)
+    if "unet1" not in modules:
+        # exported graphs / engines: their profiles and ORT arenas size their memory, which this torch
+        # activation model does not describe; only the explicit limits apply
+        return _unmodelled(shape, steps, reason)
     if reason:  # refused on its face: no memory figure or trace needed
         lower = estimate(costs_for(modules, True, measure=False), **shape, steps=steps, multiple=multiple)
         return replace(lower, fits=False, reason=reason)
     return estimate_modules(
         modules, **shape, steps=steps, device=cascade.device, weights_loaded=True, limits=limits, multiple=multiple
+    )
+
+
+def _unmodelled(shape: dict, steps, reason: str | None) -> RequestEstimate:
+    return RequestEstimate(
+        **shape,
+        weight_bytes=0,
+        weights_loaded=True,
+        buffer_bytes=0,
+        activation_bytes=0,
+        peak_phase="",
+        limit_bytes=None,
+        limit_source="no memory model for exported graphs or engines",
+        exact=False,
+        fits=not reason,
+        reason=reason or "",
+        steps=tuple(steps),
     )
 
 

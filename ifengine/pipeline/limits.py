@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import one_line
-from ..memory.estimate import Limits, RequestEstimate, check_request, explicit_limits
+from ..memory.estimate import Limits, RequestEstimate, check_request
 from ..memory.sizes import parse_size
 
 
@@ -45,14 +45,8 @@ def check_dtype(dtype, name: str = "dtype") -> torch.dtype:
     return dtype
 
 
-def check(cascade, request) -> RequestEstimate | None:
+def check(cascade, request) -> RequestEstimate:
     """Refuse ``request`` (a pipeline ``Request``) when it exceeds a limit or the memory it may use."""
-    from ..memory.plan_inputs import cascade_modules
-
-    if "unet1" not in cascade_modules(cascade):
-        # exported graphs / engines: their profiles and ORT arenas size their memory, which the torch
-        # activation model does not describe; the explicit limits still hold
-        return _check_explicit(cascade, request)
     return check_request(
         cascade,
         batch=request.batch,
@@ -61,18 +55,3 @@ def check(cascade, request) -> RequestEstimate | None:
         last_stage=request.last_stage,
         steps=tuple(s.steps for s in request.stages),
     )
-
-
-def _check_explicit(cascade, request) -> None:
-    limits = getattr(cascade, "request_limits", None) or Limits()
-    last = request.last_stage
-    reason = explicit_limits(
-        limits,
-        batch=request.batch,
-        height=request.height,
-        width=request.width,
-        last_stage=last,
-        multiple=cascade.size_multiple(last),
-    )
-    if reason:
-        raise ValueError(reason)
