@@ -1,4 +1,4 @@
-"""The step graphs equal the torch steps (``pipeline.steps.if_step`` / ``x4_step``) on ONNX Runtime, at
+"""The step graphs equal the torch steps (``stage.steps.if_step`` / ``x4_step``) on ONNX Runtime, at
 every kind of step (first, middle, last with t = 0), batch sizes, square and non-square images, and
 schedules of different lengths fed through the same graph."""
 
@@ -9,8 +9,8 @@ from export_support import relative_error
 
 from ifengine.export.step_graphs import pack_ddim, pack_ddpm, quantile_dynamic
 from ifengine.export.verify import run_onnx, session
-from ifengine.pipeline.components import load_if_stage, load_x4_stage
-from ifengine.pipeline.steps import if_step, x4_step
+from ifengine.stage.components import load_if_stage, load_x4_stage
+from ifengine.stage.steps import if_step, x4_step
 from ifengine.models.checkpoint import resolve
 from ifengine.schedule import ddim_tables, ddpm_tables, quantile_last_dim
 

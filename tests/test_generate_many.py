@@ -6,7 +6,7 @@ from PIL import Image
 
 import ifengine
 from ifengine.cli import main
-from ifengine.pipeline.options import RequestError
+from ifengine.stage.options import RequestError
 
 PROMPTS = ["a red cat", "a blue dog", "a green frog"]
 KW = dict(steps=(2, 2, 2), height=8, width=8)

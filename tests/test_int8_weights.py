@@ -21,7 +21,7 @@ from ifengine.models.int8 import (
     quantize_per_channel,
 )
 from ifengine.models.presets import UNET_PRESETS
-from ifengine.pipeline.steps import if_step
+from ifengine.stage.steps import if_step
 from ifengine.runtime import configure
 from ifengine.runtime.api import RuntimeOptions
 from ifengine.backends.torch.settings import TorchBackendOptions, UNetBackend

@@ -5,7 +5,7 @@ import torch
 
 import ifengine
 from ifengine import RequestError
-from ifengine.pipeline.sizes import aspect_size, nearest, size_multiple
+from ifengine.stage.sizes import aspect_size, nearest, size_multiple
 
 
 @pytest.fixture(scope="module")

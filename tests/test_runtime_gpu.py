@@ -50,8 +50,8 @@ def tiny_cuda():
 
 
 def stage1(cascade, runtime, seed=0, observe=None):
-    from ifengine.pipeline.options import StageOptions
-    from ifengine.pipeline.stages import RunContext
+    from ifengine.stage.options import StageOptions
+    from ifengine.stage.stages import RunContext
 
     runtime.runner.observe = observe
     embeds = torch.randn(2, 77, 32, generator=torch.Generator().manual_seed(1)).to("cuda", torch.float16)

@@ -10,7 +10,7 @@ import torch
 from ifengine.models.if_unet import IFUNet
 from ifengine.models.presets import unet_preset
 from ifengine.models.x4_unet import X4UNet
-from ifengine.pipeline.steps import if_step, x4_step
+from ifengine.stage.steps import if_step, x4_step
 from ifengine.runtime import graphs
 from ifengine.runtime.capture_audit import audit
 from ifengine.runtime.graphs import GraphCache, GraphStateError, StepGraph

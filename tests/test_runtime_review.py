@@ -142,8 +142,8 @@ def tiny_cascade(stage1_dir, stage2_dir, stage3_dir):
 
 
 def test_new_step_counts_and_strengths_replay_the_graph_already_captured(fake_cuda, tiny_cascade):
-    from ifengine.pipeline.options import StageOptions
-    from ifengine.pipeline.stages import RunContext, Start, run_if_stage
+    from ifengine.stage.options import StageOptions
+    from ifengine.stage.stages import RunContext, Start, run_if_stage
     from ifengine.runtime.gpu_runner import GraphRunner
 
     cpu = torch.device("cpu")

@@ -1,5 +1,5 @@
 """The static-buffer stage loops (cuda_graphs off, the same buffers a graph would capture) against the eager
-loops of pipeline.stages, on the tiny checkpoints: results must be bit-identical."""
+loops of stage.stages, on the tiny checkpoints: results must be bit-identical."""
 
 import dataclasses
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import ifengine
-from ifengine.pipeline.options import StageOptions
-from ifengine.pipeline.stages import RunContext, Start, run_if_stage, run_x4_stage
+from ifengine.stage.options import StageOptions
+from ifengine.stage.stages import RunContext, Start, run_if_stage, run_x4_stage
 from ifengine.runtime.capture_audit import audit
 from ifengine.runtime.gpu_runner import DecodeSettings, GraphRunner
 from ifengine.runtime.graphs import GraphCache
@@ -105,7 +105,7 @@ def test_the_recorded_step_never_touches_the_host(cascade):
 
 def test_only_capturable_step_functions_replace_the_plain_step(cascade):
     from ifengine.backends.base import Capturable, Capture
-    from ifengine.pipeline.steps import if_step
+    from ifengine.stage.steps import if_step
 
     calls = []
 

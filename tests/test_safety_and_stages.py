@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import ifengine
-from ifengine.pipeline.options import StageOptions
-from ifengine.pipeline.stages import RunContext, run_if_stage, run_x4_stage
+from ifengine.stage.options import StageOptions
+from ifengine.stage.stages import RunContext, run_if_stage, run_x4_stage
 
 
 def test_safety_checker_and_watermark_match_diffusers(stage1_safety_dir, diffusers_stage1_safety):

@@ -1,6 +1,6 @@
 """The serving stages' batch work without Ray: a request batched with others gets its image alone.
 
-Each request draws its noise from its own generator (pipeline.noise.GeneratorGroups) and carries the
+Each request draws its noise from its own generator (stage.noise.GeneratorGroups) and carries the
 generator's state from stage to stage, so the batched run must match one plain Cascade call per request
 with that request's seed (<= 1e-3 max abs in [0, 1], CPU fp32), and the stage functions must really
 have run the requests together.
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from ifengine.pipeline.images import to_unit
-from ifengine.pipeline.noise import GeneratorGroups, randn
+from ifengine.stage.noise import GeneratorGroups, randn
 from ifengine.serve import work
 from ifengine.serve.api import GenerationRequest, to_job
 from ifengine.serve.config import Limits

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import ifengine
-from ifengine.pipeline.components import t5_dtype
+from ifengine.stage.components import t5_dtype
 from ifengine.text.clean import preprocess
 
 CAPTIONS = [

@@ -19,7 +19,7 @@ import torch
 from ..export.manifest import ArtifactError
 from ..export.components import STAGE_COMPONENTS
 from ..models.config import UNetConfig, VAEConfig
-from ..pipeline.stages import IFStage, X4Stage
+from ..stage.stages import IFStage, X4Stage
 from ..schedule.ddim import DDIMConfig
 from ..schedule.ddpm import DDPMConfig
 from ..text.encoder import PromptEncoder
@@ -59,7 +59,7 @@ def assemble(
 def torch_parts(checkpoints: Mapping[int, Any], skip: set[str], dtype, device, variant=None, text_dtype=None):
     """Torch parts of the given checkpoints (``models.checkpoint.Checkpoint`` per stage) for the
     components not in ``skip`` (those run on networks). A stage whose U-Net has a network is not loaded."""
-    from ..pipeline import components as load
+    from ..stage import components as load
 
     stages: dict[int, Any] = {}
     for n in (1, 2):

@@ -16,7 +16,7 @@ import torch
 from ..export.manifest import ArtifactError
 from ..export.step_graphs import pack_ddim, pack_ddpm
 from ..models.config import UNetConfig, VAEConfig
-from ..pipeline.steps import if_step, x4_step
+from ..stage.steps import if_step, x4_step
 from ..text.encoder import PromptEncoder
 from .base import Capturable, Capture, Network, call
 

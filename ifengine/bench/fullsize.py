@@ -15,7 +15,7 @@ import math
 import torch
 from torch import nn
 
-from ..pipeline.stages import IFStage, X4Stage
+from ..stage.stages import IFStage, X4Stage
 from ..schedule import presets as sched
 from ..text.encoder import PromptEncoder
 from ..memory.plan_inputs import preset_modules

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..pipeline.stages import RunContext
+from ..stage.stages import RunContext
 
 PROMPT = "a photograph of a red cat sitting on a wooden table"
 

@@ -111,7 +111,7 @@ def _ifengine_family(names: list[str], paths, device, dtype) -> dict[str, System
 def _ifengine_runtime(name: str, paths, device: torch.device, dtype, vram_budget: int | None) -> System:
     """ifengine's GPU runtime (static buffers, CUDA graphs, memory planner) behind the same chain."""
     from ..pipeline.cascade import Cascade
-    from ..pipeline.components import t5_dtype
+    from ..stage.components import t5_dtype
 
     try:
         from ..runtime import configure
@@ -149,10 +149,10 @@ def _ifengine_artifacts(artifacts: Path | None, device, dtype) -> System:
 
 def _ifengine_runner(pipe, step_fns, runner=None) -> Callable[[RunSpec, Clock], None]:
     """The chain through ``runner``'s run_if_stage/run_x4_stage (default: the pipeline's eager loops)."""
-    from ..pipeline import stages as eager_stages
-    from ..pipeline.noise import make_generator
-    from ..pipeline.options import stage_options
-    from ..pipeline.stages import RunContext
+    from ..stage import stages as eager_stages
+    from ..stage.noise import make_generator
+    from ..stage.options import stage_options
+    from ..stage.stages import RunContext
 
     runner = runner or eager_stages
     run_if_stage, run_x4_stage = runner.run_if_stage, runner.run_x4_stage

@@ -154,7 +154,7 @@ def prepare(args):
     import torch
 
     from ..pipeline.limits import check_device
-    from ..pipeline.sizes import aspect_size
+    from ..stage.sizes import aspect_size
     from .preflight import check_before_loading
 
     if args.from_png is not None:

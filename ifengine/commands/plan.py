@@ -92,7 +92,7 @@ def _positive(value: int, flag: str) -> int:
 
 
 def _steps(value) -> tuple[int, int, int]:
-    from ..pipeline.options import DEFAULT_STEPS as default
+    from ..stage.options import DEFAULT_STEPS as default
 
     if value is None:
         return default

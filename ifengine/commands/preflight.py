@@ -19,7 +19,7 @@ from ..memory.estimate import Limits, RequestEstimate, RequestTooLarge, estimate
 from ..memory.sizes import format_size
 from ..models.checkpoint import Checkpoint, resolve
 from ..models.config import UNetConfig
-from ..pipeline import options, sizes
+from ..stage import options, sizes
 from ..pipeline.inputs import check_mask, check_strength, load_image, target_size
 from ..pipeline.save import check_out
 

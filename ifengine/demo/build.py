@@ -224,7 +224,7 @@ def demo_cascade(device="cpu", dtype=torch.float32, root: Path | None = None, **
     (vram_budget, cuda_graphs, weights, ...) go to ``Cascade.from_pretrained``."""
     from ..pipeline.cascade import Cascade
 
-    from ..pipeline.options import RunDefaults
+    from ..stage.options import RunDefaults
 
     paths = demo_checkpoints(root)
     pipe = Cascade.from_pretrained(

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..export.components import ALL_COMPONENTS, INT8_COMPONENTS, PRECISIONS
-from ..pipeline.sizes import aspect_size
+from ..stage.sizes import aspect_size
 from .errors import RecipeError
 
 try:

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 def embedder(stage: int, config: Mapping[str, Any], ckpts: Mapping[int, Checkpoint]) -> Embedder:
     """Prompt -> embeddings with the text encoder the stage is conditioned on, in float32."""
-    from ..pipeline.components import load_clip, load_t5
+    from ..stage.components import load_clip, load_t5
 
     if stage == 3:
         encoder = load_clip(ckpts[3], torch.float32, "cpu", None)

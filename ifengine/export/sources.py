@@ -198,7 +198,7 @@ def _unet(ckpt: Checkpoint, parts: _StageParts) -> ComponentSource:
 def _load_unet(ckpt: Checkpoint, dtype: torch.dtype, variant: str | None) -> nn.Module:
     from ..models.if_unet import IFUNet
     from ..models.x4_unet import X4UNet
-    from ..pipeline.components import load_unet
+    from ..stage.components import load_unet
 
     return load_unet(ckpt, X4UNet if ckpt.stage == 3 else IFUNet, dtype, "cpu", variant)
 

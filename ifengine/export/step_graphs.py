@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..pipeline.steps import guide, timestep_at, x4_step
+from ..stage.steps import guide, timestep_at, x4_step
 from ..schedule.ddim import DDIMConfig, DDIMTables
 from ..schedule.ddpm import DDPMConfig, DDPMTables, ddpm_step
 from ..schedule.x0 import X0Clamp, make_x0_clamp
@@ -95,7 +95,7 @@ class IFStepGraph(nn.Module):
 
 
 class X4StepGraph(nn.Module):
-    """Stage III step with CFG: ``pipeline.steps.x4_step`` on tables unpacked from the schedule input."""
+    """Stage III step with CFG: ``stage.steps.x4_step`` on tables unpacked from the schedule input."""
 
     def __init__(self, unet: nn.Module, scheduler: DDIMConfig):
         super().__init__()

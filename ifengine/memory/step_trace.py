@@ -12,7 +12,7 @@ import torch
 from ..models.if_unet import IFUNet
 from ..models.vae import VAEDecoder
 from ..models.x4_unet import X4UNet
-from ..pipeline.steps import if_step, x4_step
+from ..stage.steps import if_step, x4_step
 from ..schedule import ddim_tables, ddpm_tables
 from ..schedule.presets import IF_STAGE1_DDPM, IF_STAGE2_DDPM, X4_DDIM
 from .meta_trace import module_tensors, peak_activation_bytes

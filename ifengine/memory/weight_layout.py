@@ -13,8 +13,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..runtime.buffers import byte_view
 from .partition import shared_tensor_ids, tensor_bytes
+
+
+def byte_view(buffer: torch.Tensor, offset: int, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A dense ``dtype`` tensor of ``shape`` over bytes ``offset..`` of a 1-D uint8 ``buffer``."""
+    numel = 1
+    for d in shape:
+        numel *= d
+    nbytes = numel * dtype.itemsize
+    return buffer[offset : offset + nbytes].view(dtype).view(shape)
 
 
 @dataclass(frozen=True)

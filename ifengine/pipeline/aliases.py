@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .options import RequestError
+from ..stage.options import RequestError
 
 # diffusers name -> ifengine name (README "From diffusers" maps whole scripts)
 CALL_ALIASES = {"num_inference_steps": "steps", "guidance_scale": "guidance"}

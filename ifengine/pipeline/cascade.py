@@ -14,14 +14,15 @@ from ..lora.api import LoraMixin
 from ..models.checkpoint import resolve
 from ..text.clean import preprocess
 from ..text.encoder import PromptEncoder
-from . import aliases, components, edit, embeds, limits, metadata, options, sizes
-from .fetch import fetch_checked
+from . import aliases, edit, embeds, limits, metadata
+from ..stage import components, options, sizes
+from ..runtime.fetch import fetch_checked
 from .images import convert
 from .many import ManyOutput, generate_many
-from .noise import make_generator
-from .options import Request, RequestError
-from . import stages
-from .stages import IFStage, RunContext, X4Stage
+from ..stage.noise import make_generator
+from ..stage.options import Request, RequestError
+from ..stage import stages
+from ..stage.stages import IFStage, RunContext, X4Stage
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class Cascade(LoraMixin):
         self.defaults = defaults
         self.runtime = None  # the GPU runtime (static buffers, CUDA graphs, planner) once use_runtime() ran
         for encoder in self.encoders():
-            # their finite checks travel with the images (pipeline/fetch.py): encoding never waits
+            # their finite checks travel with the images (runtime/fetch.py): encoding never waits
             encoder.defer_checks = True
         self.set_executor(executor)
 

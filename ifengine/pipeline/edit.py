@@ -15,11 +15,12 @@ from dataclasses import dataclass
 import torch
 
 from ..text.clean import preprocess
-from . import aliases, embeds, limits, options
+from . import aliases, embeds, limits
+from ..stage import options
 from .inputs import check_mask, check_strength, image_tensor, load_image, mask_tensor, target_size
-from .noise import make_generator
-from .options import Request, RequestError, RunDefaults
-from .stages import RunContext, Start, first_kept_step
+from ..stage.noise import make_generator
+from ..stage.options import Request, RequestError, RunDefaults
+from ..stage.stages import RunContext, Start, first_kept_step
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from ..text.clean import preprocess
-from .options import Request, RequestError, as_prompts, negatives_for
+from ..stage.options import Request, RequestError, as_prompts, negatives_for
 
 
 @dataclass(frozen=True)

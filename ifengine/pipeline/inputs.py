@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .options import RequestError
+from ..stage.options import RequestError
 
 ASPECT_TOLERANCE = 0.02
 

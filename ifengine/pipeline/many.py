@@ -16,9 +16,9 @@ from collections.abc import Sequence
 
 import torch
 
-from . import stages
-from .noise import make_generator
-from .options import RequestError, as_prompts
+from ..stage import stages
+from ..stage.noise import make_generator
+from ..stage.options import RequestError, as_prompts
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The lean GPU runtime behind one call: ``configure(cascade, vram_budget=..., cuda_graphs=...)``.
 
 The returned ``Runtime`` offers ``run_if_stage`` / ``run_x4_stage`` with the exact signatures and results
-of ``ifengine.pipeline.stages`` (graph-backed, static buffers, one upload per stage), ``ensure`` for the
+of ``ifengine.stage.stages`` (graph-backed, static buffers, one upload per stage), ``ensure`` for the
 planner's weight moves, and ``fetch_no_sync`` for the single end-of-call synchronisation.
 """
 
@@ -58,12 +58,12 @@ class Runtime:
         self._warned: set[tuple] = set()
 
     def run_if_stage(self, stage_no: int, stage, opts, embeds, shape, ctx, **kwargs) -> torch.Tensor:
-        """``pipeline.stages.run_if_stage``'s signature and result."""
+        """``stage.stages.run_if_stage``'s signature and result."""
         self._check_planned(stage_no, shape[0], shape[-2:])
         return self.runner.run_if_stage(stage_no, stage, opts, embeds, shape, ctx, **kwargs)
 
     def run_x4_stage(self, stage, opts, prompts, negatives, image, ctx) -> torch.Tensor:
-        """``pipeline.stages.run_x4_stage``'s signature and result."""
+        """``stage.stages.run_x4_stage``'s signature and result."""
         self._check_planned(3, image.shape[0], image.shape[-2:])
         return self.runner.run_x4_stage(stage, opts, prompts, negatives, image, ctx)
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..memory.weight_layout import byte_view
+
 log = logging.getLogger(__name__)
 
 # Offsets inside packed buffers are rounded up to this: every dtype view is aligned, and CUDA kernels
@@ -28,15 +30,6 @@ ALIGN = 256
 
 def align_up(nbytes: int, align: int = ALIGN) -> int:
     return (nbytes + align - 1) // align * align
-
-
-def byte_view(buffer: torch.Tensor, offset: int, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """A dense ``dtype`` tensor of ``shape`` over bytes ``offset..`` of a 1-D uint8 ``buffer``."""
-    numel = 1
-    for d in shape:
-        numel *= d
-    nbytes = numel * dtype.itemsize
-    return buffer[offset : offset + nbytes].view(dtype).view(shape)
 
 
 def pinned_bytes(nbytes: int, device: torch.device) -> torch.Tensor:

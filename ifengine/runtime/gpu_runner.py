@@ -1,7 +1,7 @@
 """Stage loops over static buffers, one graph launch per step.
 
 ``GraphRunner.run_if_stage`` / ``run_x4_stage`` take the same arguments and return the same tensors as
-``ifengine.pipeline.stages.run_if_stage`` / ``run_x4_stage``; the step they repeat is the very same
+``ifengine.stage.stages.run_if_stage`` / ``run_x4_stage``; the step they repeat is the very same
 ``if_step`` / ``x4_step``. What differs is where the data lives: per stage, the host packs noise, tables
 and scalars into one pinned buffer and uploads it with one copy; the sample, the step counter and the
 conditioning sit in a ``BufferArena``; the captured step gathers its noise and coefficients with the
@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..backends.base import Capturable, Capture, capture_of, weakest
-from ..pipeline.options import StageOptions
-from ..pipeline.stages import STAGE_LABELS, IFStage, RunContext, Start, X4Stage
-from ..pipeline.steps import if_step, x4_step
+from ..stage.options import StageOptions
+from ..stage.stages import STAGE_LABELS, IFStage, RunContext, Start, X4Stage
+from ..stage.steps import if_step, x4_step
 from ..schedule import add_noise
 from .buffers import ALIGN, BufferArena, HostPack
 from .graphs import GraphCache
@@ -84,7 +84,7 @@ class GraphRunner:
         start: Start | None = None,
         mixer: float | None = None,
     ) -> torch.Tensor:
-        """Same contract as ``pipeline.stages.run_if_stage`` (text-to-image, super-resolution, edits)."""
+        """Same contract as ``stage.stages.run_if_stage`` (text-to-image, super-resolution, edits)."""
         self.ensure(f"unet{stage_no}")
         shape = tuple(shape)
         rows = self.step_rows[stage_no]
@@ -129,7 +129,7 @@ class GraphRunner:
         image: torch.Tensor,
         ctx: RunContext,
     ) -> torch.Tensor:
-        """Same contract as ``pipeline.stages.run_x4_stage``."""
+        """Same contract as ``stage.stages.run_x4_stage``."""
         # no ensure("clip"): Cascade.encode has CLIP-encoded these prompts before stage I (a cache hit here
         # needs no weights), and on a miss the placed encoder's own pre-hook moves it in
         embeds = stage.text.encode(prompts)

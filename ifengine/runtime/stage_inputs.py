@@ -1,6 +1,6 @@
 """Everything a stage needs from the host, drawn and built up front and packed for one upload.
 
-The noise is drawn with ``ifengine.pipeline.noise`` in exactly the reference order (so the same
+The noise is drawn with ``ifengine.stage.noise`` in exactly the reference order (so the same
 generator gives the same images as the eager loop), and travels in the same pinned pack as the
 schedule tables and the guidance / noise-level scalars: one host-to-device copy per stage, and no
 ``torch.tensor(..., device=cuda)`` anywhere, since each of those is a blocking copy that syncs.
@@ -12,9 +12,9 @@ import dataclasses
 
 import torch
 
-from ..pipeline.noise import StageNoise, ddpm_stage_noise, x4_stage_noise
-from ..pipeline.options import StageOptions
-from ..pipeline.stages import first_kept_step
+from ..stage.noise import StageNoise, ddpm_stage_noise, x4_stage_noise
+from ..stage.options import StageOptions
+from ..stage.stages import first_kept_step
 from ..schedule import ddim_tables, ddpm_tables
 from .buffers import HostPack
 

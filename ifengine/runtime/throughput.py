@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..pipeline.fetch import fetch_checked
-from ..pipeline.stages import RunContext
+from ..runtime.fetch import fetch_checked
+from ..stage.stages import RunContext
 
 log = logging.getLogger(__name__)
 

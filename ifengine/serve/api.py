@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..pipeline import options, sizes
-from ..pipeline.options import SR_SCALE, Request, RequestError
+from ..stage import options, sizes
+from ..stage.options import SR_SCALE, Request, RequestError
 from .config import Limits
 from .models import ModelInfo
 from .work import Job

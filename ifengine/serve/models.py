@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..pipeline.options import RunDefaults
+from ..stage.options import RunDefaults
 from .config import ModelSource
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ def load_whole(source: ModelSource):
 def load_part(source: ModelSource, part: str):
     """A Cascade holding only ``part`` ("text", "stage1", "stage2" or "stage3")."""
     from ..models.checkpoint import resolve
-    from ..pipeline import components
+    from ..stage import components
     from ..pipeline.cascade import Cascade
 
     device, dtype = device_and_dtype(source)

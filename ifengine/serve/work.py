@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..pipeline.fetch import fetch_checked
-from ..pipeline.noise import GeneratorGroups
-from ..pipeline.options import Request
-from ..pipeline.stages import RunContext
+from ..runtime.fetch import fetch_checked
+from ..stage.noise import GeneratorGroups
+from ..stage.options import Request
+from ..stage.stages import RunContext
 from ..text.clean import preprocess
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ Defaults (none of them measured yet on a GPU in this project; ``benchmarks/gpu_r
 --sweep`` measures each against the others and is how they should be re-decided):
 
 * dtype: the cascade's (float16 or bfloat16 both work; T5 always runs bf16/fp32 and the VAE fp32 under
-  float16, see pipeline.components). float16 is the default on GPUs because IF's weights ship in it.
+  float16, see stage.components). float16 is the default on GPUs because IF's weights ship in it.
 * attention: ``F.scaled_dot_product_attention`` everywhere already (flash / memory-efficient kernels;
   head dims 64 and 128 are supported by both), so there is no switch here.
 * channels_last: OFF by default. It pays for convolution-heavy nets on tensor cores, but the IF U-Nets

@@ -2,7 +2,7 @@
 
 Why: an eager step walks the U-Net's module tree in Python, several hundred module and op calls, and on
 the host that costs more than the arithmetic of a small model (and, on a GPU, it is the time between
-kernel launches). Tracing the step function (``pipeline.steps.if_step`` / ``x4_step`` with the U-Net)
+kernel launches). Tracing the step function (``stage.steps.if_step`` / ``x4_step`` with the U-Net)
 once per shape records the same aten ops; ``torch.jit.freeze`` turns the weights into constants (no
 attribute lookups), and ``hoist.split_invariant`` moves everything that depends only on per-run
 invariants (text states, guidance, schedule tables, stage II's noised low-res image) into a prologue that
@@ -27,7 +27,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ...pipeline.steps import if_step, x4_step
+from ...stage.steps import if_step, x4_step
 from .hoist import SplitStep, split_invariant
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..runtime.buffers import fetch_no_sync
+from .buffers import fetch_no_sync
 from ..text.encoder import PromptEncoder
 
 
