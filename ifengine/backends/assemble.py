@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..export.manifest import ArtifactError
-from ..export.components import STAGE_COMPONENTS
+from ..facts import STAGE_COMPONENTS
 from ..models.config import UNetConfig, VAEConfig
 from ..stage.stages import IFStage, X4Stage
 from ..schedule.ddim import DDIMConfig

@@ -91,7 +91,7 @@ def generate_command(plan, args) -> str:
     builds no engine for name their checkpoint (torch runs those parts)."""
     import shlex
 
-    from ..export.components import STAGE_COMPONENTS
+    from ..facts import STAGE_COMPONENTS
 
     built = {j.component for j in plan.jobs}
     words = ["ifengine", "generate", "a photo of a red panda", "--engines", plan.out, "--artifacts", plan.artifacts]

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..export.components import ALL_COMPONENTS, INT8_COMPONENTS, PRECISIONS
+from ..facts import ALL_COMPONENTS, INT8_COMPONENTS, PRECISIONS
 from ..stage.sizes import aspect_size
 from .errors import RecipeError
 

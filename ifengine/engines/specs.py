@@ -19,7 +19,7 @@ from ..schedule.ddpm import DDPMConfig
 from .errors import RecipeError
 from .recipe import ModelChoice
 
-from ..export.components import STAGE_OF  # noqa: F401 (re-exported)
+from ..facts import STAGE_OF  # noqa: F401 (re-exported)
 
 
 def planned_spec(component: str, models: ModelChoice, checkpoints: Mapping[int, Any] | None = None) -> ComponentSpec:

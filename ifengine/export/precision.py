@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..dtypes import dtype_name, torch_dtype
-from .components import INT8_COMPONENTS, INT8_WEIGHT_ONLY, PRECISIONS
+from ..facts import INT8_COMPONENTS, INT8_WEIGHT_ONLY, PRECISIONS
 from .sources import ComponentSource
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from ..models.config import UNetConfig, VAEConfig
 from ..models.weights import DIFFUSERS_STEM, TRANSFORMERS_STEM, weight_files
 from ..schedule.ddim import DDIMConfig
 from ..schedule.ddpm import DDPMConfig
-from .components import ALL_COMPONENTS, NETWORKS, STAGE_OF, STEP_GRAPHS  # noqa: F401 (re-exported)
+from ..facts import ALL_COMPONENTS, NETWORKS, STAGE_OF, STEP_GRAPHS  # noqa: F401 (re-exported)
 from .sizes import cascade_sizes
 from .spec import ComponentSpec, clip_spec, if_unet_spec, t5_spec, vae_decoder_spec, x4_unet_spec
 from .step_spec import if_step_spec, x4_step_spec

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ...dtypes import torch_dtype
-from ...export.components import ALL_COMPONENTS
+from ...facts import ALL_COMPONENTS
 from ...export.manifest import MANIFEST_NAME, ArtifactError, read_manifest
 from ...export.precision import supports
 from ...models.config import UNetConfig

@@ -20,7 +20,7 @@ from ...engines.cache import INDEX, Target, engine_manifests, load_verified, tar
 from ...engines.errors import EngineMissing
 from ...engines.exports import find_exports
 from ...engines.io_plan import IOPlan
-from ...export.components import ALL_COMPONENTS
+from ...facts import ALL_COMPONENTS
 from ...memory.sizes import GiB
 from .engines import EngineNetwork, TensorRTEngine, TensorRTEngineSet, _peek
 
@@ -179,7 +179,7 @@ def load_engine_cascade(
 def _covered_by(checkpoints: Mapping[int, Any]) -> set[str]:
     """Components the given checkpoints provide on torch (T5 only with a text encoder); their step graphs
     too, because the torch step is capturable and an ONNX Runtime one is not."""
-    from ...export.components import STAGE_COMPONENTS
+    from ...facts import STAGE_COMPONENTS
 
     out = {c for n in checkpoints for c in STAGE_COMPONENTS[n]}
     if not any(checkpoints[n].has("text_encoder") for n in (1, 2) if n in checkpoints):

@@ -1,4 +1,6 @@
-"""The cascade's exportable components, stated once (export, engine recipes, specs, backends import it)."""
+"""Facts of the cascade stated once: its components, which stage each comes from, and their precisions.
+
+Floor 0: no imports (export, engines, memory, runtime and backends read these names)."""
 
 from __future__ import annotations
 
