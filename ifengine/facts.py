@@ -20,6 +20,9 @@ STAGE_OF = {
     "vae_decoder": 3,
     "step3": 3,
 }
+# The U-Net of each stage, and the stage of each U-Net (derived, not restated).
+UNET_OF = {1: "unet1", 2: "unet2", 3: "x4_unet"}
+STAGE_OF_UNET = {name: stage for stage, name in UNET_OF.items()}
 STAGE_COMPONENTS = {s: tuple(c for c in ALL_COMPONENTS if STAGE_OF[c] == s) for s in (1, 2, 3)}
 # int8 (Q/DQ) graphs: static quantisation for the U-Nets and step graphs, weight-only for T5.
 INT8_STATIC = ("unet1", "unet2", "x4_unet", "step1", "step2", "step3")

@@ -7,6 +7,7 @@ import pytest
 import torch
 import demo_support
 
+from ifengine.facts import UNET_OF
 from ifengine.cli import main
 from ifengine.memory.estimate import Limits, RequestTooLarge, cascade_costs, check_request, estimate_request
 from ifengine.memory.plan_inputs import preset_modules
@@ -33,9 +34,9 @@ def _trace(modules, name, batch, side):
     """A real meta trace of one phase at stage I size ``side`` (stage II/III at 4x)."""
     f32, big = torch.float32, 4 * side
     if name == "decode":
-        return decode_activation(modules["vae"].config, f32, batch, big, big, None, 0)
+        return decode_activation(modules["vae_decoder"].config, f32, batch, big, big, None, 0)
     stage = int(name[-1])
-    unet = modules[f"unet{stage}"]
+    unet = modules[UNET_OF[stage]]
     kind, s = ("if1", side) if stage == 1 else ("if2", big) if stage == 2 else ("x4", big)
     return unet_step_activation(kind, unet.config, f32, batch, s, s, True, _text_dim(unet))
 

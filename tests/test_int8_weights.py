@@ -126,7 +126,7 @@ def test_auto_weights_make_int8_only_what_the_budget_would_stream():
     native = choose_weights(modules, Workload(), 8 * GiB, weights="native")
     assert native.int8 == () and native.plan.unet_streamed_bytes_per_call > 100 * GiB  # 100 steps re-read
     forced = choose_weights(modules, Workload(), 24 * GiB, weights="int8")
-    assert forced.int8 == ("unet1", "unet2", "unet3")
+    assert forced.int8 == ("unet1", "unet2", "x4_unet")
     with pytest.raises(PlanError, match="int8"):
         choose_weights(modules, Workload(), 1 * GiB)
     with pytest.raises(ValueError, match="auto, native, int8"):
@@ -180,7 +180,7 @@ def test_a_budget_that_would_stream_runs_int8_unets_equal_to_the_plain_int8_casc
         cascade, workload=workload, options=RuntimeOptions(vram_budget=budget, cuda_graphs=False, plan=options)
     )
     quantised = [n for n, m in cascade_modules(cascade).items() if is_quantized(m)]
-    assert quantised and set(quantised) <= {"unet1", "unet2", "unet3"}
+    assert quantised and set(quantised) <= {"unet1", "unet2", "x4_unet"}
     assert runtime.plan.unet_streamed_bytes_per_call == 0 and runtime.plan.peak_bytes <= budget
     assert STREAM not in [runtime.plan.placement(n).mode for n in quantised]
 
@@ -194,8 +194,8 @@ def test_a_budget_that_would_stream_runs_int8_unets_equal_to_the_plain_int8_casc
 def test_weights_int8_without_a_budget_quantises_every_unet(stage1_dir, stage2_dir, stage3_dir):
     cascade = ifengine.Cascade.from_pretrained(stage1_dir, stage2_dir, stage3_dir, safety=False, weights="int8")
     modules = cascade_modules(cascade)
-    assert all(is_quantized(modules[n]) for n in ("unet1", "unet2", "unet3"))
-    assert not any(is_quantized(modules[n]) for n in ("t5", "clip", "vae"))
+    assert all(is_quantized(modules[n]) for n in ("unet1", "unet2", "x4_unet"))
+    assert not any(is_quantized(modules[n]) for n in ("t5", "clip", "vae_decoder"))
     assert cascade.runtime is not None and cascade.runtime.plan is None  # no budget: nothing is placed
     out = cascade("a red cat", steps=(2, 2, 2), seed=0, output_type="pt", progress=False)
     assert all(torch.isfinite(s).all() for s in out.stages)

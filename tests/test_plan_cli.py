@@ -49,7 +49,7 @@ def test_native_weights_stream_stage_one_under_8_gib(capsys):
 def test_a_roomy_budget_keeps_the_unets_resident(capsys):
     code, out, _ = run(capsys, "--vram", "24GiB")
     assert code == 0 and "VAE decode: whole image" in out
-    assert all("resident" in line for line in out.splitlines() if line.startswith(("unet1", "unet2", "unet3")))
+    assert all("resident" in line for line in out.splitlines() if line.startswith(("unet1", "unet2", "x4_unet")))
 
 
 def test_a_bad_size_is_refused_with_examples(capsys):
@@ -83,7 +83,7 @@ def test_checkpoint_folders_are_planned_from_their_configs(capsys, stage1_dir, s
         "float32",
     )
     assert code == 0 and "16x16 -> 64x64 -> 256x256" in out
-    assert all("resident" in line for line in out.splitlines() if line.startswith(("t5", "unet1", "vae")))
+    assert all("resident" in line for line in out.splitlines() if line.startswith(("t5", "unet1", "vae_decoder")))
 
 
 def test_preset_and_checkpoints_are_exclusive(capsys, stage1_dir):

@@ -12,7 +12,7 @@ from ifengine.memory.plan_inputs import plan_inputs, preset_modules
 from ifengine.memory.planner import OFFLOAD, RESIDENT, STREAM, PlanError, PlanOptions, minimum_budget, plan_memory
 from ifengine.memory.sizes import GiB
 
-UNETS = ("unet1", "unet2", "unet3")
+UNETS = ("unet1", "unet2", "x4_unet")
 
 
 @pytest.fixture(scope="module")
@@ -23,10 +23,12 @@ def inputs():
 def test_component_sizes_are_the_published_ones(inputs):
     params = {c.name: c.params / 1e9 for c in inputs.components}
     assert params["t5"] == pytest.approx(4.76, abs=0.01) and params["unet1"] == pytest.approx(4.30, abs=0.01)
-    assert params["unet2"] == pytest.approx(1.24, abs=0.01) and params["unet3"] == pytest.approx(0.473, abs=0.001)
+    assert params["unet2"] == pytest.approx(1.24, abs=0.01) and params["x4_unet"] == pytest.approx(0.473, abs=0.001)
     dtypes = {c.name: c.dtype for c in inputs.components}
     # T5 v1.1 overflows float16 (runs bf16); the x4 VAE is upcast to float32 (force_upcast)
-    assert dtypes["t5"] == torch.bfloat16 and dtypes["vae"] == torch.float32 and dtypes["unet1"] == torch.float16
+    assert (
+        dtypes["t5"] == torch.bfloat16 and dtypes["vae_decoder"] == torch.float32 and dtypes["unet1"] == torch.float16
+    )
 
 
 def test_activations_are_measured_per_stage_and_tiling_shrinks_the_decode(inputs):
@@ -47,14 +49,14 @@ def test_24_gib_keeps_every_unet_resident_and_decodes_whole(inputs):
     plan = plan_memory(inputs, 24 * GiB)
     modes = check_common(plan, 24 * GiB)
     # with the 0.75 GiB CUDA context reserve, CLIP and the VAE (used once per call) move in at stage III
-    assert all(modes[n] == RESIDENT for n in UNETS) and all(modes[n] != "stream" for n in ("clip", "vae"))
+    assert all(modes[n] == RESIDENT for n in UNETS) and all(modes[n] != "stream" for n in ("clip", "vae_decoder"))
     assert plan.vae_tile is None and plan.unet_streamed_bytes_per_call == 0
 
 
 def test_16_gib_moves_the_big_unets_in_per_stage(inputs):
     plan = plan_memory(inputs, 16 * GiB)
     modes = check_common(plan, 16 * GiB)
-    assert modes["unet1"] == OFFLOAD and modes["unet2"] == OFFLOAD and modes["unet3"] == RESIDENT
+    assert modes["unet1"] == OFFLOAD and modes["unet2"] == OFFLOAD and modes["x4_unet"] == RESIDENT
     assert plan.swap_bytes >= plan.placement("unet1").swap_bytes  # stage I's 8 GiB lands in the shared swap
     assert plan.vae_tile is None and plan.unet_streamed_bytes_per_call == 0
 
@@ -63,7 +65,7 @@ def test_12_gib_offloads_everything_and_tiles_the_vae(inputs):
     plan = plan_memory(inputs, 12 * GiB)
     modes = check_common(plan, 12 * GiB)
     # the 0.75 GiB CUDA context reserve makes T5 stream more, which leaves the small x4 U-Net room to stay
-    assert modes["unet1"] == OFFLOAD and modes["unet2"] == OFFLOAD and modes["unet3"] != STREAM
+    assert modes["unet1"] == OFFLOAD and modes["unet2"] == OFFLOAD and modes["x4_unet"] != STREAM
     assert plan.vae_tile is not None and plan.unet_streamed_bytes_per_call == 0
 
 

@@ -171,7 +171,7 @@ def test_clip_encodes_before_stage1_is_queued(tiny_cascade, runtime):
         cascade.use_runtime(cuda_graphs=False)
     order, hooks = [], []
     modules = {"t5": cascade.text.model, "clip": cascade.stage3.text.model, "unet1": cascade.stage1.unet}
-    modules["unet3"] = cascade.stage3.unet
+    modules["x4_unet"] = cascade.stage3.unet
     for name, module in modules.items():
         hooks.append(module.register_forward_pre_hook(lambda m, a, name=name: order.append(name)))
     try:
@@ -182,7 +182,7 @@ def test_clip_encodes_before_stage1_is_queued(tiny_cascade, runtime):
         for hook in hooks:
             hook.remove()
         cascade.runtime = None
-    assert order.index("clip") < order.index("unet1") < order.index("unet3")
+    assert order.index("clip") < order.index("unet1") < order.index("x4_unet")
     assert order.count("clip") == 1  # one run for prompt and negative; stage III only reads the cache
 
 

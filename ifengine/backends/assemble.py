@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..export.manifest import ArtifactError
-from ..facts import STAGE_COMPONENTS
+from ..facts import STAGE_COMPONENTS, UNET_OF
 from ..models.config import UNetConfig, VAEConfig
 from ..stage.stages import IFStage, X4Stage
 from ..schedule.ddim import DDIMConfig
@@ -63,7 +63,7 @@ def torch_parts(checkpoints: Mapping[int, Any], skip: set[str], dtype, device, v
 
     stages: dict[int, Any] = {}
     for n in (1, 2):
-        if n in checkpoints and f"unet{n}" not in skip:
+        if n in checkpoints and UNET_OF[n] not in skip:
             stages[n] = load.load_if_stage(checkpoints[n], dtype, device, variant)
     if 3 in checkpoints and not {"clip", "x4_unet", "vae_decoder"} <= skip:
         stages[3] = load.load_x4_stage(checkpoints[3], dtype, device, variant)
@@ -93,11 +93,11 @@ def _stage_config(networks: Mapping[str, Network], *names: str) -> dict[str, Any
 
 
 def _if_stage(n: int, networks: Mapping[str, Network], steps: Mapping[str, Network], fallback) -> IFStage | None:
-    config = _stage_config(networks, f"unet{n}", f"step{n}")
+    config = _stage_config(networks, UNET_OF[n], f"step{n}")
     if config is None:
         return fallback
     unet_config = UNetConfig.from_dict(config["unet"])
-    name = f"unet{n}"
+    name = UNET_OF[n]
     if name in networks:
         unet = NetworkUNet(networks[name], unet_config)
     else:

@@ -17,6 +17,7 @@ from ..export.manifest import ArtifactError
 from ..export.step_graphs import pack_ddim, pack_ddpm
 from ..models.config import UNetConfig, VAEConfig
 from ..stage.steps import if_step, x4_step
+from ..facts import UNET_OF
 from ..text.encoder import PromptEncoder
 from .base import Capturable, Capture, Network, call
 
@@ -72,7 +73,7 @@ class UNetStub(Capturable):
         return Capture.ALWAYS  # never called: it constrains nothing
 
     def __call__(self, *args, **kwargs):
-        name = "x4_unet" if self.stage == 3 else f"unet{self.stage}"
+        name = UNET_OF[self.stage]
         raise ArtifactError(
             f"only the step graph of stage {self.stage} was exported; runs without guidance "
             f"(guidance <= 1) or with editing masks need the bare U-Net: export {name} too"

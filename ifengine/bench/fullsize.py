@@ -64,9 +64,11 @@ def random_cascade(
     text = PromptEncoder(t5_tok, m["t5"], out_dtype=dtype, use_mask=True)
     stage2 = IFStage(m["unet2"], sched.IF_STAGE2_DDPM, sched.IF_STAGE2_IMAGE_NOISING_DDPM) if "unet2" in m else None
     stage3 = None
-    if "unet3" in m:
+    if "x4_unet" in m:
         clip = PromptEncoder(clip_tok, m["clip"], out_dtype=dtype, use_mask=False, max_length=77)
-        stage3 = X4Stage(m["unet3"], m["vae"], clip, sched.X4_DDIM, sched.X4_LOW_RES_DDPM, sched.X4_MAX_NOISE_LEVEL)
+        stage3 = X4Stage(
+            m["x4_unet"], m["vae_decoder"], clip, sched.X4_DDIM, sched.X4_LOW_RES_DDPM, sched.X4_MAX_NOISE_LEVEL
+        )
     return Cascade(
         text=text,
         stage1=IFStage(m["unet1"], sched.IF_STAGE1_DDPM),

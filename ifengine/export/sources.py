@@ -24,7 +24,7 @@ from ..models.config import UNetConfig, VAEConfig
 from ..models.weights import DIFFUSERS_STEM, TRANSFORMERS_STEM, weight_files
 from ..schedule.ddim import DDIMConfig
 from ..schedule.ddpm import DDPMConfig
-from ..facts import ALL_COMPONENTS, NETWORKS, STAGE_OF, STEP_GRAPHS  # noqa: F401 (re-exported)
+from ..facts import ALL_COMPONENTS, NETWORKS, STAGE_OF, STEP_GRAPHS, UNET_OF  # noqa: F401 (re-exported)
 from .sizes import cascade_sizes
 from .spec import ComponentSpec, clip_spec, if_unet_spec, t5_spec, vae_decoder_spec, x4_unet_spec
 from .step_spec import if_step_spec, x4_step_spec
@@ -189,7 +189,7 @@ def _unet(ckpt: Checkpoint, parts: _StageParts) -> ComponentSource:
     if ckpt.stage == 3:
         spec, name = x4_unet_spec(unet, sizes=_sizes(parts, 3)), "x4_unet"
     else:
-        spec, name = if_unet_spec(unet, ckpt.stage, sizes=_sizes(parts, ckpt.stage)), f"unet{ckpt.stage}"
+        spec, name = if_unet_spec(unet, ckpt.stage, sizes=_sizes(parts, ckpt.stage)), UNET_OF[ckpt.stage]
     return ComponentSource(
         name, ckpt.stage, ckpt, spec, config, files, lambda dtype: _unet_graph(ckpt, dtype, parts.variant)
     )

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from ..facts import UNET_OF
 from ..models.int8 import compute_dtype, largest_dequantized_bytes
 from .sizes import format_size
 from .workload import Workload, buffer_bytes, decode_activation, text_activation_bytes, unet_step_activation
@@ -195,7 +196,7 @@ def _text_cost(name: str, module: nn.Module, stage: int) -> PhaseCost:
 
 
 def _unet_cost(modules: dict[str, nn.Module], stage: int, base: int) -> PhaseCost:
-    unet = modules[f"unet{stage}"]
+    unet = modules[UNET_OF[stage]]
     side = base * 4 ** (min(stage, 2) - 1)  # stage III's latents have stage II's size
     kind = "x4" if stage == 3 else f"if{stage}"
     per = unet_step_activation(kind, unet.config, compute_dtype(unet), 1, side, side, True, _unet_text_dim(unet))
@@ -211,11 +212,11 @@ def measure_phases(modules: dict[str, nn.Module], last_stage: int = 3) -> tuple[
     """Each phase's cost up to ``last_stage``, measured at the cascade's native size (stage I ``sample_size``)."""
     base = modules["unet1"].config.sample_size
     phases = [_text_cost("text", modules["t5"], 1)] if "t5" in modules else []
-    phases += [_unet_cost(modules, s, base) for s in range(1, last_stage + 1) if f"unet{s}" in modules]
+    phases += [_unet_cost(modules, s, base) for s in range(1, last_stage + 1) if UNET_OF[s] in modules]
     if "clip" in modules and last_stage == 3:
         phases.append(_text_cost("stage3 text", modules["clip"], 3))
-    if "vae" in modules and last_stage == 3:
-        phases.append(_decode_cost(modules["vae"], base))
+    if "vae_decoder" in modules and last_stage == 3:
+        phases.append(_decode_cost(modules["vae_decoder"], base))
     return tuple(phases)
 
 
@@ -225,7 +226,7 @@ def cascade_costs(
     """``modules`` by planner name (``plan_inputs.cascade_modules`` / ``checkpoint_modules``)."""
     if "unet1" not in modules:
         raise ValueError("an estimate needs stage I (unet1)")
-    dims = tuple(_unet_text_dim(modules.get(f"unet{s}")) for s in (1, 2, 3))
+    dims = tuple(_unet_text_dim(modules.get(UNET_OF[s])) for s in (1, 2, 3))
     itemsize = compute_dtype(modules["unet1"]).itemsize
     phases = measure_phases(modules, last_stage) if measure else None
     return CascadeCosts(module_bytes(modules), weights_loaded, dims, itemsize, phases)

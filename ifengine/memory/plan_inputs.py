@@ -20,6 +20,7 @@ from ..models.if_unet import IFUNet
 from ..models.int8 import compute_dtype, largest_dequantized_bytes
 from ..models.presets import text_preset, unet_preset, vae_preset
 from ..models.vae import VAEDecoder, decode_dtype
+from ..facts import UNET_OF
 from ..models.x4_unet import X4UNet
 from .workload import (
     PHASES,
@@ -87,10 +88,10 @@ def preset_modules(names: tuple[str, ...], dtype: torch.dtype, min_vocab: int = 
         vae = vae_preset("tiny-vae" if names[2] == "tiny-x4" else "x4-vae")
         clip = _text_kwargs("tiny-clip" if names[2] == "tiny-x4" else "clip-vit-h-text", min_vocab)
         modules["clip"] = _transformers_text("clip", clip, dtype)
-        modules["unet3"] = _meta(lambda: X4UNet(unet_preset("tiny-x4" if names[2] == "tiny-x4" else "x4-upscaler"))).to(
-            dtype
-        )
-        modules["vae"] = _meta(lambda: VAEDecoder(vae)).to(decode_dtype(vae, dtype))
+        modules["x4_unet"] = _meta(
+            lambda: X4UNet(unet_preset("tiny-x4" if names[2] == "tiny-x4" else "x4-upscaler"))
+        ).to(dtype)
+        modules["vae_decoder"] = _meta(lambda: VAEDecoder(vae)).to(decode_dtype(vae, dtype))
     return modules
 
 
@@ -106,7 +107,7 @@ def checkpoint_modules(stage1=None, stage2=None, stage3=None, *, dtype: torch.dt
             continue
         ckpt = resolve(_configs_only(source), stage)
         config = ckpt.parsed(UNetConfig, "unet")
-        modules[f"unet{stage}"] = _meta(X4UNet if stage == 3 else IFUNet, config).to(dtype)
+        modules[UNET_OF[stage]] = _meta(X4UNet if stage == 3 else IFUNet, config).to(dtype)
         if stage == 1 and ckpt.has("text_encoder"):
             with damaged_folder(ckpt.root / "text_encoder"):
                 t5 = AutoConfig.from_pretrained(ckpt.root / "text_encoder")
@@ -116,7 +117,7 @@ def checkpoint_modules(stage1=None, stage2=None, stage3=None, *, dtype: torch.dt
             with damaged_folder(ckpt.root / "text_encoder"):
                 clip = AutoConfig.from_pretrained(ckpt.root / "text_encoder")
             modules["clip"] = _meta(CLIPTextModel, clip).to(dtype)
-            modules["vae"] = _meta(VAEDecoder, vae).to(decode_dtype(vae, dtype))
+            modules["vae_decoder"] = _meta(VAEDecoder, vae).to(decode_dtype(vae, dtype))
     return modules
 
 
@@ -143,7 +144,7 @@ def cascade_modules(cascade) -> dict[str, nn.Module]:
         "unet2": getattr(cascade.stage2, "unet", None),
     }
     if cascade.stage3 is not None:
-        found.update(clip=cascade.stage3.text.model, unet3=cascade.stage3.unet, vae=cascade.stage3.vae)
+        found.update(clip=cascade.stage3.text.model, x4_unet=cascade.stage3.unet, vae_decoder=cascade.stage3.vae)
     return {k: m for k, m in found.items() if isinstance(m, nn.Module)}
 
 
@@ -196,8 +197,8 @@ def plan_inputs(modules: dict[str, nn.Module], workload: Workload = DEFAULT_WORK
         if not present:
             continue
         stage = {"stage1": 1, "stage2": 2, "stage3": 3}.get(phase)
-        if stage is not None and f"unet{stage}" in modules:
-            act = _unet_phase(modules, f"unet{stage}", stage, workload)
+        if stage is not None and UNET_OF[stage] in modules:
+            act = _unet_phase(modules, UNET_OF[stage], stage, workload)
             if phase == "stage3" and "clip" in modules:
                 act = max(act, _text_phase(modules["clip"], workload))
         elif phase == "text":
@@ -205,8 +206,8 @@ def plan_inputs(modules: dict[str, nn.Module], workload: Workload = DEFAULT_WORK
         else:
             act = 0  # decode: taken from decode_options
         phases.append(PhaseInfo(phase, present, act, captured=stage is not None))
-    decode = _decode_options(modules["vae"], workload) if "vae" in modules else ((None, 0),)
-    dims = tuple(_unet_text_dim(modules.get(f"unet{s}")) for s in (1, 2, 3))
+    decode = _decode_options(modules["vae_decoder"], workload) if "vae_decoder" in modules else ((None, 0),)
+    dims = tuple(_unet_text_dim(modules.get(UNET_OF[s])) for s in (1, 2, 3))
     buffers = buffer_bytes(workload, dims, _dtype(modules["unet1"]).itemsize)
     return PlanInputs(comps, tuple(phases), decode, buffers, workload)
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from .workload import PHASE_LABELS, PlanInputs
+from ..facts import STAGE_OF_UNET
+from .workload import PHASE_LABELS, PHASES, PlanInputs
 from .planner import OFFLOAD, RESIDENT, MemoryPlan, Placement
 from .sizes import format_size
 
-_PHASE_OF = {"t5": "text", "unet1": "stage1", "unet2": "stage2", "clip": "stage3", "unet3": "stage3", "vae": "decode"}
+_PHASE_OF = {name: phase for phase, names in PHASES for name in names}  # derived, not restated
 _SCOPES = {
     "run": "CUDA graphs kept across calls",
     "stage": "CUDA graphs recaptured per stage (their memory is freed after each stage)",
@@ -52,7 +53,7 @@ def _header(plan: MemoryPlan, inputs: PlanInputs) -> list[str]:
 
 
 def _stages(inputs: PlanInputs) -> int:
-    return max(int(c.name[-1]) for c in inputs.components if c.name.startswith("unet"))
+    return max(STAGE_OF_UNET[c.name] for c in inputs.components if c.name in STAGE_OF_UNET)
 
 
 def _components(plan: MemoryPlan, inputs: PlanInputs) -> list[str]:

@@ -23,11 +23,12 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
+from ..facts import UNET_OF
 from .workload import CAPTURED_PHASES, PlanInputs, Workload
 from .sizes import format_size
 
 RESIDENT, OFFLOAD, STREAM = "resident", "offload", "stream"
-UNETS = ("unet1", "unet2", "unet3")
+UNETS = tuple(UNET_OF.values())
 MiB = 2**20
 
 

@@ -23,8 +23,8 @@ PHASES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("text", ("t5",)),
     ("stage1", ("unet1",)),
     ("stage2", ("unet2",)),
-    ("stage3", ("clip", "unet3")),
-    ("decode", ("vae",)),
+    ("stage3", ("clip", "x4_unet")),
+    ("decode", ("vae_decoder",)),
 )
 CAPTURED_PHASES = ("stage1", "stage2", "stage3")  # phases whose steps run as CUDA graphs
 PHASE_LABELS = {
@@ -109,7 +109,7 @@ def text_activation_bytes(hidden: int, ffn: int, heads: int, batch: int, itemsiz
 
 
 def forwards_per_run(name: str, workload: Workload) -> int:
-    steps = dict(zip(("unet1", "unet2", "unet3"), workload.steps, strict=True))
+    steps = dict(zip(("unet1", "unet2", "x4_unet"), workload.steps, strict=True))
     return steps.get(name, 2 if name in ("t5", "clip") else 1)  # encoders: prompts, then negatives
 
 

@@ -25,6 +25,7 @@ from ..backends.base import Capturable, Capture, capture_of, weakest
 from ..stage.options import StageOptions
 from ..stage.stages import STAGE_LABELS, IFStage, RunContext, Start, X4Stage
 from ..stage.steps import if_step, x4_step
+from ..facts import UNET_OF
 from ..schedule import add_noise
 from .buffers import ALIGN, BufferArena, HostPack
 from .graphs import GraphCache
@@ -85,7 +86,7 @@ class GraphRunner:
         mixer: float | None = None,
     ) -> torch.Tensor:
         """Same contract as ``stage.stages.run_if_stage`` (text-to-image, super-resolution, edits)."""
-        self.ensure(f"unet{stage_no}")
+        self.ensure(UNET_OF[stage_no])
         shape = tuple(shape)
         rows = self.step_rows[stage_no]
         pack, tables = if_stage_pack(
@@ -135,7 +136,7 @@ class GraphRunner:
         embeds = stage.text.encode(prompts)
         if opts.cfg:
             embeds = torch.cat([stage.text.encode(negatives), embeds])
-        self.ensure("unet3")
+        self.ensure("x4_unet")
         b, _, h, w = image.shape
         latent_shape = (b, stage.unet.config.out_channels, h, w)
         rows = self.step_rows[3]
@@ -163,7 +164,7 @@ class GraphRunner:
             return _x4_step_fn(step_fn, unet, dev_tables, views, latents, index, cond, low_res, opts.cfg)
 
         self._loop(3, key, make_step, len(tables), ctx, latents, capture)
-        self.ensure("vae")
+        self.ensure("vae_decoder")
         return self._decode(stage.vae, latents)
 
     def _decode(self, vae, latents: torch.Tensor) -> torch.Tensor:
