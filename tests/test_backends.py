@@ -14,7 +14,8 @@ from test_cascade import assert_stages_match, reference_chain
 from test_edit import assert_match, border_mask, reference, run_reference, source_image  # noqa: F401 (fixture)
 
 import ifengine
-from ifengine.backends.base import Capturable, Capture, call, capture_of, weakest
+from ifengine.backends.base import call
+from ifengine.stage.seam import Capturable, Capture, capture_of, weakest
 from ifengine.backends.onnxruntime.network import OrtNetwork
 from ifengine.backends.onnxruntime.session import OrtGraph
 from ifengine.runtime.api import Runtime

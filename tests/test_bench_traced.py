@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 import ifengine
+from ifengine.stage.seam import Capture, EagerStep
 from ifengine.backends.traced import executor as T
 from ifengine.backends.traced.hoist import split_invariant
 
@@ -90,10 +91,20 @@ def test_auto_traces_only_long_cpu_runs(stage1_dir):
 
 def test_executor_names_and_foreign_stages(stage1_dir):
     pipe = ifengine.Cascade.from_pretrained(stage1_dir, safety=False)
-    assert pipe.set_executor("eager").stage1.step_fn is None
+    assert isinstance(pipe.set_executor("eager").stage1.step_fn, EagerStep)
     with pytest.raises(ValueError, match="unknown executor"):
         pipe.set_executor("fast")
-    foreign = lambda *a, **k: None  # noqa: E731 - e.g. an exported step graph from another backend
+
+    class Foreign:  # e.g. an exported step graph from another backend: a Step, but not the executor's
+        capture, eager_equivalent = Capture.NEVER, None
+
+        def weights_changed(self):
+            return None
+
+        def __call__(self, *args, **kwargs):
+            return None
+
+    foreign = Foreign()
     pipe.stage1.step_fn = foreign
     pipe.set_executor("traced")
     assert pipe.stage1.step_fn is foreign

@@ -103,8 +103,9 @@ def test_the_recorded_step_never_touches_the_host(cascade):
             assert audit(step).problems == []
 
 
-def test_only_capturable_step_functions_replace_the_plain_step(cascade):
-    from ifengine.backends.base import Capturable, Capture
+def test_the_runner_takes_steps_only_through_the_seam(cascade):
+    from ifengine.backends.traced.executor import IF_STEP, TracedStep
+    from ifengine.stage.seam import Capture, EagerStep
     from ifengine.stage.steps import if_step
 
     calls = []
@@ -113,20 +114,18 @@ def test_only_capturable_step_functions_replace_the_plain_step(cascade):
         calls.append(1)
         return if_step(*args, **kwargs)
 
-    class Stated(Capturable):
+    with pytest.raises(TypeError, match=r"not a stage\.seam\.Step \(missing capture, eager_equivalent"):
+        dataclasses.replace(cascade.stage1, step_fn=custom)  # a bare function states no contract
+
+    class Counted(EagerStep):  # a step with no eager twin (as an exported step graph): the runner runs it
         capture = Capture.AFTER_WARMUP
 
-        def __call__(self, *args, **kwargs):
-            return custom(*args, **kwargs)
-
-    stage = dataclasses.replace(cascade.stage1, step_fn=custom)
+    stage = dataclasses.replace(cascade.stage1, step_fn=Counted(custom))
     make_runner().run_if_stage(1, stage, S1, embeds(2), (1, 3, 8, 8), ctx())
-    assert calls == []  # states no capture rule: host-side state would be frozen into a graph
-    custom.capturable = True  # a duck-typed attribute is not a statement
-    make_runner().run_if_stage(1, stage, S1, embeds(2), (1, 3, 8, 8), ctx())
-    assert calls == []
-    make_runner().run_if_stage(1, dataclasses.replace(stage, step_fn=Stated()), S1, embeds(2), (1, 3, 8, 8), ctx())
     assert len(calls) == S1.steps
+    traced = TracedStep(IF_STEP)  # replays the eager step through host-side caches: the runner runs its twin
+    make_runner().run_if_stage(1, dataclasses.replace(stage, step_fn=traced), S1, embeds(2), (1, 3, 8, 8), ctx())
+    assert not traced._cache and traced.eager_equivalent.fn is if_step
 
 
 def test_cuda_graphs_on_a_cpu_cascade_are_refused_with_the_fix_named(cascade):

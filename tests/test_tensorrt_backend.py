@@ -136,7 +136,8 @@ def test_the_engine_copies_into_static_buffers_and_binds_only_on_shape_changes(v
 
 
 def test_the_component_network_carries_its_export_and_picks_the_engine(tmp_path, monkeypatch):
-    from ifengine.backends.base import Capture, call
+    from ifengine.backends.base import call
+    from ifengine.stage.seam import Capture
     from ifengine.backends.tensorrt.engines import EngineNetwork, TensorRTEngine, TensorRTEngineSet
 
     Recorder(monkeypatch)

@@ -1,46 +1,33 @@
-"""The one interface every backend implements, and the shared logic around it.
+"""The network contract: what every backend (ONNX Runtime, TensorRT, ahead-of-time Inductor) implements.
 
-A ``Network`` runs one exported network or one whole step: it owns static named input and output buffers
-(torch tensors allocated once and viewed per call), ``prepare(dims)`` binds shapes and addresses only when
-they change, ``enqueue(stream)`` starts the work on a stream without synchronising the host, and
-``capture`` states, as a ``Capture`` value, whether the call may be recorded in a CUDA graph.
+A ``Network`` runs one exported network, or one whole step graph. The torch modules need no adapter (the
+step functions call them directly) and whole steps meet the step contract of ``stage.seam``; a Network is
+wrapped by ``backends.parts`` (``NetworkUNet``, ``NetworkIFStep``, ...) into those same call signatures,
+so the stage loops and the GPU runner drive every backend alike. The contract, in calling order:
 
-``call`` is the whole calling convention (read dims off the feeds, prepare, copy the feeds into the input
-views, enqueue, return the output views); ``NetworkUNet`` & co. in ``backends.parts`` give networks the
-torch modules' call signatures, so the stage loops and the GPU runner drive every backend the same way.
+1. ``dims_of(shapes)`` reads the named dims (batch, height, ...) off the feeds' shapes and checks them
+   against the spec or the engine's profile: a wrong shape is an error here, before any work.
+2. ``prepare(dims)`` binds shapes and buffer addresses for those dims; a no-op when nothing changed
+   since the last call (so a replayed CUDA graph finds the same addresses bound).
+3. ``inputs()`` / ``outputs()`` are views of static buffers allocated once at their largest size; the
+   caller copies its feeds into the input views (``call`` does) and reads the output views, which stay
+   valid until the next ``enqueue``.
+4. ``enqueue(stream)`` starts the work on ``stream`` (default: torch's current one) and returns at once.
+5. ``capture`` (a ``stage.seam.Capture``) says whether 1-4 may be recorded in a CUDA graph.
+6. ``weights_changed()`` tells the network that its source module's weights changed (LoRA).
+
+What a network will NOT do: synchronise the host in ``enqueue``, allocate per call, keep a reference
+to the caller's feed tensors, or change its bound shapes during a replay (a replay runs no Python:
+whoever changes dims must call ``prepare`` eagerly first).
 """
 
 from __future__ import annotations
 
-import enum
-from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from abc import abstractmethod
+from collections.abc import Mapping
 from typing import Any
 
-
-class Capture(enum.Enum):
-    """May a call be recorded in a CUDA graph (and replayed without running Python)?"""
-
-    NEVER = "never"  # host work per call (ONNX Runtime's session.run, host-side caches)
-    AFTER_WARMUP = "after_warmup"  # pure device work once one eager call at these shapes has run
-    ALWAYS = "always"  # pure device work from the first call
-
-    def allows(self, warm: bool) -> bool:
-        return self is Capture.ALWAYS or (self is Capture.AFTER_WARMUP and warm)
-
-
-def weakest(captures: Iterable[Capture]) -> Capture:
-    """The capture rule of a step that makes all these calls: the strictest of them."""
-    order = (Capture.NEVER, Capture.AFTER_WARMUP, Capture.ALWAYS)
-    return min(captures, key=order.index, default=Capture.ALWAYS)
-
-
-class Capturable(ABC):
-    """Anything the GPU runner may put inside a captured step states its rule through this type."""
-
-    @property
-    @abstractmethod
-    def capture(self) -> Capture: ...
+from ..stage.seam import Capturable
 
 
 class Network(Capturable):
@@ -69,6 +56,12 @@ class Network(Capturable):
     def enqueue(self, stream: Any = None) -> None:
         """Start the work on ``stream`` (default: torch's current one); never synchronises the host."""
 
+    def weights_changed(self) -> None:
+        """The source module's weights changed (LoRA). A network's weights live in the engine or graph,
+        which this call cannot rewrite: refitting them is ``lora.onnx_weights`` / ``engines.refit``'s job,
+        so the default does nothing; a backend that caches weight-derived state overrides it."""
+        return None
+
 
 def call(network: Network, feeds: Mapping[str, Any], stream: Any = None) -> dict[str, Any]:
     """prepare -> copy feeds into the static inputs -> enqueue; returns the output views (no copy)."""
@@ -77,9 +70,3 @@ def call(network: Network, feeds: Mapping[str, Any], stream: Any = None) -> dict
         view.copy_(feeds[name], non_blocking=True)
     network.enqueue(stream)
     return network.outputs()
-
-
-def capture_of(obj: Any) -> Capture:
-    """The capture rule of a step function or network: torch code (anything not ``Capturable``) is
-    capturable after warm-up, which is how the GPU runner has always treated it."""
-    return obj.capture if isinstance(obj, Capturable) else Capture.AFTER_WARMUP

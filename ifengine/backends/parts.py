@@ -19,7 +19,8 @@ from ..models.config import UNetConfig, VAEConfig
 from ..stage.steps import if_step, x4_step
 from ..facts import UNET_OF
 from ..text.encoder import PromptEncoder
-from .base import Capturable, Capture, Network, call
+from ..stage.seam import Capturable, Capture
+from .base import Network, call
 
 
 def _per_sample(value, batch: int) -> torch.Tensor:
@@ -137,7 +138,16 @@ class _Schedule:
         return self.packed
 
 
-class NetworkIFStep(_Part):
+class _StepPart(_Part):
+    """A step network as a ``stage.seam.Step``: the network is the only implementation (no eager twin)."""
+
+    eager_equivalent = None
+
+    def weights_changed(self) -> None:
+        self.network.weights_changed()
+
+
+class NetworkIFStep(_StepPart):
     """``if_step`` replacement: one step-network call per guided step; other steps take the torch step."""
 
     def __init__(self, network: Network, stage: int):
@@ -163,7 +173,7 @@ class NetworkIFStep(_Part):
         return _single(self.network, feeds).to(x.dtype, copy=True)  # the loop keeps x past the next call
 
 
-class NetworkX4Step(_Part):
+class NetworkX4Step(_StepPart):
     """``x4_step`` replacement: one step-network call per guided step."""
 
     def __init__(self, network: Network):

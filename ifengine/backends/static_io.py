@@ -22,7 +22,7 @@ import torch
 
 from ..engines import bindings
 from ..engines.io_plan import IOPlan
-from .base import Capture
+from ..stage.seam import Capture
 
 
 class StaticIO:

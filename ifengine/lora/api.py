@@ -162,13 +162,8 @@ class LoraMixin:
             self._lora_changed(n)
 
     def _lora_changed(self, stage: int) -> None:
-        """Weights moved under graphs that froze them: give the stage a fresh traced executor."""
-        from ..backends.traced.executor import TracedStep
-
-        holder = {1: self.stage1, 2: self.stage2, 3: self.stage3}[stage]
-        old = getattr(holder, "step_fn", None)
-        if isinstance(old, TracedStep):
-            holder.step_fn = TracedStep(old.kind, min_steps=old.min_steps, devices=old.devices, fallback=old.fallback)
+        """Weights moved in place: tell the stage's step (seam point 4), which forgets any frozen copy."""
+        {1: self.stage1, 2: self.stage2, 3: self.stage3}[stage].step_fn.weights_changed()
 
 
 def _weight(value, name: str) -> float:

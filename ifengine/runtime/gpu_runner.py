@@ -21,10 +21,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..backends.base import Capturable, Capture, capture_of, weakest
+from ..stage.seam import Capture, Step, capture_of, check_step, weakest
 from ..stage.options import StageOptions
 from ..stage.stages import STAGE_LABELS, IFStage, RunContext, Start, X4Stage
-from ..stage.steps import if_step, x4_step
 from ..facts import UNET_OF
 from ..schedule import add_noise
 from .buffers import ALIGN, BufferArena, HostPack
@@ -99,8 +98,8 @@ class GraphRunner:
         x = _put(arena, "x", views["init"] if start is None else _edit_start(dev_tables, views, start))
         index, cond = _zero_index(arena), _put(arena, "embeds", embeds)
         upscaled = None if image is None else _put(arena, "upscaled", _noised_upscale(image, views, shape))
-        unet, step_fn = self.unet_for(stage.unet), capturable_step(stage, if_step)
-        capture = weakest((capture_of(step_fn), capture_of(unet)))
+        unet, step_fn = self.unet_for(stage.unet), capturable_step(stage)
+        capture = weakest((step_fn.capture, capture_of(unet)))
         key = (
             "if",
             stage_no,
@@ -146,8 +145,8 @@ class GraphRunner:
         views = self._upload(arena, pack)
         latents, index, cond = _put(arena, "x", views["init"]), _zero_index(arena), _put(arena, "embeds", embeds)
         low_res = _put(arena, "low_res", _noised_low_res(image, views, ctx.dtype, opts.cfg))
-        unet, step_fn = self.unet_for(stage.unet), capturable_step(stage, x4_step)
-        capture = weakest((capture_of(step_fn), capture_of(unet)))
+        unet, step_fn = self.unet_for(stage.unet), capturable_step(stage)
+        capture = weakest((step_fn.capture, capture_of(unet)))
         key = (
             "x4",
             id(unet),
@@ -263,16 +262,12 @@ def _edit_start(tables, views: dict[str, torch.Tensor], start: Start) -> torch.T
     return noised if mask is None else (1 - mask) * source + mask * noised
 
 
-def capturable_step(stage, default: Callable) -> Callable:
-    """The step the runner repeats: the stage's own ``step_fn`` when it states its capture rule (a
-    ``backends.base.Capturable``: the network steps of ONNX Runtime and TensorRT), else ``default``.
-
-    A captured graph replays kernels without running any Python, so a step_fn that keeps host-side
-    state between calls and says nothing about it (the traced executor's cached prologue, keyed by
-    tensor identity) would replay stale values; the torch step replaces it here.
-    """
-    step_fn = getattr(stage, "step_fn", None)
-    return step_fn if isinstance(step_fn, Capturable) else default
+def capturable_step(stage) -> Step:
+    """The step the runner repeats: the stage's own, or the eager step it replays through a host-side
+    executor (seam point 5: a captured graph replays kernels without running Python, so the traced
+    executor's cached prologue, keyed by tensor identity, would replay stale values)."""
+    step = check_step(stage.step_fn)
+    return step.eager_equivalent or step
 
 
 def _if_step_fn(step_fn, unet, tables, views, x, index, cond, cfg: bool, upscaled):

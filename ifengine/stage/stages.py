@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +21,7 @@ from ..schedule.ddpm import DDPMConfig
 from ..text.encoder import PromptEncoder
 from .noise import Generator, ddpm_stage_noise, x4_stage_noise
 from .options import StageOptions
+from .seam import EagerStep, Step, StageRunner, check_step
 from .steps import if_step, x4_step
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,10 @@ class IFStage:
     unet: nn.Module
     scheduler: DDPMConfig
     noising: DDPMConfig | None = None
-    step_fn: Callable | None = None  # runs one step in place of steps.if_step (same signature); None: eager
+    step_fn: Step | None = None  # what runs each step (stage.seam.Step); None: the eager torch step
+
+    def __post_init__(self):
+        self.step_fn = check_step(self.step_fn or EagerStep(if_step))
 
 
 @dataclass
@@ -48,7 +51,10 @@ class X4Stage:
     scheduler: DDIMConfig
     low_res: DDPMConfig
     max_noise_level: int = 350
-    step_fn: Callable | None = None  # runs one step in place of steps.x4_step (same signature); None: eager
+    step_fn: Step | None = None  # what runs each step (stage.seam.Step); None: the eager torch step
+
+    def __post_init__(self):
+        self.step_fn = check_step(self.step_fn or EagerStep(x4_step))
 
 
 @dataclass(frozen=True)
@@ -124,7 +130,7 @@ def run_if_stage(
     tensor = lambda v: None if v is None else torch.tensor(v, device=ctx.device, dtype=ctx.dtype)  # noqa: E731
     guidance, mix = tensor(opts.guidance), tensor(mixer if opts.cfg else None)
     index = torch.arange(len(tables), device=ctx.device)
-    step = stage.step_fn or if_step
+    step = stage.step_fn
     for i in _steps(stage_no, len(tables), ctx):
         x = step(
             stage.unet,
@@ -183,7 +189,18 @@ def run_x4_stage(
     guidance = torch.tensor(opts.guidance, device=ctx.device, dtype=ctx.dtype)
     index = torch.arange(len(tables), device=ctx.device)
     latents = noise.init
-    step = stage.step_fn or x4_step
+    step = stage.step_fn
     for i in _steps(3, len(tables), ctx):
         latents = step(stage.unet, tables, index[i], latents, low_res, embeds, level, guidance, opts.cfg)
     return stage.vae.decode(latents)
+
+
+class EagerRunner:
+    """The plain torch stage loops as a ``stage.seam.StageRunner`` (what a cascade without the GPU runtime
+    runs)."""
+
+    run_if_stage = staticmethod(run_if_stage)
+    run_x4_stage = staticmethod(run_x4_stage)
+
+
+EAGER: StageRunner = EagerRunner()

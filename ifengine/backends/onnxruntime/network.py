@@ -16,7 +16,8 @@ from collections.abc import Mapping
 import torch
 
 from ...engines.io_plan import IOPlan
-from ..base import Capture, Network
+from ...stage.seam import Capture
+from ..base import Network
 from ..static_io import StaticIO
 from .session import ELEMENT_TYPES, OrtGraph
 

@@ -19,7 +19,8 @@ from collections.abc import Mapping
 
 from ...engines import bindings, trt_runtime as trt_rt
 from ...engines.io_plan import IOPlan
-from ..base import Capture, Network, call
+from ...stage.seam import Capture
+from ..base import Network, call
 from ..static_io import StaticIO, stream_handle
 
 

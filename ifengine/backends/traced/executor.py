@@ -27,6 +27,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ...stage.seam import Capture, EagerStep, Step
 from ...stage.steps import if_step, x4_step
 from .hoist import SplitStep, split_invariant
 
@@ -113,6 +114,15 @@ class TracedStep:
         self._names, self._defaults = kind.names, kind.defaults
         self._cache: OrderedDict[tuple, _Graph | None] = OrderedDict()
         self._cache_size = cache_size
+        self.eager_equivalent = EagerStep(kind.fn)  # the GPU runner captures this one instead (seam point 5)
+
+    @property
+    def capture(self) -> Capture:
+        return Capture.NEVER  # host-side caches keyed by tensor identity: a replay would read stale values
+
+    def weights_changed(self) -> None:
+        """Frozen graphs hold the old weights as constants: forget them all."""
+        self._cache.clear()
 
     def __call__(self, unet: nn.Module, tables, *args, **kwargs) -> torch.Tensor:
         # strict=False: positional args may stop before the names do; defaults and kwargs fill the rest
@@ -213,10 +223,10 @@ def _key(unet, tables, names, tensors, statics) -> tuple:
     return (id(unet), type(tables), table_statics, tuple(sorted(statics.items())), shapes)
 
 
-def step_executor(name: str, kind: StepKind) -> Callable | None:
-    """The step function for executor ``name``: None means the eager step itself."""
+def step_executor(name: str, kind: StepKind) -> Step:
+    """The step for executor ``name`` (a ``stage.seam.Step``)."""
     if name == "eager":
-        return None
+        return EagerStep(kind.fn)
     if name == "traced":
         return TracedStep(kind)
     if name == "auto":
@@ -228,8 +238,8 @@ def attach_executor(stage, name: str) -> None:
     """Give a loaded stage (IFStage or X4Stage) the executor ``name``; stages other backends own are left."""
     if stage is None or not isinstance(getattr(stage, "unet", None), nn.Module):
         return
-    current = getattr(stage, "step_fn", None)
-    if current is not None and not isinstance(current, TracedStep):
+    current = stage.step_fn
+    if not isinstance(current, (EagerStep, TracedStep)):
         return  # a step graph from another backend (e.g. exported ONNX): not ours to replace
     kind = X4_STEP if hasattr(stage, "vae") else IF_STEP
     stage.step_fn = step_executor(name, kind)
