@@ -120,11 +120,11 @@ def load_level(url: str, concurrency: int, n: int, steps: list[int], deadline: f
 def in_process(levels: list[int], n: int, steps: list[int], max_batch: int) -> list[dict]:
     import torch
 
-    from ifengine.demo import demo_cascade
+    from ifengine.pipeline.cascade import open_cascade
 
     # one intra-op thread, as each serving replica runs: on a busy 2-core machine more threads only spin
     torch.set_num_threads(1)
-    pipe = demo_cascade()
+    pipe = open_cascade(device="cpu")
     prompts = [f"prompt {i % 5}" for i in range(n)]
     pipe.generate_many(prompts[:1], batch_size=1, seed=0, steps=steps)  # warm-up
     out = []

@@ -1,7 +1,40 @@
-"""ifengine: a lean inference engine for the DeepFloyd IF text-to-image cascade."""
+"""ifengine: a lean inference engine for the DeepFloyd IF text-to-image cascade.
 
-from .pipeline.cascade import Cascade, CascadeOutput
-from .stage.options import RequestError
+The names below load on first use (``__getattr__``): ``import ifengine`` stays cheap and imports no torch
+until a cascade is made, so the CLI's ``--help`` and tools that read configs or engine manifests start fast.
+"""
 
-__all__ = ["Cascade", "CascadeOutput", "RequestError", "__version__"]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "Cascade": "ifengine.pipeline.cascade",
+    "CascadeOutput": "ifengine.pipeline.cascade",
+    "open_cascade": "ifengine.pipeline.cascade",
+    "ModelSource": "ifengine.pipeline.source",
+    "RequestError": "ifengine.stage.options",
+}
+__all__ = ["Cascade", "CascadeOutput", "ModelSource", "RequestError", "open_cascade", "__version__"]
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on first use
+    from .pipeline.cascade import Cascade, CascadeOutput, open_cascade
+    from .pipeline.source import ModelSource
+    from .stage.options import RequestError
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ifengine' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

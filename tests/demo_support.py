@@ -22,6 +22,6 @@ def demo_env(tmp_path_factory):
 
 def load_demo():
     """The demo cascade on the CPU (call with IFENGINE_CACHE set by ``demo_env``)."""
-    from ifengine.demo import demo_cascade
+    from ifengine.pipeline.cascade import open_cascade
 
-    return demo_cascade()
+    return open_cascade(device="cpu")

@@ -134,7 +134,7 @@ def test_backends_mix_per_component(exports, stage1_dir, torch_cascade):
     networks = {c: n for c, n in networks.items() if c in ("unet1", "step1")}
     parts = torch_parts({1: resolve(stage1_dir, 1, None)}, set(networks), torch.float32, torch.device("cpu"))
     assert parts.stages == {}  # U-Net I has a network: the torch U-Net is not loaded
-    mixed = assemble(ifengine.Cascade, networks, torch.device("cpu"), torch.float32, parts=parts)
+    mixed = ifengine.Cascade.from_parts(assemble(networks, torch.device("cpu"), torch.float32, parts=parts))
     assert isinstance(mixed.text.model, torch.nn.Module) and mixed.stage1.unet.network.name == "unet1"
     out = mixed("a red cat", steps=(3,), last_stage=1, **RUN)
     ref = torch_cascade("a red cat", steps=(3, 2, 2), last_stage=1, **RUN)

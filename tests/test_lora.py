@@ -196,7 +196,7 @@ def _fake(pipe):
 
 def test_engine_refit_needs_tensorrt(tmp_path):
     from ifengine.engines.errors import TensorRTUnavailable
-    from ifengine.engines.refit import refit_engine
+    from ifengine.lora.trt_refit import refit_engine
 
     try:
         import tensorrt  # noqa: F401

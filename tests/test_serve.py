@@ -80,9 +80,9 @@ def client(server):
 
 @pytest.fixture(scope="module")
 def demo():
-    from ifengine.demo import demo_cascade
+    from ifengine.pipeline.cascade import open_cascade
 
-    return demo_cascade()
+    return open_cascade(device="cpu")
 
 
 def generate(client, **body):

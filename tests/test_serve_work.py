@@ -24,9 +24,9 @@ STEPS = [4, 2, 2]
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    from ifengine.demo import demo_cascade
+    from ifengine.pipeline.cascade import open_cascade
 
-    return demo_cascade()
+    return open_cascade(device="cpu")
 
 
 def info_of(pipe) -> ModelInfo:

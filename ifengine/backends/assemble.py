@@ -1,4 +1,4 @@
-"""A ``Cascade`` from networks of any backend: the same request validation, noise, schedules and loops.
+"""A cascade's parts from networks of any backend: the same request validation, noise, schedules and loops.
 
 ``assemble`` takes one ``Network`` per exported component (ONNX Runtime sessions, TensorRT engines, or a
 mix) whose export manifests carry the stage configs and tokenizers, and wraps them in the torch parts'
@@ -19,6 +19,7 @@ import torch
 from ..export.manifest import ArtifactError
 from ..facts import STAGE_COMPONENTS, UNET_OF
 from ..models.config import UNetConfig, VAEConfig
+from ..stage.components import CascadeParts
 from ..stage.stages import IFStage, X4Stage
 from ..schedule.ddim import DDIMConfig
 from ..schedule.ddpm import DDPMConfig
@@ -39,21 +40,20 @@ class TorchParts:
 
 
 def assemble(
-    cls,
     networks: Mapping[str, Network],
     device: torch.device,
     dtype: torch.dtype,
     use_step_graphs: bool = True,
     parts: TorchParts = TorchParts(),
-):
-    """A ``cls`` (Cascade) over ``networks`` (component -> network with ``config``/``manifest``); what no
+) -> CascadeParts:
+    """The cascade's parts over ``networks`` (component -> network with ``config``/``manifest``); what no
     network runs comes from ``parts`` (parts of checkpoints), so backends mix per component."""
     check_sources(networks)
     steps = {c: g for c, g in networks.items() if c.startswith("step")} if use_step_graphs else {}
     stages = {n: _if_stage(n, networks, steps, parts.stages.get(n)) for n in (1, 2)}
     stages[3] = _x4_stage(networks, steps, dtype, parts.stages.get(3))
     text = _t5(networks, dtype, parts.text) if stages[1] or stages[2] else None
-    return cls(text=text, stage1=stages[1], stage2=stages[2], stage3=stages[3], device=device, dtype=dtype)
+    return CascadeParts(text, stages[1], stages[2], stages[3], device, dtype)
 
 
 def torch_parts(checkpoints: Mapping[int, Any], skip: set[str], dtype, device, variant=None, text_dtype=None):

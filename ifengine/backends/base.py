@@ -58,7 +58,7 @@ class Network(Capturable):
 
     def weights_changed(self) -> None:
         """The source module's weights changed (LoRA). A network's weights live in the engine or graph,
-        which this call cannot rewrite: refitting them is ``lora.onnx_weights`` / ``engines.refit``'s job,
+        which this call cannot rewrite: refitting them is ``lora.onnx_weights`` / ``lora.trt_refit``'s job,
         so the default does nothing; a backend that caches weight-derived state overrides it."""
         return None
 

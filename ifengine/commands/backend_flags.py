@@ -55,45 +55,17 @@ def check(args) -> None:
         raise ValueError("--artifacts runs every component from its graphs: drop --stage1/2/3 (or add --engines)")
 
 
-def load(args, device: str, dtype):
-    """The cascade from --engines or --artifacts, or None when neither was given."""
-    return load_graphs(
-        engines=args.engines,
-        artifacts=args.artifacts,
-        providers=args.providers,
-        stages=(args.stage1, args.stage2, args.stage3),
+def model_source(args):
+    """The ``ModelSource`` the flags name: engines, exported graphs, checkpoints, or (none) the demo."""
+    from ..pipeline.source import ModelSource
+
+    text = lambda v: None if v is None else str(v)  # noqa: E731 - Path flags, str fields
+    return ModelSource(
+        stage1=args.stage1,
+        stage2=args.stage2,
+        stage3=args.stage3,
         variant=args.variant,
-        device=device,
-        dtype=dtype,
-        cuda_graphs=not args.no_cuda_graphs,
+        artifacts=text(args.artifacts),
+        engines=text(args.engines),
+        providers=args.providers,
     )
-
-
-def load_graphs(*, engines, artifacts, providers, stages, variant, device: str, dtype, cuda_graphs: bool = True):
-    """``generate`` and ``serve`` alike: engines (checked first), else graphs on ONNX Runtime, else None."""
-    from .. import Cascade
-
-    if engines is not None:
-        index = int(device.split(":")[1]) if device.startswith("cuda:") else 0
-        stage1, stage2, stage3 = stages
-        return Cascade.from_engines(
-            engines,
-            artifacts=artifacts,
-            stage1=stage1,
-            stage2=stage2,
-            stage3=stage3,
-            device=index,
-            dtype=dtype,
-            variant=variant,
-            cuda_graphs=cuda_graphs,
-        )
-    if artifacts is not None:
-        providers = providers or ("cuda" if device.startswith("cuda") else "cpu")
-        return Cascade.from_artifacts(artifacts, providers=providers, precision=_precision(dtype))
-    return None
-
-
-def _precision(dtype) -> str:
-    import torch
-
-    return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+
+from ..facts import ALL_COMPONENTS, PRECISIONS
 import sys
 from pathlib import Path
 
@@ -10,9 +12,6 @@ log = logging.getLogger("ifengine.cli")
 
 
 def register(sub) -> None:
-    from ..export.precision import PRECISIONS
-    from ..export.sources import ALL_COMPONENTS
-
     p = sub.add_parser(
         "export",
         help="export the cascade's networks and step graphs to ONNX",

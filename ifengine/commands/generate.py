@@ -173,30 +173,20 @@ def prepare(args):
 
 
 def run(args) -> int:
-    from .. import Cascade
-    from ..demo import demo_cascade
+    from ..pipeline.cascade import open_cascade
     from ..pipeline.save import output_paths, save_images
 
     device, dtype, prompts, runtime = prepare(args)
-    pipe = backend_flags.load(args, device, dtype)  # --engines / --artifacts, else None
-    demo = pipe is None and not (args.stage1 or args.stage2 or args.stage3)
+    source = backend_flags.model_source(args)
+    demo = source.is_demo
     if demo:
         log.warning(
             "no checkpoints given: running the built-in tiny DEMO cascade with random weights; "
             "its pictures are noise. Pass --stage1/--stage2/--stage3 for real images."
         )
-        pipe = demo_cascade(device=device, dtype=dtype, **runtime)
-    elif pipe is None:
-        pipe = Cascade.from_pretrained(
-            args.stage1,
-            args.stage2,
-            args.stage3,
-            device=device,
-            dtype=dtype,
-            variant=args.variant,
-            safety=not args.no_safety,
-            **runtime,
-        )
+    if source.uses_graphs:  # the exports fix precision and memory; only graph capture stays a choice
+        runtime = {"cuda_graphs": runtime["cuda_graphs"]} if source.engines else {}
+    pipe = open_cascade(source, device=device, dtype=dtype, safety=not args.no_safety, **runtime)
     for stage, source, scale in args.lora:
         pipe.load_lora_weights(source, stage=stage, scale=scale)
     if prompts is not None:

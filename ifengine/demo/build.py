@@ -217,18 +217,3 @@ def _write_atomically(target: Path, writer) -> None:
         log.info("wrote the tiny demo checkpoint %s", target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def demo_cascade(device="cpu", dtype=torch.float32, root: Path | None = None, **runtime):
-    """A Cascade over the tiny random demo checkpoints (its pictures are noise); ``runtime`` keywords
-    (vram_budget, cuda_graphs, weights, ...) go to ``Cascade.from_pretrained``."""
-    from ..pipeline.cascade import Cascade
-
-    from ..stage.options import RunDefaults
-
-    paths = demo_checkpoints(root)
-    pipe = Cascade.from_pretrained(
-        paths["stage1"], paths["stage2"], paths["stage3"], device=device, dtype=dtype, **runtime
-    )
-    pipe.defaults = RunDefaults(steps=DEMO_DEFAULTS_STEPS)
-    return pipe

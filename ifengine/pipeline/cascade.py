@@ -11,17 +11,20 @@ from collections.abc import Sequence
 import torch
 
 from ..lora.api import LoraMixin
-from ..models.checkpoint import resolve
 from ..text.clean import preprocess
 from ..text.encoder import PromptEncoder
 from . import aliases, edit, embeds, limits, metadata
-from ..stage import components, options, sizes
+from ..stage import options, sizes
 from ..runtime.fetch import fetch_checked
 from .images import convert
+from .loader import load_parts, placement
 from .many import ManyOutput, generate_many
+from .source import ModelSource
 from ..stage.noise import make_generator
 from ..stage.options import Request, RequestError
 from ..stage import stages
+from ..stage.components import CascadeParts
+from ..stage.seam import StageRunner
 from ..stage.stages import IFStage, RunContext, X4Stage
 
 log = logging.getLogger(__name__)
@@ -117,33 +120,42 @@ class Cascade(LoraMixin):
             raise ValueError(f"text_encoder takes None (load no T5) or 'auto', got {text_encoder!r}")
         if stage1 is None and stage2 is None and stage3 is None:
             raise ValueError("give at least one checkpoint (stage1=, stage2=, stage3=)")
-        device, dtype = limits.check_device(device), limits.check_dtype(dtype)
         if text_dtype is not None:
             limits.check_dtype(text_dtype, "text_dtype")
         if variant is not None and not isinstance(variant, str):
             raise TypeError(f"variant must be a string such as 'fp16' or None, got {variant!r}")
-        # under a budget nothing may have to fit the device before the planner has placed it
-        load_on = torch.device("cpu") if vram_budget is not None else device
-        ckpts = {n: resolve(src, n, variant) for n, src in ((1, stage1), (2, stage2), (3, stage3)) if src}
-        text = cls._load_text(ckpts, dtype, load_on, variant, text_dtype) if text_encoder else None
-        ifs = {n: components.load_if_stage(ckpts[n], dtype, load_on, variant) for n in (1, 2) if n in ckpts}
-        x4 = components.load_x4_stage(ckpts[3], dtype, load_on, variant) if 3 in ckpts else None
-        checker = _load_safety(ckpts.get(1), device) if safety else None
-        pipe = cls(
-            text=text, stage1=ifs.get(1), stage2=ifs.get(2), stage3=x4, device=device, dtype=dtype, safety=checker
+        source = ModelSource(stage1=stage1, stage2=stage2, stage3=stage3, variant=variant)
+        return open_cascade(
+            source,
+            device=device,
+            dtype=dtype,
+            safety=safety,
+            text_encoder=text_encoder,
+            text_dtype=text_dtype,
+            vram_budget=vram_budget,
+            cuda_graphs=cuda_graphs,
+            compile=compile,
+            channels_last=channels_last,
+            weights=weights,
+            throughput=throughput,
+            max_batch=max_batch,
+            max_size=max_size,
         )
-        pipe.sources = {n: _source_name(src) for n, src in ((1, stage1), (2, stage2), (3, stage3)) if src}
-        if device.type == "cuda" or vram_budget is not None or cuda_graphs or weights == "int8" or throughput:
-            pipe.use_runtime(
-                vram_budget=vram_budget,
-                cuda_graphs=cuda_graphs,
-                compile=compile,
-                channels_last=channels_last,
-                weights=weights,
-                mode="throughput" if throughput else "latency",
-                max_batch=max_batch,
-                max_size=max_size,
-            )
+
+    @classmethod
+    def from_parts(cls, parts: CascadeParts) -> Cascade:
+        """A cascade over loaded parts (``pipeline.loader``)."""
+        pipe = cls(
+            text=parts.text,
+            stage1=parts.stage1,
+            stage2=parts.stage2,
+            stage3=parts.stage3,
+            device=parts.device,
+            dtype=parts.dtype,
+            safety=parts.safety,
+            defaults=parts.defaults,
+        )
+        pipe.sources = dict(parts.sources)
         return pipe
 
     def use_runtime(
@@ -157,39 +169,36 @@ class Cascade(LoraMixin):
         return self
 
     @property
-    def runner(self):
+    def runner(self) -> StageRunner:
         """What runs the stage loops: the runtime when configured, else the plain torch loops."""
-        return self.runtime if self.runtime is not None else stages
+        return self.runtime if self.runtime is not None else stages.EAGER
 
     @classmethod
     def from_artifacts(cls, artifacts: str | Path, backend: str = "onnxruntime", providers=None, **kwargs) -> Cascade:
         """Run from exported graphs (``ifengine export``) on ONNX Runtime; ``providers``: "cpu" (default),
         "cuda", "tensorrt" (onnxruntime-gpu's execution providers) or ORT provider names. Other keyword
-        arguments: precision, use_step_graphs, verify (see backends/onnxruntime/load.py)."""
+        arguments: precision, use_step_graphs, verify (see backends/onnxruntime/load.py) and ``runtime``
+        (False: the plain stage loops instead of the GPU runner)."""
         if backend != "onnxruntime":
             raise ValueError(f"unknown backend {backend!r}; from_artifacts supports 'onnxruntime'")
-        from ..backends.onnxruntime.load import load_onnx_cascade
-
-        return load_onnx_cascade(cls, Path(artifacts), providers=providers, **kwargs)
+        return open_cascade(ModelSource(artifacts=str(artifacts)), device="cpu", providers=providers, **kwargs)
 
     @classmethod
-    def from_engines(cls, engines: str | Path, artifacts: str | Path | None = None, **kwargs) -> Cascade:
-        """Run on TensorRT engines built by ``ifengine build`` (verified against the engine cache first);
-        components without an engine come from ``stage1=``/``stage2=``/``stage3=`` checkpoints (torch) or,
-        failing that, from the graphs under ``artifacts`` (ONNX Runtime, CUDA provider). See
-        backends/tensorrt/load.py for the other keyword arguments."""
-        from ..backends.tensorrt.load import load_engine_cascade
-
-        return load_engine_cascade(cls, Path(engines), None if artifacts is None else Path(artifacts), **kwargs)
-
-    @staticmethod
-    def _load_text(ckpts, dtype, device, variant, text_dtype) -> PromptEncoder | None:
-        for n in (1, 2):
-            if n in ckpts and ckpts[n].has("text_encoder"):
-                return components.load_t5(ckpts[n], dtype, device, variant, text_dtype)
-        if 1 in ckpts or 2 in ckpts:
-            raise ValueError("no T5 text encoder found: the stage I checkpoint should ship text_encoder/")
-        return None
+    def from_engines(
+        cls, engines: str | Path, artifacts: str | Path | None = None, *, device: int = 0, **kwargs
+    ) -> Cascade:
+        """Run on engines built by ``ifengine build`` (verified against the engine cache first) on CUDA
+        device ``device``; components without an engine come from ``stage1=``/``stage2=``/``stage3=``
+        checkpoints (torch) or, failing that, from the graphs under ``artifacts`` (ONNX Runtime, CUDA
+        provider). See backends/tensorrt/load.py for the other keyword arguments."""
+        checkpoints = {n: kwargs.pop(n, None) for n in ("stage1", "stage2", "stage3")}
+        source = ModelSource(
+            engines=str(engines),
+            artifacts=None if artifacts is None else str(artifacts),
+            variant=kwargs.pop("variant", None),
+            **checkpoints,
+        )
+        return open_cascade(source, device=f"cuda:{device}", **kwargs)
 
     @property
     def loaded_stages(self) -> tuple[int, ...]:
@@ -407,15 +416,60 @@ class Cascade(LoraMixin):
         return None if last_stage == 3 else (self.stage1, self.stage2)[last_stage - 1].unet.config.sample_size
 
 
-def _source_name(source) -> str:
-    """How image metadata names a checkpoint: a Hub id as given, a local folder by its absolute path."""
-    path = Path(source).expanduser()
-    return str(path.resolve()) if path.exists() else str(source)
+# runtime options of a torch cascade: with graphs or engines the exports fix precision and memory
+_TORCH_RUNTIME = ("vram_budget", "compile", "channels_last", "weights", "throughput", "max_batch", "max_size")
 
 
-def _load_safety(ckpt, device):
-    if ckpt is None:
-        return None
-    from .safety import load_safety
+def open_cascade(
+    source: ModelSource | None = None,
+    *,
+    device=None,
+    dtype=None,
+    safety: bool = True,
+    text_encoder: str | None = "auto",
+    text_dtype: torch.dtype | None = None,
+    cuda_graphs: bool | None = None,
+    runtime: bool = True,
+    **options,
+) -> Cascade:
+    """The cascade ``source`` names (default: the tiny demo), on ``device`` in ``dtype`` (default: the
+    source's, else cuda + float16 when a GPU is visible, cpu + float32 otherwise), with the GPU runtime
+    where it applies. ``options``: the torch runtime's (vram_budget, weights, throughput, max_batch, ...)
+    for checkpoints, the graph or engine loader's (precision, providers, verify, ...) for those sources."""
+    source = source or ModelSource()
+    device, dtype = placement(device or source.device, dtype or source.dtype)
+    torch_runtime = {k: options.pop(k) for k in _TORCH_RUNTIME if k in options}
+    if source.uses_graphs and torch_runtime:
+        raise TypeError(f"{', '.join(torch_runtime)} act on torch checkpoints only, not on graphs or engines")
+    host_first = torch_runtime.get("vram_budget") is not None  # the planner places every weight itself
+    parts = load_parts(
+        source,
+        device,
+        dtype,
+        safety=safety,
+        text_encoder=text_encoder,
+        text_dtype=text_dtype,
+        host_first=host_first,
+        **options,
+    )
+    pipe = Cascade.from_parts(parts)
+    if source.kind == "artifacts":
+        if runtime:
+            pipe.use_runtime(cuda_graphs=False)  # ORT calls are never capturable
+    elif source.kind == "engines":
+        pipe.use_runtime(cuda_graphs=cuda_graphs is not False)
+    elif _wants_runtime(device, cuda_graphs, torch_runtime):
+        mode = "throughput" if torch_runtime.pop("throughput", False) else "latency"
+        pipe.use_runtime(cuda_graphs=cuda_graphs, mode=mode, **torch_runtime)
+    return pipe
 
-    return load_safety(ckpt, device)
+
+def _wants_runtime(device: torch.device, cuda_graphs, options: dict) -> bool:
+    """The GPU runtime runs on CUDA, under a memory budget, with CUDA graphs, int8 weights or throughput."""
+    return (
+        device.type == "cuda"
+        or options.get("vram_budget") is not None
+        or bool(cuda_graphs)
+        or options.get("weights") == "int8"
+        or bool(options.get("throughput"))
+    )

@@ -11,6 +11,8 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
+from ..pipeline.source import ModelSource
+
 STAGE_NAMES = ("text", "stage1", "stage2", "stage3")
 LAYOUTS = ("split", "single")
 API_KEY_ENV = "IFENGINE_API_KEY"
@@ -66,30 +68,6 @@ class Limits:
     max_prompt_chars: int = 4000
     request_timeout_s: float = 300.0  # a request still unanswered then gets a 503; none waits forever
     retry_after_s: int = 1
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Which weights every deployment loads: the tiny demo cascade when no checkpoint is given."""
-
-    stage1: str | None = None
-    stage2: str | None = None
-    stage3: str | None = None
-    variant: str | None = None
-    device: str | None = None  # None: cuda when the replica sees a GPU, else cpu
-    dtype: str | None = None  # None: float16 on cuda, float32 on cpu
-    demo_root: str | None = None  # where the demo checkpoints live (default: $IFENGINE_CACHE)
-    artifacts: str | None = None  # exported graphs (`ifengine export`), run on ONNX Runtime
-    engines: str | None = None  # TensorRT engines (`ifengine build`); the rest from checkpoints or artifacts
-    providers: str | None = None  # ONNX Runtime providers for artifacts: cpu, cuda, tensorrt
-
-    @property
-    def uses_graphs(self) -> bool:
-        return bool(self.artifacts or self.engines)
-
-    @property
-    def is_demo(self) -> bool:
-        return not (self.stage1 or self.stage2 or self.stage3 or self.uses_graphs)
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import torch
 
+from ..pipeline.cascade import Cascade, open_cascade
+from ..pipeline.loader import checkpoints_of, defaults_of, placement
+from ..pipeline.source import ModelSource
 from ..stage.options import RunDefaults
-from .config import ModelSource
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +32,7 @@ class ModelInfo:
 
 
 def checkpoint_paths(source: ModelSource) -> dict[int, str]:
-    if source.is_demo:
-        from ..demo import demo_checkpoints
-
-        paths = demo_checkpoints(Path(source.demo_root) if source.demo_root else None)
-        return {1: str(paths["stage1"]), 2: str(paths["stage2"]), 3: str(paths["stage3"])}
-    return {n: s for n, s in ((1, source.stage1), (2, source.stage2), (3, source.stage3)) if s}
+    return {n: str(p) for n, p in checkpoints_of(source).items()}
 
 
 def model_info(source: ModelSource) -> ModelInfo:
@@ -52,7 +49,7 @@ def model_info(source: ModelSource) -> ModelInfo:
         configs = {**graph_unet_configs(Path(source.artifacts)), **configs}
     if 1 not in configs:
         raise ValueError("serving text to image needs a stage I checkpoint (--stage1)")
-    defaults = _demo_defaults() if source.is_demo else RunDefaults()
+    defaults = defaults_of(source)
     return ModelInfo(
         stages=tuple(sorted(configs)),
         sample_size=configs[1].sample_size,
@@ -61,48 +58,19 @@ def model_info(source: ModelSource) -> ModelInfo:
     )
 
 
-def _demo_defaults() -> RunDefaults:
-    from ..demo.build import DEMO_DEFAULTS_STEPS
-
-    return RunDefaults(steps=DEMO_DEFAULTS_STEPS)
-
-
 def device_and_dtype(source: ModelSource) -> tuple[torch.device, torch.dtype]:
-    device = torch.device(source.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = getattr(torch, source.dtype or ("float16" if device.type == "cuda" else "float32"))
-    return device, dtype
+    return placement(source.device, source.dtype)
 
 
 def load_whole(source: ModelSource):
     """The cascade as ``ifengine generate`` loads it (GPU runtime included on a CUDA device)."""
-    from ..demo import demo_cascade
-    from ..pipeline.cascade import Cascade
-
-    device, dtype = device_and_dtype(source)
-    if source.uses_graphs:
-        from ..commands.backend_flags import load_graphs
-
-        return load_graphs(
-            engines=source.engines,
-            artifacts=source.artifacts,
-            providers=source.providers,
-            stages=(source.stage1, source.stage2, source.stage3),
-            variant=source.variant,
-            device=str(device),
-            dtype=dtype,
-        )
-    if source.is_demo:
-        return demo_cascade(device=device, dtype=dtype, root=Path(source.demo_root) if source.demo_root else None)
-    return Cascade.from_pretrained(
-        source.stage1, source.stage2, source.stage3, device=device, dtype=dtype, variant=source.variant, safety=False
-    )
+    return open_cascade(source, safety=False)
 
 
 def load_part(source: ModelSource, part: str):
     """A Cascade holding only ``part`` ("text", "stage1", "stage2" or "stage3")."""
     from ..models.checkpoint import resolve
     from ..stage import components
-    from ..pipeline.cascade import Cascade
 
     device, dtype = device_and_dtype(source)
     paths = checkpoint_paths(source)

@@ -1,9 +1,12 @@
-"""Load each stage's components from a resolved checkpoint into our modules."""
+"""Load each stage's components from a resolved checkpoint into our modules, and what a loader hands on."""
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -17,9 +20,26 @@ from ..models.x4_unet import X4UNet
 from ..schedule.ddim import DDIMConfig
 from ..schedule.ddpm import DDPMConfig
 from ..text.encoder import PromptEncoder
+from .options import RunDefaults
 from .stages import IFStage, X4Stage
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CascadeParts:
+    """Everything a loader (checkpoints, graphs, engines, or a mix) produces and the ``Cascade`` facade
+    takes: the loaded parts, where they run, and the facts image metadata and defaults need."""
+
+    text: PromptEncoder | None
+    stage1: IFStage | None
+    stage2: IFStage | None
+    stage3: X4Stage | None
+    device: torch.device
+    dtype: torch.dtype
+    safety: Any = None  # the safety checker, when the checkpoints ship one and it was asked for
+    defaults: RunDefaults = RunDefaults()
+    sources: Mapping[int, str] = field(default_factory=dict)  # stage -> checkpoint name, for image metadata
 
 
 def load_unet(ckpt: Checkpoint, cls, dtype: torch.dtype, device, variant: str | None):

@@ -2,5 +2,5 @@
 
 - ``session``: one artifact and its ORT session (``OrtGraph``), dims checked against its I/O spec
 - ``network``: ``OrtNetwork``, the ``backends.base.Network`` over a session (IO binding to static buffers)
-- ``load``: ``load_onnx_cascade`` behind ``Cascade.from_artifacts`` (providers "cpu", "cuda", "tensorrt")
+- ``load``: ``load_onnx_parts``, what ``open_cascade`` runs for exported graphs (providers cpu, cuda, tensorrt)
 """

@@ -9,6 +9,8 @@ own provider names / (name, options) pairs.
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,6 +20,7 @@ from ...dtypes import torch_dtype
 from ...facts import ALL_COMPONENTS
 from ...export.manifest import MANIFEST_NAME, ArtifactError, read_manifest
 from ...export.precision import supports
+from ...stage.components import CascadeParts
 from ...models.config import UNetConfig
 from ..assemble import assemble
 from .network import OrtNetwork
@@ -46,31 +49,25 @@ def provider_list(providers: Sequence[Any] | str | None) -> list[Any]:
     return out
 
 
-def load_onnx_cascade(
-    cls,
+def load_onnx_parts(
     artifacts: Path,
     providers: Sequence[Any] | str | None = None,
     precision: str | Mapping[str, str] = "fp32",
     use_step_graphs: bool = True,
     verify: str = "size",
-    runtime: bool = True,
-):
-    """A ``cls`` (Cascade) running the graphs under ``artifacts`` on ``providers`` (default: CPU).
+) -> CascadeParts:
+    """The cascade's parts running the graphs under ``artifacts`` on ``providers`` (default: CPU).
 
     ``precision`` picks the artifacts: one name for all, or a dict per component with an optional
     "default" (e.g. {"default": "fp16", "t5": "int8"}); "int8" means fp32 for the CLIP text encoder and
     the VAE decoder, which have no int8 graphs. ``verify`` "hash" re-hashes every file first.
-    ``runtime=False`` leaves the cascade on the plain stage loops instead of the GPU runner.
     """
     artifacts, providers = Path(artifacts), provider_list(providers)
     networks = open_networks(artifacts, providers, precision, verify)
     dtype = torch_dtype(chooser(precision)("unet1"))
-    cascade = assemble(cls, networks, binding_device(providers), dtype, use_step_graphs)
-    cascade.sources = graph_sources(networks)
+    parts = assemble(networks, binding_device(providers), dtype, use_step_graphs)
     log.info("ONNX Runtime cascade from %s: %s on %s", artifacts, ", ".join(sorted(networks)), providers)
-    if runtime:
-        cascade.use_runtime(cuda_graphs=False)  # ORT calls are never capturable
-    return cascade
+    return dataclasses.replace(parts, sources=graph_sources(networks))
 
 
 def open_networks(

@@ -1,5 +1,5 @@
 """TensorRT engines as ``backends.base.Network``s.
 
 - ``engines``: the thin adapter (``TensorRTEngine`` per context, ``EngineNetwork`` per component)
-- ``load``: engine-cache checks before TensorRT, deserialisation, shared scratch; ``Cascade.from_engines``
+- ``load``: engine-cache checks before TensorRT, deserialisation, shared scratch (``load_engine_parts``)
 """

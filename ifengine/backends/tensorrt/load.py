@@ -127,8 +127,7 @@ def _activate(trt, manifest: Mapping, engine, scratch, size: int, device: int) -
     return TensorRTEngine(plan, context, f"cuda:{device}", keep=(engine, scratch))
 
 
-def load_engine_cascade(
-    cls,
+def load_engine_parts(
     engines: Path,
     artifacts: Path | None = None,
     *,
@@ -143,16 +142,15 @@ def load_engine_cascade(
     providers: Sequence[Any] | str = ("cuda",),
     budgets: Mapping[str, Any] | None = None,
     checksum: bool = True,
-    cuda_graphs: bool = True,
     target: Target | None = None,
     use_step_graphs: bool = True,
 ):
-    """A ``cls`` (Cascade) on the engines in ``engines``; what has no engine runs on torch from the
+    """The cascade's parts on the engines in ``engines``; what has no engine runs on torch from the
     ``stage1``/``stage2``/``stage3`` checkpoints, else on ONNX Runtime (``providers``) from ``artifacts``.
 
     Every engine is verified (target, checksum, staleness against ``artifacts``) before anything is
-    loaded. The cascade runs on the GPU runner; each step around TensorRT enqueues is captured as one
-    CUDA graph after its warm-up (``cuda_graphs``)."""
+    loaded. The facade runs them on the GPU runner; each step around TensorRT enqueues is captured as one
+    CUDA graph after its warm-up."""
     import torch
 
     from ...models.checkpoint import resolve
@@ -170,10 +168,8 @@ def load_engine_cascade(
         covered = set(networks) | _covered_by(checkpoints)
         networks |= open_networks(Path(artifacts), provider_list(providers), precision, skip=covered)
     parts = torch_parts(checkpoints, set(networks), dtype, torch.device("cuda", device), variant)
-    cascade = assemble(cls, networks, torch.device("cuda", device), dtype, use_step_graphs, parts)
     log.info("engines from %s: %s", engines, ", ".join(sorted(c for c in networks if c in built)) or "none")
-    cascade.use_runtime(cuda_graphs=cuda_graphs)
-    return cascade
+    return assemble(networks, torch.device("cuda", device), dtype, use_step_graphs, parts)
 
 
 def _covered_by(checkpoints: Mapping[int, Any]) -> set[str]:

@@ -13,8 +13,8 @@ import logging
 from pathlib import Path
 from collections.abc import Sequence
 
-from .errors import TensorRTError
-from .trt_runtime import logger, require_tensorrt
+from ..engines.errors import TensorRTError
+from ..engines.trt_runtime import logger, require_tensorrt
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ def refit_engine(engine, graph: str | Path, updates: Sequence) -> int:
     """Write the LoRA-changed weights (``Cascade.lora_updates(stage)``) into ``engine``, a deserialised
     ICudaEngine built from the ONNX ``graph``; returns how many weights were set. Call it while no
     context of the engine is running."""
-    from ..lora.onnx_weights import named_weights
+    from .onnx_weights import named_weights  # needs onnx (the export extra)
 
     trt = require_tensorrt()
     if not getattr(engine, "refittable", False):
