@@ -18,6 +18,8 @@ from collections.abc import Callable
 import torch
 
 from .timing import Clock
+from ..pipeline.cascade import open_cascade
+from ..pipeline.source import ModelSource
 
 log = logging.getLogger(__name__)
 STAGES = ("T5", "I", "II", "III")
@@ -94,11 +96,7 @@ def load_systems(
 
 
 def _ifengine_family(names: list[str], paths, device, dtype) -> dict[str, System]:
-    from ..pipeline.cascade import Cascade
-
-    pipe = Cascade.from_pretrained(
-        paths["stage1"], paths["stage2"], paths["stage3"], device=device, dtype=dtype, variant="fp16", safety=False
-    )
+    pipe = open_cascade(_checkpoints(paths), device=device, dtype=dtype, safety=False)
     systems = {}
     for name in names:
         pipe.set_executor(name[len("ifengine-") :])
@@ -110,7 +108,6 @@ def _ifengine_family(names: list[str], paths, device, dtype) -> dict[str, System
 
 def _ifengine_runtime(name: str, paths, device: torch.device, dtype, vram_budget: int | None) -> System:
     """ifengine's GPU runtime (static buffers, CUDA graphs, memory planner) behind the same chain."""
-    from ..pipeline.cascade import Cascade
     from ..stage.components import t5_dtype
 
     try:
@@ -119,15 +116,8 @@ def _ifengine_runtime(name: str, paths, device: torch.device, dtype, vram_budget
         raise ValueError(f"ifengine-graphs needs ifengine.runtime.configure, missing here ({err})") from err
     # under a budget the planner places the weights: load them on the host, nothing has to fit first
     where = "cpu" if vram_budget is not None else device
-    pipe = Cascade.from_pretrained(
-        paths["stage1"],
-        paths["stage2"],
-        paths["stage3"],
-        device=where,
-        dtype=dtype,
-        variant="fp16",
-        safety=False,
-        text_dtype=t5_dtype(dtype, device),
+    pipe = open_cascade(
+        _checkpoints(paths), device=where, dtype=dtype, safety=False, text_dtype=t5_dtype(dtype, device)
     )
     pipe.set_executor("eager").device = device  # the runtime captures the plain step itself
     runtime = configure(
@@ -137,14 +127,18 @@ def _ifengine_runtime(name: str, paths, device: torch.device, dtype, vram_budget
 
 
 def _ifengine_artifacts(artifacts: Path | None, device, dtype) -> System:
-    from ..pipeline.cascade import Cascade
-
     if artifacts is None:
         raise ValueError("ifengine-onnxruntime needs --artifacts DIR (the output of `ifengine export`)")
-    precision = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
-    providers = "cuda" if torch.device(device).type == "cuda" else "cpu"
-    pipe = Cascade.from_artifacts(artifacts, backend="onnxruntime", providers=providers, precision=precision)
+    # the loader picks the graphs of dtype's precision and the device's providers
+    pipe = open_cascade(ModelSource(artifacts=str(artifacts)), device=device, dtype=dtype)
     return System("ifengine-onnxruntime", _ifengine_runner(pipe, None))
+
+
+def _checkpoints(paths) -> ModelSource:
+    """The benchmark checkpoints (written with fp16 weight files) as a model source."""
+    return ModelSource(
+        stage1=str(paths["stage1"]), stage2=str(paths["stage2"]), stage3=str(paths["stage3"]), variant="fp16"
+    )
 
 
 def _ifengine_runner(pipe, step_fns, runner=None) -> Callable[[RunSpec, Clock], None]:
