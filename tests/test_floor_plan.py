@@ -57,10 +57,13 @@ def imports(path: Path) -> list[tuple[str, int, bool]]:
 
 
 def room(module: str) -> str | None:
-    """The room of an ifengine module; None for the package root (``ifengine.__version__``), which holds
-    only the lazy public names and imports nothing at module level."""
+    """The room of an ifengine module; None for the package root (``from ifengine import __version__``),
+    which holds only the lazy public names and imports nothing at module level."""
     parts = module.split(".")
-    return parts[1] if len(parts) > 1 and parts[1] != "__version__" else None
+    if len(parts) < 2:
+        return None
+    is_room = (PACKAGE / parts[1]).is_dir() or (PACKAGE / f"{parts[1]}.py").is_file()
+    return parts[1] if is_room else None
 
 
 def source_files() -> list[Path]:

@@ -19,6 +19,7 @@ import torch
 
 from ...export.manifest import ArtifactError, check_files, check_version, read_manifest
 from ...export.spec import ComponentSpec, SpecError
+from ...export.verify import session_options
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +114,8 @@ def _session(graph: Path, providers: Sequence[Any], manifest: dict[str, Any]):
             f"{graph} is a bf16 graph: ONNX Runtime's CPU provider has no bf16 kernels. Use the "
             "CUDA or TensorRT provider, or fp32/fp16/int8 artifacts on the CPU."
         )
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
     try:
-        return ort.InferenceSession(str(graph), options, providers=list(providers))
+        return ort.InferenceSession(str(graph), session_options(), providers=list(providers))
     except Exception as err:  # ORT raises its own exception types; all mean the graph cannot be loaded
         raise ArtifactError(
             f"ONNX Runtime cannot load {graph} ({type(err).__name__}: {err}); export the artifact again"
