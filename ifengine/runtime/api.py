@@ -7,6 +7,8 @@ planner's weight moves, and ``fetch_no_sync`` for the single end-of-call synchro
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import logging
 from dataclasses import dataclass, field
 
@@ -56,6 +58,15 @@ class Runtime:
         self.cascade, self.options, self.runner, self.backend = cascade, options, runner, backend
         self.plan, self.placer = plan, placer
         self._warned: set[tuple] = set()
+        self._streams: tuple | None = None
+
+    def stream_pair(self, make: Callable[[], object]) -> tuple:
+        """Throughput mode's (front, back) streams, made once per runtime: a new stream per call would
+        miss the caching allocator's per-stream pools (a cudaMalloc inside the timed loop, reserved
+        memory growing call after call)."""
+        if self._streams is None:
+            self._streams = (make(), make())
+        return self._streams
 
     def run_if_stage(self, stage_no: int, stage, opts, embeds, shape, ctx, **kwargs) -> torch.Tensor:
         """``stage.stages.run_if_stage``'s signature and result."""

@@ -28,7 +28,7 @@ class TensorRTEngine(Network):
 
     def __init__(self, plan: IOPlan, context, device="cuda", keep: Any = None):
         self.plan, self.context, self.name, self.spec = plan, context, plan.name, plan.spec
-        self.io = StaticIO(plan, device)  # at the profile's maximum: addresses never move
+        self.io = StaticIO(plan, device, owner=self)  # at the profile's maximum: addresses never move
         self._keep = keep  # the ICudaEngine and the shared scratch must outlive the context
 
     @property
