@@ -2,7 +2,6 @@
 after every section (the sections here are tiny functions in a module written by the test)."""
 
 import json
-import os
 import time
 
 import pytest
@@ -10,7 +9,7 @@ import pytest
 from ifengine.bench.gpu_check import CheckConfig, Section, run_check
 from ifengine.bench.gpu_check.registry import DEFAULT_SECONDS
 
-PROBES = '''
+PROBES = """
 import json, os, time
 
 def fine(cfg, save):
@@ -25,15 +24,13 @@ def hang(cfg, save):
     time.sleep(600)
 
 def report_so_far(cfg, save):
-    return json.load(open(os.path.join(os.environ["PROBE_OUT"], "gpu_check.json")))["sections"]
-'''
+    return json.load(open(os.path.join(OUT, "gpu_check.json")))["sections"]
+"""
 
 
 @pytest.fixture
-def probes(tmp_path, monkeypatch):
-    (tmp_path / "gpu_probes.py").write_text(PROBES)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
-    monkeypatch.setenv("PROBE_OUT", str(tmp_path / "out"))
+def probes(tmp_path):
+    (tmp_path / "gpu_probes.py").write_text(f"OUT = {str(tmp_path / 'out')!r}\n" + PROBES)
     import importlib
     import sys
 

@@ -130,6 +130,30 @@ def capturing() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
+_side_streams: dict = {}  # device -> the one stream eager enqueues use instead of the legacy default stream
+
+
+@contextlib.contextmanager
+def enqueue_handle(stream) -> Iterator[int]:
+    """The raw stream to enqueue on: ``stream`` if given, else torch's current stream, except that the
+    legacy default stream (handle 0) is replaced by a side stream ordered after it and before what
+    follows on it. On stream 0 TensorRT adds a cudaStreamSynchronize per enqueue and the legacy stream
+    serialises with every other stream; eager T5/CLIP/VAE calls run on it unless a caller set one."""
+    if stream is not None:
+        yield stream_handle(stream)
+        return
+    current = torch.cuda.current_stream()
+    if current.cuda_stream != 0:
+        yield current.cuda_stream
+        return
+    side = _side_streams.get(current.device)
+    if side is None:
+        side = _side_streams[current.device] = torch.cuda.Stream(current.device)
+    side.wait_stream(current)
+    yield side.cuda_stream
+    current.wait_stream(side)
+
+
 def stream_handle(stream) -> int:
     """A raw CUDA stream handle from a torch stream, an int, or None (torch's current stream)."""
     if stream is None:

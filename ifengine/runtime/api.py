@@ -122,6 +122,22 @@ class Runtime:
             self.cascade.runtime = None
 
 
+def _check_concurrent(cascade) -> None:
+    """Throughput mode runs stage I and stages II/III at once on two streams: refuse networks that must
+    never run concurrently (the TensorRT engines of a cascade share one scratch allocation)."""
+    parts = {"t5": getattr(cascade.text, "model", None)}
+    for n, stage in ((1, cascade.stage1), (2, cascade.stage2), (3, cascade.stage3)):
+        parts[f"stage {n}"] = getattr(stage, "unet", None)
+    if cascade.stage3 is not None:
+        parts.update(clip=cascade.stage3.text.model, vae_decoder=cascade.stage3.vae)
+    serial = sorted(k for k, p in parts.items() if getattr(getattr(p, "network", None), "one_stream_only", False))
+    if serial:
+        raise ValueError(
+            f"mode='throughput' runs stages concurrently, but {', '.join(serial)} run on TensorRT engines that "
+            "share one scratch allocation; use mode='latency' with engines"
+        )
+
+
 def default_workload(cascade, batch: int = 1, size: tuple[int | None, int | None] | None = None) -> Workload:
     """The cascade's default call with ``batch`` images at stage I ``size`` (None parts: the default size)."""
     height, width = size or (None, None)
@@ -177,6 +193,8 @@ def configure(
         )
     if options.cuda_graphs:
         check_graph_device(device)
+    if options.mode == "throughput":
+        _check_concurrent(cascade)
     _check_positive("max_batch", max_batch)
     for part in max_size or ():
         if part is not None:

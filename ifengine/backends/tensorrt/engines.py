@@ -20,11 +20,13 @@ from collections.abc import Mapping
 from ...engines import bindings, trt_runtime as trt_rt
 from ...engines.io_plan import IOPlan
 from ..base import Capture, Network, call
-from ..static_io import StaticIO, stream_handle
+from ..static_io import StaticIO, enqueue_handle
 
 
 class TensorRTEngine(Network):
     """One engine + execution context behind static buffers."""
+
+    one_stream_only = True  # the cascade's engines share one scratch: runtime.api refuses throughput mode
 
     def __init__(self, plan: IOPlan, context, device="cuda", keep: Any = None):
         self.plan, self.context, self.name, self.spec = plan, context, plan.name, plan.spec
@@ -64,7 +66,8 @@ class TensorRTEngine(Network):
 
     def enqueue(self, stream=None) -> None:
         recording = self.io.before_enqueue(self.capture)
-        trt_rt.enqueue(self.context, stream_handle(stream))
+        with enqueue_handle(stream) as handle:  # never the legacy default stream
+            trt_rt.enqueue(self.context, handle)
         self.io.after_enqueue(recording)
 
     def __call__(self, feeds: Mapping[str, Any]) -> dict:
@@ -103,6 +106,8 @@ class TensorRTEngineSet:
 class EngineNetwork(Network):
     """One component's engines as one network: ``prepare`` picks the engine whose profile covers the dims.
     ``config``/``manifest``/``manifest_path`` are the export's the engines were built from (for assembly)."""
+
+    one_stream_only = True  # see TensorRTEngine
 
     def __init__(self, engines: TensorRTEngineSet, component: str, device="cuda"):
         self.engines, self.name, self.device = engines, component, device

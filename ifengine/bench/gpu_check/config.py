@@ -52,5 +52,5 @@ def quick_config(device: str = "cuda", preset: str = "full", **overrides) -> Che
     """The budgeted run (``--quick``); the tiny preset shrinks everything to seconds on a CPU."""
     fields_ = dict(device=device, preset=preset)
     if preset == "tiny":
-        fields_.update(steps=(1, 1, 1), batches=(1,), repeats=1, prompts=2, size=8)
+        fields_.update(steps=(1, 1, 1), batches=(1,), repeats=1, prompts=1, size=8)
     return CheckConfig(**{**fields_, **overrides})

@@ -13,7 +13,9 @@ def markdown(report: dict) -> str:
         f"# GPU check ({cfg['preset']} presets on {cfg['device']}, steps {tuple(cfg['steps'])}): "
         f"{report.get('total_seconds', 0)} s of a {cfg['seconds']} s budget\n",
         f"Started {report.get('started_utc')}.\n",
-        markdown_table(["section", "status", "seconds", "deadline s"], [_status_row(n, e) for n, e in report["sections"].items()]),
+        markdown_table(
+            ["section", "status", "seconds", "deadline s"], [_status_row(n, e) for n, e in report["sections"].items()]
+        ),
     ]
     for name, entry in report["sections"].items():
         lines.append(f"\n## {name}: {entry.get('status')}\n")

@@ -1,5 +1,8 @@
 """The parent of the GPU check: runs each section in a child process under a hard deadline.
 
+Children are forked by ``multiprocessing``'s fork server (see ``child.py``): the libraries are imported
+once for the whole check instead of once per section, which saves seconds of every section's share.
+
 The parent holds no CUDA context (it never touches the device), so each child has the device to itself.
 A child that overruns its deadline is killed with its whole process group; a child that crashes leaves
 its error (and whatever it had saved) in the report. The report, JSON and Markdown, is rewritten
@@ -9,12 +12,13 @@ section finished so far.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import logging
 import os
 import signal
-import subprocess
+import multiprocessing
 import sys
 import tempfile
 import time
@@ -23,6 +27,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ...atomic import write_json_atomic, write_text_atomic
+from .child import PRELOAD, run_in_child
 from .config import CheckConfig
 from .markdown import markdown
 from .registry import DEFAULT_SECONDS, SECTIONS, Section
@@ -59,19 +64,24 @@ def run_check(
     return report
 
 
+def _context():
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)
+    return ctx
+
+
 def run_section(s: Section, cfg: CheckConfig, deadline: float, tmp: Path, out_dir: Path) -> dict:
     result_path, log_path = tmp / f"{s.name}.json", out_dir / f"gpu_check.{s.name}.log"
-    cmd = [sys.executable, "-m", "ifengine.bench.gpu_check.child", s.target, cfg.to_json(), str(result_path)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))}
+    args = (s.target, cfg.to_json(), str(result_path), str(log_path), [str(PACKAGE_ROOT), *sys.path])
     started = time.monotonic()
-    with open(log_path, "w") as logfile:
-        child = subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        try:
-            code = child.wait(timeout=deadline)
-            timed_out = False
-        except subprocess.TimeoutExpired:
-            _kill_group(child)
-            code, timed_out = child.wait(), True
+    child = _context().Process(target=run_in_child, args=args, name=f"gpu_check {s.name}")
+    child.start()
+    child.join(timeout=deadline)
+    timed_out = child.is_alive()
+    if timed_out:
+        _kill_group(child)
+        child.join()
+    code = child.exitcode
     entry = _read(result_path)
     entry.update(seconds=round(time.monotonic() - started, 2), deadline_s=round(deadline, 1))
     if timed_out:
@@ -84,11 +94,10 @@ def run_section(s: Section, cfg: CheckConfig, deadline: float, tmp: Path, out_di
     return entry
 
 
-def _kill_group(child: subprocess.Popen) -> None:
-    try:
+def _kill_group(child) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(child.pid, signal.SIGKILL)  # the section's own session: its helpers go with it
-    except ProcessLookupError:
-        pass
+    child.kill()  # in case it was killed before it could start its session
 
 
 def _read(path: Path) -> dict:

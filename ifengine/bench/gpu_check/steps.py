@@ -18,10 +18,11 @@ def run(cfg: CheckConfig, save) -> dict:
 
     device, dtype = torch.device(cfg.device), dtype_of(cfg)
     report = {"matmul_peak": matmul_peak(device, dtype, repeats=cfg.repeats), "rows": []}
+    peak = report["matmul_peak"]["flops_per_s"]
     save(report)
     for preset in PRESETS[cfg.preset]["unets"]:
         for batch in cfg.batches:
-            report["rows"].append(time_unet(preset, batch, device, dtype, cfg.repeats, report["matmul_peak"]["flops_per_s"], cfg.size))
+            report["rows"].append(time_unet(preset, batch, device, dtype, cfg.repeats, peak, cfg.size))
             release(None)  # the U-Net (8 GiB for IF-I-XL) and its graph pool go before the next is built
             save(report)
     return report

@@ -18,7 +18,11 @@ def run(cfg: CheckConfig, save) -> dict:
             try:
                 run_throughput(cascade, runtime, [PROMPTS[0]], **kw)  # captures
                 res = run_throughput(cascade, runtime, [PROMPTS[0]] * cfg.prompts, **kw)
-                report[mode] = {"images": res.images, "seconds": res.seconds, "images_per_second": res.images_per_second}
+                report[mode] = {
+                    "images": res.images,
+                    "seconds": res.seconds,
+                    "images_per_second": res.images_per_second,
+                }
             finally:
                 runtime.close()
             save(report)
