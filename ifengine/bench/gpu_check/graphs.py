@@ -96,14 +96,17 @@ def _captured(runtime) -> int:
 def sync_debug(cfg: CheckConfig, save) -> dict:
     from ...runtime import configure
 
+    from ...text.masks import host_mask_status
+
     cascade = build_cascade(cfg)
     try:
         configure(cascade, cuda_graphs=on_gpu(cfg))
         call(cascade, cfg, PROMPTS[0])  # encodes its prompt and captures every graph (capture syncs)
+        mask = {"t5_mask": host_mask_status(cascade.text.model)}  # a 2-D fallback would sync every encode
         if not on_gpu(cfg):
             call(cascade, cfg, PROMPTS[1], seed=1)
-            return skip("sync debug mode is a CUDA feature: the uncached call ran without it")
-        return _uncached_call_under_sync_debug(cascade, cfg)
+            return {**mask, **skip("sync debug mode is a CUDA feature: the uncached call ran without it")}
+        return {**mask, **_uncached_call_under_sync_debug(cascade, cfg)}
     finally:
         release(cascade)
 
