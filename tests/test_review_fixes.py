@@ -72,3 +72,37 @@ def test_throughput_streams_are_made_once_per_runtime(tiny):
 
     first = runtime.stream_pair(make)
     assert runtime.stream_pair(make) is first and len(made) == 2 and first == tuple(made)
+
+
+def test_streamed_units_are_prefetched_in_the_order_the_forward_runs_them(stage1_dir, stage2_dir, stage3_dir):
+    """Before, units streamed in registration order: IFUNet's up_blocks before its mid_block, so most
+    prefetches were copies of the wrong unit. Now only each forward's first unit is fetched on arrival."""
+    from ifengine.memory.plan_inputs import cascade_modules, plan_inputs
+    from ifengine.memory.planner import STREAM, PlanOptions, minimum_budget
+    from ifengine.memory.workload import Workload
+    from ifengine.runtime.api import RuntimeOptions, configure
+
+    import ifengine
+
+    cascade = ifengine.Cascade.from_pretrained(stage1_dir, stage2_dir, stage3_dir, safety=False)
+    steps, workload = (2, 2, 2), Workload(height=8, width=8, steps=(2, 2, 2))
+    options = PlanOptions(cuda_graphs=False, reserve_bytes=0, activation_margin=1.0, context_reserve_bytes=0)
+    budget = minimum_budget(plan_inputs(cascade_modules(cascade), workload), options, precision=64 * 1024)
+    runtime = configure(
+        cascade,
+        workload=workload,
+        options=RuntimeOptions(vram_budget=budget, cuda_graphs=False, plan=options, weights="native"),
+    )
+    streamed = [p.name for p in runtime.plan.placements if p.mode == STREAM]
+    assert {"unet1", "unet2"} <= set(streamed)
+    forwards = {name: 0 for name in streamed}
+    modules = cascade_modules(cascade)
+    for name in streamed:
+        modules[name].register_forward_pre_hook(lambda *_, name=name: forwards.__setitem__(name, forwards[name] + 1))
+    cascade("a red cat", steps=steps, height=8, width=8, seed=1, output_type="pt", progress=False)
+    placer = runtime.placer
+    for name in (n for n in streamed if forwards[n]):  # the VAE is entered through decode(), not forward
+        units = len(runtime.plan.placement(name).streamed_units)
+        assert placer.prefetch_misses[name] == forwards[name], name  # the first unit of each forward only
+        assert placer.prefetch_hits.get(name, 0) == forwards[name] * (units - 1), name
+    runtime.close()

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..models.int8 import compute_dtype, is_quantized
+from .exec_order import in_execution_order
 from .partition import DEFAULT_MAX_UNIT_BYTES, Partition, partition
 
 # The phases of one generate call, in order, and the components each one runs.
@@ -88,7 +89,7 @@ class PlanInputs:
 def component_info(
     name: str, module: nn.Module, forwards: int, max_unit_bytes: int = DEFAULT_MAX_UNIT_BYTES
 ) -> ComponentInfo:
-    part = partition(module, max_unit_bytes)
+    part = in_execution_order(partition(module, max_unit_bytes), name, module)  # streaming prefetches in it
     tensors = {id(t): t for t in (*module.parameters(), *module.buffers())}.values()
     params = sum(p.numel() for p in {id(p): p for p in module.parameters()}.values())
     return ComponentInfo(
