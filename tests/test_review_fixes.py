@@ -106,3 +106,19 @@ def test_streamed_units_are_prefetched_in_the_order_the_forward_runs_them(stage1
         assert placer.prefetch_misses[name] == forwards[name], name  # the first unit of each forward only
         assert placer.prefetch_hits.get(name, 0) == forwards[name] * (units - 1), name
     runtime.close()
+
+
+def test_the_planner_counts_the_buffers_the_runner_reserves(tiny):
+    from ifengine.memory.workload import Workload, arena_bytes, stage_buffers
+    from ifengine.runtime import configure
+
+    workload = Workload(height=8, width=8, batch=2, steps=(5, 4, 6))
+    runtime = configure(tiny, workload=workload)
+    reserved = sum(runtime.runner.arenas[n].nbytes for n in (1, 2, 3))
+    stages = (tiny.stage1, tiny.stage2, tiny.stage3)
+    dims = tuple(s.unet.config.encoder_hid_dim or s.unet.config.cross_attention_dim[0] for s in stages)
+    assert arena_bytes(workload, dims, 4) == reserved
+    runtime.close()
+    # stage III is DDIM: no per-step noise, so more steps cost only their schedule rows
+    few, many = (stage_buffers(3, batch=1, height=64, width=64, steps=s, text_dim=32, itemsize=2) for s in (3, 50))
+    assert many["upload"] - few["upload"] == 24 * 47 * 8
