@@ -122,3 +122,53 @@ def test_the_planner_counts_the_buffers_the_runner_reserves(tiny):
     # stage III is DDIM: no per-step noise, so more steps cost only their schedule rows
     few, many = (stage_buffers(3, batch=1, height=64, width=64, steps=s, text_dim=32, itemsize=2) for s in (3, 50))
     assert many["upload"] - few["upload"] == 24 * 47 * 8
+
+
+def test_after_placement_a_request_is_checked_against_the_plan_not_the_free_memory(stage1_dir, stage2_dir, stage3_dir):
+    import ifengine
+    from ifengine.memory.estimate import RequestTooLarge, check_request
+    from ifengine.memory.plan_inputs import cascade_modules, plan_inputs
+    from ifengine.memory.planner import PlanOptions, minimum_budget
+    from ifengine.memory.workload import Workload
+    from ifengine.runtime.api import RuntimeOptions, configure
+
+    cascade = ifengine.Cascade.from_pretrained(stage1_dir, stage2_dir, stage3_dir, safety=False)
+    workload = Workload(height=8, width=8, steps=(2, 2, 2))
+    options = PlanOptions(cuda_graphs=False, reserve_bytes=0, activation_margin=1.0, context_reserve_bytes=0)
+    budget = minimum_budget(plan_inputs(cascade_modules(cascade), workload), options, precision=64 * 1024)
+    runtime = configure(
+        cascade,
+        workload=workload,
+        options=RuntimeOptions(vram_budget=budget, cuda_graphs=False, plan=options, weights="native"),
+    )
+    est = check_request(cascade, batch=1, height=8, width=8, steps=(2, 2, 2))
+    # the plan's figures: weights streamed and offloaded count as the plan places them
+    assert est.limit_bytes == budget and "memory plan" in est.limit_source
+    assert est.needed_bytes == runtime.plan.peak_bytes <= budget
+    with pytest.raises(RequestTooLarge, match="no memory plan fits"):
+        check_request(cascade, batch=64, height=64, width=64, steps=(2, 2, 2))
+    runtime.close()
+
+
+def test_generate_with_vram_is_not_refused_for_weights_the_plan_will_place(stage1_dir, stage2_dir, stage3_dir):
+    """Before loading, --vram is the limit and the weights are the planner's business."""
+    from ifengine.cli import build_parser
+    from ifengine.commands.preflight import check_before_loading
+    from ifengine.memory.estimate import RequestTooLarge
+
+    cli = build_parser()
+    cpu, f32 = torch.device("cpu"), torch.float32
+
+    def check(*extra):
+        return check_before_loading(cli.parse_args(["generate", *base, *extra]), cpu, f32, None).estimate
+
+    dirs = ["--stage1", str(stage1_dir), "--stage2", str(stage2_dir), "--stage3", str(stage3_dir)]
+    base = ["a red cat", *dirs, "--height", "8", "--width", "8", "--steps", "2,2,2", "--out", "/tmp/x.png"]
+    unplanned = check()
+    # room for the buffers, the activations and half the weights: a plan offloads and streams the rest
+    budget = unplanned.buffer_bytes + unplanned.activation_bytes + unplanned.weight_bytes // 2
+    assert not unplanned.weights_loaded and unplanned.needed_bytes > budget
+    planned = check("--vram", str(budget))
+    assert planned.fits and planned.limit_bytes == budget and planned.needed_bytes < budget
+    with pytest.raises(RequestTooLarge):
+        check("--vram", "4096")  # not even the buffers fit
