@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -26,7 +27,9 @@ from ifengine.bench.gpu_check import DEFAULT_SECONDS, names, quick_config, run_c
 
 
 def require_cuda() -> None:
-    import torch  # torch.cuda.is_available() creates no CUDA context: the children get the device alone
+    # asked through NVML, so this process never initialises CUDA: each section's child has the device alone
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    import torch
 
     if not torch.cuda.is_available():
         sys.stderr.write(
