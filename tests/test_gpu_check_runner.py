@@ -68,12 +68,12 @@ def test_a_crash_and_a_hang_cost_only_their_sections(probes, tmp_path):
 
 
 def test_sections_past_the_whole_budget_are_recorded_as_not_started(probes, tmp_path):
-    cfg = CheckConfig(device="cpu", preset="tiny", seconds=6.0)
+    cfg = CheckConfig(device="cpu", preset="tiny", seconds=10.0)
     sections = (Section("hang", probes.hang, DEFAULT_SECONDS), Section("next", probes.fine, 1))
     report = run_check(cfg, tmp_path / "out", sections=sections)
     assert report["sections"]["hang"]["status"] == "timeout"
     assert report["sections"]["next"]["status"] == "not started"
-    assert report["total_seconds"] < 30
+    assert report["total_seconds"] < 40 and report["startup_seconds"] >= 0
 
 
 def test_config_survives_the_trip_to_the_child():

@@ -32,6 +32,10 @@ PRELOAD = [
 ]
 
 
+def ready() -> None:
+    """The warm-up child: returns at once; starting it makes the fork server import ``PRELOAD``."""
+
+
 def resolve(target: str):
     module, _, name = target.partition(":")
     return getattr(importlib.import_module(module), name)

@@ -12,7 +12,7 @@ def markdown(report: dict) -> str:
     lines = [
         f"# GPU check ({cfg['preset']} presets on {cfg['device']}, steps {tuple(cfg['steps'])}): "
         f"{report.get('total_seconds', 0)} s of a {cfg['seconds']} s budget\n",
-        f"Started {report.get('started_utc')}.\n",
+        f"Started {report.get('started_utc')}; libraries imported in {report.get('startup_seconds')} s.\n",
         markdown_table(
             ["section", "status", "seconds", "deadline s"], [_status_row(n, e) for n, e in report["sections"].items()]
         ),
