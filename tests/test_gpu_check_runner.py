@@ -81,3 +81,19 @@ def test_config_survives_the_trip_to_the_child():
     assert CheckConfig.from_json(cfg.to_json()) == cfg
     with pytest.raises(ValueError, match="preset must be one of"):
         CheckConfig(preset="x4")
+
+
+def test_the_full_presets_exist_and_take_their_own_inputs():
+    """The CPU run uses the tiny presets: the full ones are checked here, on meta tensors (the review
+    found "x4", which is no U-Net preset, three minutes into a GPU run)."""
+    import torch
+
+    from ifengine.bench.gpu_check import PRESETS
+    from ifengine.bench.unet_timing import X4_UNETS, unet_inputs
+    from ifengine.models.presets import unet_preset
+
+    for preset in PRESETS["full"]["unets"]:
+        args, flops = unet_inputs(preset, 1, "meta", torch.float16)
+        assert flops > 0 and args[0].shape[1] == unet_preset(preset).in_channels
+        assert (preset in X4_UNETS) == (args[0].shape[1] == 7)  # the x4 U-Net takes latents + low-res image
+    assert "x4-upscaler" in PRESETS["full"]["unets"]
