@@ -4,6 +4,7 @@ The logic tests run everywhere. The ``tensorrt`` tests build and run a real engi
 reason, where TensorRT or a GPU is missing (on our build and CI machines TensorRT cannot be installed).
 """
 
+import contextlib
 import pytest
 import torch
 
@@ -102,7 +103,7 @@ class Recorder:
         monkeypatch.setattr(backend.trt_rt, "bind", self.bind)
         monkeypatch.setattr(backend.trt_rt, "output_shape", lambda ctx, name: self.shapes[name])
         monkeypatch.setattr(backend.trt_rt, "enqueue", lambda ctx, stream: self.calls.append(("enqueue", stream)))
-        monkeypatch.setattr(backend, "stream_handle", lambda stream: 7)
+        monkeypatch.setattr(backend, "enqueue_handle", lambda stream: contextlib.nullcontext(7))
 
     def bind(self, context, shapes, addresses):
         self.calls.append(("bind", dict(shapes), dict(addresses)))
@@ -315,3 +316,19 @@ def test_real_tensorrt_builds_loads_runs_and_replays_a_cuda_graph(tmp_path):
     torch.cuda.synchronize()
     assert torch.equal(engine.outputs()["image"], expected(latents * 2))
     assert not build_plan(plan, current_target(), build_serialized, progress=False)[0].built
+
+
+def test_throughput_mode_is_refused_for_engines_that_share_one_scratch(vae):
+    """Two streams would run two engines at once on the one scratch allocation they share."""
+    from ifengine.backends.parts import NetworkVAE
+    from ifengine.backends.tensorrt.engines import TensorRTEngine
+    from ifengine.bench.fullsize import random_cascade
+    from ifengine.runtime import configure
+
+    cascade = random_cascade(("tiny-I", "tiny-II", "tiny-x4"), dtype=torch.float32, device="cpu")
+    configure(cascade, mode="throughput").close()  # torch modules run concurrently without trouble
+    engine = TensorRTEngine(vae, context=None, device="cpu")
+    cascade.stage3.vae = NetworkVAE(engine, cascade.stage3.vae.config)
+    with pytest.raises(ValueError, match="vae_decoder run on TensorRT engines that share one scratch"):
+        configure(cascade, mode="throughput")
+    configure(cascade, mode="latency").close()

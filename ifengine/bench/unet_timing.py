@@ -14,16 +14,18 @@ from ..models.presets import unet_preset
 from .flops import if_unet_flops, x4_unet_flops
 from .timing import synchronize
 
+X4_UNETS = ("x4-upscaler", "tiny-x4")  # the SD x4 upscaler's U-Net presets (all others are IF U-Nets)
+
 
 def unet_inputs(preset: str, batch: int, device, dtype, size: int | None = None) -> tuple:
     """(U-Net args, FLOPs) for ``batch`` images at the size the cascade runs ``preset`` at (CFG: 2x)."""
-    config, rows = unet_preset(preset), 2 * batch
+    config, rows = unet_preset(preset), 2 * batch  # unet_preset refuses an unknown name
     side = _side(preset, size)
     text_dim = config.encoder_hid_dim or config.cross_attention_dim[0]
     x = torch.randn(rows, config.in_channels, side, side, device=device, dtype=dtype)
     t = torch.full((rows,), 500, device=device, dtype=torch.long)
     text = torch.randn(rows, 77, text_dim, device=device, dtype=dtype)
-    if preset.endswith("x4"):
+    if preset in X4_UNETS:
         level = torch.full((rows,), 20, device=device, dtype=torch.long)
         return (x, t, text, level), x4_unet_flops(config, rows, side, side)
     level = torch.full((rows,), 250, device=device, dtype=torch.long) if config.class_embed_type else None
@@ -41,7 +43,7 @@ def build_unet(preset: str, device, dtype):
     from ..models.x4_unet import X4UNet
     from .fullsize import randomize
 
-    cls = X4UNet if preset.endswith("x4") else IFUNet
+    cls = X4UNet if preset in X4_UNETS else IFUNet
     with torch.device("meta"):
         meta = cls(unet_preset(preset)).to(dtype)
     return randomize(meta, torch.Generator(device=device).manual_seed(0), device)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..memory.estimate import Limits, RequestEstimate, RequestTooLarge, estimate_modules
-from ..memory.sizes import format_size
+from ..memory.sizes import format_size, parse_size
 from ..models.checkpoint import Checkpoint, resolve
 from ..models.config import UNetConfig
 from ..stage import options, sizes
@@ -88,7 +88,8 @@ def check_before_loading(args, device: torch.device, dtype: torch.dtype, prompts
     check_out(args.out, None if prompts is not None else n)
     steps = tuple(s.steps for s in stages)
     # graphs and engines size their own memory (profiles, ORT arenas): the estimate models torch runs only
-    est = None if graphs else _estimate(ckpts, device, dtype, batch, height, width, last, steps, multiple)
+    budget = parse_size(args.vram) if getattr(args, "vram", None) is not None else None
+    est = None if graphs else _estimate(ckpts, device, dtype, batch, height, width, last, steps, multiple, budget)
     return Preflight(height, width, batch, last, est)
 
 
@@ -129,8 +130,10 @@ def _defaults(args, demo: bool) -> options.RunDefaults:
     return base
 
 
-def _estimate(ckpts: dict[int, Checkpoint], device, dtype, batch, height, width, last, steps, multiple):
-    """Weights (from the configs, on meta) + activations + buffers against the device's memory."""
+def _estimate(ckpts: dict[int, Checkpoint], device, dtype, batch, height, width, last, steps, multiple, budget=None):
+    """Weights (from the configs, on meta) + activations + buffers against the device's memory; with a
+    ``--vram`` budget, the planner places the weights (offloading, streaming), so only what no plan can
+    avoid (buffers and activations) is checked against the budget here, and the plan does the rest."""
     from ..memory.plan_inputs import checkpoint_modules
 
     kwargs = {f"stage{n}": c.root for n, c in ckpts.items() if n <= last}
@@ -143,8 +146,8 @@ def _estimate(ckpts: dict[int, Checkpoint], device, dtype, batch, height, width,
         last_stage=last,
         steps=steps,
         device=device,
-        weights_loaded=False,
-        limits=Limits(),
+        weights_loaded=budget is not None,  # under a plan, weights need not fit next to everything else
+        limits=Limits(memory=budget),
         multiple=multiple,
     )
     if not est.fits:

@@ -92,8 +92,7 @@ def describe_io(trt, engine) -> dict[str, dict[str, Any]]:
 
 def scratch_need(engine) -> int:
     """Bytes of scratch (activation) memory one context needs; v2 accounts for weight streaming."""
-    size = getattr(engine, "device_memory_size_v2", None)
-    return int(size if size is not None else engine.device_memory_size)  # 10.0 has only the v1 property
+    return int(engine.device_memory_size_v2)  # 10.1+ (MIN_VERSION): v1 ignores weight streaming
 
 
 def streaming_info(engine) -> tuple[int, int]:
@@ -112,10 +111,7 @@ def user_managed_context(trt, engine, scratch_ptr: int, scratch_bytes: int):
     context = engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
     if context is None:
         raise TensorRTError("TensorRT could not create an execution context (out of GPU memory?)")
-    if hasattr(context, "set_device_memory"):
-        context.set_device_memory(scratch_ptr, scratch_bytes)
-    else:  # 10.0
-        context.device_memory = scratch_ptr
+    context.set_device_memory(scratch_ptr, scratch_bytes)  # 10.1+ (MIN_VERSION)
     return context
 
 

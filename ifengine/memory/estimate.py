@@ -430,6 +430,12 @@ def estimate_request(
     if reason:  # refused on its face: no memory figure or trace needed
         lower = estimate(costs_for(modules, True, measure=False), **shape, steps=steps, multiple=multiple)
         return replace(lower, fits=False, reason=reason)
+    plan = getattr(getattr(cascade, "runtime", None), "plan", None)
+    if plan is not None and limits.memory is None:  # placed by a plan: its budget, not the free memory
+        from .plan_estimate import planned_estimate
+
+        base = estimate(costs_for(modules, True, measure=False), **shape, steps=steps, multiple=multiple)
+        return planned_estimate(plan, modules, base, batch=batch, height=height, width=width, steps=steps)
     return estimate_modules(
         modules, **shape, steps=steps, device=cascade.device, weights_loaded=True, limits=limits, multiple=multiple
     )

@@ -96,6 +96,10 @@ class WeightPlacer:
         self._streams: dict[str, _StreamState] = {}
         self._copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self._events: dict[tuple[str, str], object] = {}
+        # per streamed component: units whose copy was already in flight (hits) or had to start on
+        # arrival (misses: one per forward, its first unit, when the units are in execution order)
+        self.prefetch_hits: dict[str, int] = {}
+        self.prefetch_misses: dict[str, int] = {}
 
     def apply(self) -> WeightPlacer:
         placed = [n for n, m in self.modules.items() if getattr(m, PLACED, False)]
@@ -162,7 +166,7 @@ class WeightPlacer:
         bind_all(rebinder, part_slots, self.swap, shift=p.swap_offset)
         module = self.modules[p.name]
         fired: set[str] = set()
-        paths = list(unit_slots)  # forward order (the plan's order)
+        paths = list(unit_slots)  # execution order: the plan's (memory.exec_order)
         offsets, _ = stream_slot_offsets([self._copies[p.name].units[q][1] for q in paths])
         self.slot_offsets[p.name] = dict(zip(paths, offsets, strict=True))
         stream = _StreamState({q: (paths[i + 1] if i + 1 < len(paths) else None) for i, q in enumerate(paths)})
@@ -194,6 +198,9 @@ class WeightPlacer:
             # recorded into the step's CUDA graph when captured: every replay streams the units again
             if stream.prefetched != path:  # the forward's first unit (or an unexpected order): fetch it now
                 self._fetch(name, path)
+                self.prefetch_misses[name] = self.prefetch_misses.get(name, 0) + 1
+            else:
+                self.prefetch_hits[name] = self.prefetch_hits.get(name, 0) + 1
             following = stream.following[path]
             if following is not None:
                 self._fetch(name, following)  # into the other slot, while this unit computes

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..models.int8 import compute_dtype, is_quantized
+from .exec_order import in_execution_order
 from .partition import DEFAULT_MAX_UNIT_BYTES, Partition, partition
 
 # The phases of one generate call, in order, and the components each one runs.
@@ -88,7 +89,7 @@ class PlanInputs:
 def component_info(
     name: str, module: nn.Module, forwards: int, max_unit_bytes: int = DEFAULT_MAX_UNIT_BYTES
 ) -> ComponentInfo:
-    part = partition(module, max_unit_bytes)
+    part = in_execution_order(partition(module, max_unit_bytes), name, module)  # streaming prefetches in it
     tensors = {id(t): t for t in (*module.parameters(), *module.buffers())}.values()
     params = sum(p.numel() for p in {id(p): p for p in module.parameters()}.values())
     return ComponentInfo(
@@ -133,17 +134,51 @@ def decode_activation(
     return trace_decode(config, dtype, batch, height, width, tile, overlap)
 
 
-def buffer_bytes(workload: Workload, text_dims: tuple[int, int, int], itemsize: int, last_stage: int = 3) -> int:
-    """Static arenas, uploads and stage outputs of one call (arenas persist across stages and calls);
-    ``last_stage`` < 3 counts only the stages a call that stops early runs."""
+ARENA_ALIGN = 256  # runtime.buffers.ALIGN: every arena buffer is rounded up to it
+
+
+def stage_buffers(
+    stage: int, *, batch: int, height: int, width: int, steps: int, text_dim: int, itemsize: int
+) -> dict[str, int]:
+    """Bytes of each static buffer of stage ``stage``'s arena for the largest call expected: what the
+    GPU runner reserves (``GraphRunner.reserve_for``) and the planner counts, from this one formula.
+    CFG with a style-mixer branch (3 rows of conditioning), editing inputs, ``steps`` steps."""
+    image = batch * 3 * height * width * itemsize
+    rows = 3 * batch  # uncond, cond and a style-mixer branch
+    sample = image if stage < 3 else image * 4 // 3  # x4 latents have 4 channels
+    per_step_noise = steps if stage < 3 else 0  # DDPM draws noise every step; stage III's DDIM none
+    tables = 24 * (steps + 1) * 8 + 2 * 1000 * 4 + 32 * ARENA_ALIGN  # per-step tables, alphas, alignment
+    return {
+        "x": sample,
+        "embeds": rows * TEXT_TOKENS * text_dim * itemsize,
+        "upscaled": image,
+        "low_res": rows * image,
+        "upload": (per_step_noise + 4) * max(sample, image) + rows * image + tables,
+    }
+
+
+def arena_bytes(workload: Workload, text_dims: tuple[int, int, int], itemsize: int, last_stage: int = 3) -> int:
+    """The runner's static arenas for ``workload`` (each buffer aligned as the arena allocates it)."""
     total = 0
     for stage in range(1, last_stage + 1):
         h, w = workload.size(min(stage, 2))  # stage III's latents have stage II's size
-        image = workload.batch * 3 * h * w
-        steps = workload.steps[stage - 1] if stage < 3 else 0
-        noise = (steps + 3) * image  # start sample, image noise, one slice per step
-        state = 5 * image + workload.unet_batch(stage) * TEXT_TOKENS * text_dims[stage - 1]
-        total += noise + state
+        sizes = stage_buffers(
+            stage,
+            batch=workload.batch,
+            height=h,
+            width=w,
+            steps=workload.steps[stage - 1],
+            text_dim=text_dims[stage - 1],
+            itemsize=itemsize,
+        )
+        total += sum(-(-n // ARENA_ALIGN) * ARENA_ALIGN for n in sizes.values())
+    return total
+
+
+def buffer_bytes(workload: Workload, text_dims: tuple[int, int, int], itemsize: int, last_stage: int = 3) -> int:
+    """Static arenas, stage outputs and the final image of one call (arenas persist across stages and
+    calls); ``last_stage`` < 3 counts only the stages a call that stops early runs."""
+    outputs = sum(workload.batch * 3 * workload.size(s)[0] * workload.size(s)[1] for s in range(1, last_stage + 1))
     out_h, out_w = workload.size(last_stage)
-    final = workload.batch * 3 * out_h * out_w * (itemsize + 4)  # the image and its float32 copy
-    return total * itemsize + final + 3 * 2**20  # + schedule tables, scalars, alignment
+    final = workload.batch * 3 * out_h * out_w * 4  # the image's float32 copy for the host
+    return arena_bytes(workload, text_dims, itemsize, last_stage) + outputs * itemsize + final + 2**20

@@ -7,6 +7,8 @@ planner's weight moves, and ``fetch_no_sync`` for the single end-of-call synchro
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import logging
 from dataclasses import dataclass, field
 
@@ -56,6 +58,15 @@ class Runtime:
         self.cascade, self.options, self.runner, self.backend = cascade, options, runner, backend
         self.plan, self.placer = plan, placer
         self._warned: set[tuple] = set()
+        self._streams: tuple | None = None
+
+    def stream_pair(self, make: Callable[[], object]) -> tuple:
+        """Throughput mode's (front, back) streams, made once per runtime: a new stream per call would
+        miss the caching allocator's per-stream pools (a cudaMalloc inside the timed loop, reserved
+        memory growing call after call)."""
+        if self._streams is None:
+            self._streams = (make(), make())
+        return self._streams
 
     def run_if_stage(self, stage_no: int, stage, opts, embeds, shape, ctx, **kwargs) -> torch.Tensor:
         """``stage.stages.run_if_stage``'s signature and result."""
@@ -109,6 +120,22 @@ class Runtime:
             # cascade.runtime <-> runtime.cascade is a reference cycle: only the cyclic collector would
             # free the pair (and every device buffer they hold); detaching lets plain refcounting do it
             self.cascade.runtime = None
+
+
+def _check_concurrent(cascade) -> None:
+    """Throughput mode runs stage I and stages II/III at once on two streams: refuse networks that must
+    never run concurrently (the TensorRT engines of a cascade share one scratch allocation)."""
+    parts = {"t5": getattr(cascade.text, "model", None)}
+    for n, stage in ((1, cascade.stage1), (2, cascade.stage2), (3, cascade.stage3)):
+        parts[f"stage {n}"] = getattr(stage, "unet", None)
+    if cascade.stage3 is not None:
+        parts.update(clip=cascade.stage3.text.model, vae_decoder=cascade.stage3.vae)
+    serial = sorted(k for k, p in parts.items() if getattr(getattr(p, "network", None), "one_stream_only", False))
+    if serial:
+        raise ValueError(
+            f"mode='throughput' runs stages concurrently, but {', '.join(serial)} run on TensorRT engines that "
+            "share one scratch allocation; use mode='latency' with engines"
+        )
 
 
 def default_workload(cascade, batch: int = 1, size: tuple[int | None, int | None] | None = None) -> Workload:
@@ -166,6 +193,8 @@ def configure(
         )
     if options.cuda_graphs:
         check_graph_device(device)
+    if options.mode == "throughput":
+        _check_concurrent(cascade)
     _check_positive("max_batch", max_batch)
     for part in max_size or ():
         if part is not None:

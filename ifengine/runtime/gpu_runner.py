@@ -26,7 +26,8 @@ from ..stage.options import StageOptions
 from ..stage.stages import STAGE_LABELS, IFStage, RunContext, Start, X4Stage
 from ..facts import UNET_OF
 from ..schedule import add_noise
-from .buffers import ALIGN, BufferArena, HostPack
+from ..memory.workload import stage_buffers
+from .buffers import BufferArena, HostPack
 from .graphs import GraphCache
 from .stage_inputs import device_tables, if_stage_pack, static_choices, x4_stage_pack
 
@@ -205,18 +206,11 @@ class GraphRunner:
     ) -> None:
         """Allocate stage ``stage_no``'s buffers once for the largest call expected (CFG with a mixer
         branch, editing inputs, ``steps`` steps), so every smaller call is a view and no graph goes stale."""
-        image = batch * 3 * height * width * dtype.itemsize
-        rows = 3 * batch  # uncond, cond and a style-mixer branch
-        sample = image if stage_no < 3 else image * 4 // 3  # x4 latents have 4 channels
         self.step_rows[stage_no] = max(self.step_rows[stage_no], steps)
-        tables = 24 * (steps + 1) * 8 + 2 * 1000 * 4 + 32 * ALIGN  # per-step tables, alphas, alignment
-        for name, nbytes in (
-            ("x", sample),
-            ("embeds", rows * 77 * text_dim * dtype.itemsize),
-            ("upscaled", image),
-            ("low_res", rows * image),
-            ("upload", (steps + 4) * max(sample, image) + rows * image + tables),
-        ):
+        sizes = stage_buffers(
+            stage_no, batch=batch, height=height, width=width, steps=steps, text_dim=text_dim, itemsize=dtype.itemsize
+        )
+        for name, nbytes in sizes.items():  # the planner counts these same sizes (memory.workload)
             self.arenas[stage_no].reserve(name, nbytes)
 
 

@@ -19,6 +19,8 @@ from collections.abc import Callable, Hashable
 
 import torch
 
+from ..backends.static_io import recording_bindings, restore_bindings
+
 log = logging.getLogger(__name__)
 
 NEW, WARM, CAPTURED = "new", "warm", "captured"
@@ -57,7 +59,7 @@ class StepGraph:
         self.fn, self.device, self.enabled, self.name = step_fn, device, enabled, name
         self.warmup_steps, self.pool = warmup_steps, pool
         self.state, self.warmed = NEW, 0
-        self._graph = None
+        self._graph, self._bindings = None, []
         self.on_capture: Callable[[], None] | None = None  # the owning cache counts captures
         # a GraphCache passes its one capture stream; a StepGraph on its own makes one
         self._stream = (stream if stream is not None else _new_stream(device)) if enabled else None
@@ -82,7 +84,9 @@ class StepGraph:
                 f"{self.name}: capture after {self.warmed} of {self.warmup_steps} warm-up "
                 "steps; lazily initialised kernels would be recorded half-built"
             )
-        self._graph, self.state = _capture(self.fn, self.pool, self._stream), CAPTURED
+        with recording_bindings() as self._bindings:  # the networks' dims this graph was recorded with
+            self._graph = _capture(self.fn, self.pool, self._stream)
+        self.state = CAPTURED
         if self.on_capture is not None:
             self.on_capture()
         log.debug("%s: captured", self.name)
@@ -95,6 +99,7 @@ class StepGraph:
         """
         if self.state != CAPTURED:
             raise GraphStateError(f"{self.name}: replay before capture (state {self.state})")
+        restore_bindings(self._bindings)  # contexts rebound to other shapes since the capture, bound back
         self._graph.replay()
 
     def step_no_sync(self) -> None:

@@ -87,7 +87,7 @@ def run_throughput(
         )
         for k, i in enumerate(range(0, len(prompts), batch_size))
     ]
-    front, back = _streams(device, use_streams)
+    front, back = _streams(runtime, device, use_streams)
     _sync(device)  # timing starts with an idle device; not part of any generate call
     started = time.perf_counter()
     for k in range(len(batches) + 1):
@@ -163,11 +163,11 @@ def _stages23(cascade, runtime, batch: _Batch) -> None:
         )
 
 
-def _streams(device: torch.device, use: bool):
+def _streams(runtime, device: torch.device, use: bool):
     if not use:
         return None, None
     current = torch.cuda.current_stream(device)
-    front, back = torch.cuda.Stream(device), torch.cuda.Stream(device)
+    front, back = runtime.stream_pair(lambda: torch.cuda.Stream(device))  # the same two on every call
     front.wait_stream(current)  # the embeddings were computed on the current stream
     back.wait_stream(current)
     return front, back

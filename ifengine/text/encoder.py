@@ -102,12 +102,20 @@ class PromptEncoder:
         finite = torch.isfinite(hidden).all()
         self._hidden_dtype = hidden.dtype
         if self.defer_checks:
-            self._unchecked[tuple(prompts)] = finite
-            while len(self._unchecked) > self.cache_size:  # nobody is taking them: keep the newest
-                self._unchecked.pop(next(iter(self._unchecked)))
+            self._defer(tuple(prompts), finite)
         elif not finite:
             raise FloatingPointError(self.failure_message(hidden.dtype))
         return hidden.to(self.out_dtype)
+
+    def _defer(self, prompts: tuple[str, ...], finite: torch.Tensor) -> None:
+        """Keep the flag for the caller. Past ``cache_size`` runs nobody took, the two oldest flags merge
+        into one covering both runs' prompts (a device AND, no sync): memory stays bounded and a failed
+        check is never dropped, it only covers more prompts."""
+        self._unchecked[prompts] = finite
+        if len(self._unchecked) > self.cache_size:
+            (p1, f1), (p2, f2) = list(self._unchecked.items())[:2]
+            del self._unchecked[p1], self._unchecked[p2]
+            self._unchecked = {tuple(dict.fromkeys(p1 + p2)): f1 & f2, **self._unchecked}
 
     def _mask(self, tokens: Tokens) -> torch.Tensor | None:
         if not self.use_mask:

@@ -29,7 +29,7 @@ class OrtNetwork(Network):
         self.graph, self.name, self.spec = graph, graph.name, graph.spec
         self.config, self.manifest, self.manifest_path = graph.config, graph.manifest, graph.manifest_path
         self.device = graph.device
-        self.io = StaticIO(IOPlan.from_spec(graph.spec), graph.device, grow=True)
+        self.io = StaticIO(IOPlan.from_spec(graph.spec), graph.device, grow=True, owner=self)
         self._binding = graph.session.io_binding()
         self.runs = 0
 

@@ -21,15 +21,17 @@ from ...engines import bindings, trt_runtime as trt_rt
 from ...engines.io_plan import IOPlan
 from ...stage.seam import Capture
 from ..base import Network, call
-from ..static_io import StaticIO, stream_handle
+from ..static_io import StaticIO, enqueue_handle
 
 
 class TensorRTEngine(Network):
     """One engine + execution context behind static buffers."""
 
+    one_stream_only = True  # the cascade's engines share one scratch: runtime.api refuses throughput mode
+
     def __init__(self, plan: IOPlan, context, device="cuda", keep: Any = None):
         self.plan, self.context, self.name, self.spec = plan, context, plan.name, plan.spec
-        self.io = StaticIO(plan, device)  # at the profile's maximum: addresses never move
+        self.io = StaticIO(plan, device, owner=self)  # at the profile's maximum: addresses never move
         self._keep = keep  # the ICudaEngine and the shared scratch must outlive the context
 
     @property
@@ -65,7 +67,8 @@ class TensorRTEngine(Network):
 
     def enqueue(self, stream=None) -> None:
         recording = self.io.before_enqueue(self.capture)
-        trt_rt.enqueue(self.context, stream_handle(stream))
+        with enqueue_handle(stream) as handle:  # never the legacy default stream
+            trt_rt.enqueue(self.context, handle)
         self.io.after_enqueue(recording)
 
     def __call__(self, feeds: Mapping[str, Any]) -> dict:
@@ -104,6 +107,8 @@ class TensorRTEngineSet:
 class EngineNetwork(Network):
     """One component's engines as one network: ``prepare`` picks the engine whose profile covers the dims.
     ``config``/``manifest``/``manifest_path`` are the export's the engines were built from (for assembly)."""
+
+    one_stream_only = True  # see TensorRTEngine
 
     def __init__(self, engines: TensorRTEngineSet, component: str, device="cuda"):
         self.engines, self.name, self.device = engines, component, device
