@@ -56,7 +56,9 @@ def check(args) -> None:
 
 
 def load(args, device: str, dtype):
-    """The cascade from --engines or --artifacts, or None when neither was given."""
+    """The cascade from --engines or --artifacts, or None when neither was given. Without --dtype the
+    precision is what was exported (or built), not the device's default dtype."""
+    dtype = dtype if args.dtype is not None else None
     return load_graphs(
         engines=args.engines,
         artifacts=args.artifacts,
@@ -93,7 +95,8 @@ def load_graphs(*, engines, artifacts, providers, stages, variant, device: str, 
     return None
 
 
-def _precision(dtype) -> str:
+def _precision(dtype) -> str | None:
+    """The artifacts' precision for ``dtype``; None: what was exported."""
     import torch
 
-    return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
+    return None if dtype is None else {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]

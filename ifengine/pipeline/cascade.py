@@ -132,6 +132,7 @@ class Cascade(LoraMixin):
         pipe = cls(
             text=text, stage1=ifs.get(1), stage2=ifs.get(2), stage3=x4, device=device, dtype=dtype, safety=checker
         )
+        pipe.defaults = options.checkpoint_defaults({n: c.root for n, c in ckpts.items()})  # what they record
         pipe.sources = {n: _source_name(src) for n, src in ((1, stage1), (2, stage2), (3, stage3)) if src}
         if device.type == "cuda" or vram_budget is not None or cuda_graphs or weights == "int8" or throughput:
             pipe.use_runtime(
@@ -165,7 +166,8 @@ class Cascade(LoraMixin):
     def from_artifacts(cls, artifacts: str | Path, backend: str = "onnxruntime", providers=None, **kwargs) -> Cascade:
         """Run from exported graphs (``ifengine export``) on ONNX Runtime; ``providers``: "cpu" (default),
         "cuda", "tensorrt" (onnxruntime-gpu's execution providers) or ORT provider names. Other keyword
-        arguments: precision, use_step_graphs, verify (see backends/onnxruntime/load.py)."""
+        arguments: precision (default: what was exported), use_step_graphs, verify (see
+        backends/onnxruntime/load.py)."""
         if backend != "onnxruntime":
             raise ValueError(f"unknown backend {backend!r}; from_artifacts supports 'onnxruntime'")
         from ..backends.onnxruntime.load import load_onnx_cascade

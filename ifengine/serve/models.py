@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..stage.options import RunDefaults
+from ..stage.options import RunDefaults, run_defaults
 from .config import ModelSource
 
 log = logging.getLogger(__name__)
@@ -39,32 +39,30 @@ def checkpoint_paths(source: ModelSource) -> dict[int, str]:
 
 
 def model_info(source: ModelSource) -> ModelInfo:
-    from ..models.checkpoint import resolve
+    from ..models.checkpoint import read_run_defaults, resolve
     from ..models.config import UNetConfig
 
     configs = {
         n: UNetConfig.from_dict(resolve(p, n, source.variant).config("unet"))
         for n, p in checkpoint_paths(source).items()
     }
+    recorded = {}
     if source.artifacts:  # what no checkpoint gives comes from the exported graphs' manifests
-        from ..backends.onnxruntime.load import graph_unet_configs
+        from ..backends.onnxruntime.load import graph_run_defaults, graph_unet_configs
 
         configs = {**graph_unet_configs(Path(source.artifacts)), **configs}
+        recorded = graph_run_defaults(Path(source.artifacts))
     if 1 not in configs:
         raise ValueError("serving text to image needs a stage I checkpoint (--stage1)")
-    defaults = _demo_defaults() if source.is_demo else RunDefaults()
+    # what the checkpoints (the demo's too) or their graphs record, as the loaded cascade applies them
+    recorded |= {n: read_run_defaults(resolve(p, n, source.variant).root) for n, p in checkpoint_paths(source).items()}
+    defaults = run_defaults(recorded)
     return ModelInfo(
         stages=tuple(sorted(configs)),
         sample_size=configs[1].sample_size,
         downsample={n: c.downsample_factor for n, c in configs.items()},
         defaults=defaults,
     )
-
-
-def _demo_defaults() -> RunDefaults:
-    from ..demo.build import DEMO_DEFAULTS_STEPS
-
-    return RunDefaults(steps=DEMO_DEFAULTS_STEPS)
 
 
 def device_and_dtype(source: ModelSource) -> tuple[torch.device, torch.dtype]:
@@ -89,7 +87,7 @@ def load_whole(source: ModelSource):
             stages=(source.stage1, source.stage2, source.stage3),
             variant=source.variant,
             device=str(device),
-            dtype=dtype,
+            dtype=dtype if source.dtype else None,  # graphs: the exported precision unless asked
         )
     if source.is_demo:
         return demo_cascade(device=device, dtype=dtype, root=Path(source.demo_root) if source.demo_root else None)
