@@ -231,7 +231,7 @@ def installed(wheel, tmp_path_factory):
     return venv, site, env
 
 
-def test_a_core_install_runs_the_demo_and_names_the_extra_for_export(installed, tmp_path):
+def test_a_core_install_runs_the_demo_and_names_the_extras_it_lacks(installed, tmp_path):
     """Fails without protobuf in core: transformers turns the demo's (and IF's) spiece.model into its fast
     tokenizer through it, and nothing ifengine imports names it."""
     venv, site, env = installed
@@ -241,12 +241,13 @@ def test_a_core_install_runs_the_demo_and_names_the_extra_for_export(installed, 
     out = _run(ifengine, "generate", "x", "--seed", "0", "--steps", "1", "--last-stage", "1", "--quiet",
                "--out", "a.png", cwd=tmp_path, env=env)  # fmt: skip
     assert (tmp_path / "a.png").is_file() and out.strip().endswith("a.png")
-    for command in (
-        ["export", "--stage1", "x", "--out", "art"],
-        ["generate", "x", "--artifacts", "art", "--out", "b.png"],
+    for extra, command in (
+        ("export", ["export", "--stage1", "x", "--out", "art"]),
+        ("export", ["generate", "x", "--artifacts", "art", "--out", "b.png"]),
+        ("serve", ["serve"]),
     ):
         done = subprocess.run([ifengine, *command], cwd=tmp_path, env=env, capture_output=True, text=True)
-        assert done.returncode == 2 and 'pip install "ifengine[export]"' in done.stderr, done.stderr
+        assert done.returncode == 2 and f'pip install "ifengine[{extra}]"' in done.stderr, done.stderr
         assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
