@@ -47,10 +47,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     from .engines.errors import TensorRTUnavailable
+    from .errors import MissingExtra
 
     try:
         return args.run(args)
-    except (ValueError, OSError, FloatingPointError, TensorRTUnavailable) as err:
+    except (ValueError, OSError, FloatingPointError, TensorRTUnavailable, MissingExtra) as err:
         # user-facing problems (bad input, missing files, numeric failure) get one clear line, no traceback
         log.debug("details", exc_info=True)
         sys.stderr.write(f"ifengine: error: {err}\n")

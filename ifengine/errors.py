@@ -51,3 +51,26 @@ def damaged_folder(folder: str | Path, action: str = REDOWNLOAD):
         if type(err).__module__.startswith("ifengine"):
             raise
         raise DamagedFileError(folder, err, action) from None
+
+
+# Optional dependencies: the extra of pyproject.toml that installs each, and what else to say about it.
+EXTRA_NOTES = {"export": ' (on a GPU machine install "ifengine[gpu]" instead: it includes onnx and onnxruntime-gpu)'}
+
+
+class MissingExtra(ImportError):
+    """An optional dependency is not installed; the message names the ``pip install`` that adds it."""
+
+
+def missing_extra(module: str, extra: str, purpose: str) -> MissingExtra:
+    """The one-line error for ``purpose`` lacking ``module``, naming the extra that installs it."""
+    note = EXTRA_NOTES.get(extra, "")
+    return MissingExtra(f'{purpose} needs {module}, which is not installed: pip install "ifengine[{extra}]"{note}')
+
+
+def require_extra(modules: tuple[str, ...], extra: str, purpose: str) -> None:
+    """Raise ``missing_extra`` for the first of ``modules`` that cannot be imported (checked without importing)."""
+    import importlib.util
+
+    for module in modules:
+        if importlib.util.find_spec(module) is None:
+            raise missing_extra(module, extra, purpose)

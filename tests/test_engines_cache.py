@@ -3,6 +3,7 @@
 import json
 import threading
 import time
+from pathlib import Path
 from dataclasses import replace
 
 import pytest
@@ -239,3 +240,47 @@ def test_missing_and_foreign_engine_folders_name_the_fix(built, tmp_path):
         engine_manifests(tmp_path / "empty", TARGET, "vae_decoder")
     with pytest.raises(EngineMissing, match="is missing"):
         load_verified(out / TARGET.slug / "nothing.json", TARGET)
+
+
+def test_engine_errors_name_the_folders_in_use_now_not_those_of_the_build(built, tmp_path):
+    """Engines and graphs moved since the build: the hint names today's --artifacts/--out (and the recipe)."""
+    plan, result = built
+    moved_out, moved_art = tmp_path / "moved-engines", tmp_path / "moved-artifacts"
+    result.engine.parent.parent.rename(moved_out)
+    Path(plan.artifacts).rename(moved_art)
+    manifest = moved_out / TARGET.slug / result.engine.with_suffix(".json").name
+    with pytest.raises(EngineForeign) as err:
+        load_verified(manifest, replace(TARGET, tensorrt="11.1.0"), artifacts=moved_art)
+    assert f"run `ifengine build mine.toml --artifacts {moved_art} --out {moved_out}`" in str(err.value)
+    assert str(plan.out) not in str(err.value)
+
+
+def test_a_garbled_index_names_the_build_that_remakes_it(built):
+    _, result = built
+    out = result.engine.parent.parent
+    (result.engine.parent / "index.json").write_text('{"engines": ')
+    with pytest.raises(EngineCorrupt, match=rf"unreadable .*: run `ifengine build RECIPE --out {out}`"):
+        engine_manifests(out, TARGET, "vae_decoder")
+    (result.engine.parent / "index.json").write_text('["not", "an", "index"]')
+    with pytest.raises(EngineCorrupt, match="is not an ifengine index: run `ifengine build"):
+        engine_manifests(out, TARGET, "vae_decoder")
+
+
+def test_engines_carry_the_run_defaults_and_precision_of_their_export(tmp_path):
+    from ifengine.backends.tensorrt.load import built_precision_of, engine_run_defaults, verify_engines
+    from ifengine.stage.options import RunDefaults
+
+    artifacts, out = tmp_path / "artifacts", tmp_path / "engines"
+    export_manifest = export_tiny_vae(artifacts)
+    raw = json.loads(export_manifest.read_text())
+    raw.update(stage=3, run_defaults={"steps": 7, "guidance": 3.0, "noise_level": 30})  # as export records them
+    export_manifest.write_text(json.dumps(raw))
+    plan = make_plan(parse_recipe(RECIPE, "mine.toml"), artifacts, out, exports=find_exports(artifacts))
+    (result,) = build_plan(plan, TARGET, fake_engine_bytes, progress=False)
+    manifest = json.loads(result.engine.with_suffix(".json").read_text())
+    assert manifest["run_defaults"] == raw["run_defaults"] and manifest["stage"] == 3
+    verified = verify_engines(out, ["vae_decoder"], TARGET, artifacts)
+    assert engine_run_defaults(verified, {}, {}) == RunDefaults(
+        steps=(100, 50, 7), guidance=(7.0, 4.0, 3.0), noise_level=(250, 30)
+    )
+    assert built_precision_of(verified) == "fp32"  # so generate --engines without --dtype runs fp32

@@ -33,8 +33,9 @@ def register(sub) -> None:
     p.add_argument(
         "--precision",
         type=_names(PRECISIONS),
-        default=["fp16"],
-        help=f"comma-separated precisions from {','.join(PRECISIONS)} (default: fp16)",
+        default=None,
+        help=f"comma-separated precisions from {','.join(PRECISIONS)} (default: what the checkpoints record, "
+        "else fp16; the demo records fp32)",
     )
     p.add_argument("--variant", default=None, help="weight variant to read, e.g. fp16")
     p.add_argument("--calibration-samples", type=int, default=16, help="int8 calibration samples (default 16)")

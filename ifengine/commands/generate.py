@@ -159,6 +159,7 @@ def prepare(args):
 
     if args.from_png is not None:
         apply_png_settings(args)
+    _warn_conflicts()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     check_device(device)
     dtype = getattr(torch, args.dtype or ("float16" if device.startswith("cuda") else "float32"))
@@ -170,6 +171,15 @@ def prepare(args):
     runtime = _runtime(args)
     check_before_loading(args, torch.device(device), dtype, prompts)
     return device, dtype, prompts, runtime
+
+
+def _warn_conflicts() -> None:
+    """Both ONNX Runtime packages installed: graphs may silently lose their GPU providers (see installed.py)."""
+    from ..installed import ort_conflict
+
+    conflict = ort_conflict()
+    if conflict:
+        log.warning(conflict)
 
 
 def run(args) -> int:
@@ -186,6 +196,7 @@ def run(args) -> int:
         )
     if source.uses_graphs:  # the exports fix precision and memory; only graph capture stays a choice
         runtime = {"cuda_graphs": runtime["cuda_graphs"]} if source.engines else {}
+        dtype = dtype if args.dtype is not None else None  # without --dtype: what was exported or built
     pipe = open_cascade(source, device=device, dtype=dtype, safety=not args.no_safety, **runtime)
     for stage, source, scale in args.lora:
         pipe.load_lora_weights(source, stage=stage, scale=scale)

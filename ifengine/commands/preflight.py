@@ -17,7 +17,7 @@ import torch
 
 from ..memory.estimate import Limits, RequestEstimate, RequestTooLarge, estimate_modules
 from ..memory.sizes import format_size, parse_size
-from ..models.checkpoint import Checkpoint, resolve
+from ..models.checkpoint import Checkpoint, read_run_defaults, resolve
 from ..models.config import UNetConfig
 from ..stage import options, sizes
 from ..pipeline.inputs import check_mask, check_strength, load_image, target_size
@@ -76,7 +76,7 @@ def check_before_loading(args, device: torch.device, dtype: torch.dtype, prompts
         raise ValueError("generate needs a stage I checkpoint (--stage1)")
     multiple = sizes.size_multiple({n: unets[n].downsample_factor for n in range(1, last + 1)})
     height, width = _size(args, unets, last, multiple)
-    defaults = _defaults(args, not (graphs or given))
+    defaults = _defaults(args, ckpts)
     stages = options.stage_options(args.steps, args.guidance, args.timesteps, args.noise_level, defaults)
     options.check_timesteps(stages)
     n = options.check_images_per_prompt(args.num_images)
@@ -117,17 +117,20 @@ def _size(args, unets: dict[int, UNetConfig], last: int, multiple: int) -> tuple
     return height, width
 
 
-def _defaults(args, demo: bool) -> options.RunDefaults:
-    from ..pipeline.edit import MODES
+def _defaults(args, ckpts: dict[int, Checkpoint]) -> options.RunDefaults:
+    """The defaults the loaded cascade will apply: what its checkpoints (or exported graphs) record."""
+    from ..pipeline.edit import MODES, mode_defaults
 
-    base = options.RunDefaults()
-    if args.image is not None:
-        base = MODES["style" if args.style else "inpaint" if args.mask else "img2img"].defaults
-    if demo:
-        from ..demo.build import DEMO_DEFAULTS_STEPS
+    entries = {}
+    if getattr(args, "artifacts", None):
+        from ..backends.onnxruntime.load import graph_run_defaults
 
-        return options.RunDefaults(steps=DEMO_DEFAULTS_STEPS, guidance=base.guidance, noise_level=base.noise_level)
-    return base
+        entries = graph_run_defaults(args.artifacts)
+    entries = {**entries, **{n: read_run_defaults(c.root) for n, c in ckpts.items()}}
+    cascade = options.run_defaults(entries)
+    if args.image is None:
+        return cascade
+    return mode_defaults(cascade, MODES["style" if args.style else "inpaint" if args.mask else "img2img"])
 
 
 def _estimate(ckpts: dict[int, Checkpoint], device, dtype, batch, height, width, last, steps, multiple, budget=None):

@@ -52,7 +52,8 @@ def apply_png_settings(args) -> None:
         "height": settings.get("height"),
         "width": settings.get("width"),
         "last_stage": settings.get("last_stage"),
-        "dtype": settings.get("dtype"),
+        # exported graphs and engines have their own precision (what was exported/built) unless asked
+        "dtype": None if getattr(args, "artifacts", None) or getattr(args, "engines", None) else settings.get("dtype"),
         "strength": tuple(settings["strength"]) if settings.get("strength") else None,
         "positive": (settings.get("positive_prompt") or [None])[0],
         "mixer": settings.get("mixer"),
@@ -78,6 +79,10 @@ def _named_timesteps(stages, path: Path):
 def _models(args, settings: dict) -> None:
     if args.stage1 or args.stage2 or args.stage3 or settings.get("demo"):
         return  # explicit checkpoints win; a demo image re-runs on the demo cascade
+    if getattr(args, "artifacts", None) or getattr(args, "engines", None):
+        # the graphs (and engines) given now decide the models; the image's checkpoints are not loaded
+        # (with --engines, --stage1/2/3 given explicitly still add the torch parts)
+        return
     for number, source in enumerate(settings.get("models") or [], start=1):
         if source:
             setattr(args, f"stage{number}", source)

@@ -152,6 +152,9 @@ def _print_config(config, args) -> int:
 
 
 def _serve(config, args) -> int:
+    from ..errors import require_extra
+
+    require_extra(("ray", "fastapi"), "serve", "ifengine serve")  # one line naming the extra
     import ray
     from ray import serve
 

@@ -12,22 +12,27 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
+from ..atomic import replacing_folder
+from ..models.checkpoint import RUN_DEFAULTS_KEY
 from ..models.config import UNetConfig, VAEConfig
 from ..models.presets import text_preset, unet_preset, vae_preset
 from ..schedule import presets as sched
 from .tokenizers import clip_tokenizer_dir, t5_tokenizer_dir
 
 log = logging.getLogger(__name__)
-DEMO_VERSION = "3"
+DEMO_VERSION = "4"  # 4: model_index.json records the demo's run defaults
 SEED = 20230428  # IF's release date: any fixed seed makes the demo weights reproducible
-# Few steps: the demo shows the machinery working end to end in seconds, not pictures.
+# Few steps: the demo shows the machinery working end to end in seconds, not pictures. Recorded in each
+# demo checkpoint (model_index.json, RUN_DEFAULTS_KEY), so its exported graphs and engines carry them too.
 DEMO_DEFAULTS_STEPS = (20, 10, 10)
+# Graphs of the demo are exported in fp32 by default: its CPU runs are fp32, and the same command with
+# --artifacts then gives the same picture.
+DEMO_PRECISION = "fp32"
 
 
 def cache_root() -> Path:
@@ -170,6 +175,7 @@ def write_stage1(root: Path) -> None:
     _save_module(root / "unet", _seeded(SEED + 1, lambda: IFUNet(config)), unet_config_json(config))
     _text_model(root / "text_encoder", "t5", SEED)
     write_layout(root, 1)
+    _record_defaults(root, 1)
 
 
 def write_stage2(root: Path) -> None:
@@ -178,6 +184,7 @@ def write_stage2(root: Path) -> None:
     config = unet_preset("tiny-II")
     _save_module(root / "unet", _seeded(SEED + 2, lambda: IFUNet(config)), unet_config_json(config))
     write_layout(root, 2)
+    _record_defaults(root, 2)
 
 
 def write_stage3(root: Path) -> None:
@@ -189,6 +196,14 @@ def write_stage3(root: Path) -> None:
     _save_module(root / "vae", _seeded(SEED + 4, lambda: VAEDecoder(vae)), vae_config_json(vae))
     _text_model(root / "text_encoder", "clip", SEED + 5)
     write_layout(root, 3)
+    _record_defaults(root, 3)
+
+
+def _record_defaults(root: Path, stage: int) -> None:
+    path = root / "model_index.json"
+    index = json.loads(path.read_text())
+    index[RUN_DEFAULTS_KEY] = {"steps": DEMO_DEFAULTS_STEPS[stage - 1], "precision": DEMO_PRECISION}
+    _write_json(path, index)
 
 
 WRITERS = {"stage1": write_stage1, "stage2": write_stage2, "stage3": write_stage3}
@@ -205,15 +220,7 @@ def demo_checkpoints(root: Path | None = None) -> dict[str, Path]:
 
 
 def _write_atomically(target: Path, writer) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    # model_index.json present: complete (another process finished it first); else a crash's leftover
+    with replacing_folder(target, done=lambda path: (path / "model_index.json").is_file()) as tmp:
         writer(tmp)
-        if (target / "model_index.json").is_file():
-            return  # another process finished it first
-        if target.exists():  # a stale, incomplete folder from an older crash
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-        log.info("wrote the tiny demo checkpoint %s", target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("wrote the tiny demo checkpoint %s", target)

@@ -117,6 +117,9 @@ def engine_manifest(job: EngineJob, target: Target, plan: BuildPlan) -> dict:
         "export_fingerprint": export.fingerprint,
         "source_sha256": export.source_sha256,
         "export_manifest": str(export.manifest),
+        # the checkpoint's run defaults, carried from the export: generate --engines uses them
+        "stage": export.stage,
+        "run_defaults": export.run_defaults,
         "target": target.to_json(),
         "recipe": plan.recipe.name,
         "build_command": plan.build_command,

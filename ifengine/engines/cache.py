@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import re
+import shlex
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -153,7 +154,18 @@ def update_index(target_dir: Path, manifest: dict, build_command: str, replace: 
         write_json_atomic(path, index)
 
 
-def target_index(out: str | Path, target: Target) -> dict:
+def rebuild_command(recorded: str | None, out: str | Path, artifacts: str | Path | None = None) -> str:
+    """The build command for the folders in use now: the recipe of the command recorded at build time (a
+    user may have moved or renamed the folders since), with today's ``--artifacts`` and ``--out``."""
+    try:
+        recipe = shlex.split(recorded)[2] if recorded else "RECIPE"
+    except (ValueError, IndexError):
+        recipe = "RECIPE"
+    where = f" --artifacts {shlex.quote(str(artifacts))}" if artifacts is not None else ""
+    return f"ifengine build {shlex.quote(recipe)}{where} --out {shlex.quote(str(out))}"
+
+
+def target_index(out: str | Path, target: Target, artifacts: str | Path | None = None) -> dict:
     """The index of the engines built into ``out`` for ``target``; errors say which build command makes them."""
     out = Path(out)
     index_path = out / target.slug / INDEX
@@ -163,40 +175,63 @@ def target_index(out: str | Path, target: Target) -> dict:
             raise EngineForeign(
                 f"{out} has engines only for {', '.join(others)}, not for this machine "
                 f"({target.slug}); engines do not move between GPUs or TensorRT versions: run "
-                f"`ifengine build RECIPE --out {out}` here"
+                f"`{rebuild_command(None, out, artifacts)}` here"
             )
-        raise EngineMissing(f"no TensorRT engines in {out}: run `ifengine build RECIPE --out {out}` first")
-    return read_json(index_path, "engine index")
+        raise EngineMissing(f"no TensorRT engines in {out}: run `{rebuild_command(None, out, artifacts)}` first")
+    try:
+        index = read_json(index_path, "engine index")
+    except EngineCorrupt as err:
+        raise EngineCorrupt(
+            f"{err}: run `{rebuild_command(None, out, artifacts)}` to build and index them again"
+        ) from None
+    if not isinstance(index, dict) or not isinstance(index.get("engines", {}), dict):
+        raise EngineCorrupt(
+            f"engine index {index_path} is not an ifengine index: run `{rebuild_command(None, out, artifacts)}`"
+        )
+    return index
 
 
-def engine_manifests(out: str | Path, target: Target, component: str) -> list[Path]:
+def engine_manifests(
+    out: str | Path, target: Target, component: str, artifacts: str | Path | None = None
+) -> list[Path]:
     """The manifests the index lists for ``component``; errors say which build command makes them."""
     out = Path(out)
     index_path = out / target.slug / INDEX
-    index = target_index(out, target)
+    index = target_index(out, target, artifacts)
     entries = index.get("engines", {}).get(component)
     if not entries:
         raise EngineMissing(
             f"{index_path} has no {component} engine: run "
-            f"`{index.get('build_command', f'ifengine build RECIPE --out {out}')}` with a recipe "
-            f"that builds {component}"
+            f"`{rebuild_command(index.get('build_command'), out, artifacts)}` with a recipe that builds {component}"
         )
-    return [index_path.parent / e["manifest"] for e in entries.values()]
+    try:
+        return [index_path.parent / e["manifest"] for e in entries.values()]
+    except (AttributeError, KeyError, TypeError):
+        raise EngineCorrupt(
+            f"engine index {index_path} lists {component} without manifests: run "
+            f"`{rebuild_command(index.get('build_command'), out, artifacts)}`"
+        ) from None
 
 
 def load_verified(
-    manifest_path: Path, target: Target, export_fingerprint: str | None = None, checksum: bool = True
+    manifest_path: Path,
+    target: Target,
+    export_fingerprint: str | None = None,
+    checksum: bool = True,
+    artifacts: str | Path | None = None,
 ) -> tuple[dict, bytes]:
     """Read an engine and prove it usable here: complete, intact, built for this target, and (given the
-    current export's fingerprint) built from the graph that is exported now."""
-    generic = f"ifengine build RECIPE --out {manifest_path.parent.parent}"
+    current export's fingerprint) built from the graph that is exported now. Errors name the build command
+    for the folders in use now (``artifacts``, the engines folder), not those recorded at build time."""
+    out = manifest_path.parent.parent
+    generic = rebuild_command(None, out, artifacts)
     try:
         manifest = read_json(manifest_path, "engine manifest")
     except FileNotFoundError:
         raise EngineMissing(f"engine manifest {manifest_path} is missing: run `{generic}`") from None
     except EngineCorrupt as err:
         raise EngineCorrupt(f"{err}: run `{generic}`") from None
-    rebuild = manifest.get("build_command", generic)
+    rebuild = rebuild_command(manifest.get("build_command"), out, artifacts)
     check_target(manifest, target, manifest_path, rebuild)
     built_from = str(manifest.get("export_fingerprint"))
     if export_fingerprint is not None and built_from != export_fingerprint:

@@ -31,6 +31,8 @@ class ExportRecord:
     source_sha256: str | None
     spec: ComponentSpec
     fingerprint: str  # covers every payload file: a >2 GB graph keeps its weights outside model.onnx
+    stage: int | None = None
+    run_defaults: dict | None = None  # the source checkpoint's run defaults (steps, guidance, noise level)
 
     def to_json(self) -> dict:
         return {
@@ -58,6 +60,8 @@ def read_export(path: str | Path) -> ExportRecord:
         source_sha256=raw.get("source_sha256"),
         spec=spec_from_dict(raw["spec"]),
         fingerprint=fingerprint(raw),
+        stage=raw.get("stage"),
+        run_defaults=raw.get("run_defaults"),
     )
 
 

@@ -22,11 +22,13 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..memory.sizes import GiB
-from ..models.checkpoint import Checkpoint, resolve
+from ..models.checkpoint import Checkpoint, read_run_defaults, resolve
+from ..stage.options import checkpoint_defaults, stage_record
+from . import onnx_required  # noqa: F401 - first: a missing onnx names the extra that installs it
 from .artifacts import GRAPH_NAME, ArtifactStore
 from .calibration import CalibrationSettings
 from .hashing import HashCache, sha256_file, sha256_json
-from .manifest import FORMAT, file_entries
+from .manifest import FORMAT, file_entries, read_manifest
 from .onnx_export import convert_opset, data_name, exporter_info, trace_to_onnx
 from .precision import DEFAULT_OPSET, Variant, supports, variant
 from .quantize import quantize_weight_only
@@ -34,6 +36,7 @@ from .sources import ComponentSource, plan_sources
 from .verify import check_graph
 
 log = logging.getLogger(__name__)
+DEFAULT_PRECISION = "fp16"  # for checkpoints that record none (the IF releases ship fp16 weights)
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,7 @@ def export_artifacts(
     stages: Mapping[int, str | Path],
     out: str | Path,
     components: list[str] | None = None,
-    precisions: list[str] = ["fp16"],  # noqa: B006 - read, never mutated
+    precisions: list[str] | None = None,
     progress: bool = True,
     options: ExportOptions = ExportOptions(),
     variant: str | None = None,
@@ -55,10 +58,12 @@ def export_artifacts(
     """Export ``components`` (default: all the checkpoints provide) in each of ``precisions`` to ``out``.
 
     ``stages`` maps 1/2/3 to checkpoint folders (Hub layout) or Hub ids; ``variant`` reads e.g. the fp16
-    weight files of a checkpoint that ships both."""
+    weight files of a checkpoint that ships both. ``precisions`` default: what the checkpoints record
+    (``read_run_defaults``), else fp16."""
     ckpts = {int(n): resolve(p, int(n), variant) for n, p in stages.items() if p is not None}
     if not ckpts:
         raise ValueError("give at least one checkpoint (stage 1, 2 or 3)")
+    precisions = precisions or default_precisions(ckpts)
     for p in precisions:
         supports("t5", p)  # raises on an unknown precision name
     every = plan_sources(ckpts, variant=variant)
@@ -72,14 +77,26 @@ def export_artifacts(
     for source, precision in bar:
         bar.set_postfix_str(f"{source.name} {precision}")
         expected = _expected(source, precision, options, hashes, digests)
-        if store.up_to_date(source.name, precision, expected):
+        if store.up_to_date(source.name, precision, expected, hashes):
             log.info("%s %s is up to date", source.name, precision)
             paths.append(store.manifest_path(source.name, precision))
             continue
         paths.append(_export_one(source, precision, store, expected, options, ckpts))
+        _remember_files(paths[-1], hashes)  # so loading the new graph does not hash it again
         hashes.save()
     hashes.save()
     return paths
+
+
+def _remember_files(manifest_path: Path, hashes: HashCache) -> None:
+    for name, meta in read_manifest(manifest_path)["files"].items():
+        hashes.remember(manifest_path.parent / name, meta["sha256"])
+
+
+def default_precisions(ckpts: Mapping[int, Checkpoint]) -> list[str]:
+    """The precisions the checkpoints record as their default (``read_run_defaults``), else fp16."""
+    recorded = sorted({d["precision"] for c in ckpts.values() if "precision" in (d := read_run_defaults(c.root))})
+    return recorded or [DEFAULT_PRECISION]
 
 
 def _supported(source: ComponentSource, precision: str) -> bool:
@@ -119,6 +136,8 @@ def _expected(
         "ifengine_version": __version__,
         "variant": _variant_dict(v),
         "calibration": asdict(options.calibration) if v.quantize == "static" else None,
+        # the source checkpoint's run defaults travel with its graphs (and from there into engines)
+        "run_defaults": stage_record(checkpoint_defaults({source.stage: source.checkpoint.root}), source.stage),
     }
 
 

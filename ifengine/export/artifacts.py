@@ -47,12 +47,13 @@ class ArtifactStore:
     def hash_cache_path(self) -> Path:
         return self.root / HASH_CACHE
 
-    def up_to_date(self, component: str, precision: str, expected: dict[str, Any]) -> bool:
-        """The artifact exists, is complete (file sizes), and its manifest records ``expected``."""
+    def up_to_date(self, component: str, precision: str, expected: dict[str, Any], hashes=None) -> bool:
+        """The artifact exists, is intact (file sizes; with a ``HashCache``, sha256s: a damaged graph is
+        exported again, as its load error says), and its manifest records ``expected``."""
         path = self.manifest_path(component, precision)
         try:
             manifest = read_manifest(path)
-            check_files(manifest, path.parent)
+            check_files(manifest, path.parent, hashes=hashes)
         except (ManifestError, ValueError) as err:
             log.debug("%s %s needs export: %s", component, precision, err)
             return False

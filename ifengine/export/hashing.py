@@ -56,6 +56,12 @@ class HashCache:
         self._entries[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
         return digest
 
+    def remember(self, path: Path, digest: str) -> None:
+        """Record a digest just computed elsewhere (the exporter hashes every file it writes)."""
+        path = Path(path).resolve()
+        stat = path.stat()
+        self._entries[str(path)] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
+
     def files(self, paths: Iterable[Path], root: Path) -> str:
         """One digest over several files, each named relative to ``root`` (so a moved checkpoint hashes the same)."""
         listing = sorted((str(Path(p).resolve().relative_to(Path(root).resolve())), self.file(p)) for p in paths)
@@ -65,3 +71,10 @@ class HashCache:
         if self.path is None:
             return
         write_text_atomic(self.path, json.dumps(self._entries, indent=1, sort_keys=True))
+
+    def save_if_possible(self) -> None:
+        """``save`` where the folder may be read-only (graphs shipped read-only): the next run hashes again."""
+        try:
+            self.save()
+        except OSError as err:
+            log.debug("cannot save the hash cache %s (%s)", self.path, err)

@@ -12,10 +12,11 @@ import json
 import logging
 from pathlib import Path
 from typing import Any
+from collections.abc import Iterable
 
 from ..atomic import write_json_atomic
 from .. import __version__
-from .hashing import sha256_file
+from .hashing import HashCache, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +79,9 @@ def check_version(manifest: dict[str, Any], path: Path) -> None:
         )
 
 
-def check_files(manifest: dict[str, Any], folder: Path, full: bool = False) -> None:
-    """Every file the manifest lists exists with its recorded size (and, with ``full``, its sha256)."""
+def check_files(manifest: dict[str, Any], folder: Path, full: bool = False, hashes: HashCache | None = None) -> None:
+    """Every file the manifest lists exists with its recorded size and, with ``full`` or ``hashes``, its
+    sha256 (``hashes`` remembers digests by size and mtime, so an unchanged graph is hashed once)."""
     for name, meta in manifest["files"].items():
         path = folder / name
         if not path.is_file():
@@ -90,8 +92,23 @@ def check_files(manifest: dict[str, Any], folder: Path, full: bool = False) -> N
                 f"{path} has {size} bytes but the manifest records {meta['size']}: the file is "
                 "truncated or was replaced; export the artifact again"
             )
-        if full and sha256_file(path) != meta["sha256"]:
-            raise ArtifactError(f"{path} does not match the sha256 its manifest records; export the artifact again")
+        if full or hashes is not None:
+            digest = hashes.file(path) if hashes is not None and not full else sha256_file(path)
+            if digest != meta["sha256"]:
+                raise ArtifactError(
+                    f"{path} does not match the sha256 its manifest records (the file was altered or is "
+                    "corrupt); export the artifact again"
+                )
+
+
+def recorded_defaults(manifests: Iterable[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Stage -> the run defaults its source checkpoint recorded, as exported graph or engine manifests carry
+    them (``run_defaults``; manifests without them, from older exports, record nothing)."""
+    out: dict[int, dict[str, Any]] = {}
+    for manifest in manifests:
+        if isinstance(manifest.get("run_defaults"), dict) and manifest.get("stage") in (1, 2, 3):
+            out.setdefault(int(manifest["stage"]), manifest["run_defaults"])
+    return out
 
 
 def file_entries(folder: Path) -> dict[str, dict[str, Any]]:

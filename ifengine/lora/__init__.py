@@ -21,6 +21,9 @@ __all__ = [
 def __getattr__(name: str):
     # the ONNX refit needs the [export] extra (onnx); importing ifengine must not
     if name in ("refit_artifact", "refit_onnx"):
+        from ..errors import require_extra
+
+        require_extra(("onnx",), "export", "refitting exported graphs")
         from . import onnx_weights
 
         return getattr(onnx_weights, name)

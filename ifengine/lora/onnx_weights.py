@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Sequence
@@ -26,6 +24,7 @@ import torch
 from onnx import numpy_helper
 from onnx.external_data_helper import uses_external_data
 
+from ..atomic import replacing
 from .adapters import LoraError, WeightUpdate
 
 log = logging.getLogger(__name__)
@@ -133,9 +132,7 @@ def _patch_external(folder: Path, found: list[_Found]) -> None:
         by_file.setdefault(_location(f.tensor), []).append(f)
     for location, items in by_file.items():
         target = folder / location
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-        os.close(fd)
-        try:
+        with replacing(target) as tmp:
             shutil.copyfile(target, tmp)
             with open(tmp, "r+b") as out:
                 for f in items:
@@ -145,11 +142,6 @@ def _patch_external(folder: Path, found: list[_Found]) -> None:
                         raise LoraError(f"{target}: {f.update.name} would change size; export the graph again")
                     out.seek(int(info.get("offset", 0)))
                     out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, target)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
 
 
 def _location(tensor: onnx.TensorProto) -> str:
@@ -157,12 +149,8 @@ def _location(tensor: onnx.TensorProto) -> str:
 
 
 def _save_atomic(model: onnx.ModelProto, graph: Path) -> None:
-    tmp = graph.with_name(f".{graph.name}.{os.getpid()}.tmp")
-    try:
-        onnx.save_model(model, str(tmp))  # external references keep pointing at the same data file
-        os.replace(tmp, graph)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with replacing(graph) as tmp:  # in the graph's folder: external references still find the data file
+        onnx.save_model(model, str(tmp))
 
 
 def _update_manifest(graph: Path, changed: set[Path]) -> None:
@@ -179,6 +167,8 @@ def _update_manifest(graph: Path, changed: set[Path]) -> None:
         name = str(file.relative_to(path.parent))
         if name in manifest.get("files", {}):
             manifest["files"][name].update(size=file.stat().st_size, sha256=sha256_file(file))
+        if name == manifest.get("graph"):  # loading checks the graph's hash too
+            manifest["graph_sha256"] = manifest["files"][name]["sha256"]
     manifest["lora_refit"] = True  # the weights are no longer the exported checkpoint's
     write_manifest(path, manifest)
 

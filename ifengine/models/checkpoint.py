@@ -38,6 +38,13 @@ class CheckpointError(ValueError):
     """A checkpoint path or id cannot be used for the stage it was given for."""
 
 
+# A checkpoint may carry its own run defaults under this key of model_index.json (diffusers ignores keys
+# it does not know): {"steps": 20, "guidance": 7.0, "noise_level": 250, "precision": "fp32"}, any subset.
+# They travel with the weights: into exported graphs' manifests, from there into engine manifests.
+RUN_DEFAULTS_KEY = "ifengine"
+_RUN_DEFAULT_TYPES = {"steps": int, "guidance": (int, float), "noise_level": int, "precision": str}
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     """A resolved checkpoint folder and what it contains."""
@@ -86,6 +93,21 @@ def resolve(source: str | Path, stage: int, variant: str | None = None) -> Check
         raise CheckpointError(f"{root} holds {seen}, but it was given as {STAGE_NAMES[stage]}")
     components = tuple(k for k, v in index.items() if not k.startswith("_") and _present(v))
     return Checkpoint(root=root, stage=stage, pipeline_class=cls, components=components)
+
+
+def read_run_defaults(root: str | Path) -> dict:
+    """The run defaults a checkpoint folder records (``RUN_DEFAULTS_KEY`` in model_index.json); {} when none."""
+    path = Path(root) / "model_index.json"
+    index = read_json(path)
+    entry = index.get(RUN_DEFAULTS_KEY, {}) if isinstance(index, dict) else {}
+    if not isinstance(entry, dict):
+        raise DamagedFileError(path, f"its {RUN_DEFAULTS_KEY!r} entry is a {type(entry).__name__}, not an object")
+    for key, value in entry.items():
+        kind = _RUN_DEFAULT_TYPES.get(key)
+        if kind is None or isinstance(value, bool) or not isinstance(value, kind):
+            accepted = ", ".join(_RUN_DEFAULT_TYPES)
+            raise DamagedFileError(path, f"{RUN_DEFAULTS_KEY}.{key} = {value!r} is not a run default ({accepted})")
+    return dict(entry)
 
 
 def _present(entry) -> bool:

@@ -177,8 +177,8 @@ class Cascade(LoraMixin):
     def from_artifacts(cls, artifacts: str | Path, backend: str = "onnxruntime", providers=None, **kwargs) -> Cascade:
         """Run from exported graphs (``ifengine export``) on ONNX Runtime; ``providers``: "cpu" (default),
         "cuda", "tensorrt" (onnxruntime-gpu's execution providers) or ORT provider names. Other keyword
-        arguments: precision, use_step_graphs, verify (see backends/onnxruntime/load.py) and ``runtime``
-        (False: the plain stage loops instead of the GPU runner)."""
+        arguments: precision (default: what was exported), use_step_graphs, verify (see
+        backends/onnxruntime/load.py) and ``runtime`` (False: the plain stage loops, not the GPU runner)."""
         if backend != "onnxruntime":
             raise ValueError(f"unknown backend {backend!r}; from_artifacts supports 'onnxruntime'")
         return open_cascade(ModelSource(artifacts=str(artifacts)), device="cpu", providers=providers, **kwargs)
@@ -437,7 +437,8 @@ def open_cascade(
     where it applies. ``options``: the torch runtime's (vram_budget, weights, throughput, max_batch, ...)
     for checkpoints, the graph or engine loader's (precision, providers, verify, ...) for those sources."""
     source = source or ModelSource()
-    device, dtype = placement(device or source.device, dtype or source.dtype)
+    asked = dtype or source.dtype  # graphs and engines run in their own precision unless one is asked for
+    device, dtype = placement(device or source.device, asked)
     torch_runtime = {k: options.pop(k) for k in _TORCH_RUNTIME if k in options}
     if source.uses_graphs and torch_runtime:
         raise TypeError(f"{', '.join(torch_runtime)} act on torch checkpoints only, not on graphs or engines")
@@ -445,7 +446,7 @@ def open_cascade(
     parts = load_parts(
         source,
         device,
-        dtype,
+        dtype if asked or not source.uses_graphs else None,
         safety=safety,
         text_encoder=text_encoder,
         text_dtype=text_dtype,

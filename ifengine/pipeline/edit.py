@@ -172,11 +172,14 @@ def make_plan(
 
 
 def _defaults(pipe, spec: Mode) -> RunDefaults:
-    # a cascade with its own step defaults (the demo) keeps them; otherwise the mode's reference defaults
-    if pipe.defaults.steps != RunDefaults().steps:
-        return RunDefaults(
-            steps=pipe.defaults.steps, guidance=spec.defaults.guidance, noise_level=spec.defaults.noise_level
-        )
+    return mode_defaults(pipe.defaults, spec)
+
+
+def mode_defaults(cascade: RunDefaults, spec: Mode) -> RunDefaults:
+    """A cascade with its own step defaults (the demo's, recorded in its checkpoints) keeps them; otherwise
+    the mode's reference defaults. ``ifengine generate`` checks requests with this before loading."""
+    if cascade.steps != RunDefaults().steps:
+        return RunDefaults(steps=cascade.steps, guidance=spec.defaults.guidance, noise_level=spec.defaults.noise_level)
     return spec.defaults
 
 

@@ -8,7 +8,6 @@ come through here, so a choice made for one (which backend runs what, the defaul
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -16,10 +15,10 @@ from typing import Any
 import torch
 
 from ..dtypes import PRECISION_DTYPES, dtype_name
-from ..models.checkpoint import resolve
+from ..models.checkpoint import read_run_defaults, resolve
 from ..stage import components
 from ..stage.components import CascadeParts
-from ..stage.options import RunDefaults
+from ..stage.options import RunDefaults, checkpoint_defaults, run_defaults
 from . import limits
 from .source import ModelSource
 
@@ -54,8 +53,9 @@ def load_parts(
     host_first: bool = False,
     **backend_options: Any,
 ) -> CascadeParts:
-    """The parts ``source`` names, on ``device`` in ``dtype``. ``host_first`` loads checkpoints on the CPU
-    (the memory planner places them later); ``backend_options`` go to the graph or engine loader."""
+    """The parts ``source`` names, on ``device`` in ``dtype`` (None for graphs and engines: the precision
+    they were exported or built in). ``host_first`` loads checkpoints on the CPU (the memory planner places
+    them later); ``backend_options`` go to the graph or engine loader."""
     if source.kind == "engines":
         return _engine_parts(source, device, dtype, **backend_options)
     if source.kind == "artifacts":
@@ -63,10 +63,9 @@ def load_parts(
     if backend_options:
         raise TypeError(f"unexpected options for checkpoints: {', '.join(sorted(backend_options))}")
     load_on = torch.device("cpu") if host_first else device
-    parts = checkpoint_parts(
+    return checkpoint_parts(
         checkpoints_of(source), source.variant, device, dtype, load_on, text_encoder, text_dtype, safety
     )
-    return dataclasses.replace(parts, defaults=defaults_of(source))
 
 
 def checkpoint_parts(
@@ -86,7 +85,10 @@ def checkpoint_parts(
     x4 = components.load_x4_stage(ckpts[3], dtype, load_on, variant) if 3 in ckpts else None
     checker = _load_safety(ckpts[1], device) if safety and 1 in ckpts else None
     sources = {n: source_name(src) for n, src in checkpoints.items()}
-    return CascadeParts(text, ifs.get(1), ifs.get(2), x4, device, dtype, safety=checker, sources=sources)
+    defaults = checkpoint_defaults({n: c.root for n, c in ckpts.items()})  # what they record
+    return CascadeParts(
+        text, ifs.get(1), ifs.get(2), x4, device, dtype, safety=checker, defaults=defaults, sources=sources
+    )
 
 
 def _load_text(ckpts, dtype, device, variant, text_dtype):
@@ -121,21 +123,26 @@ def checkpoints_of(source: ModelSource) -> dict[int, Any]:
 
 
 def defaults_of(source: ModelSource) -> RunDefaults:
-    """The run defaults of a source: the demo's few steps, else IF's own."""
-    if not source.is_demo:
-        return RunDefaults()
-    from ..demo.build import DEMO_DEFAULTS_STEPS
+    """The run defaults (steps, guidance, noise levels) a source records: its checkpoints' (the demo's
+    too) over its exported graphs'; IF's own for whatever none records."""
+    recorded = {}
+    if source.artifacts:
+        from ..backends.onnxruntime.load import graph_run_defaults  # graphs need the export extra anyway
 
-    return RunDefaults(steps=DEMO_DEFAULTS_STEPS)
+        recorded = graph_run_defaults(Path(source.artifacts))
+    for n, ckpt in checkpoints_of(source).items():
+        recorded[n] = read_run_defaults(resolve(ckpt, n, source.variant).root)
+    return run_defaults(recorded)
 
 
-def _graph_parts(source: ModelSource, device: torch.device, dtype: torch.dtype, **options) -> CascadeParts:
+def _graph_parts(source: ModelSource, device: torch.device, dtype: torch.dtype | None, **options) -> CascadeParts:
     # onnxruntime is an optional dependency (the export extra): imported only for graph sources
     from ..backends.onnxruntime.load import load_onnx_parts
 
     # the providers asked for, else the device's own: CUDA's for a CUDA device
     providers = options.pop("providers", None) or source.providers or ("cuda" if device.type == "cuda" else "cpu")
-    options.setdefault("precision", precision_of(dtype))  # the graphs exported in the load's dtype
+    if dtype is not None:  # asked for: the graphs exported in that dtype (else what was exported)
+        options.setdefault("precision", precision_of(dtype))
     return load_onnx_parts(Path(source.artifacts), providers=providers, **options)
 
 
@@ -145,7 +152,7 @@ def precision_of(dtype: torch.dtype) -> str:
     return next(p for p, n in PRECISION_DTYPES.items() if n == name and p != "int8")
 
 
-def _engine_parts(source: ModelSource, device: torch.device, dtype: torch.dtype, **options) -> CascadeParts:
+def _engine_parts(source: ModelSource, device: torch.device, dtype: torch.dtype | None, **options) -> CascadeParts:
     # TensorRT is optional (the gpu extra) and needs CUDA: imported only for engine sources
     from ..backends.tensorrt.load import load_engine_parts
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from typing import Any
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+
+from ..models.checkpoint import read_run_defaults
 
 DEFAULT_STEPS = (100, 50, 75)
 DEFAULT_GUIDANCE = (7.0, 4.0, 9.0)
@@ -22,6 +24,34 @@ class RunDefaults:
     steps: tuple[int, int, int] = DEFAULT_STEPS
     guidance: tuple[float, float, float] = DEFAULT_GUIDANCE
     noise_level: tuple[int, int] = DEFAULT_NOISE_LEVEL
+
+
+def run_defaults(entries: Mapping[int, Mapping[str, Any]], base: RunDefaults = RunDefaults()) -> RunDefaults:
+    """The cascade's defaults from what each stage's source records (stage -> {"steps", "guidance",
+    "noise_level"}: a checkpoint's ``read_run_defaults``, or an exported graph's / engine's manifest);
+    what no source records keeps ``base``. Values are checked when a request uses them."""
+
+    def pick(key: str, stage: int, fallback):
+        return entries.get(stage, {}).get(key, fallback)
+
+    return RunDefaults(
+        steps=tuple(pick("steps", n, base.steps[n - 1]) for n in (1, 2, 3)),
+        guidance=tuple(float(pick("guidance", n, base.guidance[n - 1])) for n in (1, 2, 3)),
+        noise_level=tuple(pick("noise_level", n, base.noise_level[n - 2]) for n in (2, 3)),
+    )
+
+
+def checkpoint_defaults(roots: Mapping[int, Any], base: RunDefaults = RunDefaults()) -> RunDefaults:
+    """``run_defaults`` of checkpoint folders (stage -> folder), from what each records."""
+    return run_defaults({n: read_run_defaults(root) for n, root in roots.items()}, base)
+
+
+def stage_record(defaults: RunDefaults, stage: int) -> dict[str, Any]:
+    """One stage's share of ``defaults`` as a manifest records it (the inverse of ``run_defaults``)."""
+    record = {"steps": defaults.steps[stage - 1], "guidance": defaults.guidance[stage - 1]}
+    if stage > 1:
+        record["noise_level"] = defaults.noise_level[stage - 2]
+    return record
 
 
 class RequestError(ValueError):

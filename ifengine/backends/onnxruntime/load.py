@@ -18,13 +18,14 @@ from typing import Any
 
 from ...dtypes import torch_dtype
 from ...facts import ALL_COMPONENTS
-from ...export.manifest import MANIFEST_NAME, ArtifactError, read_manifest
+from ...export.manifest import MANIFEST_NAME, ArtifactError, read_manifest, recorded_defaults
 from ...export.precision import supports
 from ...stage.components import CascadeParts
 from ...models.config import UNetConfig
 from ..assemble import assemble
 from .network import OrtNetwork
-from .session import CPU, OrtGraph, binding_device
+from ...stage.options import run_defaults
+from .session import CPU, OrtGraph, binding_device, check_providers
 
 log = logging.getLogger(__name__)
 PROVIDERS = {"cpu": CPU, "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
@@ -52,26 +53,48 @@ def provider_list(providers: Sequence[Any] | str | None) -> list[Any]:
 def load_onnx_parts(
     artifacts: Path,
     providers: Sequence[Any] | str | None = None,
-    precision: str | Mapping[str, str] = "fp32",
+    precision: str | Mapping[str, str] | None = None,
     use_step_graphs: bool = True,
-    verify: str = "size",
+    verify: str = "hash",
 ) -> CascadeParts:
     """The cascade's parts running the graphs under ``artifacts`` on ``providers`` (default: CPU).
 
     ``precision`` picks the artifacts: one name for all, or a dict per component with an optional
     "default" (e.g. {"default": "fp16", "t5": "int8"}); "int8" means fp32 for the CLIP text encoder and
-    the VAE decoder, which have no int8 graphs. ``verify`` "hash" re-hashes every file first.
+    the VAE decoder, which have no int8 graphs. None (the default): the precision that was exported
+    (``exported_precision``). ``verify``: "hash" (default) checks every file's sha256 (digests cached by
+    size and mtime), "full" re-hashes without the cache, "size" compares sizes only. The cascade's run
+    defaults (steps, guidance, noise levels) are those the source checkpoints recorded, as the manifests
+    carry them.
     """
     artifacts, providers = Path(artifacts), provider_list(providers)
+    check_providers(providers)  # before a single graph is opened
+    if precision is None:
+        precision = exported_precision(artifacts, binding_device(providers).type == "cuda")
     networks = open_networks(artifacts, providers, precision, verify)
     dtype = torch_dtype(chooser(precision)("unet1"))
     parts = assemble(networks, binding_device(providers), dtype, use_step_graphs)
     log.info("ONNX Runtime cascade from %s: %s on %s", artifacts, ", ".join(sorted(networks)), providers)
-    return dataclasses.replace(parts, sources=graph_sources(networks))
+    defaults = run_defaults(recorded_defaults(n.manifest for n in networks.values()))
+    return dataclasses.replace(parts, sources=graph_sources(networks), defaults=defaults)
+
+
+# When several precisions were exported: the one each kind of device runs natively first
+PREFERENCE = {False: ("fp32", "fp16", "int8", "bf16"), True: ("fp16", "bf16", "fp32", "int8")}
+
+
+def exported_precision(artifacts: Path, gpu: bool = False) -> str:
+    """The precision the graphs under ``artifacts`` were exported in (of several: fp32 on a CPU, fp16 on a GPU,
+    else the first of ``PREFERENCE`` present)."""
+    found = {p.parent.name for p in Path(artifacts).glob(f"*/*/{MANIFEST_NAME}")}
+    for precision in PREFERENCE[gpu]:
+        if precision in found:
+            return precision
+    raise ArtifactError(f"no exported graphs under {artifacts}: run `ifengine export --out {artifacts}`")
 
 
 def open_networks(
-    artifacts: Path, providers: Sequence[Any], precision: str | Mapping[str, str], verify: str = "size", skip=()
+    artifacts: Path, providers: Sequence[Any], precision: str | Mapping[str, str], verify: str = "hash", skip=()
 ) -> dict[str, OrtNetwork]:
     """An OrtNetwork per component exported under ``artifacts`` at the chosen precision (not ``skip``)."""
     if not artifacts.is_dir():
@@ -107,6 +130,13 @@ def graph_sources(networks: Mapping[str, OrtNetwork]) -> dict[int, str]:
         if source:
             out[n] = source
     return out
+
+
+def graph_run_defaults(artifacts: Path) -> dict[int, dict]:
+    """Stage -> the run defaults the exported graphs' manifests record (any precision; see
+    ``export.manifest.recorded_defaults``): what a caller checks a request against before loading."""
+    manifests = [read_manifest(p) for p in sorted(Path(artifacts).glob(f"*/*/{MANIFEST_NAME}"))]
+    return recorded_defaults(manifests)
 
 
 def graph_unet_configs(artifacts: Path) -> dict[int, UNetConfig]:

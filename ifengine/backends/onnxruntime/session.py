@@ -1,4 +1,4 @@
-"""One exported graph on ONNX Runtime: the artifact (manifest checked: version, files, sizes) and its session.
+"""One exported graph on ONNX Runtime: the artifact (manifest checked: version, files, hashes) and its session.
 
 ``OrtGraph`` opens an ORT session on the given providers and reads named dims off input shapes, checked
 against the artifact's I/O spec, so a wrong size fails with the dim named. Running it goes through
@@ -17,6 +17,8 @@ import numpy as np
 import onnx
 import torch
 
+from ...export.artifacts import HASH_CACHE
+from ...export.hashing import HashCache
 from ...export.manifest import ArtifactError, check_files, check_version, read_manifest
 from ...export.spec import ComponentSpec, SpecError
 from ...export.verify import session_options
@@ -48,10 +50,50 @@ def binding_device(providers: Sequence[Any]) -> torch.device:
     return torch.device("cpu")
 
 
+class ProviderError(ValueError):
+    """Requested ONNX Runtime providers or devices that this machine does not have."""
+
+
+def check_providers(providers: Sequence[Any]) -> None:
+    """Every requested provider exists in this ONNX Runtime, and a GPU provider's device in torch (bound
+    tensors live there): refused with what is available, before any graph is opened. Unchecked, ORT warns,
+    falls back to the CPU, and binding to a CUDA tensor fails later with a traceback."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    missing = [n for n in provider_names(providers) if n not in available]
+    if missing:
+        raise ProviderError(
+            f"ONNX Runtime {ort.__version__} here has no {', '.join(missing)}; available: {', '.join(available)}"
+            f"{_gpu_hint(missing)}"
+        )
+    device = binding_device(providers)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if device.index >= count:
+            where = f"{count} CUDA device(s)" if count else "no CUDA device (torch.cuda.is_available() is False)"
+            raise ProviderError(
+                f"the {'/'.join(n for n in provider_names(providers) if n in GPU_PROVIDERS)} provider is asked to "
+                f"run on cuda:{device.index}, but torch sees {where}; use --providers cpu, or a CUDA build of torch"
+            )
+
+
+def _gpu_hint(missing: list[str]) -> str:
+    if not any(n in GPU_PROVIDERS for n in missing):
+        return ""
+    from ...installed import ORT_FIX, ort_conflict
+
+    conflict = ort_conflict()
+    if conflict:
+        return f" ({conflict})"
+    return f". The CUDA and TensorRT providers come with onnxruntime-gpu, alone: `{ORT_FIX}` (or the gpu extra)"
+
+
 class OrtGraph:
     """An artifact's graph: ``graph(**inputs)`` -> its single output as a torch tensor."""
 
-    def __init__(self, manifest_path: Path, providers: Sequence[Any] = (CPU,), verify: str = "size"):
+    def __init__(self, manifest_path: Path, providers: Sequence[Any] = (CPU,), verify: str = "hash"):
+        check_providers(providers)
         self.manifest_path = Path(manifest_path)
         self.manifest = load_manifest(self.manifest_path, verify)
         self.spec = ComponentSpec.from_dict(self.manifest["spec"])
@@ -96,14 +138,30 @@ class OrtGraph:
         return out.clone()
 
 
-def load_manifest(path: Path, verify: str = "size") -> dict[str, Any]:
-    """The manifest, checked for this ifengine version and complete files (``verify``: size or hash)."""
-    if verify not in ("size", "hash"):
-        raise ValueError(f"verify must be 'size' or 'hash', got {verify!r}")
+VERIFY = ("hash", "size", "full")
+
+
+def load_manifest(path: Path, verify: str = "hash") -> dict[str, Any]:
+    """The manifest, checked for this ifengine version and its files: ``verify`` "hash" (the default)
+    compares every file's sha256 with the manifest, remembering digests by size and mtime in the artifacts
+    folder's hash cache so an unchanged graph is hashed once; "full" re-hashes regardless; "size" only
+    compares sizes."""
+    if verify not in VERIFY:
+        raise ValueError(f"verify must be one of {', '.join(VERIFY)}, got {verify!r}")
+    path = Path(path)
     manifest = read_manifest(path)
     check_version(manifest, path)
-    check_files(manifest, Path(path).parent, full=verify == "hash")
+    hashes = _hash_cache(path) if verify == "hash" else None
+    check_files(manifest, path.parent, full=verify == "full", hashes=hashes)
+    if hashes is not None:
+        hashes.save_if_possible()
     return manifest
+
+
+def _hash_cache(manifest_path: Path) -> HashCache:
+    # ARTIFACTS/<component>/<precision>/manifest.json: the exporter's cache lives in ARTIFACTS/
+    root = manifest_path.resolve().parent.parent.parent
+    return HashCache(root / HASH_CACHE)
 
 
 def _session(graph: Path, providers: Sequence[Any], manifest: dict[str, Any]):

@@ -10,11 +10,14 @@ With an explicit ``target`` the checks run without TensorRT (how the CPU tests r
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ...dtypes import torch_dtype
 from ...engines import bindings, trt_runtime as trt_rt
 from ...engines.cache import INDEX, Target, engine_manifests, load_verified, target_index
 from ...engines.errors import EngineMissing
@@ -46,8 +49,9 @@ def verify_engines(
     current = find_exports(artifacts) if artifacts is not None else {}
     verified = []
     for component in components:
-        for path in engine_manifests(out, target, component):
-            manifest, data = load_verified(path, target, _export_fingerprint(current, _peek(path)), checksum)
+        for path in engine_manifests(out, target, component, artifacts):
+            fingerprint = _export_fingerprint(current, _peek(path))
+            manifest, data = load_verified(path, target, fingerprint, checksum, artifacts)
             verified.append((component, manifest, data))
     return verified
 
@@ -138,7 +142,7 @@ def load_engine_parts(
     device: int = 0,
     dtype=None,
     variant: str | None = None,
-    precision: str | Mapping[str, str] = "fp16",
+    precision: str | Mapping[str, str] | None = None,
     providers: Sequence[Any] | str = ("cuda",),
     budgets: Mapping[str, Any] | None = None,
     checksum: bool = True,
@@ -150,7 +154,9 @@ def load_engine_parts(
 
     Every engine is verified (target, checksum, staleness against ``artifacts``) before anything is
     loaded. The facade runs them on the GPU runner; each step around TensorRT enqueues is captured as one
-    CUDA graph after its warm-up."""
+    CUDA graph after its warm-up. ``dtype`` and ``precision`` (of the ONNX Runtime graphs
+    used for what has no engine) default to the precision the engines were built in; the run defaults
+    (steps, guidance, noise levels) are those the checkpoints recorded, as the engine manifests carry them."""
     import torch
 
     from ...models.checkpoint import resolve
@@ -161,7 +167,9 @@ def load_engine_parts(
     target = target or trt_rt.current_target(device)
     built = [c for c in built_components(engines, target) if components is None or c in components]
     verified = verify_engines(engines, built, target, artifacts, checksum)  # every cache error, before any work
-    dtype = dtype or torch.float16
+    built_precision = built_precision_of(verified)
+    dtype = dtype or torch_dtype(built_precision)
+    precision = precision or built_precision
     checkpoints = {n: resolve(s, n, variant) for n, s in ((1, stage1), (2, stage2), (3, stage3)) if s}
     networks: dict[str, Any] = engine_networks(activate(verified, device, budgets), device) if verified else {}
     if artifacts is not None:
@@ -169,7 +177,29 @@ def load_engine_parts(
         networks |= open_networks(Path(artifacts), provider_list(providers), precision, skip=covered)
     parts = torch_parts(checkpoints, set(networks), dtype, torch.device("cuda", device), variant)
     log.info("engines from %s: %s", engines, ", ".join(sorted(c for c in networks if c in built)) or "none")
-    return assemble(networks, torch.device("cuda", device), dtype, use_step_graphs, parts)
+    loaded = assemble(networks, torch.device("cuda", device), dtype, use_step_graphs, parts)
+    return dataclasses.replace(loaded, defaults=engine_run_defaults(verified, networks, checkpoints))
+
+
+def built_precision_of(verified) -> str:
+    """The precision the engines were built in: stage I's U-Net (or step) engine's, else the first one's;
+    int8 engines compute in fp32 around their Q/DQ layers (fp16 when nothing was built)."""
+    by_component = {component: manifest.get("precision") for component, manifest, _ in verified}
+    chosen = next((by_component[c] for c in ("unet1", "step1") if c in by_component), None)
+    chosen = chosen or next(iter(by_component.values()), None) or "fp16"
+    return "fp32" if chosen == "int8" else chosen
+
+
+def engine_run_defaults(verified, networks: Mapping[str, Any], checkpoints: Mapping[int, Any]):
+    """What the sources record: the checkpoints given, else the engine manifests, else the ORT graphs'."""
+    from ...export.manifest import recorded_defaults
+    from ...models.checkpoint import read_run_defaults
+    from ...stage.options import run_defaults
+
+    graphs = [n.manifest for n in networks.values() if isinstance(getattr(n, "manifest", None), dict)]
+    entries = recorded_defaults(graphs) | recorded_defaults(m for _, m, _ in verified)
+    entries |= {n: read_run_defaults(c.root) for n, c in checkpoints.items()}
+    return run_defaults(entries)
 
 
 def _covered_by(checkpoints: Mapping[int, Any]) -> set[str]:
