@@ -19,6 +19,7 @@ from ...engines import bindings, trt_runtime as trt_rt
 from ...engines.cache import INDEX, Target, engine_manifests, load_verified, target_index
 from ...engines.errors import EngineMissing
 from ...engines.exports import find_exports
+from ...engines.inductor_target import current_inductor_target
 from ...engines.io_plan import IOPlan
 from ...facts import ALL_COMPONENTS
 from ...memory.sizes import GiB
@@ -30,7 +31,10 @@ log = logging.getLogger(__name__)
 def check_engines_dir(out: Path) -> None:
     """Engines were built into ``out`` for some target (needs no TensorRT)."""
     if not out.is_dir() or not any(out.glob(f"*/{INDEX}")):
-        raise EngineMissing(f"no TensorRT engines in {out}: run `ifengine build RECIPE --out {out}` first")
+        raise EngineMissing(
+            f"no compiled engines in {out}: run `ifengine build RECIPE --out {out}` first "
+            "(TensorRT; add `--compiler inductor` for Inductor packages)"
+        )
 
 
 def built_components(out: Path, target: Target) -> list[str]:
@@ -147,33 +151,59 @@ def load_engine_cascade(
     target: Target | None = None,
     use_step_graphs: bool = True,
 ):
-    """A ``cls`` (Cascade) on the engines in ``engines``; what has no engine runs on torch from the
+    """A ``cls`` (Cascade) on the engines in ``engines`` (TensorRT engines and/or Inductor packages, as
+    ``ifengine build --compiler`` made them); what has no engine runs on torch from the
     ``stage1``/``stage2``/``stage3`` checkpoints, else on ONNX Runtime (``providers``) from ``artifacts``.
 
-    Every engine is verified (target, checksum, staleness against ``artifacts``) before anything is
-    loaded. The cascade runs on the GPU runner; each step around TensorRT enqueues is captured as one
-    CUDA graph after its warm-up (``cuda_graphs``)."""
+    Every engine is verified (target, checksum, staleness against ``artifacts`` for TensorRT and against
+    the given checkpoints for Inductor) before anything is loaded. The cascade runs on the runtime; on a
+    GPU each step around engine calls is captured as one CUDA graph after its warm-up (``cuda_graphs``).
+    Inductor packages compiled for the CPU run the cascade on the CPU (where nothing is captured)."""
     import torch
 
     from ...models.checkpoint import resolve
     from ..assemble import assemble, torch_parts
-    from ..onnxruntime.load import open_networks, provider_list
+    from ..inductor.load import inductor_folders, open_inductor, verify_inductor
+    from ..onnxruntime.load import graph_sources, open_networks, provider_list
 
     check_engines_dir(engines)
-    target = target or trt_rt.current_target(device)
-    built = [c for c in built_components(engines, target) if components is None or c in components]
-    verified = verify_engines(engines, built, target, artifacts, checksum)  # every cache error, before any work
-    dtype = dtype or torch.float16
-    checkpoints = {n: resolve(s, n, variant) for n, s in ((1, stage1), (2, stage2), (3, stage3)) if s}
+    given = {n: s for n, s in ((1, stage1), (2, stage2), (3, stage3)) if s}
+    checkpoints = {n: resolve(s, n, variant) for n, s in given.items()}
+    where = torch.device("cuda", device) if torch.cuda.is_available() else torch.device("cpu")
+    compiled = inductor_folders(engines)
+    inductor = []
+    if compiled:
+        inductor = verify_inductor(engines, current_inductor_target(str(where)), components, checkpoints, checksum)
+    verified, built = [], []
+    if target is not None or _has_tensorrt(engines, compiled):
+        target = target or trt_rt.current_target(device)
+        built = [c for c in built_components(engines, target) if components is None or c in components]
+        verified = verify_engines(engines, built, target, artifacts, checksum)  # every cache error, before any work
+    built += [v.component for v in inductor]
+    dtype = dtype or (torch.float16 if where.type == "cuda" else torch.float32)
     networks: dict[str, Any] = engine_networks(activate(verified, device, budgets), device) if verified else {}
+    networks |= open_inductor(inductor, str(where)) if inductor else {}
     if artifacts is not None:
         covered = set(networks) | _covered_by(checkpoints)
         networks |= open_networks(Path(artifacts), provider_list(providers), precision, skip=covered)
-    parts = torch_parts(checkpoints, set(networks), dtype, torch.device("cuda", device), variant)
-    cascade = assemble(cls, networks, torch.device("cuda", device), dtype, use_step_graphs, parts)
+    parts = torch_parts(checkpoints, set(networks), dtype, where, variant)
+    cascade = assemble(cls, networks, where, dtype, use_step_graphs, parts)
+    cascade.sources = {**graph_sources(networks), **{n: _source_name(s) for n, s in given.items()}}
     log.info("engines from %s: %s", engines, ", ".join(sorted(c for c in networks if c in built)) or "none")
-    cascade.use_runtime(cuda_graphs=cuda_graphs)
+    cascade.use_runtime(cuda_graphs=cuda_graphs and where.type == "cuda")  # nothing is captured on a CPU
     return cascade
+
+
+def _source_name(source) -> str:
+    """How image metadata names a checkpoint (as ``Cascade.from_pretrained`` does): a local folder by
+    its absolute path, a Hub id as given."""
+    path = Path(source).expanduser()
+    return str(path.resolve()) if path.exists() else str(source)
+
+
+def _has_tensorrt(engines: Path, inductor: list[Path]) -> bool:
+    """Whether ``engines`` holds target folders other than Inductor's (TensorRT's)."""
+    return any(p.parent not in inductor for p in engines.glob(f"*/{INDEX}"))
 
 
 def _covered_by(checkpoints: Mapping[int, Any]) -> set[str]:
