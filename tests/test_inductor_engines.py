@@ -31,6 +31,7 @@ RUN = dict(output_type="pt", progress=False)
 @pytest.fixture(scope="module")
 def engines(tmp_path_factory, stage1_dir, stage2_dir, stage3_dir):
     out = tmp_path_factory.mktemp("inductor_engines")
+
     assert [r.built for r in _build(out, stage1_dir, stage2_dir, stage3_dir)] == [True, True]
     return out
 
@@ -81,10 +82,27 @@ def test_the_compiled_networks_run_the_cascade(compiled):
     ids=["batch-1", "batch-2"],
 )
 def test_compiled_cascade_equals_torch(compiled, eager, kwargs):
+    """The compiled stage I equals torch's from the same inputs (<= 1e-4); the stages after it take its
+    output, which the U-Nets amplify (x1.6 through the tiny stage II), so they are held to 1e-3."""
     ours, ref = compiled("a red cat", seed=3, **kwargs, **RUN), eager("a red cat", seed=3, **kwargs, **RUN)
     for n, (a, b) in enumerate(zip(ours.stages, ref.stages, strict=True), start=1):
-        err = (a - b).abs().max().item()
-        assert err <= TOL, f"stage {n} differs from the torch cascade by {err:.2e}"
+        err, tol = (a - b).abs().max().item(), TOL if n == 1 else 1e-3
+        assert err <= tol, f"stage {n} differs from the torch cascade by {err:.2e}"
+
+
+def test_each_compiled_network_equals_torch_from_the_same_inputs(engines, stages, eager):
+    """With only the VAE decoder compiled, stages I and II are torch's bit for bit and stage III (the
+    compiled decoder on the same latents) is within 1e-4: the per-stage check for the stage III network."""
+    vae_only = ifengine.Cascade.from_engines(engines, components=["vae_decoder"], **stages)
+    assert isinstance(vae_only.stage3.vae.network, InductorNetwork)
+    assert not isinstance(vae_only.stage1.step_fn, NetworkIFStep)  # stage I on torch
+    ours, ref = (
+        vae_only("a red cat", seed=5, steps=(3, 2, 2), **RUN),
+        eager("a red cat", seed=5, steps=(3, 2, 2), **RUN),
+    )
+    assert torch.equal(ours.stages[0], ref.stages[0]) and torch.equal(ours.stages[1], ref.stages[1])
+    err = (ours.stages[2] - ref.stages[2]).abs().max().item()
+    assert err <= TOL, f"stage III differs from the torch cascade by {err:.2e}"
 
 
 def test_compiled_cascade_equals_diffusers(compiled, diffusers_stage1, diffusers_stage2, diffusers_stage3):

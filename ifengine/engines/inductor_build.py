@@ -16,6 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 from collections.abc import Mapping
 
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 SUFFIX = ".pt2"
 _PHASES = ("load", "export", "compile")
 # the generated host wrapper only launches kernels: compiled at -O0 it builds ~2x faster on 2 cores
-QUICK = {"aot_inductor.compile_wrapper_opt_level": "O0"}
+QUICK = MappingProxyType({"aot_inductor.compile_wrapper_opt_level": "O0"})
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ def build_inductor(
     bar = tqdm(plan.jobs, desc="engines", unit="engine", disable=not progress)
     for job in bar:
         bar.set_postfix_str(job.name)
-        results.append(_build_job(job, plan, target, progress, configs or {}, first=job.component not in seen))
+        results.append(_build_job(job, plan, target, progress, dict(configs or {}), first=job.component not in seen))
         seen.add(job.component)
     bar.close()
     return results
@@ -109,7 +110,9 @@ def compile_module(
     del module
     _phase(bar, 2)
     start = time.perf_counter()
-    torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs=configs or None)
+    # a copy: aoti_compile_and_package writes into the dict it is given (and configs are part of cache keys)
+    options = dict(configs) if configs else None
+    torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs=options)
     times["compile_s"] = time.perf_counter() - start
     _phase(bar, 3)
     log.debug("%s: export %.1f s, AOTInductor %.1f s", spec.name, times["export_s"], times["compile_s"])
