@@ -196,3 +196,16 @@ def test_shapes_outside_the_package_profile_are_refused(compiled):
     network = compiled.stage1.step_fn.network
     with pytest.raises(ValueError, match="no engine covers"):
         network.prepare({"batch": 3, "height": 16, "width": 16, "tokens": 77, "steps": 4})
+
+
+def test_the_bench_system_runs_the_compiled_cascade(engines, stages):
+    from ifengine.bench.systems import RunSpec, load_systems
+    from ifengine.bench.timing import Clock
+
+    paths = {k: str(v) for k, v in stages.items()}
+    with pytest.raises(ValueError, match="ifengine-inductor needs --engines DIR"):
+        load_systems(["ifengine-inductor"], paths, torch.device("cpu"), torch.float32)
+    (system,) = load_systems(["ifengine-inductor"], paths, torch.device("cpu"), torch.float32, engines=engines).values()
+    clock = Clock("cpu")
+    system.run(RunSpec(batch=1, size=16, steps=(2, 2, 2)), clock)
+    assert {"T5", "I", "II", "III", "total"} <= set(clock.collect())
