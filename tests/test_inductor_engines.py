@@ -178,6 +178,17 @@ def test_a_package_recorded_for_another_torch_or_device_is_foreign(engines, stag
         ifengine.Cascade.from_engines(out, **stages)
 
 
+def test_a_package_traced_from_other_model_code_is_stale(engines, stages, tmp_path, monkeypatch):
+    out, folder = _copy(engines, tmp_path)
+    (manifest,) = folder.glob("step1-*.json")
+    raw = json.loads(manifest.read_text())
+    raw["graph_code_sha256"] = "0" * 64  # as if models/ or the step code changed since the build
+    manifest.write_text(json.dumps(raw))
+    _no_loading(monkeypatch)
+    with pytest.raises(EngineStale, match=rf"{manifest.name} was compiled from other ifengine model or step code"):
+        ifengine.Cascade.from_engines(out, **stages)
+
+
 def test_a_truncated_package_is_corrupt(engines, stages, tmp_path, monkeypatch):
     out, folder = _copy(engines, tmp_path)
     (package,) = folder.glob("step1-*.pt2")

@@ -54,7 +54,9 @@ def run(args) -> int:
     from ..engines.recipe import load_recipe
 
     recipe = load_recipe(args.recipe)
+    given = any(getattr(args, f"stage{n}") for n in (1, 2, 3))
     _demo_defaults(recipe, args)
+    args.stage_flags = given or recipe.models.checkpoints != "demo"
     checkpoints = _checkpoints(args)
     components = tuple(c.strip() for c in args.components.split(",") if c.strip()) if args.components else None
     if args.compiler == "inductor":
@@ -121,7 +123,7 @@ def _inductor(recipe, args, checkpoints, components) -> int:
     if not checkpoints:
         raise ValueError("--compiler inductor compiles from checkpoints: pass --stage1/--stage2/--stage3")
     target = current_inductor_target(args.device)  # before any work: an unusable device fails at once
-    plan = make_inductor_plan(recipe, checkpoints, args.out, args.device, components)
+    plan = make_inductor_plan(recipe, checkpoints, args.out, args.device, components, args.stage_flags)
     if args.dry_run:
         sys.stdout.write(json.dumps({**plan.to_json(), "generate_command": inductor_generate(plan)}, indent=2) + "\n")
         return 0

@@ -74,6 +74,7 @@ class InductorPlan:
     out: str
     device: str
     stages: Mapping[int, str]  # the checkpoint folders given (stage -> path), for the commands printed
+    stage_flags: bool = True  # False: the recipe's own default checkpoints (the demo's) need no --stageN
 
     @property
     def build_command(self) -> str:
@@ -82,7 +83,7 @@ class InductorPlan:
         words = ["ifengine", "build", recipe, "--compiler", "inductor", "--out", self.out]
         if self.device != "cpu":
             words += ["--device", self.device]
-        if not self.recipe.models.checkpoints:
+        if self.stage_flags:
             for n, folder in sorted(self.stages.items()):
                 words += [f"--stage{n}", folder]
         return shlex.join(words)
@@ -114,6 +115,7 @@ def make_inductor_plan(
     out: str | Path,
     device: str = "cpu",
     components: tuple[str, ...] | None = None,
+    stage_flags: bool = True,
 ) -> InductorPlan:
     """One job per (component, profile) of ``recipe``, from the given checkpoints (stage -> Checkpoint)."""
     from ..export.hashing import HashCache
@@ -154,7 +156,7 @@ def make_inductor_plan(
                 )
             )
     stages = {n: str(ck.root) for n, ck in checkpoints.items()}
-    return InductorPlan(recipe=recipe, jobs=tuple(jobs), out=str(out), device=device, stages=stages)
+    return InductorPlan(recipe, tuple(jobs), str(out), device, stages, stage_flags)
 
 
 def _check_part(recipe: Recipe, name: str, precision: str, kind: str) -> None:
