@@ -43,7 +43,7 @@ def test_corrupt_engines_fail_before_any_work(built, how, error, message):  # no
 
 def test_missing_foreign_and_stale_engines_fail_before_any_work(built, tmp_path):  # noqa: F811
     plan, out = _engines(built)
-    with pytest.raises(EngineMissing, match="no TensorRT engines in"):
+    with pytest.raises(EngineMissing, match="no compiled engines in"):
         ifengine.Cascade.from_engines(tmp_path / "nothing", target=TARGET)
     other = Target("NVIDIA GeForce RTX 4090", "8.9", "10.13.0.35")
     with pytest.raises(EngineForeign, match="not for this machine"):
@@ -58,7 +58,7 @@ def test_generate_with_missing_engines_is_one_clear_line(tmp_path, capsys):
     from ifengine.cli import main
 
     code = main(["generate", "a cat", "--engines", str(tmp_path / "none"), "--out", str(tmp_path / "a.png")])
-    assert code == 2 and "no TensorRT engines in" in capsys.readouterr().err
+    assert code == 2 and "no compiled engines in" in capsys.readouterr().err
 
 
 def test_build_names_the_generate_command(tmp_path, capsys):

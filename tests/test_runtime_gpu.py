@@ -44,6 +44,9 @@ def test_every_section_of_the_gpu_check_runs_on_the_cpu(tmp_path):
     budget = sections["budget"]["result"]
     assert budget["max_ulps_vs_unconstrained"] == 0 and budget["plan_modes"]
     assert "## budget: ok" in (tmp_path / "gpu_check.md").read_text()
+    compiled = sections["inductor"]["result"]  # the tiny step compiled with AOTInductor on the CPU
+    assert compiled["preset"] == "tiny-I" and compiled["inductor_ms"] > 0 and compiled["max_abs_vs_eager"] <= 1e-4
+    assert "inductor_graph_ms" not in compiled  # CUDA graphs are GPU-only
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -110,7 +110,7 @@ def _if_stage(n: int, networks: Mapping[str, Network], steps: Mapping[str, Netwo
 def _x4_stage(networks, steps, dtype: torch.dtype, fallback) -> X4Stage | None:
     config = _stage_config(networks, "x4_unet", "step3")
     if config is None:
-        return fallback
+        return _x4_parts(networks, dtype, fallback)
     missing = [c for c in ("clip", "vae_decoder") if c not in networks and fallback is None]
     if missing:
         raise ArtifactError(
@@ -142,6 +142,22 @@ def _x4_stage(networks, steps, dtype: torch.dtype, fallback) -> X4Stage | None:
         max_noise_level=config["max_noise_level"],
         step_fn=NetworkX4Step(steps["step3"]) if "step3" in steps else None,
     )
+
+
+def _x4_parts(networks, dtype: torch.dtype, fallback: X4Stage | None) -> X4Stage | None:
+    """A torch stage III whose VAE decoder and/or CLIP run on networks (no U-Net or step network)."""
+    if fallback is None:
+        return None
+    parts = {}
+    if "vae_decoder" in networks:
+        vae = networks["vae_decoder"]
+        parts["vae"] = NetworkVAE(vae, VAEConfig.from_dict(vae.config["vae"]))
+    if "clip" in networks:
+        clip = networks["clip"]
+        parts["text"] = NetworkPromptEncoder.from_network(
+            NetworkTextModel(clip), _tokenizer(clip), "clip", dtype, clip.config["use_mask"]
+        )
+    return replace(fallback, **parts) if parts else fallback
 
 
 def _tokenizer(network: Network):

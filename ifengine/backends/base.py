@@ -14,7 +14,9 @@ so the stage loops and the GPU runner drive every backend alike. The contract, i
    valid until the next ``enqueue``.
 4. ``enqueue(stream)`` starts the work on ``stream`` (default: torch's current one) and returns at once.
 5. ``capture`` (a ``stage.seam.Capture``) says whether 1-4 may be recorded in a CUDA graph.
-6. ``weights_changed()`` tells the network that its source module's weights changed (LoRA).
+6. ``weights_changed()`` tells the network that its source module's weights changed (LoRA): graphs and
+   engines are refit elsewhere (a no-op here); one with weights compiled in (an Inductor package) raises
+   ``EngineStale`` rather than run the old weights.
 
 What a network will NOT do: synchronise the host in ``enqueue``, allocate per call, keep a reference
 to the caller's feed tensors, or change its bound shapes during a replay (a replay runs no Python:

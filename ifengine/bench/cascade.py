@@ -48,6 +48,7 @@ class CascadeBenchConfig:
     warmup: int = 1
     checkpoints: str | None = None  # where the random checkpoints live (built there on first use)
     artifacts: str | None = None  # exported graphs for ifengine-onnxruntime
+    engines: str | None = None  # `ifengine build --compiler inductor` output for ifengine-inductor
     size: int | None = None  # stage I size; default: the preset's
 
 
@@ -74,7 +75,12 @@ def run_cascade_bench(config: CascadeBenchConfig, progress: bool = True) -> dict
         dtype = getattr(torch, dtype_name)
         peaks[dtype_name] = F.matmul_peak(device, dtype)
         systems = load_systems(
-            list(config.systems), paths, device, dtype, Path(config.artifacts) if config.artifacts else None
+            list(config.systems),
+            paths,
+            device,
+            dtype,
+            Path(config.artifacts) if config.artifacts else None,
+            engines=Path(config.engines) if config.engines else None,
         )
         for batch in config.batches:
             run = RunSpec(batch=batch, size=config.size or spec.size, steps=config.steps)

@@ -10,6 +10,7 @@ request does (a repeated prompt would cost nothing there).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,11 +57,16 @@ SYSTEMS = (
     "ifengine-auto",
     *_RUNTIME_WEIGHTS,
     "ifengine-onnxruntime",
+    "ifengine-inductor",
     "diffusers-eager",
     "diffusers-compile",
     "diffusers-offload",
 )
-_OWN_LOADS = (*_RUNTIME_WEIGHTS, "ifengine-onnxruntime")  # systems that need their own copy of the weights
+_OWN_LOADS = (
+    *_RUNTIME_WEIGHTS,
+    "ifengine-onnxruntime",
+    "ifengine-inductor",
+)  # systems that need their own copy of the weights
 
 
 def load_systems(
@@ -70,10 +76,12 @@ def load_systems(
     dtype: torch.dtype,
     artifacts: Path | None = None,
     vram_budget: int | None = None,
+    engines: Path | None = None,
 ) -> dict[str, System]:
     """Load each named system once; systems of one family share their weights.
 
-    ``vram_budget`` (bytes) is handed to the systems that plan for one (ifengine's GPU runtime).
+    ``vram_budget`` (bytes) is handed to the systems that plan for one (ifengine's GPU runtime);
+    ``engines`` is the `ifengine build --compiler inductor` folder the ifengine-inductor system runs.
     """
     unknown = [n for n in names if n not in SYSTEMS]
     if unknown:
@@ -86,6 +94,8 @@ def load_systems(
         out[name] = _ifengine_runtime(name, paths, device, dtype, vram_budget)
     if "ifengine-onnxruntime" in names:
         out["ifengine-onnxruntime"] = _ifengine_artifacts(artifacts, device, dtype)
+    if "ifengine-inductor" in names:
+        out["ifengine-inductor"] = _ifengine_inductor(engines, paths, device, dtype)
     theirs = [n for n in names if n.startswith("diffusers-")]
     if theirs:
         out.update(_diffusers_family(theirs, paths, device, dtype))
@@ -139,6 +149,19 @@ def _checkpoints(paths) -> ModelSource:
     return ModelSource(
         stage1=str(paths["stage1"]), stage2=str(paths["stage2"]), stage3=str(paths["stage3"]), variant="fp16"
     )
+
+
+def _ifengine_inductor(engines: Path | None, paths, device, dtype) -> System:
+    """The compiled packages of `ifengine build --compiler inductor` (built from these checkpoints), the
+    text encoders and anything not compiled on torch; the runtime captures whole steps on a GPU."""
+    if engines is None:
+        raise ValueError(
+            "ifengine-inductor needs --engines DIR: build it first with `ifengine build RECIPE --compiler "
+            "inductor --stage1 ... --stage2 ... --stage3 ... --out DIR` from the benchmark's checkpoints"
+        )
+    source = dataclasses.replace(_checkpoints(paths), engines=str(engines))
+    pipe = open_cascade(source, device=device, dtype=dtype)
+    return System("ifengine-inductor", _ifengine_runner(pipe, None, pipe.runner))
 
 
 def _ifengine_runner(pipe, step_fns, runner=None) -> Callable[[RunSpec, Clock], None]:

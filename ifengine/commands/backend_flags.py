@@ -16,9 +16,10 @@ def add(parser) -> None:
         "--engines",
         type=Path,
         default=None,
-        help="TensorRT engines built by `ifengine build` (its --out folder); components without an "
-        "engine run on torch from --stage1/2/3, else on ONNX Runtime from --artifacts. Every engine is "
-        "checked (GPU, TensorRT version, checksum, staleness against --artifacts) before any work",
+        help="engines built by `ifengine build` (its --out folder): TensorRT engines and/or Inductor packages "
+        "(--compiler inductor); components without an engine run on torch from --stage1/2/3, else on ONNX "
+        "Runtime from --artifacts. Every engine is checked (device, compiler version, checksum, staleness "
+        "against --artifacts or the checkpoints) before any work",
     )
     group.add_argument(
         "--artifacts",

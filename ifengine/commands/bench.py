@@ -79,6 +79,9 @@ def _cascade_args(p) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--artifacts", default=None, help="exported graphs for the ifengine-onnxruntime system")
+    p.add_argument(
+        "--engines", default=None, help="`ifengine build --compiler inductor` output for the ifengine-inductor system"
+    )
 
 
 def _memory_args(p) -> None:
@@ -160,6 +163,7 @@ def _cascade(args) -> int:
         warmup=args.warmup,
         checkpoints=args.checkpoints,
         artifacts=args.artifacts,
+        engines=args.engines,
         size=args.size,
     )
     payload = run_cascade_bench(config, progress=not args.quiet)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import shlex
 import time
@@ -61,9 +62,10 @@ def cache_key(fields: dict[str, Any], target: Target) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def engine_paths(out: str | Path, target: Target, job_name: str, key: str) -> EnginePaths:
+def engine_paths(out: str | Path, target: Target, job_name: str, key: str, suffix: str = ".engine") -> EnginePaths:
+    """``suffix``: ".engine" (TensorRT) or ".pt2" (an Inductor package); ``target`` is either compiler's."""
     stem = Path(out) / target.slug / f"{job_name}-{key}"
-    return EnginePaths(stem.with_suffix(".engine"), stem.with_suffix(".json"), stem.with_suffix(".lock"))
+    return EnginePaths(stem.with_suffix(suffix), stem.with_suffix(".json"), stem.with_suffix(".lock"))
 
 
 def write_atomic(path: Path, data) -> tuple[str, int]:
@@ -76,6 +78,24 @@ def write_atomic(path: Path, data) -> tuple[str, int]:
             digest.update(chunk)
             f.write(chunk)
     return digest.hexdigest(), len(view)
+
+
+def move_atomic(path: Path, source: Path) -> tuple[str, int]:
+    """Publish a finished file written elsewhere in ``path``'s folder (an Inductor package): hashed while
+    read, fsynced, renamed over ``path``; return its sha256 and size."""
+    digest, size = sha256_of(source)
+    with replacing(path) as tmp:
+        os.replace(source, tmp)
+    return digest, size
+
+
+def sha256_of(path: Path) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -117,7 +137,8 @@ def build_once(
         start = time.perf_counter()
         data = build()
         seconds = time.perf_counter() - start
-        sha256, size = write_atomic(paths.engine, data)
+        # TensorRT hands back bytes; Inductor writes its package to a file of its own, moved into place
+        sha256, size = move_atomic(paths.engine, data) if isinstance(data, Path) else write_atomic(paths.engine, data)
         del data  # engines are GBs: do not hold the host copy while writing the manifest
         manifest = {
             **describe(),
@@ -223,16 +244,7 @@ def load_verified(
     """Read an engine and prove it usable here: complete, intact, built for this target, and (given the
     current export's fingerprint) built from the graph that is exported now. Errors name the build command
     for the folders in use now (``artifacts``, the engines folder), not those recorded at build time."""
-    out = manifest_path.parent.parent
-    generic = rebuild_command(None, out, artifacts)
-    try:
-        manifest = read_json(manifest_path, "engine manifest")
-    except FileNotFoundError:
-        raise EngineMissing(f"engine manifest {manifest_path} is missing: run `{generic}`") from None
-    except EngineCorrupt as err:
-        raise EngineCorrupt(f"{err}: run `{generic}`") from None
-    rebuild = rebuild_command(manifest.get("build_command"), out, artifacts)
-    check_target(manifest, target, manifest_path, rebuild)
+    manifest, rebuild = manifest_for(manifest_path, target, artifacts)
     built_from = str(manifest.get("export_fingerprint"))
     if export_fingerprint is not None and built_from != export_fingerprint:
         raise EngineStale(
@@ -244,8 +256,32 @@ def load_verified(
     return manifest, data
 
 
+def manifest_for(manifest_path: Path, target: Target, artifacts: str | Path | None = None) -> tuple[dict, str]:
+    """An engine manifest that is readable and records this target; (manifest, its rebuild command for the
+    folders in use now: ``artifacts`` and the engines folder, not those recorded at build time)."""
+    out = manifest_path.parent.parent
+    generic = rebuild_command(None, out, artifacts)
+    try:
+        manifest = read_json(manifest_path, "engine manifest")
+    except FileNotFoundError:
+        raise EngineMissing(f"engine manifest {manifest_path} is missing: run `{generic}`") from None
+    except EngineCorrupt as err:
+        raise EngineCorrupt(f"{err}: run `{generic}`") from None
+    recorded = manifest.get("build_command")
+    # an Inductor build names its checkpoints and compiler: its recorded command is the one to rerun
+    inductor = hasattr(target, "foreign") and recorded
+    rebuild = recorded if inductor else rebuild_command(recorded, out, artifacts)
+    check_target(manifest, target, manifest_path, rebuild)
+    return manifest, rebuild
+
+
 def check_target(manifest: dict, target: Target, where: Path, rebuild: str) -> None:
     built = manifest.get("target") or {}
+    if hasattr(target, "foreign"):  # an Inductor target states its own rule
+        why = target.foreign(built)
+        if why:
+            raise EngineForeign(f"{where.name} {why}: run `{rebuild}` on this machine")
+        return
     for field, what in (("tensorrt", "TensorRT"), ("compute_capability", "GPU compute capability")):
         if built.get(field) != getattr(target, field):
             raise EngineForeign(
@@ -257,6 +293,20 @@ def check_target(manifest: dict, target: Target, where: Path, rebuild: str) -> N
         log.warning(
             "%s was built on a %s and runs on a %s (same compute capability)", where.name, built.get("gpu"), target.gpu
         )
+
+
+def verify_package(path: Path, manifest: dict, rebuild: str, checksum: bool = True) -> None:
+    """An engine file that is loaded from disk (an Inductor package) is complete and intact, streamed."""
+    if not path.name or not path.is_file():
+        raise EngineCorrupt(f"engine file {path} listed by its manifest is missing: run `{rebuild}`")
+    size = path.stat().st_size
+    if size != manifest.get("engine_bytes"):
+        raise EngineCorrupt(
+            f"{path.name} has {size} bytes, its manifest says {manifest.get('engine_bytes')} "
+            f"(truncated or replaced): run `{rebuild}`"
+        )
+    if checksum and sha256_of(path)[0] != manifest.get("engine_sha256"):
+        raise EngineCorrupt(f"{path.name} does not match its manifest's sha256 (corrupt): run `{rebuild}`")
 
 
 def _read_engine(path: Path, manifest: dict, rebuild: str, checksum: bool) -> bytes:

@@ -85,6 +85,8 @@ class ModelChoice:
     t5: str = "t5-v1_1-xxl"
     clip: str = "clip-vit-h-text"
     vae: str = "x4-vae"
+    # "demo": the built-in tiny demo checkpoints are the default --stage1/2/3 (``ifengine build demo``)
+    checkpoints: str = ""
 
 
 @dataclass(frozen=True)
@@ -146,7 +148,9 @@ def parse_recipe(raw: dict[str, Any], where: str = "<recipe>") -> Recipe:
 def _models(raw: dict, where: str) -> ModelChoice:
     names = tuple(ModelChoice.__dataclass_fields__)
     _keys(raw, where, "[models]", names)
-    return ModelChoice(**{k: _typed(raw, k, str, where, "[models]") for k in names if k in raw})
+    choice = ModelChoice(**{k: _typed(raw, k, str, where, "[models]") for k in names if k in raw})
+    _check(choice.checkpoints in ("", "demo"), where, "[models]", "checkpoints", choice.checkpoints, '"demo"')
+    return choice
 
 
 def _build(raw: dict, where: str) -> BuildOptions:

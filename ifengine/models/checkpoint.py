@@ -133,3 +133,9 @@ def _download(repo_id: str, variant: str | None) -> Path:
         return Path(snapshot_download(repo_id, allow_patterns=_hub_patterns(variant)))
     except Exception as err:  # the hub raises many types (gated, offline, 404); all mean the same to a user
         raise CheckpointError(f"could not download {repo_id!r} ({type(err).__name__}: {err}). {GATED_HINT}") from err
+
+
+def source_name(source) -> str:
+    """How image metadata names a checkpoint: a Hub id as given, a local folder by its absolute path."""
+    path = Path(source).expanduser()
+    return str(path.resolve()) if path.exists() else str(source)

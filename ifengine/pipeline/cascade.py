@@ -185,12 +185,13 @@ class Cascade(LoraMixin):
 
     @classmethod
     def from_engines(
-        cls, engines: str | Path, artifacts: str | Path | None = None, *, device: int = 0, **kwargs
+        cls, engines: str | Path, artifacts: str | Path | None = None, *, device: int | str | None = None, **kwargs
     ) -> Cascade:
-        """Run on engines built by ``ifengine build`` (verified against the engine cache first) on CUDA
-        device ``device``; components without an engine come from ``stage1=``/``stage2=``/``stage3=``
-        checkpoints (torch) or, failing that, from the graphs under ``artifacts`` (ONNX Runtime, CUDA
-        provider). See backends/tensorrt/load.py for the other keyword arguments."""
+        """Run on engines built by ``ifengine build`` (TensorRT engines or Inductor packages, verified
+        against the engine cache first) on ``device`` (a CUDA index, a device name, or None: the GPU when
+        one is visible, else the CPU for CPU-compiled packages); components without an engine come from
+        ``stage1=``/``stage2=``/``stage3=`` checkpoints (torch) or, failing that, from the graphs under
+        ``artifacts`` (ONNX Runtime). See backends/tensorrt/load.py for the other keyword arguments."""
         checkpoints = {n: kwargs.pop(n, None) for n in ("stage1", "stage2", "stage3")}
         source = ModelSource(
             engines=str(engines),
@@ -198,7 +199,7 @@ class Cascade(LoraMixin):
             variant=kwargs.pop("variant", None),
             **checkpoints,
         )
-        return open_cascade(source, device=f"cuda:{device}", **kwargs)
+        return open_cascade(source, device=f"cuda:{device}" if isinstance(device, int) else device, **kwargs)
 
     @property
     def loaded_stages(self) -> tuple[int, ...]:
@@ -457,8 +458,8 @@ def open_cascade(
     if source.kind == "artifacts":
         if runtime:
             pipe.use_runtime(cuda_graphs=False)  # ORT calls are never capturable
-    elif source.kind == "engines":
-        pipe.use_runtime(cuda_graphs=cuda_graphs is not False)
+    elif source.kind == "engines":  # on a CPU (Inductor packages compiled for it) nothing is captured
+        pipe.use_runtime(cuda_graphs=cuda_graphs is not False and parts.device.type == "cuda")
     elif _wants_runtime(device, cuda_graphs, torch_runtime):
         mode = "throughput" if torch_runtime.pop("throughput", False) else "latency"
         pipe.use_runtime(cuda_graphs=cuda_graphs, mode=mode, **torch_runtime)

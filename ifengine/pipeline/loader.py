@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ..dtypes import PRECISION_DTYPES, dtype_name
-from ..models.checkpoint import read_run_defaults, resolve
+from ..models.checkpoint import read_run_defaults, resolve, source_name
 from ..stage import components
 from ..stage.components import CascadeParts
 from ..stage.options import RunDefaults, checkpoint_defaults, run_defaults
@@ -106,12 +106,6 @@ def _load_safety(ckpt, device):
     return load_safety(ckpt, device)
 
 
-def source_name(source) -> str:
-    """How image metadata names a checkpoint: a Hub id as given, a local folder by its absolute path."""
-    path = Path(source).expanduser()
-    return str(path.resolve()) if path.exists() else str(source)
-
-
 def checkpoints_of(source: ModelSource) -> dict[int, Any]:
     """Stage -> checkpoint of a checkpoint or demo source (the demo's are written on first use)."""
     if not source.is_demo:
@@ -153,11 +147,9 @@ def precision_of(dtype: torch.dtype) -> str:
 
 
 def _engine_parts(source: ModelSource, device: torch.device, dtype: torch.dtype | None, **options) -> CascadeParts:
-    # TensorRT is optional (the gpu extra) and needs CUDA: imported only for engine sources
+    # TensorRT is optional (the gpu extra): imported only for engine sources
     from ..backends.tensorrt.load import load_engine_parts
 
-    if device.type != "cuda":
-        raise ValueError(f"built engines run on a CUDA device, not {device}; pass --device cuda (or device='cuda')")
     if source.providers and "providers" not in options:
         options["providers"] = source.providers
     stages = {f"stage{n}": s for n, s in source.checkpoints.items()}

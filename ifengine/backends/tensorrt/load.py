@@ -22,6 +22,7 @@ from ...engines import bindings, trt_runtime as trt_rt
 from ...engines.cache import INDEX, Target, engine_manifests, load_verified, target_index
 from ...engines.errors import EngineMissing
 from ...engines.exports import find_exports
+from ...engines.inductor_target import current_inductor_target
 from ...engines.io_plan import IOPlan
 from ...facts import ALL_COMPONENTS
 from ...memory.sizes import GiB
@@ -33,7 +34,10 @@ log = logging.getLogger(__name__)
 def check_engines_dir(out: Path) -> None:
     """Engines were built into ``out`` for some target (needs no TensorRT)."""
     if not out.is_dir() or not any(out.glob(f"*/{INDEX}")):
-        raise EngineMissing(f"no TensorRT engines in {out}: run `ifengine build RECIPE --out {out}` first")
+        raise EngineMissing(
+            f"no compiled engines in {out}: run `ifengine build RECIPE --out {out}` first "
+            "(TensorRT; add `--compiler inductor` for Inductor packages)"
+        )
 
 
 def built_components(out: Path, target: Target) -> list[str]:
@@ -148,37 +152,53 @@ def load_engine_parts(
     checksum: bool = True,
     target: Target | None = None,
     use_step_graphs: bool = True,
+    where=None,
 ):
-    """The cascade's parts on the engines in ``engines``; what has no engine runs on torch from the
+    """The cascade's parts on the engines in ``engines`` (TensorRT engines and/or Inductor packages, as
+    ``ifengine build --compiler`` made them); what has no engine runs on torch from the
     ``stage1``/``stage2``/``stage3`` checkpoints, else on ONNX Runtime (``providers``) from ``artifacts``.
 
-    Every engine is verified (target, checksum, staleness against ``artifacts``) before anything is
-    loaded. The facade runs them on the GPU runner; each step around TensorRT enqueues is captured as one
-    CUDA graph after its warm-up. ``dtype`` and ``precision`` (of the ONNX Runtime graphs
-    used for what has no engine) default to the precision the engines were built in; the run defaults
-    (steps, guidance, noise levels) are those the checkpoints recorded, as the engine manifests carry them."""
+    Every engine is verified (target, checksum, staleness against ``artifacts`` for TensorRT and against
+    the given checkpoints for Inductor) before anything is loaded. The facade runs them on the GPU runner;
+    each step around engine calls is captured as one CUDA graph after its warm-up. Inductor packages
+    compiled for the CPU run on the CPU (``where``), where nothing is captured. ``dtype`` and ``precision``
+    (of the ONNX Runtime graphs used for what has no engine) default to the precision the engines were
+    built in; the run defaults are those the checkpoints recorded, as the engine manifests carry them."""
     import torch
 
-    from ...models.checkpoint import resolve
+    from ...models.checkpoint import resolve, source_name
     from ..assemble import assemble, torch_parts
-    from ..onnxruntime.load import open_networks, provider_list
+    from ..inductor.load import inductor_folders, open_inductor, verify_inductor
+    from ..onnxruntime.load import graph_sources, open_networks, provider_list
 
     check_engines_dir(engines)
-    target = target or trt_rt.current_target(device)
-    built = [c for c in built_components(engines, target) if components is None or c in components]
-    verified = verify_engines(engines, built, target, artifacts, checksum)  # every cache error, before any work
-    built_precision = built_precision_of(verified)
+    given = {n: s for n, s in ((1, stage1), (2, stage2), (3, stage3)) if s}
+    checkpoints = {n: resolve(s, n, variant) for n, s in given.items()}
+    where = where or (torch.device("cuda", device) if torch.cuda.is_available() else torch.device("cpu"))
+    compiled = inductor_folders(engines)
+    inductor = []
+    if compiled:
+        inductor = verify_inductor(engines, current_inductor_target(str(where)), components, checkpoints, checksum)
+    verified, built = [], []
+    if target is not None or _has_tensorrt(engines, compiled):
+        target = target or trt_rt.current_target(device)
+        built = [c for c in built_components(engines, target) if components is None or c in components]
+        verified = verify_engines(engines, built, target, artifacts, checksum)  # every cache error, before any work
+    built += [v.component for v in inductor]
+    manifests = [*verified, *((v.component, v.manifest, None) for v in inductor)]  # (component, manifest, _)
+    built_precision = built_precision_of(manifests)
     dtype = dtype or torch_dtype(built_precision)
     precision = precision or built_precision
-    checkpoints = {n: resolve(s, n, variant) for n, s in ((1, stage1), (2, stage2), (3, stage3)) if s}
     networks: dict[str, Any] = engine_networks(activate(verified, device, budgets), device) if verified else {}
+    networks |= open_inductor(inductor, str(where)) if inductor else {}
     if artifacts is not None:
         covered = set(networks) | _covered_by(checkpoints)
         networks |= open_networks(Path(artifacts), provider_list(providers), precision, skip=covered)
-    parts = torch_parts(checkpoints, set(networks), dtype, torch.device("cuda", device), variant)
+    parts = torch_parts(checkpoints, set(networks), dtype, where, variant)
     log.info("engines from %s: %s", engines, ", ".join(sorted(c for c in networks if c in built)) or "none")
-    loaded = assemble(networks, torch.device("cuda", device), dtype, use_step_graphs, parts)
-    return dataclasses.replace(loaded, defaults=engine_run_defaults(verified, networks, checkpoints))
+    loaded = assemble(networks, where, dtype, use_step_graphs, parts)
+    sources = {**graph_sources(networks), **{n: source_name(s) for n, s in given.items()}}
+    return dataclasses.replace(loaded, defaults=engine_run_defaults(manifests, networks, checkpoints), sources=sources)
 
 
 def built_precision_of(verified) -> str:
@@ -200,6 +220,11 @@ def engine_run_defaults(verified, networks: Mapping[str, Any], checkpoints: Mapp
     entries = recorded_defaults(graphs) | recorded_defaults(m for _, m, _ in verified)
     entries |= {n: read_run_defaults(c.root) for n, c in checkpoints.items()}
     return run_defaults(entries)
+
+
+def _has_tensorrt(engines: Path, inductor: list[Path]) -> bool:
+    """Whether ``engines`` holds target folders other than Inductor's (TensorRT's)."""
+    return any(p.parent not in inductor for p in engines.glob(f"*/{INDEX}"))
 
 
 def _covered_by(checkpoints: Mapping[int, Any]) -> set[str]:
