@@ -18,13 +18,14 @@ import onnx
 
 from ..dtypes import ONNX_NAMES
 from .spec import ComponentSpec, SpecError
+from ..errors import IFEngineError
 
 log = logging.getLogger(__name__)
 
 ONNX_DTYPES = {name: getattr(onnx.TensorProto, enum) for enum, name in ONNX_NAMES.items()}
 
 
-class GraphCheckError(ValueError):
+class GraphCheckError(IFEngineError, ValueError):
     """An exported graph that fails the ONNX checker, shape inference, or its spec."""
 
 

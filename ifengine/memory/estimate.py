@@ -27,13 +27,14 @@ from ..facts import UNET_OF
 from ..models.int8 import compute_dtype, largest_dequantized_bytes
 from .sizes import format_size
 from .workload import Workload, buffer_bytes, decode_activation, text_activation_bytes, unet_step_activation
+from ..errors import IFEngineError
 
 log = logging.getLogger(__name__)
 ACTIVATION_MARGIN = 1.25  # the planner's: traced peaks assume a perfect allocator
 STAGE_PHASES = {1: ("text", "stage1"), 2: ("stage2",), 3: ("stage3", "decode")}
 
 
-class RequestTooLarge(ValueError):
+class RequestTooLarge(IFEngineError, ValueError):
     """A request whose estimate exceeds the memory it may use, or an explicit max_pixels/max_batch."""
 
     def __init__(self, estimate: RequestEstimate):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+from ..errors import IFEngineError
 
 PARAMETERS_KEY = "parameters"
 SETTINGS_KEY = "ifengine"
@@ -27,7 +28,7 @@ STAGE_NAMES = ("", "Stage II", "Stage III")
 SAMPLERS = ("DDPM", "DDPM", "DDIM")  # the schedulers of IF-I, IF-II and the x4 upscaler
 
 
-class MetadataError(ValueError):
+class MetadataError(IFEngineError, ValueError):
     """An image without ifengine or A1111 metadata, or one that cannot be read."""
 
 

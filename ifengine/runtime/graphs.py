@@ -18,13 +18,14 @@ import logging
 from collections.abc import Callable, Hashable
 
 import torch
+from ..errors import IFEngineError
 
 log = logging.getLogger(__name__)
 
 NEW, WARM, CAPTURED = "new", "warm", "captured"
 
 
-class GraphStateError(RuntimeError):
+class GraphStateError(IFEngineError, RuntimeError):
     """A StepGraph was driven in an order that would capture or replay the wrong thing."""
 
 

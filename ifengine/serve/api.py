@@ -20,6 +20,7 @@ from ..stage.options import SR_SCALE, Request, RequestError
 from .config import Limits
 from .models import ModelInfo
 from .work import Job
+from ..errors import IFEngineError
 
 RESPONSE_FORMATS = ("b64_json",)
 EDIT_MODES = ("img2img", "inpaint", "style")
@@ -28,7 +29,7 @@ PerStageFloat = float | list[float | None] | None
 
 
 @dataclass
-class ApiError(Exception):
+class ApiError(IFEngineError):
     """A request the server will not run: answered as JSON ``{"error": {...}}`` with this status."""
 
     status: int

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 from collections.abc import Sequence
+from ..errors import IFEngineError
 
 DEFAULT_STEPS = (100, 50, 75)
 DEFAULT_GUIDANCE = (7.0, 4.0, 9.0)
@@ -24,7 +25,7 @@ class RunDefaults:
     noise_level: tuple[int, int] = DEFAULT_NOISE_LEVEL
 
 
-class RequestError(ValueError):
+class RequestError(IFEngineError, ValueError):
     """A generate request that cannot run; the message says what is accepted."""
 
 
