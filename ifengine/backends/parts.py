@@ -20,6 +20,7 @@ from ..stage.steps import if_step, x4_step
 from ..facts import UNET_OF
 from ..text.encoder import PromptEncoder
 from .base import Capturable, Capture, Network, call
+from ..facts import TEXT_TOKENS
 
 
 def _per_sample(value, batch: int) -> torch.Tensor:
@@ -113,7 +114,7 @@ class NetworkPromptEncoder(PromptEncoder):
         from transformers import AutoTokenizer, CLIPTokenizer
 
         tokenizer = (CLIPTokenizer if kind == "clip" else AutoTokenizer).from_pretrained(tokenizer_dir)
-        length = tokenizer.model_max_length if kind == "clip" else 77
+        length = tokenizer.model_max_length if kind == "clip" else TEXT_TOKENS
         return cls(tokenizer, model, out_dtype=out_dtype, use_mask=use_mask, max_length=length)
 
     @property

@@ -18,6 +18,7 @@ from collections.abc import Callable
 import torch
 
 from .timing import Clock
+from ..facts import DEFAULT_STEPS
 
 log = logging.getLogger(__name__)
 STAGES = ("T5", "I", "II", "III")
@@ -30,7 +31,7 @@ class RunSpec:
 
     batch: int = 1
     size: int = 64
-    steps: tuple[int, int, int] = (100, 50, 75)
+    steps: tuple[int, int, int] = DEFAULT_STEPS
     guidance: tuple[float, float, float] = (7.0, 4.0, 9.0)
     noise_level: tuple[int, int] = (250, 20)
     prompt: str = PROMPT

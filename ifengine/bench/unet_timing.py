@@ -13,6 +13,7 @@ import torch
 from ..models.presets import unet_preset
 from .flops import if_unet_flops, x4_unet_flops
 from .timing import synchronize
+from ..facts import TEXT_TOKENS
 
 
 def unet_inputs(preset: str, batch: int, device, dtype, size: int | None = None) -> tuple:
@@ -22,7 +23,7 @@ def unet_inputs(preset: str, batch: int, device, dtype, size: int | None = None)
     text_dim = config.encoder_hid_dim or config.cross_attention_dim[0]
     x = torch.randn(rows, config.in_channels, side, side, device=device, dtype=dtype)
     t = torch.full((rows,), 500, device=device, dtype=torch.long)
-    text = torch.randn(rows, 77, text_dim, device=device, dtype=dtype)
+    text = torch.randn(rows, TEXT_TOKENS, text_dim, device=device, dtype=dtype)
     if preset.endswith("x4"):
         level = torch.full((rows,), 20, device=device, dtype=torch.long)
         return (x, t, text, level), x4_unet_flops(config, rows, side, side)

@@ -6,6 +6,9 @@ import argparse
 import sys
 
 from .common import DTYPES, csv_values
+from ..facts import DEFAULT_STEPS
+
+STEPS_TEXT = ",".join(map(str, DEFAULT_STEPS))
 
 DEFAULT_PRESET = "IF-I-XL,IF-II-L,x4"
 
@@ -39,7 +42,7 @@ def register(sub) -> None:
     p.add_argument("--height", type=int, default=64, help="stage I height (default 64)")
     p.add_argument("--width", type=int, default=64, help="stage I width (default 64)")
     p.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
-    p.add_argument("--steps", type=csv_values(int), default=None, help="steps per stage (default 100,50,75)")
+    p.add_argument("--steps", type=csv_values(int), default=None, help=f"steps per stage (default {STEPS_TEXT})")
     p.add_argument("--dtype", choices=DTYPES, default="float16", help="U-Net precision (default float16)")
     p.add_argument(
         "--weights",
@@ -92,8 +95,7 @@ def _positive(value: int, flag: str) -> int:
 
 
 def _steps(value) -> tuple[int, int, int]:
-    from ..stage.options import DEFAULT_STEPS as default
-
+    default = DEFAULT_STEPS
     if value is None:
         return default
     values = value if isinstance(value, tuple) else (value,) * 3

@@ -23,9 +23,9 @@ from collections.abc import Mapping
 
 from ..models.config import UNetConfig, VAEConfig
 from ..errors import IFEngineError
+from ..facts import TEXT_TOKENS
 
 MODEL = "model"
-TEXT_TOKENS = 77
 DTYPES = (MODEL, "float32", "float16", "bfloat16", "int64")
 
 

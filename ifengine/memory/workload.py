@@ -17,6 +17,7 @@ from torch import nn
 
 from ..models.int8 import compute_dtype, is_quantized
 from .partition import DEFAULT_MAX_UNIT_BYTES, Partition, partition
+from ..facts import DEFAULT_STEPS, TEXT_TOKENS, scale_of
 
 # The phases of one generate call, in order, and the components each one runs.
 PHASES: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -34,7 +35,6 @@ PHASE_LABELS = {
     "stage3": "stage III",
     "decode": "VAE decode",
 }
-TEXT_TOKENS = 77
 
 
 @dataclass(frozen=True)
@@ -44,11 +44,11 @@ class Workload:
     height: int = 64
     width: int = 64
     batch: int = 1  # images per call (prompts x images per prompt)
-    steps: tuple[int, int, int] = (100, 50, 75)
+    steps: tuple[int, int, int] = DEFAULT_STEPS
     cfg: tuple[bool, bool, bool] = (True, True, True)
 
     def size(self, stage: int) -> tuple[int, int]:
-        return self.height * 4 ** (stage - 1), self.width * 4 ** (stage - 1)
+        return self.height * scale_of(stage), self.width * scale_of(stage)
 
     def unet_batch(self, stage: int) -> int:
         return self.batch * (2 if self.cfg[stage - 1] else 1)

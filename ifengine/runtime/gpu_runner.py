@@ -30,6 +30,7 @@ from ..schedule import add_noise
 from .buffers import ALIGN, BufferArena, HostPack
 from .graphs import GraphCache
 from .stage_inputs import device_tables, if_stage_pack, static_choices, x4_stage_pack
+from ..facts import TEXT_TOKENS
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +214,7 @@ class GraphRunner:
         tables = 24 * (steps + 1) * 8 + 2 * 1000 * 4 + 32 * ALIGN  # per-step tables, alphas, alignment
         for name, nbytes in (
             ("x", sample),
-            ("embeds", rows * 77 * text_dim * dtype.itemsize),
+            ("embeds", rows * TEXT_TOKENS * text_dim * dtype.itemsize),
             ("upscaled", image),
             ("low_res", rows * image),
             ("upload", (steps + 4) * max(sample, image) + rows * image + tables),

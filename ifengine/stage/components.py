@@ -18,6 +18,7 @@ from ..schedule.ddim import DDIMConfig
 from ..schedule.ddpm import DDPMConfig
 from ..text.encoder import PromptEncoder
 from .stages import IFStage, X4Stage
+from ..facts import X4_MAX_NOISE_LEVEL
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def load_x4_stage(ckpt: Checkpoint, dtype: torch.dtype, device, variant: str | N
         text=text,
         scheduler=_scheduler(ckpt, "scheduler", DDIMConfig),
         low_res=_scheduler(ckpt, "low_res_scheduler", DDPMConfig),
-        max_noise_level=int(index.get("max_noise_level", 350)),
+        max_noise_level=int(index.get("max_noise_level", X4_MAX_NOISE_LEVEL)),
     )
 
 

@@ -7,13 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from collections.abc import Sequence
 from ..errors import IFEngineError
+from ..facts import DEFAULT_GUIDANCE, DEFAULT_NOISE_LEVEL, DEFAULT_STEPS, MAX_NOISE_LEVEL, scale_of
 
-DEFAULT_STEPS = (100, 50, 75)
-DEFAULT_GUIDANCE = (7.0, 4.0, 9.0)
-DEFAULT_NOISE_LEVEL = (250, 20)
 OUTPUT_TYPES = ("pil", "np", "pt")
-SR_SCALE = 4  # stage II and III each upscale x4 (64 -> 256 -> 1024)
-MAX_NOISE_LEVEL = (1000, 350)  # stage II noising schedule length; x4 upscaler's max_noise_level
 
 
 @dataclass(frozen=True)
@@ -61,8 +57,7 @@ class Request:
 
     def size(self, stage: int) -> tuple[int, int]:
         """Output (height, width) of a stage: stage I's size times 4 per super-resolution stage."""
-        factor = SR_SCALE ** (stage - 1)
-        return self.height * factor, self.width * factor
+        return self.height * scale_of(stage), self.width * scale_of(stage)
 
 
 def per_stage(value: Any, default: tuple, name: str) -> tuple:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 
-from .options import SR_SCALE, RequestError
+from ..facts import scale_of
+from .options import RequestError
 
 
 def size_multiple(downsample_factors: dict[int, int]) -> int:
@@ -18,7 +19,7 @@ def size_multiple(downsample_factors: dict[int, int]) -> int:
     """
     step = 1
     for stage, factor in downsample_factors.items():
-        scale = SR_SCALE ** (stage - 1)
+        scale = scale_of(stage)
         need = factor // math.gcd(factor, scale)
         step = step * need // math.gcd(step, need)
     return step

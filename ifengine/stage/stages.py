@@ -23,6 +23,7 @@ from ..text.encoder import PromptEncoder
 from .noise import Generator, ddpm_stage_noise, x4_stage_noise
 from .options import StageOptions
 from .steps import if_step, x4_step
+from ..facts import X4_MAX_NOISE_LEVEL
 
 log = logging.getLogger(__name__)
 STAGE_LABELS = {1: "stage I", 2: "stage II", 3: "stage III"}
@@ -47,7 +48,7 @@ class X4Stage:
     text: PromptEncoder
     scheduler: DDIMConfig
     low_res: DDPMConfig
-    max_noise_level: int = 350
+    max_noise_level: int = X4_MAX_NOISE_LEVEL
     step_fn: Callable | None = None  # runs one step in place of steps.x4_step (same signature); None: eager
 
 
