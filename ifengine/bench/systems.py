@@ -18,6 +18,7 @@ from collections.abc import Callable
 import torch
 
 from .timing import Clock
+from ..dtypes import precision_of
 from ..facts import DEFAULT_STEPS
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,7 @@ def _ifengine_artifacts(artifacts: Path | None, device, dtype) -> System:
 
     if artifacts is None:
         raise ValueError("ifengine-onnxruntime needs --artifacts DIR (the output of `ifengine export`)")
-    precision = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
+    precision = precision_of(dtype)
     providers = "cuda" if torch.device(device).type == "cuda" else "cpu"
     pipe = Cascade.from_artifacts(artifacts, backend="onnxruntime", providers=providers, precision=precision)
     return System("ifengine-onnxruntime", _ifengine_runner(pipe, None))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..dtypes import precision_of
+
 # GPU-runtime flags that act on torch modules only (the memory planner, int8 weights, torch.compile)
 _TORCH_ONLY = (("vram", "--vram"), ("compile", "--compile"), ("channels_last", "--channels-last"))
 
@@ -89,11 +91,5 @@ def load_graphs(*, engines, artifacts, providers, stages, variant, device: str, 
         )
     if artifacts is not None:
         providers = providers or ("cuda" if device.startswith("cuda") else "cpu")
-        return Cascade.from_artifacts(artifacts, providers=providers, precision=_precision(dtype))
+        return Cascade.from_artifacts(artifacts, providers=providers, precision=precision_of(dtype))
     return None
-
-
-def _precision(dtype) -> str:
-    import torch
-
-    return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]

@@ -13,8 +13,6 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Sequence
 
-import numpy as np
-import onnx
 import torch
 
 from ...export.manifest import ArtifactError, check_files, check_version, read_manifest
@@ -24,12 +22,6 @@ log = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
-ELEMENT_TYPES = {
-    torch.float32: np.float32,
-    torch.float16: np.float16,
-    torch.int64: np.int64,
-    torch.bfloat16: onnx.TensorProto.BFLOAT16,
-}
 
 
 def provider_names(providers: Sequence[Any]) -> list[str]:
