@@ -86,7 +86,7 @@ def test_prompts_file_writes_one_png_per_prompt(tmp_path, capsys):
         (["--prompts-file", "{list}", "--out", "{tmp}/one.png"], "give a folder"),
         (["--prompts-file", "{tmp}/missing.txt"], "cannot read --prompts-file"),
         (["--prompts-file", "{empty}"], "has no prompts"),
-        (["--prompts-file", "{list}", "--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--prompts-file", "{list}", "--batch-size", "0"], "--batch-size must be a whole number >= 1"),
         (["a cat", "--throughput"], "go with --prompts-file"),
         (["a cat", "--vram", "8 gigs"], "e.g. 8GiB"),
         ([], "give a prompt"),

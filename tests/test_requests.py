@@ -29,7 +29,7 @@ def no_unet_calls(pipe):
     "kwargs, message",
     [
         (dict(height=18), r"height 18 .* multiples of 4.*Nearest valid heights: 16, 20"),
-        (dict(width=0), "width must be a positive whole number"),
+        (dict(width=0), r"width \(pixels\) must be a whole number >= 1"),
         (dict(steps=0), "stage 1 steps must be a whole number >= 1"),
         (dict(steps=(10, -1)), "stage 2 steps must be"),
         (dict(timesteps="smart13"), "unknown|smart27"),

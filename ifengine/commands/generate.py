@@ -9,6 +9,7 @@ from pathlib import Path
 from . import backend_flags
 from .common import DTYPES, csv_values as _csv
 from .rerun import LORA_HELP, apply_png_settings, lora_flag
+from ..validate import positive_int
 
 log = logging.getLogger("ifengine.cli")
 
@@ -237,8 +238,7 @@ def _check_prompt_flags(args) -> list[str] | None:
         raise ValueError("--prompts-file makes one text-to-image picture per prompt: drop --image/--num-images")
     if args.out.suffix.lower() == ".png":
         raise ValueError(f"--out {args.out} names one PNG file; --prompts-file writes many: give a folder")
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    positive_int(args.batch_size, "--batch-size")
     try:
         lines = args.prompts_file.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as err:

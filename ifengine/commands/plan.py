@@ -7,6 +7,8 @@ import sys
 
 from .common import DTYPES, csv_values
 from ..facts import DEFAULT_STEPS
+from ..stage.options import per_stage
+from ..validate import positive_int
 
 STEPS_TEXT = ",".join(map(str, DEFAULT_STEPS))
 
@@ -76,7 +78,7 @@ def run(args) -> int:
     else:
         modules = preset_modules(tuple(n.strip() for n in (args.preset or DEFAULT_PRESET).split(",")), dtype)
     workload = Workload(
-        height=args.height, width=args.width, batch=_positive(args.batch, "--batch"), steps=_steps(args.steps)
+        height=args.height, width=args.width, batch=positive_int(args.batch, "--batch"), steps=_steps(args.steps)
     )
     options = PlanOptions(
         cuda_graphs=not args.no_cuda_graphs,
@@ -88,21 +90,6 @@ def run(args) -> int:
     return 0
 
 
-def _positive(value: int, flag: str) -> int:
-    if value < 1:
-        raise ValueError(f"{flag} must be at least 1, got {value}")
-    return value
-
-
 def _steps(value) -> tuple[int, int, int]:
-    default = DEFAULT_STEPS
-    if value is None:
-        return default
-    values = value if isinstance(value, tuple) else (value,) * 3
-    if len(values) > len(default):
-        raise ValueError(f"--steps takes at most {len(default)} values (one per stage), got {value}")
-    # fewer values than stages is allowed: the later stages keep their defaults
-    values = tuple(v if v is not None else d for v, d in zip(values, default, strict=False)) + default[len(values) :]
-    if any(v < 1 for v in values[:3]):
-        raise ValueError(f"--steps must be positive, got {value}")
-    return values[:3]
+    """One value for every stage, or up to one per stage (missing ones keep the defaults)."""
+    return tuple(positive_int(v, "--steps") for v in per_stage(value, DEFAULT_STEPS, "--steps"))

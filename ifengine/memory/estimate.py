@@ -28,6 +28,7 @@ from ..models.int8 import compute_dtype, largest_dequantized_bytes
 from .sizes import format_size
 from .workload import Workload, buffer_bytes, decode_activation, text_activation_bytes, unet_step_activation
 from ..errors import IFEngineError
+from ..validate import positive_int
 
 log = logging.getLogger(__name__)
 ACTIVATION_MARGIN = 1.25  # the planner's: traced peaks assume a perfect allocator
@@ -53,9 +54,7 @@ class Limits:
 
     def __post_init__(self) -> None:
         for name in ("memory", "max_pixels", "max_batch"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a whole number >= 1 or None, got {value!r}")
+            positive_int(getattr(self, name), name, none_ok=True)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from ..memory.workload import Workload
 from .buffers import HostFetch, fetch_no_sync
 from .gpu_runner import DecodeSettings, GraphRunner
 from .graphs import GraphCache, check_graph_device
+from ..validate import positive_int
 
 log = logging.getLogger(__name__)
 
@@ -166,10 +167,10 @@ def configure(
         )
     if options.cuda_graphs:
         check_graph_device(device)
-    _check_positive("max_batch", max_batch)
+    positive_int(max_batch, "max_batch")
     for part in max_size or ():
         if part is not None:
-            _check_positive("max_size", part)
+            positive_int(part, "max_size")
     workload = workload or default_workload(cascade, max_batch, max_size)
     plan_options = options.plan or PlanOptions(
         cuda_graphs=options.cuda_graphs, graph_scope=options.graph_scope, mode=options.mode
@@ -195,11 +196,6 @@ def configure(
     # its plain loops would compute with whichever component last filled the swap area
     cascade.runtime = runtime
     return runtime
-
-
-def _check_positive(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be whole numbers >= 1, got {value!r}")
 
 
 def _reserve(runner: GraphRunner, cascade, workload: Workload) -> None:

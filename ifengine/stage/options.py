@@ -8,6 +8,7 @@ from typing import Any
 from collections.abc import Sequence
 from ..errors import IFEngineError
 from ..facts import DEFAULT_GUIDANCE, DEFAULT_NOISE_LEVEL, DEFAULT_STEPS, MAX_NOISE_LEVEL, scale_of
+from ..validate import positive_int
 
 OUTPUT_TYPES = ("pil", "np", "pt")
 
@@ -128,9 +129,7 @@ def _is_int_list(value) -> bool:
 
 
 def _steps(value, stage: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise RequestError(f"stage {stage} steps must be a whole number >= 1, got {value!r}")
-    return value
+    return positive_int(value, f"stage {stage} steps", error=RequestError)
 
 
 MAX_GUIDANCE = 1e4  # far above any useful scale (IF uses 4-9); larger ones overflow float16/32 into NaN
@@ -172,9 +171,7 @@ def check_output_type(output_type: str) -> str:
 
 
 def check_images_per_prompt(n) -> int:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise RequestError(f"num_images_per_prompt must be a whole number >= 1, got {n!r}")
-    return n
+    return positive_int(n, "num_images_per_prompt", error=RequestError)
 
 
 def check_timesteps(stages: tuple[StageOptions, ...]) -> None:

@@ -10,6 +10,7 @@ import math
 
 from ..facts import scale_of
 from .options import RequestError
+from ..validate import positive_int
 
 
 def size_multiple(downsample_factors: dict[int, int]) -> int:
@@ -27,8 +28,7 @@ def size_multiple(downsample_factors: dict[int, int]) -> int:
 
 def check_size(height: int, width: int, multiple: int) -> None:
     for name, value in (("height", height), ("width", width)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise RequestError(f"{name} must be a positive whole number of pixels, got {value!r}")
+        positive_int(value, f"{name} (pixels)", error=RequestError)
     bad = [(n, v) for n, v in (("height", height), ("width", width)) if v % multiple]
     if bad:
         name, value = bad[0]
