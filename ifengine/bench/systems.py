@@ -113,7 +113,7 @@ def _ifengine_family(names: list[str], paths, device, dtype) -> dict[str, System
 def _ifengine_runtime(name: str, paths, device: torch.device, dtype, vram_budget: int | None) -> System:
     """ifengine's GPU runtime (static buffers, CUDA graphs, memory planner) behind the same chain."""
     from ..pipeline.cascade import Cascade
-    from ..stage.components import t5_dtype
+    from ..models.t5_precision import device_has_bf16, t5_dtype
 
     try:
         from ..runtime import configure
@@ -129,7 +129,7 @@ def _ifengine_runtime(name: str, paths, device: torch.device, dtype, vram_budget
         dtype=dtype,
         variant="fp16",
         safety=False,
-        text_dtype=t5_dtype(dtype, device),
+        text_dtype=t5_dtype(dtype, device_has_bf16(device)),
     )
     pipe.set_executor("eager").device = device  # the runtime captures the plain step itself
     runtime = configure(

@@ -9,6 +9,7 @@ import torch
 
 from ..models.checkpoint import Checkpoint, CheckpointError
 from ..models.config import UNetConfig, VAEConfig
+from ..models.t5_precision import device_has_bf16, t5_dtype
 from ..models.if_unet import IFUNet
 from ..models.vae import DECODER_PREFIXES, VAEDecoder, decode_dtype
 from ..errors import damaged_folder
@@ -94,27 +95,21 @@ def _from_pretrained(cls, folder, dtype, variant):
         return cls.from_pretrained(folder, dtype=dtype)
 
 
-def t5_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
-    """T5 v1.1 overflows fp16 (FFN activations > 65504): bf16 on GPUs that have it, else fp32."""
-    if dtype != torch.float16:
-        return dtype
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
-
-
 def load_t5(
     ckpt: Checkpoint,
     dtype: torch.dtype,
     device: torch.device,
     variant: str | None,
     text_dtype: torch.dtype | None = None,
+    bf16: bool | None = None,
 ) -> PromptEncoder:
+    """T5 in ``text_dtype``, else in what the T5 rule picks for ``dtype`` (``bf16``: whether the device
+    has bfloat16; None asks ``device``)."""
     from transformers import AutoTokenizer, T5EncoderModel
 
     if not ckpt.has("text_encoder") or not ckpt.has("tokenizer"):
         raise CheckpointError(f"{ckpt.root} ships no T5 text_encoder/tokenizer; stage I checkpoints do")
-    run_dtype = text_dtype or t5_dtype(dtype, device)
+    run_dtype = text_dtype or t5_dtype(dtype, device_has_bf16(device) if bf16 is None else bf16)
     model = _pretrained(T5EncoderModel, ckpt.root / "text_encoder", run_dtype, variant).to(device).eval()
     with damaged_folder(ckpt.root / "tokenizer"):
         tokenizer = AutoTokenizer.from_pretrained(ckpt.root / "tokenizer")
