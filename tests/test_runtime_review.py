@@ -181,7 +181,7 @@ def test_clip_encodes_before_stage1_is_queued(tiny_cascade, runtime):
     finally:
         for hook in hooks:
             hook.remove()
-        cascade.runtime = None
+        cascade.set_runtime(None)
     assert order.index("clip") < order.index("unet1") < order.index("x4_unet")
     assert order.count("clip") == 1  # one run for prompt and negative; stage III only reads the cache
 

@@ -133,12 +133,12 @@ def _many_flags(group) -> None:
     )
 
 
-def _runtime(args) -> dict:
-    from ..memory.sizes import parse_size
+def _runtime(args):
+    """The runtime flags as the RuntimeOptions the Python API takes (a bad --vram fails before loading)."""
+    from ..runtime.options import RuntimeOptions
 
-    budget = parse_size(args.vram) if args.vram is not None else None  # a bad size fails before loading
-    return dict(
-        vram_budget=budget,
+    return RuntimeOptions.of(
+        vram_budget=args.vram,
         cuda_graphs=False if args.no_cuda_graphs else None,
         compile=args.compile,
         channels_last=args.channels_last,
@@ -186,7 +186,7 @@ def run(args) -> int:
             "no checkpoints given: running the built-in tiny DEMO cascade with random weights; "
             "its pictures are noise. Pass --stage1/--stage2/--stage3 for real images."
         )
-        pipe = demo_cascade(device=device, dtype=dtype, **runtime)
+        pipe = demo_cascade(device=device, dtype=dtype, runtime=runtime)
     elif pipe is None:
         pipe = Cascade.from_pretrained(
             args.stage1,
@@ -196,7 +196,7 @@ def run(args) -> int:
             dtype=dtype,
             variant=args.variant,
             safety=not args.no_safety,
-            **runtime,
+            runtime=runtime,
         )
     for stage, source, scale in args.lora:
         pipe.load_lora_weights(source, stage=stage, scale=scale)

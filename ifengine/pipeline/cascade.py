@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -17,6 +17,7 @@ from ..text.encoder import PromptEncoder
 from . import aliases, edit, embeds, limits, metadata
 from ..stage import components, options, sizes
 from ..runtime.fetch import fetch_checked
+from ..runtime.options import RuntimeOptions
 from .images import convert
 from .many import ManyOutput, generate_many
 from ..stage.noise import make_generator
@@ -52,11 +53,16 @@ class Cascade(LoraMixin):
         safety=None,
         defaults: options.RunDefaults = options.RunDefaults(),  # noqa: B008 - frozen, safe to share
         executor: str = "auto",
+        sources: Mapping[int, str] | None = None,
+        runtime=None,
     ):
+        """``sources``: what each stage was loaded from (stage -> name), recorded in image metadata.
+        ``runtime``: the GPU runtime that runs the stage loops (see ``set_runtime``); None: plain loops."""
         self.text, self.stage1, self.stage2, self.stage3 = text, stage1, stage2, stage3
         self.device, self.dtype, self.safety = torch.device(device), dtype, safety
         self.defaults = defaults
-        self.runtime = None  # the GPU runtime (static buffers, CUDA graphs, planner) once use_runtime() ran
+        self.sources: dict[int, str] = dict(sources or {})
+        self.runtime = runtime
         for encoder in self.encoders():
             # their finite checks travel with the images (runtime/fetch.py): encoding never waits
             encoder.defer_checks = True
@@ -98,6 +104,7 @@ class Cascade(LoraMixin):
         max_size: tuple[int | None, int | None] | None = None,
         torch_dtype: torch.dtype | None = None,
         text_encoder: str | None = "auto",
+        runtime: RuntimeOptions | None = None,
     ) -> Cascade:
         """Load checkpoints given as local folders in the Hub layout or as Hub ids.
 
@@ -107,7 +114,8 @@ class Cascade(LoraMixin):
         the budget would otherwise stream every step. ``throughput=True`` builds the runtime for
         ``generate_many`` with overlapped stages (every U-Net then stays resident). ``max_batch``: the most
         images one call (or one ``generate_many`` batch) makes, and ``max_size`` its largest stage I
-        (height, width); buffers and the memory plan are sized for them.
+        (height, width); buffers and the memory plan are sized for them. ``runtime``: a ``RuntimeOptions``
+        with all of these (and the rest of the runtime's switches); the keywords above override it.
 
         diffusers spellings: ``torch_dtype`` is ``dtype`` (float32 when neither is given);
         ``text_encoder=None`` loads no T5 (calls then take ``prompt_embeds=``, see ``encode_prompt``).
@@ -122,38 +130,50 @@ class Cascade(LoraMixin):
             limits.check_dtype(text_dtype, "text_dtype")
         if variant is not None and not isinstance(variant, str):
             raise TypeError(f"variant must be a string such as 'fp16' or None, got {variant!r}")
+        runtime = RuntimeOptions.of(
+            runtime,
+            vram_budget=vram_budget,
+            cuda_graphs=cuda_graphs,
+            compile=compile,
+            channels_last=channels_last,
+            weights=weights,
+            throughput=throughput,
+            max_batch=max_batch,
+            max_size=max_size,
+        )
         # under a budget nothing may have to fit the device before the planner has placed it
-        load_on = torch.device("cpu") if vram_budget is not None else device
+        load_on = torch.device("cpu") if runtime.vram_budget is not None else device
         ckpts = {n: resolve(src, n, variant) for n, src in ((1, stage1), (2, stage2), (3, stage3)) if src}
         text = cls._load_text(ckpts, dtype, load_on, variant, text_dtype) if text_encoder else None
         ifs = {n: components.load_if_stage(ckpts[n], dtype, load_on, variant) for n in (1, 2) if n in ckpts}
         x4 = components.load_x4_stage(ckpts[3], dtype, load_on, variant) if 3 in ckpts else None
         checker = _load_safety(ckpts.get(1), device) if safety else None
+        sources = {n: _source_name(src) for n, src in ((1, stage1), (2, stage2), (3, stage3)) if src}
         pipe = cls(
-            text=text, stage1=ifs.get(1), stage2=ifs.get(2), stage3=x4, device=device, dtype=dtype, safety=checker
+            text=text,
+            stage1=ifs.get(1),
+            stage2=ifs.get(2),
+            stage3=x4,
+            device=device,
+            dtype=dtype,
+            safety=checker,
+            sources=sources,
         )
-        pipe.sources = {n: _source_name(src) for n, src in ((1, stage1), (2, stage2), (3, stage3)) if src}
-        if device.type == "cuda" or vram_budget is not None or cuda_graphs or weights == "int8" or throughput:
-            pipe.use_runtime(
-                vram_budget=vram_budget,
-                cuda_graphs=cuda_graphs,
-                compile=compile,
-                channels_last=channels_last,
-                weights=weights,
-                mode="throughput" if throughput else "latency",
-                max_batch=max_batch,
-                max_size=max_size,
-            )
-        return pipe
+        return pipe.use_runtime(runtime) if runtime.wanted_on(device.type) else pipe
 
-    def use_runtime(
-        self, vram_budget: int | str | None = None, cuda_graphs: bool | None = None, compile: bool = False, **options
-    ) -> Cascade:
+    def use_runtime(self, options: RuntimeOptions | None = None, **keywords) -> Cascade:
         """Run stages through the lean runtime (ifengine/runtime): static buffers, one pinned upload per
-        stage, CUDA graphs per step shape, and with ``vram_budget`` the memory planner's placement."""
-        from ..runtime import configure
+        stage, CUDA graphs per step shape, and with ``vram_budget`` the memory planner's placement.
+        ``options`` or its fields as keywords (``vram_budget=``, ``cuda_graphs=``, ...): see RuntimeOptions."""
+        from ..runtime.api import configure
 
-        configure(self, vram_budget=vram_budget, cuda_graphs=cuda_graphs, compile=compile, **options)
+        configure(self, options, **keywords)
+        return self
+
+    def set_runtime(self, runtime) -> Cascade:
+        """Route the stage loops through ``runtime`` (``configure`` attaches the one it builds); None
+        returns to the plain torch loops."""
+        self.runtime = runtime
         return self
 
     @property

@@ -34,7 +34,7 @@ class MetadataError(IFEngineError, ValueError):
 
 def run_facts(pipe, last_stage: int) -> dict[str, Any]:
     """What a run's settings record about the cascade: model sources and active LoRA adapters."""
-    sources = getattr(pipe, "sources", {}) or {}
+    sources = pipe.sources
     facts: dict[str, Any] = {
         "models": [sources.get(n) for n in range(1, last_stage + 1)],
         "dtype": str(pipe.dtype).removeprefix("torch."),
