@@ -247,16 +247,16 @@ class Cascade(LoraMixin):
         )
         request = self.make_request(
             prompt,
-            negative_prompt,
-            height,
-            width,
-            num_images_per_prompt,
-            steps,
-            guidance,
-            noise_level,
-            timesteps,
-            last_stage,
-            output_type,
+            negative_prompt=negative_prompt,
+            height=height,
+            width=width,
+            num_images_per_prompt=num_images_per_prompt,
+            steps=steps,
+            guidance=guidance,
+            noise_level=noise_level,
+            timesteps=timesteps,
+            last_stage=last_stage,
+            output_type=output_type,
         )
         request = embeds.attach(self, request, given)
         generator, seed = make_generator(generator, seed)
@@ -313,18 +313,20 @@ class Cascade(LoraMixin):
     def make_request(
         self,
         prompt,
-        negative_prompt,
-        height,
-        width,
-        num_images_per_prompt,
-        steps,
-        guidance,
-        noise_level,
-        timesteps,
-        last_stage,
-        output_type,
+        *,
+        negative_prompt=None,
+        height: int | None = None,
+        width: int | None = None,
+        num_images_per_prompt: int = 1,
+        steps=None,
+        guidance=None,
+        noise_level=None,
+        timesteps=(None, None, None),
+        last_stage: int | None = None,
+        output_type: str = "pil",
     ) -> Request:
-        """Validate everything a run needs before any work starts."""
+        """Validate everything a run needs before any work starts. Settings are keywords with ``__call__``'s
+        defaults (eleven positional values were easy to pass in the wrong order)."""
         if self.stage1 is None:
             raise RequestError("text-to-image needs a stage I checkpoint (stage1=)")
         last = self.resolve_last_stage(last_stage)
