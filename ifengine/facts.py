@@ -24,6 +24,9 @@ STAGE_OF = {
 # The U-Net of each stage, and the stage of each U-Net (derived, not restated).
 UNET_OF = {1: "unet1", 2: "unet2", 3: "x4_unet"}
 STAGE_OF_UNET = {name: stage for stage, name in UNET_OF.items()}
+UNETS = tuple(UNET_OF.values())
+IF_UNETS = (UNET_OF[1], UNET_OF[2])  # the IF U-Nets (pixel space); stage III's works on latents
+TEXT_ENCODERS = ("t5", "clip")  # run once for the prompts and once for the negatives
 STAGE_COMPONENTS = {s: tuple(c for c in ALL_COMPONENTS if STAGE_OF[c] == s) for s in (1, 2, 3)}
 # int8 (Q/DQ) graphs: static quantisation for the U-Nets and step graphs, weight-only for T5.
 INT8_STATIC = ("unet1", "unet2", "x4_unet", "step1", "step2", "step3")

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..models.int8 import compute_dtype, is_quantized
 from .partition import DEFAULT_MAX_UNIT_BYTES, Partition, partition
-from ..facts import DEFAULT_STEPS, TEXT_TOKENS, scale_of
+from ..facts import DEFAULT_STEPS, TEXT_ENCODERS, TEXT_TOKENS, UNETS, scale_of
 
 # The phases of one generate call, in order, and the components each one runs.
 PHASES: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -109,8 +109,8 @@ def text_activation_bytes(hidden: int, ffn: int, heads: int, batch: int, itemsiz
 
 
 def forwards_per_run(name: str, workload: Workload) -> int:
-    steps = dict(zip(("unet1", "unet2", "x4_unet"), workload.steps, strict=True))
-    return steps.get(name, 2 if name in ("t5", "clip") else 1)  # encoders: prompts, then negatives
+    steps = dict(zip(UNETS, workload.steps, strict=True))
+    return steps.get(name, 2 if name in TEXT_ENCODERS else 1)  # encoders: prompts, then negatives
 
 
 @functools.lru_cache(maxsize=64)
