@@ -21,7 +21,7 @@ from ..schedule import add_noise, ddim_tables, ddpm_tables
 from ..schedule.ddim import DDIMConfig
 from ..schedule.ddpm import DDPMConfig
 from .spec import ComponentSpec
-from ..facts import DEFAULT_STEPS
+from ..facts import DEFAULT_NOISE_LEVEL, DEFAULT_STEPS
 
 CALIBRATION_PROMPTS = (
     "a photograph of an astronaut riding a horse",
@@ -51,7 +51,7 @@ HELD_OUT_PROMPTS = (
     "a paper origami crane on a white background",
     "a desert canyon under the milky way",
 )
-NOISE_LEVELS = {2: 250, 3: 20}
+NOISE_LEVELS = dict(zip((2, 3), DEFAULT_NOISE_LEVEL, strict=True))
 Embedder = Callable[[list[str]], torch.Tensor]
 
 
