@@ -38,6 +38,7 @@ def test_keywords_override_a_base_and_throughput_is_a_mode():
         (dict(vram_budget="lots"), "lots"),
         (dict(max_batch=0), "max_batch must be a whole number >= 1"),
         (dict(max_size=(64, 0)), "max_size must be a whole number >= 1"),
+        (dict(max_size=1.0), r"max_size must be None or a \(height, width\) pair"),
     ],
 )
 def test_bad_options_fail_before_loading(tmp_path, keywords, message):

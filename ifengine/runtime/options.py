@@ -35,6 +35,8 @@ class RuntimeOptions:
             object.__setattr__(self, "vram_budget", parse_size(self.vram_budget))  # bytes from here on
         check_weights(self.weights)
         positive_int(self.max_batch, "max_batch")
+        if self.max_size is not None and (not isinstance(self.max_size, (tuple, list)) or len(self.max_size) != 2):
+            raise ValueError(f"max_size must be None or a (height, width) pair, got {self.max_size!r}")
         for part in self.max_size or ():
             positive_int(part, "max_size", none_ok=True)
         positive_int(self.warmup_steps, "warmup_steps")
