@@ -27,13 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"ifengine.commands.{name}")
-        except ModuleNotFoundError as err:
-            if err.name != f"ifengine.commands.{name}":
-                raise
-            continue  # a command not built yet in this checkout
-        module.register(sub)
+        # a listed command whose module is missing is a broken install: fail, never drop it silently
+        importlib.import_module(f"ifengine.commands.{name}").register(sub)
     return parser
 
 

@@ -23,7 +23,12 @@ def one_line(text: object, limit: int = 300) -> str:
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
-class DamagedFileError(ValueError):
+class IFEngineError(Exception):
+    """The root of every error ifengine raises. Each subclass also keeps the builtin base users catch
+    (``ValueError`` for bad input or files, ``RuntimeError`` for a broken state, ...)."""
+
+
+class DamagedFileError(IFEngineError, ValueError):
     """A file that exists but cannot be read: truncated, corrupt, or not what its name says."""
 
     def __init__(self, path: str | Path, detail: object, action: str = REDOWNLOAD):
@@ -48,7 +53,7 @@ def damaged_folder(folder: str | Path, action: str = REDOWNLOAD):
     try:
         yield
     except Exception as err:  # noqa: BLE001 - SafetensorError, tokenizers' Exception, OSError, JSON errors
-        if type(err).__module__.startswith("ifengine"):
+        if isinstance(err, IFEngineError):
             raise
         raise DamagedFileError(folder, err, action) from None
 

@@ -99,3 +99,74 @@ def exports(tmp_path_factory, stage1_dir, stage2_dir, stage3_dir):
     from export_support import shared_exports
 
     return shared_exports(tmp_path_factory, stage1_dir, stage2_dir, stage3_dir)
+
+
+@pytest.fixture(scope="module")
+def pipe(stage1_dir, stage2_dir, stage3_dir):
+    """ifengine's Cascade over the three tiny checkpoints (CPU, float32), one per test module: a test that
+    changes it (limits, executor, adapters) undoes the change; tests that change weights take ``pipe1``."""
+    import ifengine
+
+    return ifengine.Cascade.from_pretrained(stage1_dir, stage2_dir, stage3_dir)
+
+
+@pytest.fixture
+def pipe1(stage1_dir):
+    """A fresh stage-I-only Cascade for each test (LoRA and other weight changes)."""
+    import ifengine
+
+    return ifengine.Cascade.from_pretrained(stage1_dir, safety=False)
+
+
+@pytest.fixture(scope="module")
+def demo_env(tmp_path_factory):
+    """IFENGINE_CACHE at the session's demo cache for a module (the demo checkpoints are built once there)."""
+    from demo_support import demo_env
+
+    yield from demo_env(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def demo_pipe(demo_env):
+    """The tiny demo cascade on the CPU, one per test module."""
+    from demo_support import load_demo
+
+    return load_demo()
+
+
+class FakeGraph:
+    """What torch.cuda.graph records: the step, to be replayed later (capture itself runs nothing)."""
+
+    def __init__(self, fn):
+        self.fn, self.replays = fn, 0
+
+    def replay(self):
+        self.replays += 1
+        self.fn()
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """The CUDA touch points of runtime/graphs.py (stream, pool, capture) replaced by recording fakes, so
+    that the state machine around them, the real code, runs on the CPU. Records every capture as
+    (pool, stream) and every stream made (a fresh object per stream, as CUDA would give)."""
+    import contextlib
+
+    from ifengine.runtime import graphs
+
+    record = {"captures": [], "streams": []}
+
+    def new_stream(device):
+        record["streams"].append(object())
+        return record["streams"][-1]
+
+    def capture(fn, pool, stream):
+        record["captures"].append((pool, stream))
+        return FakeGraph(fn)
+
+    monkeypatch.setattr(graphs, "check_graph_device", lambda device: None)
+    monkeypatch.setattr(graphs, "_new_stream", new_stream)
+    monkeypatch.setattr(graphs, "_pool_handle", lambda: object())
+    monkeypatch.setattr(graphs, "_capture", capture)
+    monkeypatch.setattr(graphs, "_side_stream", lambda stream: contextlib.nullcontext())
+    return record

@@ -24,11 +24,6 @@ RUN = dict(seed=3, output_type="pt", progress=False)
 
 
 @pytest.fixture(scope="module")
-def torch_cascade(stage1_dir, stage2_dir, stage3_dir):
-    return ifengine.Cascade.from_pretrained(stage1_dir, stage2_dir, stage3_dir, safety=False)
-
-
-@pytest.fixture(scope="module")
 def ort(exports):
     return ifengine.Cascade.from_artifacts(exports.get("fp32"), providers=["cpu"])
 
@@ -88,13 +83,13 @@ def test_an_unbound_network_refuses_to_run(exports):
         net.enqueue()
 
 
-def test_the_onnxruntime_cascade_runs_through_the_gpu_runner(ort, torch_cascade):
+def test_the_onnxruntime_cascade_runs_through_the_gpu_runner(ort, pipe):
     assert isinstance(ort.runtime, Runtime) and ort.runner is ort.runtime
     assert ort.stage1.step_fn.capture is Capture.NEVER and ort.stage1.unet.capture is Capture.NEVER
     step = ort.stage1.step_fn.network
     runs, binds = step.runs, step.io.binds
     out = ort("a red cat", steps=(4, 3, 3), **RUN)
-    ref = torch_cascade("a red cat", steps=(4, 3, 3), **RUN)
+    ref = pipe("a red cat", steps=(4, 3, 3), **RUN)
     assert step.runs == runs + 4 and step.io.binds <= binds + 1  # 4 enqueues, at most one bind per run
     assert len(ort.runtime.runner.graphs[1]) == 0  # Capture.NEVER: the runner never made a graph for it
     assert (out.stages[0] - ref.stages[0]).abs().max().item() <= 1e-4
@@ -108,7 +103,7 @@ def test_the_onnxruntime_cascade_matches_diffusers(ort, diffusers_stage1, diffus
     assert_stages_match(ort("a red cat", steps=steps, seed=2, output_type="pt", progress=False), ref)
 
 
-def test_editing_modes_on_onnxruntime_match_diffusers_and_torch(ort, torch_cascade, reference):  # noqa: F811
+def test_editing_modes_on_onnxruntime_match_diffusers_and_torch(ort, pipe, reference):  # noqa: F811
     image, mask = source_image(), border_mask()
     kw = dict(steps=(3, 2, 2), seed=0, output_type="pt", progress=False)
     ours = ort.img2img(image, "a boat", strength=(0.5, 0.5), **kw)
@@ -124,7 +119,7 @@ def test_editing_modes_on_onnxruntime_match_diffusers_and_torch(ort, torch_casca
     # style transfer on ONNX Runtime against torch: tests/test_onnx_backend.py (diffusers has no such mode)
 
 
-def test_backends_mix_per_component(exports, stage1_dir, torch_cascade):
+def test_backends_mix_per_component(exports, stage1_dir, pipe):
     """U-Net I and its step on ONNX Runtime, T5 on torch from the stage I checkpoint."""
     from ifengine.backends.assemble import assemble, torch_parts
     from ifengine.backends.onnxruntime.load import open_networks
@@ -137,7 +132,7 @@ def test_backends_mix_per_component(exports, stage1_dir, torch_cascade):
     mixed = ifengine.Cascade.from_parts(assemble(networks, torch.device("cpu"), torch.float32, parts=parts))
     assert isinstance(mixed.text.model, torch.nn.Module) and mixed.stage1.unet.network.name == "unet1"
     out = mixed("a red cat", steps=(3,), last_stage=1, **RUN)
-    ref = torch_cascade("a red cat", steps=(3, 2, 2), last_stage=1, **RUN)
+    ref = pipe("a red cat", steps=(3, 2, 2), last_stage=1, **RUN)
     assert (out.stages[0] - ref.stages[0]).abs().max().item() <= 1e-4
 
 

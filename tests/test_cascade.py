@@ -4,17 +4,12 @@ Same tiny random weights (saved in the Hub layout by the fixtures), same CPU gen
 the chain, fp32 on the CPU: every stage output must match to <= 1e-3 max abs.
 """
 
-import pytest
 import torch
 
 import ifengine
+from reference_utils import diffusers_chain
 
 TOL = 1e-3
-
-
-@pytest.fixture(scope="module")
-def cascade(stage1_dir, stage2_dir, stage3_dir):
-    return ifengine.Cascade.from_pretrained(stage1_dir, stage2_dir, stage3_dir)
 
 
 def reference_chain(
@@ -45,50 +40,34 @@ def reference_chain(
         num_images_per_prompt=n,
         clean_caption=True,
     )
-    out1 = d1(
-        prompt_embeds=pe,
-        negative_prompt_embeds=ne if guidance[0] > 1 else None,
-        height=height,
-        width=width,
-        num_inference_steps=steps[0],
-        timesteps=timesteps[0],
-        guidance_scale=guidance[0],
+    each = [p for p in prompts for _ in range(n)]
+    neg3 = None if negatives is None else [p for p in negatives for _ in range(n)]
+    # guidance 1 or less: diffusers runs without the negative branch only when given no negative embeds
+    per_stage = (
+        dict(
+            height=height,
+            width=width,
+            timesteps=timesteps[0],
+            **({} if guidance[0] > 1 else {"negative_prompt_embeds": None}),
+        ),
+        dict(
+            height=height * 4,
+            width=width * 4,
+            timesteps=timesteps[1],
+            **({} if guidance[1] > 1 else {"negative_prompt_embeds": None}),
+        ),
+        dict(prompt=each, negative_prompt=neg3),
+    )
+    return diffusers_chain(
+        (d1, d2, d3),
+        (pe, ne),
+        steps=steps,
+        guidance=guidance,
+        noise_level=noise_level,
         generator=g,
-        output_type="pt",
-    ).images
-    outs = [out1]
-    if last >= 2:
-        outs.append(
-            d2(
-                image=out1,
-                prompt_embeds=pe,
-                negative_prompt_embeds=ne if guidance[1] > 1 else None,
-                height=height * 4,
-                width=width * 4,
-                num_inference_steps=steps[1],
-                timesteps=timesteps[1],
-                guidance_scale=guidance[1],
-                noise_level=noise_level[0],
-                generator=g,
-                output_type="pt",
-            ).images
-        )
-    if last >= 3:
-        each = [p for p in prompts for _ in range(n)]
-        neg3 = None if negatives is None else [p for p in negatives for _ in range(n)]
-        outs.append(
-            d3(
-                prompt=each,
-                negative_prompt=neg3,
-                image=outs[-1],
-                num_inference_steps=steps[2],
-                guidance_scale=guidance[2],
-                noise_level=noise_level[1],
-                generator=g,
-                output_type="pt",
-            ).images
-        )
-    return outs
+        last=last,
+        per_stage=per_stage,
+    )
 
 
 def assert_stages_match(ours, ref):
@@ -101,24 +80,22 @@ def assert_stages_match(ours, ref):
         assert err <= TOL, f"stage {stage} differs from diffusers by {err:.2e}"
 
 
-def test_full_cascade_matches_diffusers(cascade, diffusers_stage1, diffusers_stage2, diffusers_stage3):
+def test_full_cascade_matches_diffusers(pipe, diffusers_stage1, diffusers_stage2, diffusers_stage3):
     steps = (6, 4, 3)
     ref = reference_chain(diffusers_stage1, diffusers_stage2, diffusers_stage3, "a red cat", steps=steps)
-    ours = cascade(
-        "a red cat", steps=steps, generator=torch.Generator().manual_seed(0), output_type="pt", progress=False
-    )
+    ours = pipe("a red cat", steps=steps, generator=torch.Generator().manual_seed(0), output_type="pt", progress=False)
     assert_stages_match(ours, ref)
     assert ours.images.shape == (1, 3, 256, 256)
     assert torch.equal(ours.images, (ours.stages[2] / 2 + 0.5).clamp(0, 1))
 
 
-def test_two_prompts_negatives_and_images_per_prompt(cascade, diffusers_stage1, diffusers_stage2, diffusers_stage3):
+def test_two_prompts_negatives_and_images_per_prompt(pipe, diffusers_stage1, diffusers_stage2, diffusers_stage3):
     prompts, negatives = ["a red cat", "two dogs on a boat"], ["blurry", "a cat"]
     steps = (4, 3, 2)
     ref = reference_chain(
         diffusers_stage1, diffusers_stage2, diffusers_stage3, prompts, negatives, steps=steps, n=2, seed=3
     )
-    ours = cascade(
+    ours = pipe(
         prompts,
         negative_prompt=negatives,
         num_images_per_prompt=2,
@@ -131,17 +108,17 @@ def test_two_prompts_negatives_and_images_per_prompt(cascade, diffusers_stage1, 
     assert ours.images.shape[0] == 4
 
 
-def test_non_square(cascade, diffusers_stage1, diffusers_stage2, diffusers_stage3):
+def test_non_square(pipe, diffusers_stage1, diffusers_stage2, diffusers_stage3):
     steps = (4, 3, 2)
     ref = reference_chain(
         diffusers_stage1, diffusers_stage2, diffusers_stage3, "a tall tower", steps=steps, height=24, width=16, seed=5
     )
-    ours = cascade("a tall tower", height=24, width=16, steps=steps, seed=5, output_type="pt", progress=False)
+    ours = pipe("a tall tower", height=24, width=16, steps=steps, seed=5, output_type="pt", progress=False)
     assert_stages_match(ours, ref)
     assert ours.stages[2].shape[-2:] == (384, 256)
 
 
-def test_named_timesteps_and_no_guidance(cascade, diffusers_stage1, diffusers_stage2, diffusers_stage3):
+def test_named_timesteps_and_no_guidance(pipe, diffusers_stage1, diffusers_stage2, diffusers_stage3):
     from diffusers.pipelines.deepfloyd_if import timesteps as reference_lists
 
     steps = (27, 27, 2)
@@ -156,7 +133,7 @@ def test_named_timesteps_and_no_guidance(cascade, diffusers_stage1, diffusers_st
         last=2,
         timesteps=(reference_lists.fast27_timesteps, reference_lists.smart27_timesteps),
     )
-    ours = cascade(
+    ours = pipe(
         "a lighthouse",
         steps=steps,
         guidance=1.0,

@@ -7,17 +7,11 @@ import shutil
 
 import pytest
 
-import demo_support
 from ifengine import Cascade
 from ifengine.cli import main
 from ifengine.errors import DamagedFileError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def demo_env(tmp_path_factory):
-    yield from demo_support.demo_env(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -15,11 +15,6 @@ TOL = 1e-3
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def pipe(stage1_dir, stage2_dir, stage3_dir):
-    return ifengine.Cascade.from_pretrained(stage1_dir, stage2_dir, stage3_dir, torch_dtype=torch.float32)
-
-
 def gens(*seeds):
     return [torch.Generator().manual_seed(s) for s in seeds]
 

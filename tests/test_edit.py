@@ -6,13 +6,9 @@ import torch
 from PIL import Image
 
 import ifengine
+from reference_utils import diffusers_chain
 
 TOL = 1e-3
-
-
-@pytest.fixture(scope="module")
-def pipe(stage1_dir, stage2_dir, stage3_dir):
-    return ifengine.Cascade.from_pretrained(stage1_dir, stage2_dir, stage3_dir)
 
 
 @pytest.fixture
@@ -58,47 +54,21 @@ def run_reference(
     pe, ne = ref["encode"](prompt, clean_caption=True)
     one, two = ref[mode]
     extra = {} if mask is None else {"mask_image": mask}
-    out1 = one(
-        image=image,
-        prompt_embeds=pe,
-        negative_prompt_embeds=ne,
-        strength=strength[0],
-        num_inference_steps=steps[0],
-        guidance_scale=guidance[0],
+    per_stage = (
+        dict(image=image, strength=strength[0], **extra),
+        dict(original_image=image, strength=strength[1], **extra),
+        dict(prompt=prompt),
+    )
+    return diffusers_chain(
+        (one, two, ref["x4"]),
+        (pe, ne),
+        steps=steps,
+        guidance=guidance,
+        noise_level=noise,
         generator=g,
-        output_type="pt",
-        **extra,
-    ).images
-    outs = [out1]
-    if last >= 2:
-        outs.append(
-            two(
-                image=out1,
-                original_image=image,
-                prompt_embeds=pe,
-                negative_prompt_embeds=ne,
-                strength=strength[1],
-                num_inference_steps=steps[1],
-                guidance_scale=guidance[1],
-                noise_level=noise[0],
-                generator=g,
-                output_type="pt",
-                **extra,
-            ).images
-        )
-    if last >= 3:
-        outs.append(
-            ref["x4"](
-                prompt=prompt,
-                image=outs[-1],
-                num_inference_steps=steps[2],
-                guidance_scale=guidance[2],
-                noise_level=noise[1],
-                generator=g,
-                output_type="pt",
-            ).images
-        )
-    return outs
+        last=last,
+        per_stage=per_stage,
+    )
 
 
 def assert_match(ours, ref):

@@ -5,7 +5,6 @@ import time
 
 import pytest
 import torch
-import demo_support
 
 from ifengine.facts import UNET_OF
 from ifengine.cli import main
@@ -14,16 +13,6 @@ from ifengine.memory.plan_inputs import preset_modules
 from ifengine.memory.workload import decode_activation, unet_step_activation
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def demo_env(tmp_path_factory):
-    yield from demo_support.demo_env(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def demo_pipe(demo_env):
-    return demo_support.load_demo()
 
 
 def _text_dim(unet):

@@ -17,7 +17,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-import demo_support
 from ifengine import Cascade
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -34,16 +33,6 @@ SYNONYMS = {
 _QUIET = dict(deadline=None, database=None, suppress_health_check=list(HealthCheck))
 # cases per test (default run, slow run): loading and whole-cascade batches cost more than single calls
 EXAMPLES = {"call": (35, 350), "edit": (35, 350), "generate_many": (20, 150), "from_pretrained": (10, 60)}
-
-
-@pytest.fixture(scope="module")
-def demo_env(tmp_path_factory):
-    yield from demo_support.demo_env(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def pipe(demo_env):
-    return demo_support.load_demo()
 
 
 junk = st.one_of(
@@ -262,14 +251,14 @@ DEFAULT, SLOW_RUN = _suite(False), _suite(True)
 
 
 @pytest.mark.parametrize("which", list(DEFAULT))
-def test_fuzz_api(pipe, which):
-    DEFAULT[which](pipe)
+def test_fuzz_api(demo_pipe, which):
+    DEFAULT[which](demo_pipe)
     assert sum(OUTCOMES.values()) > 0
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("which", list(SLOW_RUN))
-def test_fuzz_api_slow(pipe, which, capsys):
-    SLOW_RUN[which](pipe)
+def test_fuzz_api_slow(demo_pipe, which, capsys):
+    SLOW_RUN[which](demo_pipe)
     with capsys.disabled():
         print(f"\nfuzz {which}: {sorted(OUTCOMES.items())}")

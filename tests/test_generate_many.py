@@ -12,21 +12,16 @@ PROMPTS = ["a red cat", "a blue dog", "a green frog"]
 KW = dict(steps=(2, 2, 2), height=8, width=8)
 
 
-@pytest.fixture(scope="module")
-def plain(stage1_dir, stage2_dir, stage3_dir):
-    return ifengine.Cascade.from_pretrained(stage1_dir, stage2_dir, stage3_dir, safety=False)
-
-
 def _expected(cascade, prompts, seed):
     return cascade(prompts, seed=seed, output_type="pt", progress=False, **KW).stages[-1]
 
 
 @pytest.mark.parametrize("throughput", [False, True])
-def test_batches_equal_plain_calls_seeded_seed_plus_k(plain, stage1_dir, stage2_dir, stage3_dir, throughput):
+def test_batches_equal_plain_calls_seeded_seed_plus_k(pipe, stage1_dir, stage2_dir, stage3_dir, throughput):
     """A self-comparison on purpose: batched throughput runs must equal plain calls (checked against
     diffusers in test_cascade.py) seeded seed + batch index, bit for bit."""
     cascade = (
-        plain
+        pipe
         if not throughput
         else ifengine.Cascade.from_pretrained(stage1_dir, stage2_dir, stage3_dir, safety=False, throughput=True)
     )
@@ -34,15 +29,15 @@ def test_batches_equal_plain_calls_seeded_seed_plus_k(plain, stage1_dir, stage2_
     out = cascade.generate_many(PROMPTS, batch_size=2, seed=11, output_type="pt", **KW)
     assert out.prompts == PROMPTS and out.seeds == [11, 11, 12] and out.images_per_second > 0
     got = torch.stack(list(out.images))
-    want = torch.cat([_expected(plain, PROMPTS[:2], 11), _expected(plain, PROMPTS[2:], 12)])
+    want = torch.cat([_expected(pipe, PROMPTS[:2], 11), _expected(pipe, PROMPTS[2:], 12)])
     assert torch.equal(got, (want / 2 + 0.5).clamp(0, 1))
 
 
-def test_bad_many_requests_are_refused(plain):
+def test_bad_many_requests_are_refused(pipe):
     with pytest.raises(RequestError, match="batch_size"):
-        plain.generate_many(PROMPTS, batch_size=0)
+        pipe.generate_many(PROMPTS, batch_size=0)
     with pytest.raises(RequestError, match="prompts must be"):
-        plain.generate_many([])
+        pipe.generate_many([])
 
 
 @pytest.fixture(autouse=True)
@@ -86,7 +81,7 @@ def test_prompts_file_writes_one_png_per_prompt(tmp_path, capsys):
         (["--prompts-file", "{list}", "--out", "{tmp}/one.png"], "give a folder"),
         (["--prompts-file", "{tmp}/missing.txt"], "cannot read --prompts-file"),
         (["--prompts-file", "{empty}"], "has no prompts"),
-        (["--prompts-file", "{list}", "--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--prompts-file", "{list}", "--batch-size", "0"], "--batch-size must be a whole number >= 1"),
         (["a cat", "--throughput"], "go with --prompts-file"),
         (["a cat", "--vram", "8 gigs"], "e.g. 8GiB"),
         ([], "give a prompt"),

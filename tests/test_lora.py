@@ -41,11 +41,6 @@ def loras(stage1_dir, tmp_path_factory):
     }
 
 
-@pytest.fixture
-def pipe(stage1_dir):
-    return ifengine.Cascade.from_pretrained(stage1_dir)
-
-
 def run_ours(pipe, seed=0):
     return pipe("a red cat", steps=4, seed=seed, output_type="pt", progress=False).stages[0]
 
@@ -59,47 +54,47 @@ def err(a, b):
     return (a - b).abs().max().item()
 
 
-def test_one_lora_matches_diffusers_unfused_and_fused(pipe, diffusers_stage1, loras):
-    base = run_ours(pipe)
-    name = pipe.load_lora_weights(loras["a"], stage=1, adapter_name="a")
-    assert name == "a" and pipe.get_active_adapters(1) == ["a"]
-    ours = run_ours(pipe)
+def test_one_lora_matches_diffusers_unfused_and_fused(pipe1, diffusers_stage1, loras):
+    base = run_ours(pipe1)
+    name = pipe1.load_lora_weights(loras["a"], stage=1, adapter_name="a")
+    assert name == "a" and pipe1.get_active_adapters(1) == ["a"]
+    ours = run_ours(pipe1)
     assert err(ours, base) > 0.05  # the LoRA changes the picture
     diffusers_stage1.load_lora_weights(loras["a"], adapter_name="a")
     assert err(ours, run_ref(diffusers_stage1)) <= TOL
     diffusers_stage1.fuse_lora(lora_scale=0.5)
-    pipe.fuse_lora(lora_scale=0.5)
-    assert err(run_ours(pipe), run_ref(diffusers_stage1)) <= TOL
-    pipe.unload_lora_weights()
-    assert torch.equal(run_ours(pipe), base)  # base weights come back exactly
+    pipe1.fuse_lora(lora_scale=0.5)
+    assert err(run_ours(pipe1), run_ref(diffusers_stage1)) <= TOL
+    pipe1.unload_lora_weights()
+    assert torch.equal(run_ours(pipe1), base)  # base weights come back exactly
 
 
-def test_two_adapters_with_weights_match_diffusers(pipe, diffusers_stage1, loras):
+def test_two_adapters_with_weights_match_diffusers(pipe1, diffusers_stage1, loras):
     for n in ("a", "b"):
-        pipe.load_lora_weights(loras[n], stage=1, adapter_name=n)
+        pipe1.load_lora_weights(loras[n], stage=1, adapter_name=n)
         diffusers_stage1.load_lora_weights(loras[n], adapter_name=n)
-    pipe.set_adapters(["a", "b"], [0.7, -0.4])
+    pipe1.set_adapters(["a", "b"], [0.7, -0.4])
     diffusers_stage1.set_adapters(["a", "b"], [0.7, -0.4])
-    assert err(run_ours(pipe), run_ref(diffusers_stage1)) <= TOL
-    pipe.set_adapters("b")
+    assert err(run_ours(pipe1), run_ref(diffusers_stage1)) <= TOL
+    pipe1.set_adapters("b")
     diffusers_stage1.set_adapters("b")
-    assert err(run_ours(pipe), run_ref(diffusers_stage1)) <= TOL
+    assert err(run_ours(pipe1), run_ref(diffusers_stage1)) <= TOL
 
 
-def test_scale_on_load_and_older_key_style(pipe, loras, stage1_dir):
+def test_scale_on_load_and_older_key_style(pipe1, loras, stage1_dir):
     from safetensors.torch import load_file
 
-    pipe.load_lora_weights(loras["a"], stage=1, adapter_name="a", scale=0.6)
-    peft_style = run_ours(pipe)
-    pipe.unload_lora_weights()
+    pipe1.load_lora_weights(loras["a"], stage=1, adapter_name="a", scale=0.6)
+    peft_style = run_ours(pipe1)
+    pipe1.unload_lora_weights()
     # the older diffusers naming of the same tensors: .lora.down/.lora.up, alphas as network alphas
     state = load_file(loras["a"] / "pytorch_lora_weights.safetensors")
     old = {k.replace("lora_A.weight", "lora.down.weight").replace("lora_B.weight", "lora.up.weight"): v
            for k, v in state.items()}  # fmt: skip
     old.update({k.split(".lora_A")[0] + ".alpha": torch.tensor(8.0) for k in state if "lora_A" in k})
-    pipe.load_lora_weights(old, stage=1, scale=0.6)
-    assert torch.equal(run_ours(pipe), peft_style)
-    pipe.unload_lora_weights()
+    pipe1.load_lora_weights(old, stage=1, scale=0.6)
+    assert torch.equal(run_ours(pipe1), peft_style)
+    pipe1.unload_lora_weights()
     # the first IF DreamBooth-LoRA scripts' attention-processor names: <attn>.processor.to_q_lora.down.weight
     processor = {}
     for k, v in old.items():
@@ -107,8 +102,8 @@ def test_scale_on_load_and_older_key_style(pipe, loras, stage1_dir):
             k = k.replace(f".{proj}.lora.", f".processor.{proj}_lora.")
         processor[k.replace(".to_out.0.lora.", ".processor.to_out_lora.")] = v
     assert any(".processor.add_k_proj_lora.down" in k for k in processor)
-    pipe.load_lora_weights(processor, stage=1, scale=0.6)
-    assert torch.equal(run_ours(pipe), peft_style)
+    pipe1.load_lora_weights(processor, stage=1, scale=0.6)
+    assert torch.equal(run_ours(pipe1), peft_style)
 
 
 def test_traced_executor_sees_new_weights(stage1_dir, loras):
@@ -121,26 +116,26 @@ def test_traced_executor_sees_new_weights(stage1_dir, loras):
     assert err(after, before) > 0.05 and err(after, run_ours(eager)) <= 1e-5
 
 
-def test_bad_loras_are_refused(pipe, loras, stage1_dir, stage2_dir):
+def test_bad_loras_are_refused(pipe1, loras, stage1_dir, stage2_dir):
     from safetensors.torch import load_file
 
     state = load_file(loras["a"] / "pytorch_lora_weights.safetensors")
     stray = {**state, "unet.nowhere.block.to_q.lora_A.weight": torch.zeros(4, 8),
              "unet.nowhere.block.to_q.lora_B.weight": torch.zeros(8, 4)}  # fmt: skip
     with pytest.raises(LoraError, match="nowhere.block.to_q"):
-        pipe.load_lora_weights(stray, stage=1)
+        pipe1.load_lora_weights(stray, stage=1)
     with pytest.raises(LoraFormatError, match="unet.x.lora_magnitude_vector"):
-        pipe.load_lora_weights({**state, "unet.x.lora_magnitude_vector": torch.zeros(3)}, stage=1)
+        pipe1.load_lora_weights({**state, "unet.x.lora_magnitude_vector": torch.zeros(3)}, stage=1)
     with pytest.raises(LoraFormatError, match="text encoder"):
-        pipe.load_lora_weights({**state, "text_encoder.a.lora_A.weight": torch.zeros(1, 1)}, stage=1)
+        pipe1.load_lora_weights({**state, "text_encoder.a.lora_A.weight": torch.zeros(1, 1)}, stage=1)
     with pytest.raises(LoraError, match="stage 2 has no torch U-Net"):
-        pipe.load_lora_weights(loras["a"], stage=2)
+        pipe1.load_lora_weights(loras["a"], stage=2)
     two = ifengine.Cascade.from_pretrained(stage1_dir, stage2_dir, safety=False)
     with pytest.raises(LoraError, match="not in the stage 2 U-Net"):
         two.load_lora_weights(loras["a"], stage=2)  # a stage I LoRA on stage II: other blocks
     with pytest.raises(LoraError, match="no adapter named"):
-        pipe.set_adapters(["missing"])
-    assert pipe.get_list_adapters() == {}
+        pipe1.set_adapters(["missing"])
+    assert pipe1.get_list_adapters() == {}
 
 
 def test_refit_exported_graph_weights_on_onnxruntime(stage1_dir, loras, tmp_path):

@@ -20,11 +20,6 @@ RUN = dict(seed=3, output_type="pt", progress=False)
 
 
 @pytest.fixture(scope="module")
-def torch_cascade(stage1_dir, stage2_dir, stage3_dir):
-    return ifengine.Cascade.from_pretrained(stage1_dir, stage2_dir, stage3_dir, safety=False)
-
-
-@pytest.fixture(scope="module")
 def ort_cascade(exports):
     return ifengine.Cascade.from_artifacts(exports.get("fp32"), providers=["CPUExecutionProvider"])
 
@@ -52,15 +47,15 @@ def test_cascade_uses_the_exported_graphs(ort_cascade):
     ],
     ids=["square", "non-square-batch-2", "without-guidance"],
 )
-def test_onnxruntime_cascade_matches_torch(ort_cascade, torch_cascade, kwargs):
+def test_onnxruntime_cascade_matches_torch(ort_cascade, pipe, kwargs):
     prompt = ["a red cat", "a blue boat"] if "height" in kwargs else "a red cat"
-    assert_close(ort_cascade(prompt, **kwargs, **RUN), torch_cascade(prompt, **kwargs, **RUN))
+    assert_close(ort_cascade(prompt, **kwargs, **RUN), pipe(prompt, **kwargs, **RUN))
 
 
-def test_bare_unet_graphs_match_too(exports, torch_cascade):
+def test_bare_unet_graphs_match_too(exports, pipe):
     bare = ifengine.Cascade.from_artifacts(exports.get("fp32"), use_step_graphs=False)
     assert isinstance(bare.stage1.step_fn, EagerStep)  # the torch step around the U-Net graph
-    assert_close(bare("a cat", steps=(3, 2, 2), **RUN), torch_cascade("a cat", steps=(3, 2, 2), **RUN))
+    assert_close(bare("a cat", steps=(3, 2, 2), **RUN), pipe("a cat", steps=(3, 2, 2), **RUN))
 
 
 def _image(width=40, height=24):
@@ -68,7 +63,7 @@ def _image(width=40, height=24):
     return Image.fromarray(base.astype(np.uint8))
 
 
-def test_editing_modes_run_on_onnxruntime(ort_cascade, torch_cascade):
+def test_editing_modes_run_on_onnxruntime(ort_cascade, pipe):
     image = _image()
     mask = np.zeros((24, 40), np.uint8)
     mask[:12, 20:] = 255
@@ -80,11 +75,11 @@ def test_editing_modes_run_on_onnxruntime(ort_cascade, torch_cascade):
         ),
     ]
     for call in calls:
-        assert_close(call(ort_cascade), call(torch_cascade))
+        assert_close(call(ort_cascade), call(pipe))
 
 
-def test_fp16_artifacts_run(exports, torch_cascade):
-    ref = torch_cascade("a red cat", steps=(3, 2), last_stage=2, **RUN)
+def test_fp16_artifacts_run(exports, pipe):
+    ref = pipe("a red cat", steps=(3, 2), last_stage=2, **RUN)
     fp16 = ifengine.Cascade.from_artifacts(exports.get("fp16"), precision="fp16")
     out = fp16("a red cat", steps=(3, 2), last_stage=2, **RUN)
     assert fp16.dtype == torch.float16 and all(torch.isfinite(s).all() for s in out.stages)

@@ -41,11 +41,6 @@ def parse_infotext(text: str) -> dict:
     return out
 
 
-@pytest.fixture(scope="module")
-def pipe(stage1_dir, stage2_dir):
-    return ifengine.Cascade.from_pretrained(stage1_dir, stage2_dir, safety=False)
-
-
 def lora_file(path, unet, seed=0):
     """A small LoRA in the peft key style for two projections of the tiny stage I U-Net."""
     g = torch.Generator().manual_seed(seed)
@@ -61,7 +56,7 @@ def lora_file(path, unet, seed=0):
 def test_parameters_text_reads_back_as_a1111_does(pipe, stage1_dir, stage2_dir, tmp_path):
     prompt = "a cat, sitting: on a mat"
     out = pipe(prompt, negative_prompt="blurry, dark", steps=(3, 2), guidance=(5.0, 2.0), seed=7,
-               timesteps=(None, "smart27"), num_images_per_prompt=2, progress=False)  # fmt: skip
+               timesteps=(None, "smart27"), num_images_per_prompt=2, last_stage=2, progress=False)  # fmt: skip
     paths = [tmp_path / "a.png", tmp_path / "b.png"]
     save_images(out.images, paths, out.settings)
     img = Image.open(paths[1])
@@ -78,8 +73,8 @@ def test_parameters_text_reads_back_as_a1111_does(pipe, stage1_dir, stage2_dir, 
     assert settings["models"] == [str(stage1_dir.resolve()), str(stage2_dir.resolve())]
 
 
-def test_lora_is_recorded(stage1_dir, tmp_path):
-    pipe = ifengine.Cascade.from_pretrained(stage1_dir, safety=False)
+def test_lora_is_recorded(pipe1, tmp_path):
+    pipe = pipe1
     path = lora_file(tmp_path / "style.safetensors", pipe.stage1.unet)
     pipe.load_lora_weights(path, stage=1, adapter_name="style", scale=0.5)
     out = pipe("a cat", steps=2, seed=1, progress=False)

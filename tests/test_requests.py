@@ -1,16 +1,12 @@
 """Bad requests fail before any work, with a message that says what is accepted."""
 
+import inspect
+
 import pytest
 import torch
 
-import ifengine
 from ifengine import RequestError
 from ifengine.stage.sizes import aspect_size, nearest, size_multiple
-
-
-@pytest.fixture(scope="module")
-def pipe(stage1_dir, stage2_dir, stage3_dir):
-    return ifengine.Cascade.from_pretrained(stage1_dir, stage2_dir, stage3_dir)
 
 
 @pytest.fixture
@@ -29,7 +25,7 @@ def no_unet_calls(pipe):
     "kwargs, message",
     [
         (dict(height=18), r"height 18 .* multiples of 4.*Nearest valid heights: 16, 20"),
-        (dict(width=0), "width must be a positive whole number"),
+        (dict(width=0), r"width \(pixels\) must be a whole number >= 1"),
         (dict(steps=0), "stage 1 steps must be a whole number >= 1"),
         (dict(steps=(10, -1)), "stage 2 steps must be"),
         (dict(timesteps="smart13"), "unknown|smart27"),
@@ -97,3 +93,14 @@ def test_seed_and_generator_agree(pipe):
     assert isinstance(c.seed, int)
     with pytest.raises(ValueError, match="either generator= or seed="):
         pipe("a cat", seed=1, generator=torch.Generator(), **kw)
+
+
+def test_make_request_takes_keywords_with_the_call_defaults(pipe):
+    with pytest.raises(TypeError):
+        pipe.make_request("a cat", None, 64, 64)  # settings are never positional
+    call = inspect.signature(type(pipe).__call__).parameters
+    for name, param in inspect.signature(pipe.make_request).parameters.items():
+        if name != "prompt":
+            assert param.kind is param.KEYWORD_ONLY and param.default == call[name].default, name
+    req = pipe.make_request("a cat", steps=3, last_stage=2)
+    assert req.stages[0].steps == 3 and req.last_stage == 2 and req.negatives == ("",)

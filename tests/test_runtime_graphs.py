@@ -1,7 +1,7 @@
 """StepGraph / GraphCache state machine and the capture audit, on the CPU.
 
-The CUDA calls of graphs.py (stream, pool, capture) are replaced by fakes that record what a real capture
-would record; the state machine around them is the real code.
+The CUDA calls of graphs.py (stream, pool, capture) are replaced by conftest's ``fake_cuda``, which records
+what a real capture would record; the state machine around them is the real code.
 """
 
 import pytest
@@ -16,32 +16,6 @@ from ifengine.runtime.capture_audit import audit
 from ifengine.runtime.graphs import GraphCache, GraphStateError, StepGraph
 from ifengine.schedule import ddim_tables, ddpm_tables
 from ifengine.schedule.presets import IF_STAGE1_DDPM, IF_STAGE2_DDPM, X4_DDIM
-
-
-class FakeGraph:
-    """What torch.cuda.graph records: the step, to be replayed later (capture itself runs nothing)."""
-
-    def __init__(self, fn):
-        self.fn, self.replays = fn, 0
-
-    def replay(self):
-        self.replays += 1
-        self.fn()
-
-
-@pytest.fixture
-def fake_cuda(monkeypatch):
-    captured = []
-
-    def capture(fn, pool, stream):
-        captured.append(pool)
-        return FakeGraph(fn)
-
-    monkeypatch.setattr(graphs, "check_graph_device", lambda device: None)
-    monkeypatch.setattr(graphs, "_new_stream", lambda device: None)
-    monkeypatch.setattr(graphs, "_pool_handle", lambda: object())
-    monkeypatch.setattr(graphs, "_capture", capture)
-    return captured
 
 
 def counter_step():
@@ -77,7 +51,7 @@ def test_warm_up_then_capture_once_then_replay(fake_cuda):
         graph.step_no_sync()
     # 2 eager warm-up steps, capture (runs nothing), then 4 replays: every step ran exactly once
     assert state["calls"] == 6 and graph.state == graphs.CAPTURED
-    assert graph._graph.replays == 4 and len(fake_cuda) == 1
+    assert graph._graph.replays == 4 and len(fake_cuda["captures"]) == 1
 
 
 @pytest.mark.parametrize(

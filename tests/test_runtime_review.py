@@ -1,10 +1,8 @@
 """What a line-by-line review of the GPU runtime found (issue 12), each shown on the CPU where a CPU can.
 
-The CUDA touch points of graphs.py (stream, pool, capture) are replaced by the same recording fakes as in
-test_runtime_graphs.py; everything around them (caches, keys, buffers, tables, planner) is the real code.
+The CUDA touch points of graphs.py (stream, pool, capture) are replaced by conftest's recording fakes
+(``fake_cuda``); everything around them (caches, keys, buffers, tables, planner) is the real code.
 """
-
-import contextlib
 
 import pytest
 import torch
@@ -13,39 +11,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from ifengine.memory.planner import MiB, PlanOptions, graph_pool_bytes
 from ifengine.memory.sizes import GiB
 from ifengine.models.int8 import Int8Conv2d, Int8Linear
-from ifengine.runtime import graphs
 from ifengine.runtime.buffers import foreign_streams
 from ifengine.runtime.graphs import GraphCache
 from ifengine.runtime.throughput import overlap_streams
-
-
-class FakeGraph:
-    def __init__(self, fn):
-        self.fn = fn
-
-    def replay(self):
-        self.fn()
-
-
-@pytest.fixture
-def fake_cuda(monkeypatch):
-    """Records every capture and every stream made; a fresh object per stream, as CUDA would give."""
-    record = {"captures": [], "streams": []}
-
-    def new_stream(device):
-        record["streams"].append(object())
-        return record["streams"][-1]
-
-    def capture(fn, pool, stream):
-        record["captures"].append((pool, stream))
-        return FakeGraph(fn)
-
-    monkeypatch.setattr(graphs, "check_graph_device", lambda device: None)
-    monkeypatch.setattr(graphs, "_new_stream", new_stream)
-    monkeypatch.setattr(graphs, "_pool_handle", lambda: object())
-    monkeypatch.setattr(graphs, "_capture", capture)
-    monkeypatch.setattr(graphs, "_side_stream", lambda stream: contextlib.nullcontext())
-    return record
 
 
 # 1. run_throughput's streams follow the runtime's mode -----------------------------------------------------
@@ -181,7 +149,7 @@ def test_clip_encodes_before_stage1_is_queued(tiny_cascade, runtime):
     finally:
         for hook in hooks:
             hook.remove()
-        cascade.runtime = None
+        cascade.set_runtime(None)
     assert order.index("clip") < order.index("unet1") < order.index("x4_unet")
     assert order.count("clip") == 1  # one run for prompt and negative; stage III only reads the cache
 

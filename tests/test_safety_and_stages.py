@@ -1,7 +1,6 @@
 """Safety checker + watermark as diffusers applies them, and stages II / III run alone on given inputs."""
 
 import numpy as np
-import pytest
 import torch
 
 import ifengine
@@ -31,11 +30,6 @@ def test_watermark_is_pasted_and_can_be_switched_off(stage1_safety_dir):
     ys, xs = np.nonzero(diff)
     if len(ys):  # the logo lands bottom-right (unless the checker blacked the whole image)
         assert ys.min() >= 64 // 2 and xs.min() >= 64 // 2
-
-
-@pytest.fixture(scope="module")
-def pipe(stage1_dir, stage2_dir, stage3_dir):
-    return ifengine.Cascade.from_pretrained(stage1_dir, stage2_dir, stage3_dir)
 
 
 def test_stage2_alone_matches_diffusers(pipe, diffusers_stage1, diffusers_stage2):

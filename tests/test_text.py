@@ -6,7 +6,10 @@ import pytest
 import torch
 
 import ifengine
-from ifengine.stage.components import t5_dtype
+from ifengine.memory.plan_inputs import checkpoint_modules
+from ifengine.models.checkpoint import resolve
+from ifengine.models.t5_precision import device_has_bf16, t5_dtype
+from ifengine.stage.components import load_t5
 from ifengine.text.clean import preprocess
 
 CAPTIONS = [
@@ -68,6 +71,18 @@ def test_truncation_is_warned(stage1_only, caplog):
 
 
 def test_t5_never_runs_in_fp16():
-    assert t5_dtype(torch.float16, torch.device("cpu")) == torch.float32
-    assert t5_dtype(torch.bfloat16, torch.device("cpu")) == torch.bfloat16
-    assert t5_dtype(torch.float32, torch.device("cpu")) == torch.float32
+    assert not device_has_bf16("cpu")  # CPUs take float32 for an fp16 cascade
+    for bf16 in (False, True):
+        assert t5_dtype(torch.float16, bf16) == (torch.bfloat16 if bf16 else torch.float32)
+        assert t5_dtype(torch.bfloat16, bf16) == torch.bfloat16
+        assert t5_dtype(torch.float32, bf16) == torch.float32
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("bf16", [None, False, True], ids=["this-cpu", "gpu-without-bf16", "gpu-with-bf16"])
+def test_loader_and_planner_agree_on_t5_precision(stage1_dir, dtype, bf16):
+    """The real loader and the planner's meta modules give T5 the same dtype: on this CPU (None asks the
+    device) and for the choices a GPU with or without bfloat16 makes (capability passed in)."""
+    loaded = load_t5(resolve(stage1_dir, 1), dtype, torch.device("cpu"), None, bf16=bf16).model
+    planned = checkpoint_modules(stage1_dir, dtype=dtype, bf16=device_has_bf16("cpu") if bf16 is None else bf16)
+    assert loaded.dtype == planned["t5"].dtype != torch.float16

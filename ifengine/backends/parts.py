@@ -19,6 +19,7 @@ from ..models.config import UNetConfig, VAEConfig
 from ..stage.steps import if_step, x4_step
 from ..facts import UNET_OF
 from ..text.encoder import PromptEncoder
+from ..facts import TEXT_TOKENS
 from ..stage.seam import Capturable, Capture
 from .base import Network, call
 
@@ -114,7 +115,7 @@ class NetworkPromptEncoder(PromptEncoder):
         from transformers import AutoTokenizer, CLIPTokenizer
 
         tokenizer = (CLIPTokenizer if kind == "clip" else AutoTokenizer).from_pretrained(tokenizer_dir)
-        length = tokenizer.model_max_length if kind == "clip" else 77
+        length = tokenizer.model_max_length if kind == "clip" else TEXT_TOKENS
         return cls(tokenizer, model, out_dtype=out_dtype, use_mask=use_mask, max_length=length)
 
     @property

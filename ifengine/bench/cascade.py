@@ -22,6 +22,7 @@ from .checkpoints import CascadeSpec, build_checkpoints, cascade_spec
 from .machine import describe, require_cuda, summary_line
 from .report import command_line, markdown_table, stage_chart, write_outputs
 from .systems import STAGES, RunSpec, load_systems
+from ..facts import DEFAULT_STEPS
 
 log = logging.getLogger(__name__)
 INT8_NOTE = (
@@ -43,7 +44,7 @@ class CascadeBenchConfig:
         "diffusers-eager",
         "diffusers-compile",
     )
-    steps: tuple[int, int, int] = (100, 50, 75)
+    steps: tuple[int, int, int] = DEFAULT_STEPS
     repeats: int = 3
     warmup: int = 1
     checkpoints: str | None = None  # where the random checkpoints live (built there on first use)

@@ -17,9 +17,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..models.config import TextEncoderConfig, UNetConfig, VAEConfig
 from ..models.weights import build_on_meta
 from .timing import Clock, synchronize
+from ..facts import TEXT_TOKENS
 
 log = logging.getLogger(__name__)
-TEXT_TOKENS = 77
 
 # if-facts.md "Work per image" (FLOP per call, CFG batch 2, counted the same way): the counter must agree.
 IF_FACTS = {

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..stage.stages import IFStage, X4Stage
+from ..facts import TEXT_TOKENS, X4_MAX_NOISE_LEVEL
 from ..schedule import presets as sched
 from ..text.encoder import PromptEncoder
 from ..memory.plan_inputs import preset_modules
@@ -65,10 +66,8 @@ def random_cascade(
     stage2 = IFStage(m["unet2"], sched.IF_STAGE2_DDPM, sched.IF_STAGE2_IMAGE_NOISING_DDPM) if "unet2" in m else None
     stage3 = None
     if "x4_unet" in m:
-        clip = PromptEncoder(clip_tok, m["clip"], out_dtype=dtype, use_mask=False, max_length=77)
-        stage3 = X4Stage(
-            m["x4_unet"], m["vae_decoder"], clip, sched.X4_DDIM, sched.X4_LOW_RES_DDPM, sched.X4_MAX_NOISE_LEVEL
-        )
+        clip = PromptEncoder(clip_tok, m["clip"], out_dtype=dtype, use_mask=False, max_length=TEXT_TOKENS)
+        stage3 = X4Stage(m["x4_unet"], m["vae_decoder"], clip, sched.X4_DDIM, sched.X4_LOW_RES_DDPM, X4_MAX_NOISE_LEVEL)
     return Cascade(
         text=text,
         stage1=IFStage(m["unet1"], sched.IF_STAGE1_DDPM),

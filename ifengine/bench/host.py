@@ -23,6 +23,7 @@ import torch
 from . import timing
 from .machine import describe, summary_line
 from .report import command_line, markdown_table, stage_chart, write_outputs
+from ..facts import TEXT_TOKENS
 
 log = logging.getLogger(__name__)
 PROMPT = "a red cat on a blue sofa"
@@ -165,7 +166,7 @@ def _unet_inputs(channels: int, text_dim: int, config: HostConfig):
     return (
         torch.randn(batch, channels, config.size, config.size, generator=gen),
         torch.tensor(500),
-        torch.randn(batch, 77, text_dim, generator=gen),
+        torch.randn(batch, TEXT_TOKENS, text_dim, generator=gen),
     )
 
 

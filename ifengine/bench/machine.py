@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ..memory.sizes import GiB
+from ..errors import IFEngineError
 
 log = logging.getLogger(__name__)
 _LIBRARIES = ("torch", "diffusers", "transformers", "onnxruntime", "onnxruntime-gpu", "tensorrt", "ifengine")
@@ -124,7 +125,7 @@ def git_revision() -> str | None:
     return head + ("-dirty" if dirty else "")
 
 
-class NoCudaError(ValueError):
+class NoCudaError(IFEngineError, ValueError):
     """A GPU benchmark was asked for on a machine without CUDA (a setup problem the user can act on)."""
 
 

@@ -31,6 +31,7 @@ from .checkpoints import build_checkpoints, cascade_spec
 from .machine import describe, summary_line
 from .report import command_line, markdown_table, stage_chart, write_outputs
 from .systems import STAGES, RunSpec, load_systems
+from ..facts import DEFAULT_STEPS
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class MemoryBenchConfig:
         "diffusers-offload",
     )
     vram: tuple[float, ...] = (24.0, 16.0, 12.0, 8.0)  # GiB budgets, after the unconstrained run
-    steps: tuple[int, int, int] = (100, 50, 75)
+    steps: tuple[int, int, int] = DEFAULT_STEPS
     checkpoints: str | None = None
     size: int | None = None
 

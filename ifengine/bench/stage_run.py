@@ -11,19 +11,7 @@ PROMPT = "a photograph of a red cat sitting on a wooden table"
 
 def stage_inputs(cascade, steps, prompt: str = PROMPT, size: int | None = None):
     """A request for one image at the default size and its [negative; prompt] T5 embeddings."""
-    req = cascade.make_request(
-        prompt=prompt,
-        negative_prompt=None,
-        height=size,
-        width=size,
-        num_images_per_prompt=1,
-        steps=steps,
-        guidance=None,
-        noise_level=None,
-        timesteps=(None, None, None),
-        last_stage=None,
-        output_type="pt",
-    )
+    req = cascade.make_request(prompt, height=size, width=size, steps=steps, output_type="pt")
     pos, neg = cascade.encode(req, True)
     return req, torch.cat([neg, pos])
 

@@ -21,6 +21,7 @@ import torch
 from .timing import Clock
 from ..pipeline.cascade import open_cascade
 from ..pipeline.source import ModelSource
+from ..facts import DEFAULT_STEPS
 
 log = logging.getLogger(__name__)
 STAGES = ("T5", "I", "II", "III")
@@ -33,7 +34,7 @@ class RunSpec:
 
     batch: int = 1
     size: int = 64
-    steps: tuple[int, int, int] = (100, 50, 75)
+    steps: tuple[int, int, int] = DEFAULT_STEPS
     guidance: tuple[float, float, float] = (7.0, 4.0, 9.0)
     noise_level: tuple[int, int] = (250, 20)
     prompt: str = PROMPT
@@ -118,7 +119,7 @@ def _ifengine_family(names: list[str], paths, device, dtype) -> dict[str, System
 
 def _ifengine_runtime(name: str, paths, device: torch.device, dtype, vram_budget: int | None) -> System:
     """ifengine's GPU runtime (static buffers, CUDA graphs, memory planner) behind the same chain."""
-    from ..stage.components import t5_dtype
+    from ..models.t5_precision import device_has_bf16, t5_dtype
 
     try:
         from ..runtime import configure
@@ -127,7 +128,11 @@ def _ifengine_runtime(name: str, paths, device: torch.device, dtype, vram_budget
     # under a budget the planner places the weights: load them on the host, nothing has to fit first
     where = "cpu" if vram_budget is not None else device
     pipe = open_cascade(
-        _checkpoints(paths), device=where, dtype=dtype, safety=False, text_dtype=t5_dtype(dtype, device)
+        _checkpoints(paths),
+        device=where,
+        dtype=dtype,
+        safety=False,
+        text_dtype=t5_dtype(dtype, device_has_bf16(device)),
     )
     pipe.set_executor("eager").device = device  # the runtime captures the plain step itself
     runtime = configure(

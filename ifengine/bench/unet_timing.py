@@ -13,6 +13,8 @@ import torch
 from ..models.presets import unet_preset
 from .flops import if_unet_flops, x4_unet_flops
 from .timing import synchronize
+from ..facts import TEXT_TOKENS
+from ..facts import DEFAULT_NOISE_LEVEL
 
 X4_UNETS = ("x4-upscaler", "tiny-x4")  # the SD x4 upscaler's U-Net presets (all others are IF U-Nets)
 
@@ -24,11 +26,12 @@ def unet_inputs(preset: str, batch: int, device, dtype, size: int | None = None)
     text_dim = config.encoder_hid_dim or config.cross_attention_dim[0]
     x = torch.randn(rows, config.in_channels, side, side, device=device, dtype=dtype)
     t = torch.full((rows,), 500, device=device, dtype=torch.long)
-    text = torch.randn(rows, 77, text_dim, device=device, dtype=dtype)
+    text = torch.randn(rows, TEXT_TOKENS, text_dim, device=device, dtype=dtype)
+    stage2, stage3 = DEFAULT_NOISE_LEVEL
     if preset in X4_UNETS:
-        level = torch.full((rows,), 20, device=device, dtype=torch.long)
+        level = torch.full((rows,), stage3, device=device, dtype=torch.long)
         return (x, t, text, level), x4_unet_flops(config, rows, side, side)
-    level = torch.full((rows,), 250, device=device, dtype=torch.long) if config.class_embed_type else None
+    level = torch.full((rows,), stage2, device=device, dtype=torch.long) if config.class_embed_type else None
     return (x, t, text, level), if_unet_flops(config, rows, side, side, text_dim)
 
 

@@ -18,9 +18,10 @@ import torch
 from . import flops as F
 from .machine import describe, summary_line
 from .report import command_line, markdown_table, write_outputs
+from ..facts import DEFAULT_STEPS
 
 log = logging.getLogger(__name__)
-DEFAULT_CALLS = {"t5": 1, "stage1": 100, "stage2": 50, "stage3": 75, "vae": 1}
+DEFAULT_CALLS = {"t5": 1, **{f"stage{n}": steps for n, steps in enumerate(DEFAULT_STEPS, start=1)}, "vae": 1}
 
 
 @dataclass(frozen=True)

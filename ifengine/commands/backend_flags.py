@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+
 # GPU-runtime flags that act on torch modules only (the memory planner, int8 weights, torch.compile)
 _TORCH_ONLY = (("vram", "--vram"), ("compile", "--compile"), ("channels_last", "--channels-last"))
 

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from .common import csv_values
+from ..facts import DEFAULT_STEPS
 
 log = logging.getLogger("ifengine.cli")
 
@@ -62,7 +63,7 @@ def _host_args(p) -> None:
 def _gpu_common(p) -> None:
     p.add_argument("--preset", default="full", choices=("full", "medium", "tiny"), help="component presets")
     p.add_argument("--device", default="cuda", help="cuda, or cpu for a smoke run with --preset tiny")
-    p.add_argument("--steps", type=_tuple(int), default=(100, 50, 75), help="steps of stages I, II, III")
+    p.add_argument("--steps", type=_tuple(int), default=DEFAULT_STEPS, help="steps of stages I, II, III")
     p.add_argument("--size", type=int, default=None, help="stage I size (default: the preset's)")
     p.add_argument("--checkpoints", default=None, help="folder of the random checkpoints (built on first use)")
 
@@ -248,7 +249,7 @@ def _standard_plan(args, gpu: bool, diffusers: bool) -> list:
     if gpu:
         theirs = ("diffusers-eager", "diffusers-compile") if diffusers else ()
         common = dict(
-            preset="full", device="cuda", steps=(10, 5, 5) if quick else (100, 50, 75), size=None, checkpoints=None
+            preset="full", device="cuda", steps=(10, 5, 5) if quick else DEFAULT_STEPS, size=None, checkpoints=None
         )
         cascade = argparse.Namespace(
             **vars(args),

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-DTYPES = ("float32", "float16", "bfloat16")
+from ..dtypes import FLOAT_DTYPES
+
+DTYPES = FLOAT_DTYPES  # the --dtype choices
 
 
 def csv_values(kind):

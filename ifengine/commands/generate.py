@@ -9,6 +9,7 @@ from pathlib import Path
 from . import backend_flags
 from .common import DTYPES, csv_values as _csv
 from .rerun import LORA_HELP, apply_png_settings, lora_flag
+from ..validate import positive_int
 
 log = logging.getLogger("ifengine.cli")
 
@@ -132,12 +133,12 @@ def _many_flags(group) -> None:
     )
 
 
-def _runtime(args) -> dict:
-    from ..memory.sizes import parse_size
+def _runtime(args):
+    """The runtime flags as the RuntimeOptions the Python API takes (a bad --vram fails before loading)."""
+    from ..runtime.options import RuntimeOptions
 
-    budget = parse_size(args.vram) if args.vram is not None else None  # a bad size fails before loading
-    return dict(
-        vram_budget=budget,
+    return RuntimeOptions.of(
+        vram_budget=args.vram,
         cuda_graphs=False if args.no_cuda_graphs else None,
         compile=args.compile,
         channels_last=args.channels_last,
@@ -185,6 +186,7 @@ def _warn_conflicts() -> None:
 def run(args) -> int:
     from ..pipeline.cascade import open_cascade
     from ..pipeline.save import output_paths, save_images
+    from ..runtime.options import RuntimeOptions
 
     device, dtype, prompts, runtime = prepare(args)
     source = backend_flags.model_source(args)
@@ -195,9 +197,9 @@ def run(args) -> int:
             "its pictures are noise. Pass --stage1/--stage2/--stage3 for real images."
         )
     if source.uses_graphs:  # the exports fix precision and memory; only graph capture stays a choice
-        runtime = {"cuda_graphs": runtime["cuda_graphs"]} if source.engines else {}
+        runtime = RuntimeOptions(cuda_graphs=runtime.cuda_graphs) if source.engines else None
         dtype = dtype if args.dtype is not None else None  # without --dtype: what was exported or built
-    pipe = open_cascade(source, device=device, dtype=dtype, safety=not args.no_safety, **runtime)
+    pipe = open_cascade(source, device=device, dtype=dtype, safety=not args.no_safety, runtime=runtime)
     for stage, source, scale in args.lora:
         pipe.load_lora_weights(source, stage=stage, scale=scale)
     if prompts is not None:
@@ -238,8 +240,7 @@ def _check_prompt_flags(args) -> list[str] | None:
         raise ValueError("--prompts-file makes one text-to-image picture per prompt: drop --image/--num-images")
     if args.out.suffix.lower() == ".png":
         raise ValueError(f"--out {args.out} names one PNG file; --prompts-file writes many: give a folder")
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    positive_int(args.batch_size, "--batch-size")
     try:
         lines = args.prompts_file.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as err:

@@ -6,6 +6,11 @@ import argparse
 import sys
 
 from .common import DTYPES, csv_values
+from ..facts import DEFAULT_STEPS
+from ..stage.options import per_stage
+from ..validate import positive_int
+
+STEPS_TEXT = ",".join(map(str, DEFAULT_STEPS))
 
 DEFAULT_PRESET = "IF-I-XL,IF-II-L,x4"
 
@@ -39,7 +44,7 @@ def register(sub) -> None:
     p.add_argument("--height", type=int, default=64, help="stage I height (default 64)")
     p.add_argument("--width", type=int, default=64, help="stage I width (default 64)")
     p.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
-    p.add_argument("--steps", type=csv_values(int), default=None, help="steps per stage (default 100,50,75)")
+    p.add_argument("--steps", type=csv_values(int), default=None, help=f"steps per stage (default {STEPS_TEXT})")
     p.add_argument("--dtype", choices=DTYPES, default="float16", help="U-Net precision (default float16)")
     p.add_argument(
         "--weights",
@@ -73,7 +78,7 @@ def run(args) -> int:
     else:
         modules = preset_modules(tuple(n.strip() for n in (args.preset or DEFAULT_PRESET).split(",")), dtype)
     workload = Workload(
-        height=args.height, width=args.width, batch=_positive(args.batch, "--batch"), steps=_steps(args.steps)
+        height=args.height, width=args.width, batch=positive_int(args.batch, "--batch"), steps=_steps(args.steps)
     )
     options = PlanOptions(
         cuda_graphs=not args.no_cuda_graphs,
@@ -85,22 +90,6 @@ def run(args) -> int:
     return 0
 
 
-def _positive(value: int, flag: str) -> int:
-    if value < 1:
-        raise ValueError(f"{flag} must be at least 1, got {value}")
-    return value
-
-
 def _steps(value) -> tuple[int, int, int]:
-    from ..stage.options import DEFAULT_STEPS as default
-
-    if value is None:
-        return default
-    values = value if isinstance(value, tuple) else (value,) * 3
-    if len(values) > len(default):
-        raise ValueError(f"--steps takes at most {len(default)} values (one per stage), got {value}")
-    # fewer values than stages is allowed: the later stages keep their defaults
-    values = tuple(v if v is not None else d for v, d in zip(values, default, strict=False)) + default[len(values) :]
-    if any(v < 1 for v in values[:3]):
-        raise ValueError(f"--steps must be positive, got {value}")
-    return values[:3]
+    """One value for every stage, or up to one per stage (missing ones keep the defaults)."""
+    return tuple(positive_int(v, "--steps") for v in per_stage(value, DEFAULT_STEPS, "--steps"))

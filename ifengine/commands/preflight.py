@@ -19,6 +19,7 @@ from ..memory.estimate import Limits, RequestEstimate, RequestTooLarge, estimate
 from ..memory.sizes import format_size, parse_size
 from ..models.checkpoint import Checkpoint, read_run_defaults, resolve
 from ..models.config import UNetConfig
+from ..models.t5_precision import device_has_bf16
 from ..stage import options, sizes
 from ..pipeline.inputs import check_mask, check_strength, load_image, target_size
 from ..pipeline.save import check_out
@@ -140,7 +141,7 @@ def _estimate(ckpts: dict[int, Checkpoint], device, dtype, batch, height, width,
     from ..memory.plan_inputs import checkpoint_modules
 
     kwargs = {f"stage{n}": c.root for n, c in ckpts.items() if n <= last}
-    modules = checkpoint_modules(**kwargs, dtype=dtype)
+    modules = checkpoint_modules(**kwargs, dtype=dtype, bf16=device_has_bf16(device))
     est = estimate_modules(
         modules,
         batch=batch,

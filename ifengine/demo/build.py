@@ -21,6 +21,7 @@ from ..atomic import replacing_folder
 from ..models.checkpoint import RUN_DEFAULTS_KEY
 from ..models.config import UNetConfig, VAEConfig
 from ..models.presets import text_preset, unet_preset, vae_preset
+from ..facts import X4_MAX_NOISE_LEVEL
 from ..schedule import presets as sched
 from .tokenizers import clip_tokenizer_dir, t5_tokenizer_dir
 
@@ -165,7 +166,7 @@ def write_layout(root: Path, stage: int) -> None:
                 "tokenizer": ("transformers", "CLIPTokenizer"),
             },
         )
-        _write_json(root / "model_index.json", {**index, "max_noise_level": sched.X4_MAX_NOISE_LEVEL})
+        _write_json(root / "model_index.json", {**index, "max_noise_level": X4_MAX_NOISE_LEVEL})
 
 
 def write_stage1(root: Path) -> None:

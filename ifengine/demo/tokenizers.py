@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 
+from ..facts import TEXT_TOKENS
+
 logger = logging.getLogger(__name__)
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
@@ -40,7 +42,7 @@ class TinyTokenizerSpec:
     t5_extra_ids: int = 100  # sentinel tokens, as many as real T5 has
     t5_model_max_length: int = 512  # what T5 declares; IF always asks for 77 explicitly
     clip_num_merges: int = 200
-    clip_model_max_length: int = 77
+    clip_model_max_length: int = TEXT_TOKENS
 
 
 DEFAULT_SPEC = TinyTokenizerSpec()

@@ -5,6 +5,7 @@ message names the command that fixes it. A missing TensorRT is an ``ImportError`
 """
 
 from __future__ import annotations
+from ..errors import IFEngineError
 
 INSTALL_HINT = (
     "TensorRT is not installed. `ifengine build` and the TensorRT backend need TensorRT 10.1+ (10.x or 11.x), "
@@ -14,22 +15,22 @@ INSTALL_HINT = (
 )
 
 
-class TensorRTUnavailable(ImportError):
+class TensorRTUnavailable(IFEngineError, ImportError):
     """TensorRT (or a GPU it can use) is missing; the message says how to install it."""
 
     def __init__(self, detail: str = ""):
         super().__init__(f"{INSTALL_HINT}{' (' + detail + ')' if detail else ''}")
 
 
-class RecipeError(ValueError):
+class RecipeError(IFEngineError, ValueError):
     """A build recipe is malformed; the message names the file, the key and the bad value."""
 
 
-class TensorRTError(RuntimeError):
+class TensorRTError(IFEngineError, RuntimeError):
     """TensorRT refused to parse, build, load or run something; the message carries its own errors."""
 
 
-class EngineCacheError(ValueError):
+class EngineCacheError(IFEngineError, ValueError):
     """An engine cannot be used; the message names the build command that makes a fresh one."""
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 from collections.abc import Mapping
 
 from ..export.spec import ComponentSpec
-from .specs import STAGE_OF, spec_from_dict
+from ..facts import STAGE_OF
+from .specs import spec_from_dict
 
 log = logging.getLogger(__name__)
 MANIFEST_KEYS = ("component", "precision", "graph", "graph_sha256", "spec")

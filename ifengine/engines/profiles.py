@@ -12,18 +12,20 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from collections.abc import Mapping
 
-from ..export.spec import TEXT_TOKENS, ComponentSpec, DimRange
+from ..export.spec import ComponentSpec, DimRange
+from ..facts import ALL_COMPONENTS, STAGE_OF, TEXT_ENCODERS, TEXT_TOKENS, UNETS, scale_of
 from .errors import RecipeError
 from .recipe import BatchRange
 from .specs import derived_dims
 
 # Resolution of each image component relative to stage I (stage II and III upscale x4; the x4 U-Net and
 # the VAE decoder work on latents the size of the stage II image).
-SCALE = {"unet1": 1, "step1": 1, "unet2": 4, "step2": 4, "x4_unet": 4, "step3": 4, "vae_decoder": 4}
+IMAGE_COMPONENTS = tuple(c for c in ALL_COMPONENTS if c not in TEXT_ENCODERS)
+SCALE = {c: scale_of(min(STAGE_OF[c], 2)) for c in IMAGE_COMPONENTS}
 # Components whose batch is [uncond; cond] with guidance: opt/max double, min stays (guidance off).
 # The text encoders are included so a runtime may encode prompt and negative prompt in one call.
 # Step graphs double inside the graph (their spec derives cfg_batch = 2 x batch): batch is the image batch.
-CFG_DOUBLED = frozenset({"t5", "clip", "unet1", "unet2", "x4_unet"})
+CFG_DOUBLED = frozenset(TEXT_ENCODERS + UNETS)
 PINNED = frozenset({"batch", "height", "width", "tokens"})  # what static_shapes fixes
 
 

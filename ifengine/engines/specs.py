@@ -19,7 +19,7 @@ from ..schedule.ddpm import DDPMConfig
 from .errors import RecipeError
 from .recipe import ModelChoice
 
-from ..facts import STAGE_OF  # noqa: F401 (re-exported)
+from ..facts import IF_UNETS, STAGE_OF
 
 
 def planned_spec(component: str, models: ModelChoice, checkpoints: Mapping[int, Any] | None = None) -> ComponentSpec:
@@ -28,8 +28,8 @@ def planned_spec(component: str, models: ModelChoice, checkpoints: Mapping[int, 
     ckpt = checkpoints.get(STAGE_OF[component])
     sizes = _cascade_sizes(models, checkpoints)
     at = lambda stage: {"sizes": sizes[stage]} if stage in sizes else {}  # noqa: E731
-    if component in ("unet1", "unet2"):
-        stage = int(component[-1])
+    if component in IF_UNETS:
+        stage = STAGE_OF[component]
         return io.if_unet_spec(_unet(ckpt, models, stage), stage, **at(stage))
     if component == "x4_unet":
         return io.x4_unet_spec(_unet(ckpt, models, 3), **at(3))

@@ -12,24 +12,13 @@ from typing import Any
 from collections.abc import Mapping
 
 from .cache import Target
+from ..dtypes import TRT_NAMES
 from .errors import TensorRTError, TensorRTUnavailable
 
 log = logging.getLogger(__name__)
 # execute_async_v3, named tensors, strongly typed networks (10.0) and weight streaming v2 (10.1); the code
 # knows the 10.x and 11.x APIs (pyproject's gpu extra: tensorrt>=10.1,<12)
 MIN_VERSION, MAX_MAJOR = (10, 1), 11
-
-# TensorRT DataType member name -> torch dtype name.
-TRT_DTYPES = {
-    "FLOAT": "float32",
-    "HALF": "float16",
-    "BF16": "bfloat16",
-    "INT8": "int8",
-    "INT32": "int32",
-    "INT64": "int64",
-    "BOOL": "bool",
-    "UINT8": "uint8",
-}
 
 
 def require_tensorrt():
@@ -81,7 +70,7 @@ def describe_io(trt, engine) -> dict[str, dict[str, Any]]:
         is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
         entry = {
             "input": is_input,
-            "dtype": TRT_DTYPES.get(engine.get_tensor_dtype(name).name),
+            "dtype": TRT_NAMES.get(engine.get_tensor_dtype(name).name),
             "shape": tuple(engine.get_tensor_shape(name)),
         }
         if is_input:

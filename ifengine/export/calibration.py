@@ -21,6 +21,7 @@ from ..schedule import add_noise, ddim_tables, ddpm_tables
 from ..schedule.ddim import DDIMConfig
 from ..schedule.ddpm import DDPMConfig
 from .spec import ComponentSpec
+from ..facts import DEFAULT_NOISE_LEVEL, DEFAULT_STEPS
 
 CALIBRATION_PROMPTS = (
     "a photograph of an astronaut riding a horse",
@@ -50,8 +51,7 @@ HELD_OUT_PROMPTS = (
     "a paper origami crane on a white background",
     "a desert canyon under the milky way",
 )
-DEFAULT_STEPS = {1: 100, 2: 50, 3: 75}
-NOISE_LEVELS = {2: 250, 3: 20}
+NOISE_LEVELS = dict(zip((2, 3), DEFAULT_NOISE_LEVEL, strict=True))
 Embedder = Callable[[list[str]], torch.Tensor]
 
 
@@ -118,8 +118,8 @@ def stage_calls(
 
 def _tables(stage: int, config: Mapping[str, Any]):
     if stage == 3:
-        return ddim_tables(DDIMConfig.from_dict(config["scheduler"]), DEFAULT_STEPS[3])
-    return ddpm_tables(DDPMConfig.from_dict(config["scheduler"]), num_inference_steps=DEFAULT_STEPS[stage])
+        return ddim_tables(DDIMConfig.from_dict(config["scheduler"]), DEFAULT_STEPS[2])
+    return ddpm_tables(DDPMConfig.from_dict(config["scheduler"]), num_inference_steps=DEFAULT_STEPS[stage - 1])
 
 
 def _smooth_image(shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:

@@ -18,6 +18,7 @@ from ..schedule.ddpm import DDPMConfig
 from .spec import ComponentSpec, TensorSpec
 
 from ..dtypes import torch_dtype  # noqa: F401 (re-exported)
+from ..facts import TRAIN_TIMESTEPS
 
 
 def random_inputs(
@@ -44,9 +45,9 @@ def _value(t: TensorSpec, shape: tuple[int, ...], dims, config, gen) -> torch.Te
     if t.name == "guidance":
         return torch.full(shape, 7.0, dtype=dtype)
     if t.name == "timestep":
-        return torch.randint(0, 1000, shape, generator=gen).to(dtype)
+        return torch.randint(0, TRAIN_TIMESTEPS, shape, generator=gen).to(dtype)
     if t.name in ("class_labels", "noise_level"):
-        top = config.get("max_noise_level", 1000)
+        top = config.get("max_noise_level", TRAIN_TIMESTEPS)
         return torch.randint(0, top, shape, generator=gen).to(dtype)
     return torch.randn(shape, generator=gen).to(dtype)
 

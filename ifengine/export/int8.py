@@ -22,6 +22,7 @@ from .hashing import sha256_json
 from .quantize import STATIC_OPTIONS, quantize_static_qdq
 from .spec import ComponentSpec
 from .verify import cosine, run_onnx, session
+from ..facts import TEXT_TOKENS
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ def embedder(stage: int, config: Mapping[str, Any], ckpts: Mapping[int, Checkpoi
             stage,
         )
         gen = torch.Generator().manual_seed(1234)
-        return lambda prompts: 0.15 * torch.randn((len(prompts), 77, width), generator=gen)
+        return lambda prompts: 0.15 * torch.randn((len(prompts), TEXT_TOKENS, width), generator=gen)
     return lambda prompts: encoder.encode(list(prompts)).float()
 
 

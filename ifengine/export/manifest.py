@@ -16,6 +16,7 @@ from collections.abc import Iterable
 
 from ..atomic import write_json_atomic
 from .. import __version__
+from ..errors import IFEngineError
 from .hashing import HashCache, sha256_file
 
 log = logging.getLogger(__name__)
@@ -39,11 +40,11 @@ REQUIRED = (
 )
 
 
-class ManifestError(ValueError):
+class ManifestError(IFEngineError, ValueError):
     """A manifest that is missing, unreadable, or not one this ifengine can use."""
 
 
-class ArtifactError(ValueError):
+class ArtifactError(IFEngineError, ValueError):
     """An artifact whose files are missing, truncated or altered, or that belongs to another export."""
 
 

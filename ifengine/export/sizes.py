@@ -11,8 +11,7 @@ from __future__ import annotations
 import math
 
 from .spec import DimRange
-
-SR_SCALE = 4
+from ..facts import SR_SCALE
 
 
 def _round_up(value: int, multiple: int) -> int:

@@ -28,6 +28,7 @@ from ..facts import ALL_COMPONENTS, NETWORKS, STAGE_OF, STEP_GRAPHS, UNET_OF  # 
 from .sizes import cascade_sizes
 from .spec import ComponentSpec, clip_spec, if_unet_spec, t5_spec, vae_decoder_spec, x4_unet_spec
 from .step_spec import if_step_spec, x4_step_spec
+from ..facts import TEXT_TOKENS, X4_MAX_NOISE_LEVEL
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def _scheduler_files(ckpt: Checkpoint, *names: str) -> tuple[Path, ...]:
 def _t5(ckpt: Checkpoint, parts: _StageParts) -> ComponentSource:
     folder = ckpt.root / "text_encoder"
     raw = ckpt.config("text_encoder")
-    config = {"text_encoder": raw, "use_mask": True, "max_length": 77}
+    config = {"text_encoder": raw, "use_mask": True, "max_length": TEXT_TOKENS}
     files = _component_files(folder, TRANSFORMERS_STEM, parts.variant) + _folder_files(ckpt.root / "tokenizer")
     return ComponentSource(
         "t5",
@@ -128,7 +129,7 @@ def _t5(ckpt: Checkpoint, parts: _StageParts) -> ComponentSource:
 def _clip(ckpt: Checkpoint, parts: _StageParts) -> ComponentSource:
     folder = ckpt.root / "text_encoder"
     raw = ckpt.config("text_encoder")
-    config = {"text_encoder": raw, "use_mask": bool(raw.get("use_attention_mask", False)), "max_length": 77}
+    config = {"text_encoder": raw, "use_mask": bool(raw.get("use_attention_mask", False)), "max_length": TEXT_TOKENS}
     files = _component_files(folder, TRANSFORMERS_STEM, parts.variant) + _folder_files(ckpt.root / "tokenizer")
     return ComponentSource(
         "clip",
@@ -167,7 +168,7 @@ def _stage_config(ckpt: Checkpoint, parts: _StageParts) -> tuple[dict[str, Any],
             "unet": as_json(unet),
             "scheduler": as_json(_scheduler(ckpt, "scheduler", DDIMConfig)),
             "low_res": as_json(_scheduler(ckpt, "low_res_scheduler", DDPMConfig)),
-            "max_noise_level": int(index.get("max_noise_level", 350)),
+            "max_noise_level": int(index.get("max_noise_level", X4_MAX_NOISE_LEVEL)),
         }
         extra = _scheduler_files(ckpt, "scheduler", "low_res_scheduler") + (ckpt.root / "model_index.json",)
     else:

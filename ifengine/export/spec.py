@@ -22,13 +22,14 @@ from typing import Any
 from collections.abc import Mapping
 
 from ..models.config import UNetConfig, VAEConfig
+from ..errors import IFEngineError
+from ..facts import TEXT_TOKENS
 
 MODEL = "model"
-TEXT_TOKENS = 77
 DTYPES = (MODEL, "float32", "float16", "bfloat16", "int64")
 
 
-class SpecError(ValueError):
+class SpecError(IFEngineError, ValueError):
     """A spec, or a shape asked of it, that cannot be honoured; the message names the dim and its range."""
 
 

@@ -16,15 +16,14 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx
 
-from ..dtypes import ONNX_NAMES
+from ..dtypes import onnx_type
 from .spec import ComponentSpec, SpecError
+from ..errors import IFEngineError
 
 log = logging.getLogger(__name__)
 
-ONNX_DTYPES = {name: getattr(onnx.TensorProto, enum) for enum, name in ONNX_NAMES.items()}
 
-
-class GraphCheckError(ValueError):
+class GraphCheckError(IFEngineError, ValueError):
     """An exported graph that fails the ONNX checker, shape inference, or its spec."""
 
 
@@ -56,7 +55,7 @@ def check_io(model: onnx.ModelProto, spec: ComponentSpec) -> None:
 
 def _check_value(component: str, value: onnx.ValueInfoProto, t) -> None:
     tensor = value.type.tensor_type
-    if tensor.elem_type != ONNX_DTYPES[t.dtype]:
+    if tensor.elem_type != onnx_type(t.dtype):
         got = onnx.TensorProto.DataType.Name(tensor.elem_type)
         raise GraphCheckError(f"{component}: {t.name} is {got} in the graph, {t.dtype} in the spec")
     dims = [d.dim_param or d.dim_value for d in tensor.shape.dim]

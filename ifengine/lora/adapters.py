@@ -17,11 +17,12 @@ import torch
 from torch import nn
 
 from .format import LoraLayer
+from ..errors import IFEngineError
 
 log = logging.getLogger(__name__)
 
 
-class LoraError(ValueError):
+class LoraError(IFEngineError, ValueError):
     """A LoRA that does not fit this U-Net, or an adapter name that is not loaded."""
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from collections.abc import Mapping
 
 import torch
+from ..errors import IFEngineError
 
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # what diffusers' save_lora_weights writes
 METADATA_KEY = "lora_adapter_metadata"
@@ -39,7 +40,7 @@ OLD_NAMES = (
 KEY = re.compile(r"^(?P<module>.+)\.(?P<part>lora_A|lora_B)(?:\.[^.]+)?\.weight$")
 
 
-class LoraFormatError(ValueError):
+class LoraFormatError(IFEngineError, ValueError):
     """A LoRA file this loader cannot read; the message names the keys and what is accepted."""
 
 

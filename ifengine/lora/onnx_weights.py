@@ -25,10 +25,12 @@ from onnx import numpy_helper
 from onnx.external_data_helper import uses_external_data
 
 from ..atomic import replacing
+from ..dtypes import onnx_type, torch_dtype
 from .adapters import LoraError, WeightUpdate
 
 log = logging.getLogger(__name__)
-ONNX_DTYPES = {onnx.TensorProto.FLOAT: torch.float32, onnx.TensorProto.FLOAT16: torch.float16}
+# The initializer types a LoRA can patch in place.
+ONNX_DTYPES = {onnx_type(name): torch_dtype(name) for name in ("float32", "float16")}
 
 
 @dataclass(frozen=True)

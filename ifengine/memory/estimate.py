@@ -23,17 +23,19 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from ..facts import UNET_OF
+from ..facts import DEFAULT_STEPS, SR_SCALE, UNET_OF, scale_of
 from ..models.int8 import compute_dtype, largest_dequantized_bytes
 from .sizes import format_size
 from .workload import Workload, buffer_bytes, decode_activation, text_activation_bytes, unet_step_activation
+from ..errors import IFEngineError
+from ..validate import positive_int
 
 log = logging.getLogger(__name__)
 ACTIVATION_MARGIN = 1.25  # the planner's: traced peaks assume a perfect allocator
 STAGE_PHASES = {1: ("text", "stage1"), 2: ("stage2",), 3: ("stage3", "decode")}
 
 
-class RequestTooLarge(ValueError):
+class RequestTooLarge(IFEngineError, ValueError):
     """A request whose estimate exceeds the memory it may use, or an explicit max_pixels/max_batch."""
 
     def __init__(self, estimate: RequestEstimate):
@@ -52,9 +54,7 @@ class Limits:
 
     def __post_init__(self) -> None:
         for name in ("memory", "max_pixels", "max_batch"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a whole number >= 1 or None, got {value!r}")
+            positive_int(getattr(self, name), name, none_ok=True)
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,7 @@ def _bytes(value: int) -> str:
 
 
 def output_size(height: int, width: int, last_stage: int) -> tuple[int, int]:
-    return height * 4 ** (last_stage - 1), width * 4 ** (last_stage - 1)
+    return height * scale_of(last_stage), width * scale_of(last_stage)
 
 
 def available_memory(device: torch.device | str) -> tuple[int | None, str]:
@@ -197,14 +197,14 @@ def _text_cost(name: str, module: nn.Module, stage: int) -> PhaseCost:
 
 def _unet_cost(modules: dict[str, nn.Module], stage: int, base: int) -> PhaseCost:
     unet = modules[UNET_OF[stage]]
-    side = base * 4 ** (min(stage, 2) - 1)  # stage III's latents have stage II's size
+    side = base * scale_of(min(stage, 2))  # stage III's latents have stage II's size
     kind = "x4" if stage == 3 else f"if{stage}"
     per = unet_step_activation(kind, unet.config, compute_dtype(unet), 1, side, side, True, _unet_text_dim(unet))
     return PhaseCost(f"stage{stage}", stage, per, base * base, largest_dequantized_bytes(unet))
 
 
 def _decode_cost(vae: nn.Module, base: int) -> PhaseCost:
-    side = base * 4
+    side = base * SR_SCALE
     return PhaseCost("decode", 3, decode_activation(vae.config, compute_dtype(vae), 1, side, side, None, 0), base**2)
 
 
@@ -282,7 +282,7 @@ def estimate(
     height: int,
     width: int,
     last_stage: int,
-    steps=(100, 50, 75),
+    steps=DEFAULT_STEPS,
     limit: tuple[int | None, str] = (None, ""),
     multiple: int = 8,
 ) -> RequestEstimate:
@@ -385,7 +385,7 @@ def estimate_modules(
     height: int,
     width: int,
     last_stage: int = 3,
-    steps=(100, 50, 75),
+    steps=DEFAULT_STEPS,
     device: torch.device | str = "cpu",
     weights_loaded: bool = True,
     limits: Limits = Limits(),

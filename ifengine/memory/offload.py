@@ -27,6 +27,7 @@ from torch import nn
 from .planner import RESIDENT, UNETS, MemoryPlan, Placement, stream_slot_offsets
 from .sizes import format_size
 from .weight_layout import Rebinder, Slot, bind_all, fill, layout, unique_tensors, unit_tensors
+from ..errors import IFEngineError
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 PLACED = "_ifengine_weights_placed"
 
 
-class PlanMismatchError(ValueError):
+class PlanMismatchError(IFEngineError, ValueError):
     """The modules being placed are not the ones the plan was made for."""
 
 

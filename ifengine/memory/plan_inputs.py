@@ -19,6 +19,7 @@ from ..models.config import UNetConfig, VAEConfig
 from ..models.if_unet import IFUNet
 from ..models.int8 import compute_dtype, largest_dequantized_bytes
 from ..models.presets import text_preset, unet_preset, vae_preset
+from ..models.t5_precision import t5_dtype
 from ..models.vae import VAEDecoder, decode_dtype
 from ..facts import UNET_OF
 from ..models.x4_unet import X4UNet
@@ -41,11 +42,6 @@ DEFAULT_WORKLOAD = Workload()  # frozen: one shared default instance is safe
 DECODE_TILES = (128, 96, 64, 48, 32)  # latent pixels; overlap is a quarter of the tile, as diffusers uses
 
 
-def text_dtype(dtype: torch.dtype) -> torch.dtype:
-    """T5 v1.1 overflows float16: GPUs run it in bfloat16 then (``components.t5_dtype``)."""
-    return torch.bfloat16 if dtype == torch.float16 else dtype
-
-
 def _meta(factory, *args):
     """``factory(*args)`` built on the meta device (args, not a closure: loops pass their current values)."""
     with torch.device("meta"):
@@ -66,18 +62,22 @@ def _text_kwargs(preset: str, min_vocab: int) -> dict:
 
 
 @functools.lru_cache(maxsize=8)
-def preset_modules(names: tuple[str, ...], dtype: torch.dtype, min_vocab: int = 0) -> dict[str, nn.Module]:
+def preset_modules(
+    names: tuple[str, ...], dtype: torch.dtype, min_vocab: int = 0, bf16: bool = True
+) -> dict[str, nn.Module]:
     """Meta modules for presets like ("IF-I-XL", "IF-II-L", "x4"); T5-XXL comes with stage I.
 
     "tiny-I", "tiny-II", "tiny-x4" give the tiny test models with tiny encoders. ``min_vocab`` widens the
-    text encoders' vocabularies (only needed when tiny encoders meet a real tokenizer).
+    text encoders' vocabularies (only needed when tiny encoders meet a real tokenizer). ``bf16``: whether
+    the planned device has bfloat16, which decides T5's precision as the loader decides it (default: a
+    GPU that has it, as every GPU the planner targets since Ampere does).
     """
     if len(names) not in (1, 2, 3):
         raise ValueError(f"give 1 to 3 presets (stage I[, II[, III]]), got {names}")
     tiny = names[0].startswith("tiny")
     t5 = _text_kwargs("tiny-t5" if tiny else "t5-v1_1-xxl", min_vocab)
     modules = {
-        "t5": _transformers_text("t5", t5, text_dtype(dtype)),
+        "t5": _transformers_text("t5", t5, t5_dtype(dtype, bf16)),
         "unet1": _meta(lambda: IFUNet(unet_preset(names[0]))).to(dtype),
     }
     if len(names) > 1:
@@ -95,8 +95,11 @@ def preset_modules(names: tuple[str, ...], dtype: torch.dtype, min_vocab: int = 
     return modules
 
 
-def checkpoint_modules(stage1=None, stage2=None, stage3=None, *, dtype: torch.dtype) -> dict[str, nn.Module]:
-    """Meta modules from checkpoint folders' config files (no weights are read)."""
+def checkpoint_modules(
+    stage1=None, stage2=None, stage3=None, *, dtype: torch.dtype, bf16: bool = True
+) -> dict[str, nn.Module]:
+    """Meta modules from checkpoint folders' config files (no weights are read); ``bf16`` as in
+    ``preset_modules``."""
     from transformers import AutoConfig, CLIPTextModel, T5EncoderModel
 
     from ..models.checkpoint import resolve
@@ -111,7 +114,7 @@ def checkpoint_modules(stage1=None, stage2=None, stage3=None, *, dtype: torch.dt
         if stage == 1 and ckpt.has("text_encoder"):
             with damaged_folder(ckpt.root / "text_encoder"):
                 t5 = AutoConfig.from_pretrained(ckpt.root / "text_encoder")
-            modules["t5"] = _meta(T5EncoderModel, t5).to(text_dtype(dtype))
+            modules["t5"] = _meta(T5EncoderModel, t5).to(t5_dtype(dtype, bf16))
         if stage == 3:
             vae = ckpt.parsed(VAEConfig, "vae")
             with damaged_folder(ckpt.root / "text_encoder"):

@@ -23,16 +23,16 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-from ..facts import UNET_OF
+from ..facts import UNETS
 from .workload import CAPTURED_PHASES, PlanInputs, Workload
 from .sizes import format_size
+from ..errors import IFEngineError
 
 RESIDENT, OFFLOAD, STREAM = "resident", "offload", "stream"
-UNETS = tuple(UNET_OF.values())
 MiB = 2**20
 
 
-class PlanError(ValueError):
+class PlanError(IFEngineError, ValueError):
     """No placement fits the budget; the message says what the tightest phase needs."""
 
 

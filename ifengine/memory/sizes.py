@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from ..errors import IFEngineError
 
 # Decimal units are what GPU vendors print on the box; binary units are what CUDA reports. Both are
 # accepted, spelled out, because "8G" is ambiguous by 7 % and that is enough to break a tight plan.
@@ -22,7 +23,7 @@ _PATTERN = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*$")
 GiB = 2**30
 
 
-class SizeError(ValueError):
+class SizeError(IFEngineError, ValueError):
     """A memory size that cannot be read."""
 
 

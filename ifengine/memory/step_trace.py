@@ -16,6 +16,7 @@ from ..stage.steps import if_step, x4_step
 from ..schedule import ddim_tables, ddpm_tables
 from ..schedule.presets import IF_STAGE1_DDPM, IF_STAGE2_DDPM, X4_DDIM
 from .meta_trace import module_tensors, peak_activation_bytes
+from ..facts import TEXT_TOKENS
 
 META = torch.device("meta")
 _TRACE_STEPS = 4  # the step's peak does not depend on the number of steps
@@ -40,7 +41,7 @@ def trace_step(
     """``kind`` "if1", "if2" (stage II, with the upscaled image) or "x4"; ``batch`` counts images."""
     rows = 2 * batch if cfg else batch
     index = _tensor((), torch.long)
-    embeds, guidance = _tensor((rows, 77, text_dim), dtype), _tensor((), dtype)
+    embeds, guidance = _tensor((rows, TEXT_TOKENS, text_dim), dtype), _tensor((), dtype)
     if kind == "x4":
         unet = _meta(X4UNet, config, dtype)
         tables = ddim_tables(X4_DDIM, _TRACE_STEPS).to(META)

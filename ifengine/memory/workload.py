@@ -18,6 +18,7 @@ from torch import nn
 from ..models.int8 import compute_dtype, is_quantized
 from .exec_order import in_execution_order
 from .partition import DEFAULT_MAX_UNIT_BYTES, Partition, partition
+from ..facts import DEFAULT_STEPS, TEXT_ENCODERS, TEXT_TOKENS, UNETS, scale_of
 
 # The phases of one generate call, in order, and the components each one runs.
 PHASES: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -35,7 +36,6 @@ PHASE_LABELS = {
     "stage3": "stage III",
     "decode": "VAE decode",
 }
-TEXT_TOKENS = 77
 
 
 @dataclass(frozen=True)
@@ -45,11 +45,11 @@ class Workload:
     height: int = 64
     width: int = 64
     batch: int = 1  # images per call (prompts x images per prompt)
-    steps: tuple[int, int, int] = (100, 50, 75)
+    steps: tuple[int, int, int] = DEFAULT_STEPS
     cfg: tuple[bool, bool, bool] = (True, True, True)
 
     def size(self, stage: int) -> tuple[int, int]:
-        return self.height * 4 ** (stage - 1), self.width * 4 ** (stage - 1)
+        return self.height * scale_of(stage), self.width * scale_of(stage)
 
     def unet_batch(self, stage: int) -> int:
         return self.batch * (2 if self.cfg[stage - 1] else 1)
@@ -110,8 +110,8 @@ def text_activation_bytes(hidden: int, ffn: int, heads: int, batch: int, itemsiz
 
 
 def forwards_per_run(name: str, workload: Workload) -> int:
-    steps = dict(zip(("unet1", "unet2", "x4_unet"), workload.steps, strict=True))
-    return steps.get(name, 2 if name in ("t5", "clip") else 1)  # encoders: prompts, then negatives
+    steps = dict(zip(UNETS, workload.steps, strict=True))
+    return steps.get(name, 2 if name in TEXT_ENCODERS else 1)  # encoders: prompts, then negatives
 
 
 @functools.lru_cache(maxsize=64)

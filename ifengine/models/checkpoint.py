@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import DamagedFileError, read_json
+from ..errors import IFEngineError, DamagedFileError, read_json
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ GATED_HINT = (
 )
 
 
-class CheckpointError(ValueError):
+class CheckpointError(IFEngineError, ValueError):
     """A checkpoint path or id cannot be used for the stage it was given for."""
 
 

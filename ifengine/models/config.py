@@ -12,6 +12,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field, fields
 from typing import Any
+from ..facts import TEXT_TOKENS
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +201,7 @@ class TextEncoderConfig:
     num_heads: int
     ffn_size: int
     vocab_size: int
-    max_length: int = 77
+    max_length: int = TEXT_TOKENS
     head_dim: int = 64
     relative_buckets: int = 32
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)

@@ -16,7 +16,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from ..errors import DamagedFileError
+from ..errors import IFEngineError, DamagedFileError
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ DIFFUSERS_STEM = "diffusion_pytorch_model"
 TRANSFORMERS_STEM = "model"
 
 
-class WeightsError(ValueError):
+class WeightsError(IFEngineError, ValueError):
     """A weight folder is missing, incomplete or does not fit the module it is loaded into."""
 
 

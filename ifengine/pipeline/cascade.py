@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -16,6 +17,7 @@ from ..text.encoder import PromptEncoder
 from . import aliases, edit, embeds, limits, metadata
 from ..stage import options, sizes
 from ..runtime.fetch import fetch_checked
+from ..runtime.options import DEFAULTS as RUNTIME_DEFAULTS, RuntimeOptions
 from .images import convert
 from .loader import load_parts, placement
 from .many import ManyOutput, generate_many
@@ -55,11 +57,16 @@ class Cascade(LoraMixin):
         safety=None,
         defaults: options.RunDefaults = options.RunDefaults(),  # noqa: B008 - frozen, safe to share
         executor: str = "auto",
+        sources: Mapping[int, str] | None = None,
+        runtime=None,
     ):
+        """``sources``: what each stage was loaded from (stage -> name), recorded in image metadata.
+        ``runtime``: the GPU runtime that runs the stage loops (see ``set_runtime``); None: plain loops."""
         self.text, self.stage1, self.stage2, self.stage3 = text, stage1, stage2, stage3
         self.device, self.dtype, self.safety = torch.device(device), dtype, safety
         self.defaults = defaults
-        self.runtime = None  # the GPU runtime (static buffers, CUDA graphs, planner) once use_runtime() ran
+        self.sources: dict[int, str] = dict(sources or {})
+        self.runtime = runtime
         for encoder in self.encoders():
             # their finite checks travel with the images (runtime/fetch.py): encoding never waits
             encoder.defer_checks = True
@@ -101,6 +108,7 @@ class Cascade(LoraMixin):
         max_size: tuple[int | None, int | None] | None = None,
         torch_dtype: torch.dtype | None = None,
         text_encoder: str | None = "auto",
+        runtime: RuntimeOptions | None = None,
     ) -> Cascade:
         """Load checkpoints given as local folders in the Hub layout or as Hub ids.
 
@@ -110,7 +118,8 @@ class Cascade(LoraMixin):
         the budget would otherwise stream every step. ``throughput=True`` builds the runtime for
         ``generate_many`` with overlapped stages (every U-Net then stays resident). ``max_batch``: the most
         images one call (or one ``generate_many`` batch) makes, and ``max_size`` its largest stage I
-        (height, width); buffers and the memory plan are sized for them.
+        (height, width); buffers and the memory plan are sized for them. ``runtime``: a ``RuntimeOptions``
+        with all of these (and the rest of the runtime's switches); the keywords above override it.
 
         diffusers spellings: ``torch_dtype`` is ``dtype`` (float32 when neither is given);
         ``text_encoder=None`` loads no T5 (calls then take ``prompt_embeds=``, see ``encode_prompt``).
@@ -125,13 +134,8 @@ class Cascade(LoraMixin):
         if variant is not None and not isinstance(variant, str):
             raise TypeError(f"variant must be a string such as 'fp16' or None, got {variant!r}")
         source = ModelSource(stage1=stage1, stage2=stage2, stage3=stage3, variant=variant)
-        return open_cascade(
-            source,
-            device=device,
-            dtype=dtype,
-            safety=safety,
-            text_encoder=text_encoder,
-            text_dtype=text_dtype,
+        runtime = RuntimeOptions.of(  # checked before anything loads
+            runtime,
             vram_budget=vram_budget,
             cuda_graphs=cuda_graphs,
             compile=compile,
@@ -141,11 +145,20 @@ class Cascade(LoraMixin):
             max_batch=max_batch,
             max_size=max_size,
         )
+        return open_cascade(
+            source,
+            device=device,
+            dtype=dtype,
+            safety=safety,
+            text_encoder=text_encoder,
+            text_dtype=text_dtype,
+            runtime=runtime,
+        )
 
     @classmethod
     def from_parts(cls, parts: CascadeParts) -> Cascade:
         """A cascade over loaded parts (``pipeline.loader``)."""
-        pipe = cls(
+        return cls(
             text=parts.text,
             stage1=parts.stage1,
             stage2=parts.stage2,
@@ -154,18 +167,22 @@ class Cascade(LoraMixin):
             dtype=parts.dtype,
             safety=parts.safety,
             defaults=parts.defaults,
+            sources=dict(parts.sources),
         )
-        pipe.sources = dict(parts.sources)
-        return pipe
 
-    def use_runtime(
-        self, vram_budget: int | str | None = None, cuda_graphs: bool | None = None, compile: bool = False, **options
-    ) -> Cascade:
+    def use_runtime(self, options: RuntimeOptions | None = None, **keywords) -> Cascade:
         """Run stages through the lean runtime (ifengine/runtime): static buffers, one pinned upload per
-        stage, CUDA graphs per step shape, and with ``vram_budget`` the memory planner's placement."""
-        from ..runtime import configure
+        stage, CUDA graphs per step shape, and with ``vram_budget`` the memory planner's placement.
+        ``options`` or its fields as keywords (``vram_budget=``, ``cuda_graphs=``, ...): see RuntimeOptions."""
+        from ..runtime.api import configure
 
-        configure(self, vram_budget=vram_budget, cuda_graphs=cuda_graphs, compile=compile, **options)
+        configure(self, options, **keywords)
+        return self
+
+    def set_runtime(self, runtime) -> Cascade:
+        """Route the stage loops through ``runtime`` (``configure`` attaches the one it builds); None
+        returns to the plain torch loops."""
+        self.runtime = runtime
         return self
 
     @property
@@ -181,7 +198,9 @@ class Cascade(LoraMixin):
         backends/onnxruntime/load.py) and ``runtime`` (False: the plain stage loops, not the GPU runner)."""
         if backend != "onnxruntime":
             raise ValueError(f"unknown backend {backend!r}; from_artifacts supports 'onnxruntime'")
-        return open_cascade(ModelSource(artifacts=str(artifacts)), device="cpu", providers=providers, **kwargs)
+        graph_runtime = kwargs.pop("runtime", True)  # False: the plain stage loops
+        source = ModelSource(artifacts=str(artifacts))
+        return open_cascade(source, device="cpu", providers=providers, graph_runtime=graph_runtime, **kwargs)
 
     @classmethod
     def from_engines(
@@ -237,16 +256,16 @@ class Cascade(LoraMixin):
         )
         request = self.make_request(
             prompt,
-            negative_prompt,
-            height,
-            width,
-            num_images_per_prompt,
-            steps,
-            guidance,
-            noise_level,
-            timesteps,
-            last_stage,
-            output_type,
+            negative_prompt=negative_prompt,
+            height=height,
+            width=width,
+            num_images_per_prompt=num_images_per_prompt,
+            steps=steps,
+            guidance=guidance,
+            noise_level=noise_level,
+            timesteps=timesteps,
+            last_stage=last_stage,
+            output_type=output_type,
         )
         request = embeds.attach(self, request, given)
         generator, seed = make_generator(generator, seed)
@@ -303,18 +322,20 @@ class Cascade(LoraMixin):
     def make_request(
         self,
         prompt,
-        negative_prompt,
-        height,
-        width,
-        num_images_per_prompt,
-        steps,
-        guidance,
-        noise_level,
-        timesteps,
-        last_stage,
-        output_type,
+        *,
+        negative_prompt=None,
+        height: int | None = None,
+        width: int | None = None,
+        num_images_per_prompt: int = 1,
+        steps=None,
+        guidance=None,
+        noise_level=None,
+        timesteps=(None, None, None),
+        last_stage: int | None = None,
+        output_type: str = "pil",
     ) -> Request:
-        """Validate everything a run needs before any work starts."""
+        """Validate everything a run needs before any work starts. Settings are keywords with ``__call__``'s
+        defaults (eleven positional values were easy to pass in the wrong order)."""
         if self.stage1 is None:
             raise RequestError("text-to-image needs a stage I checkpoint (stage1=)")
         last = self.resolve_last_stage(last_stage)
@@ -417,10 +438,6 @@ class Cascade(LoraMixin):
         return None if last_stage == 3 else (self.stage1, self.stage2)[last_stage - 1].unet.config.sample_size
 
 
-# runtime options of a torch cascade: with graphs or engines the exports fix precision and memory
-_TORCH_RUNTIME = ("vram_budget", "compile", "channels_last", "weights", "throughput", "max_batch", "max_size")
-
-
 def open_cascade(
     source: ModelSource | None = None,
     *,
@@ -429,21 +446,27 @@ def open_cascade(
     safety: bool = True,
     text_encoder: str | None = "auto",
     text_dtype: torch.dtype | None = None,
-    cuda_graphs: bool | None = None,
-    runtime: bool = True,
+    runtime: RuntimeOptions | None = None,
+    graph_runtime: bool = True,
     **options,
 ) -> Cascade:
     """The cascade ``source`` names (default: the tiny demo), on ``device`` in ``dtype`` (default: the
-    source's, else cuda + float16 when a GPU is visible, cpu + float32 otherwise), with the GPU runtime
-    where it applies. ``options``: the torch runtime's (vram_budget, weights, throughput, max_batch, ...)
-    for checkpoints, the graph or engine loader's (precision, providers, verify, ...) for those sources."""
+    source's, else cuda + float16 when a GPU is visible, cpu + float32 otherwise; graphs and engines:
+    the precision they were exported or built in), with the GPU runtime where it applies.
+
+    ``runtime`` (a ``RuntimeOptions``) or its fields as keywords (vram_budget, weights, throughput,
+    max_batch, cuda_graphs, ...) set up the torch runtime for checkpoints; with graphs and engines only
+    ``cuda_graphs`` applies. Other keywords go to the graph or engine loader (precision, providers,
+    verify, use_step_graphs, ...); ``graph_runtime=False`` leaves exported graphs on the plain loops."""
     source = source or ModelSource()
     asked = dtype or source.dtype  # graphs and engines run in their own precision unless one is asked for
     device, dtype = placement(device or source.device, asked)
-    torch_runtime = {k: options.pop(k) for k in _TORCH_RUNTIME if k in options}
-    if source.uses_graphs and torch_runtime:
-        raise TypeError(f"{', '.join(torch_runtime)} act on torch checkpoints only, not on graphs or engines")
-    host_first = torch_runtime.get("vram_budget") is not None  # the planner places every weight itself
+    keywords = {k: options.pop(k) for k in (*RUNTIME_DEFAULTS, "throughput") if k in options}
+    settings = RuntimeOptions.of(runtime, **keywords)  # bad values fail here, before anything loads
+    if source.uses_graphs and dataclasses.replace(settings, cuda_graphs=None) != RuntimeOptions():
+        raise TypeError(
+            "the runtime options act on torch checkpoints only: graphs and engines fix precision and memory"
+        )
     parts = load_parts(
         source,
         device,
@@ -451,27 +474,12 @@ def open_cascade(
         safety=safety,
         text_encoder=text_encoder,
         text_dtype=text_dtype,
-        host_first=host_first,
+        host_first=settings.vram_budget is not None,  # the planner places every weight itself
         **options,
     )
     pipe = Cascade.from_parts(parts)
     if source.kind == "artifacts":
-        if runtime:
-            pipe.use_runtime(cuda_graphs=False)  # ORT calls are never capturable
-    elif source.kind == "engines":  # on a CPU (Inductor packages compiled for it) nothing is captured
-        pipe.use_runtime(cuda_graphs=cuda_graphs is not False and parts.device.type == "cuda")
-    elif _wants_runtime(device, cuda_graphs, torch_runtime):
-        mode = "throughput" if torch_runtime.pop("throughput", False) else "latency"
-        pipe.use_runtime(cuda_graphs=cuda_graphs, mode=mode, **torch_runtime)
-    return pipe
-
-
-def _wants_runtime(device: torch.device, cuda_graphs, options: dict) -> bool:
-    """The GPU runtime runs on CUDA, under a memory budget, with CUDA graphs, int8 weights or throughput."""
-    return (
-        device.type == "cuda"
-        or options.get("vram_budget") is not None
-        or bool(cuda_graphs)
-        or options.get("weights") == "int8"
-        or bool(options.get("throughput"))
-    )
+        return pipe.use_runtime(cuda_graphs=False) if graph_runtime else pipe  # ORT calls are never capturable
+    if source.kind == "engines":  # on a CPU (Inductor packages compiled for it) nothing is captured
+        return pipe.use_runtime(cuda_graphs=settings.cuda_graphs is not False and parts.device.type == "cuda")
+    return pipe.use_runtime(settings) if settings.wanted_on(device.type) else pipe

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from ..dtypes import FLOAT_DTYPES, torch_dtype
 from ..errors import one_line
 from ..memory.estimate import Limits, RequestEstimate, check_request
 from ..memory.sizes import parse_size
@@ -35,7 +36,7 @@ def check_device(device) -> torch.device:
     return device
 
 
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+DTYPES = tuple(torch_dtype(name) for name in FLOAT_DTYPES)
 
 
 def check_dtype(dtype, name: str = "dtype") -> torch.dtype:

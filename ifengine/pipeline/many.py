@@ -19,6 +19,7 @@ import torch
 from ..stage import stages
 from ..stage.noise import make_generator
 from ..stage.options import RequestError, as_prompts
+from ..validate import positive_int
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,7 @@ def generate_many(
     from ..runtime.throughput import run_throughput
 
     prompts = list(as_prompts(prompts, "prompts"))
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise RequestError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+    positive_int(batch_size, "batch_size", error=RequestError)
     _, seed = make_generator(None, seed)
     runtime = cascade.runtime or _PlainRunner()
     overlap = runtime.options.mode == "throughput"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+from ..errors import IFEngineError
 
 PARAMETERS_KEY = "parameters"
 SETTINGS_KEY = "ifengine"
@@ -27,13 +28,13 @@ STAGE_NAMES = ("", "Stage II", "Stage III")
 SAMPLERS = ("DDPM", "DDPM", "DDIM")  # the schedulers of IF-I, IF-II and the x4 upscaler
 
 
-class MetadataError(ValueError):
+class MetadataError(IFEngineError, ValueError):
     """An image without ifengine or A1111 metadata, or one that cannot be read."""
 
 
 def run_facts(pipe, last_stage: int) -> dict[str, Any]:
     """What a run's settings record about the cascade: model sources and active LoRA adapters."""
-    sources = getattr(pipe, "sources", {}) or {}
+    sources = pipe.sources
     facts: dict[str, Any] = {
         "models": [sources.get(n) for n in range(1, last_stage + 1)],
         "dtype": str(pipe.dtype).removeprefix("torch."),

@@ -1,6 +1,7 @@
 """The stage loops on a GPU: static buffers, CUDA-graph capture and replay of whole steps, throughput mode.
 
 - ``api``: ``configure(cascade, vram_budget=..., cuda_graphs=...)`` returns the ``Runtime``
+- ``options``: ``RuntimeOptions``, the one list of the runtime's switches (API, configure, CLI)
 - ``gpu_runner``: stage loops over static buffers, one graph launch per step
 - ``graphs`` / ``capture_audit``: capture of one whole step per shape, and what would break a capture
 - ``buffers`` / ``stage_inputs``: static device buffers, pinned host staging, one upload per stage
@@ -12,7 +13,7 @@ Imported lazily so that importing this package costs nothing.
 
 from __future__ import annotations
 
-_LAZY = {"configure": "api", "Runtime": "api", "RuntimeOptions": "api"}
+_LAZY = {"configure": "api", "Runtime": "api", "RuntimeOptions": "options"}
 
 __all__ = sorted(_LAZY)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import logging
-from dataclasses import dataclass, field
 
 import torch
 
@@ -18,29 +17,15 @@ from ..backends.torch.settings import TorchBackendOptions, UNetBackend
 from ..memory.offload import WeightPlacer
 from ..memory.plan_inputs import cascade_modules
 from ..memory.planner import UNETS, MemoryPlan, PlanOptions
-from ..memory.sizes import GiB, format_size, parse_size
-from ..memory.weight_precision import apply_int8, check_weights, choose_weights
+from ..memory.sizes import GiB, format_size
+from ..memory.weight_precision import apply_int8, choose_weights
 from ..memory.workload import Workload
 from .buffers import HostFetch, fetch_no_sync
 from .gpu_runner import DecodeSettings, GraphRunner
 from .graphs import GraphCache, check_graph_device
+from .options import RuntimeOptions
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RuntimeOptions:
-    """Every switch of the GPU runtime (see ``backend`` for why the defaults are what they are)."""
-
-    vram_budget: int | None = None  # bytes the allocator may use; None: no planning, weights stay put
-    cuda_graphs: bool = True  # False: eager steps through the same static buffers (debugging)
-    warmup_steps: int = 2
-    mode: str = "latency"  # "throughput": stage I and stages II/III on two streams (see throughput.py)
-    graph_scope: str = "auto"
-    limit_allocator: bool = False  # enforce the budget with torch.cuda.set_per_process_memory_fraction
-    weights: str = "auto"  # U-Net weights: "native", "int8", or "auto" (int8 only where native would stream)
-    backend: TorchBackendOptions = field(default_factory=TorchBackendOptions)
-    plan: PlanOptions | None = None  # planner knobs (reserve, margin); derived from the above when None
 
 
 class Runtime:
@@ -119,7 +104,7 @@ class Runtime:
         if getattr(self.cascade, "runtime", None) is self:
             # cascade.runtime <-> runtime.cascade is a reference cycle: only the cyclic collector would
             # free the pair (and every device buffer they hold); detaching lets plain refcounting do it
-            self.cascade.runtime = None
+            self.cascade.set_runtime(None)
 
 
 def _check_concurrent(cascade) -> None:
@@ -155,22 +140,11 @@ def default_workload(cascade, batch: int = 1, size: tuple[int | None, int | None
 
 
 def configure(
-    cascade,
-    vram_budget: int | str | None = None,
-    cuda_graphs: bool | None = None,
-    compile: bool = False,
-    channels_last: bool = False,
-    *,
-    workload: Workload | None = None,
-    mode: str = "latency",
-    limit_allocator: bool = False,
-    weights: str = "auto",
-    max_batch: int = 1,
-    max_size: tuple[int | None, int | None] | None = None,
-    options: RuntimeOptions | None = None,
+    cascade, options: RuntimeOptions | None = None, *, workload: Workload | None = None, **keywords
 ) -> Runtime:
-    """Build the GPU runtime for ``cascade`` and attach it (``cascade.runtime``): its calls then run here.
+    """Build the GPU runtime for ``cascade`` and attach it (``cascade.set_runtime``): its calls then run here.
 
+    ``options`` (a ``RuntimeOptions``) or its fields as keywords (they override ``options``'s), e.g.
     ``vram_budget`` ("8GiB", "12GB" or bytes) makes the planner place every weight and moves them now:
     load the cascade on the CPU first so that nothing has to fit the device before planning.
     ``cuda_graphs`` defaults to on for CUDA cascades and off elsewhere. ``workload`` is the largest call
@@ -180,31 +154,16 @@ def configure(
     only for U-Nets the budget would otherwise stream every step (see weight_precision.py).
     """
     device = torch.device(cascade.device)
-    graphs = (device.type == "cuda") if cuda_graphs is None else cuda_graphs
-    if options is None:
-        budget = parse_size(vram_budget) if vram_budget is not None else None
-        options = RuntimeOptions(
-            vram_budget=budget,
-            cuda_graphs=graphs,
-            mode=mode,
-            limit_allocator=limit_allocator,
-            weights=check_weights(weights),
-            backend=TorchBackendOptions(channels_last=channels_last, compile=compile),
-        )
+    options = RuntimeOptions.of(options, **keywords)
+    options = options.for_device(device.type)
     if options.cuda_graphs:
         check_graph_device(device)
     if options.mode == "throughput":
         _check_concurrent(cascade)
-    _check_positive("max_batch", max_batch)
-    for part in max_size or ():
-        if part is not None:
-            _check_positive("max_size", part)
-    workload = workload or default_workload(cascade, max_batch, max_size)
-    plan_options = options.plan or PlanOptions(
-        cuda_graphs=options.cuda_graphs, graph_scope=options.graph_scope, mode=options.mode
-    )
+    workload = workload or default_workload(cascade, options.max_batch, options.max_size)
+    plan_options = options.plan_options()
     plan = _choose_int8(cascade, options, workload, plan_options)  # before layout changes and placement
-    backend = UNetBackend(options.backend)
+    backend = UNetBackend(TorchBackendOptions(channels_last=options.channels_last, compile=options.compile))
     for unet in _unets(cascade):
         backend.prepare(unet)
     placer = _place(cascade, options, plan, device) if plan is not None else None
@@ -222,13 +181,8 @@ def configure(
     runtime = Runtime(cascade, options, runner, backend, plan, placer)
     # attached, because placed weights are only valid through the runtime's ensure(): a cascade left on
     # its plain loops would compute with whichever component last filled the swap area
-    cascade.runtime = runtime
+    cascade.set_runtime(runtime)
     return runtime
-
-
-def _check_positive(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be whole numbers >= 1, got {value!r}")
 
 
 def _reserve(runner: GraphRunner, cascade, workload: Workload) -> None:
@@ -283,7 +237,7 @@ def _choose_int8(cascade, options: RuntimeOptions, workload: Workload, plan_opti
 def _place(cascade, options: RuntimeOptions, plan: MemoryPlan, device: torch.device) -> WeightPlacer:
     modules = cascade_modules(cascade)
     streamed = [p.name for p in plan.placements if p.name in UNETS and p.streamed_units]
-    if options.backend.compile and streamed:
+    if options.compile and streamed:
         raise ValueError(
             f"compile=True cannot be combined with weight streaming of {streamed}, which this "
             "budget needs; use compile=False or a larger vram_budget"

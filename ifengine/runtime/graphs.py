@@ -18,6 +18,7 @@ import logging
 from collections.abc import Callable, Hashable
 
 import torch
+from ..errors import IFEngineError
 
 from ..backends.static_io import recording_bindings, restore_bindings
 
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 NEW, WARM, CAPTURED = "new", "warm", "captured"
 
 
-class GraphStateError(RuntimeError):
+class GraphStateError(IFEngineError, RuntimeError):
     """A StepGraph was driven in an order that would capture or replay the wrong thing."""
 
 

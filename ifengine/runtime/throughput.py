@@ -120,16 +120,13 @@ def overlap_streams(overlap: bool | None, device_type: str, mode: str) -> bool:
 
 def _prepare(cascade, prompts, seed, negative, height, width, steps, guidance, noise_level, clean) -> _Batch:
     req = cascade.make_request(
-        prompt=prompts,
+        prompts,
         negative_prompt=negative,
         height=height,
         width=width,
-        num_images_per_prompt=1,
         steps=steps,
         guidance=guidance,
         noise_level=noise_level,
-        timesteps=(None, None, None),
-        last_stage=None,
         output_type="pt",
     )
     ctx = RunContext(cascade.device, cascade.dtype, torch.Generator().manual_seed(seed), False)

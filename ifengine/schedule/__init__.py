@@ -10,7 +10,6 @@ from .presets import (
     IF_STAGE2_IMAGE_NOISING_DDPM,
     X4_DDIM,
     X4_LOW_RES_DDPM,
-    X4_MAX_NOISE_LEVEL,
 )
 from .timesteps import (
     NAMED_TIMESTEP_LISTS,
@@ -31,7 +30,6 @@ __all__ = [
     "SPACINGS",
     "X4_DDIM",
     "X4_LOW_RES_DDPM",
-    "X4_MAX_NOISE_LEVEL",
     "DDIMConfig",
     "DDIMTables",
     "DDPMConfig",

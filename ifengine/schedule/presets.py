@@ -39,4 +39,3 @@ X4_DDIM = DDIMConfig(
 )
 
 X4_LOW_RES_DDPM = DDPMConfig(beta_schedule="scaled_linear", beta_start=0.0001, beta_end=0.02)
-X4_MAX_NOISE_LEVEL = 350

@@ -6,6 +6,7 @@ import numbers
 from collections.abc import Iterable
 
 from .named_lists import NAMED_LISTS
+from ..facts import TRAIN_TIMESTEPS
 
 SPACINGS = ("leading", "trailing", "linspace")
 NAMED_TIMESTEP_LISTS: tuple[str, ...] = tuple(NAMED_LISTS)
@@ -42,7 +43,7 @@ def _linspace(num_steps: int, num_train: int) -> list[int]:
 
 def spaced_timesteps(
     num_inference_steps: int,
-    num_train_timesteps: int = 1000,
+    num_train_timesteps: int = TRAIN_TIMESTEPS,
     spacing: str = "leading",
     steps_offset: int = 0,
 ) -> tuple[int, ...]:
@@ -75,7 +76,7 @@ def _as_int(value: object) -> int:
     raise ValueError(f"timesteps must be integers, got {value!r}")
 
 
-def validate_timesteps(timesteps: Iterable[object], num_train_timesteps: int = 1000) -> tuple[int, ...]:
+def validate_timesteps(timesteps: Iterable[object], num_train_timesteps: int = TRAIN_TIMESTEPS) -> tuple[int, ...]:
     """Check an explicit list: non-empty, integers in [0, num_train_timesteps), strictly descending."""
     if isinstance(timesteps, (str, bytes)):
         raise ValueError(f"timesteps must be a sequence of integers, got {timesteps!r}")

@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..stage import options, sizes
-from ..stage.options import SR_SCALE, Request, RequestError
+from ..facts import scale_of
+from ..stage.options import Request, RequestError
 from .config import Limits
 from .models import ModelInfo
 from .work import Job
+from ..errors import IFEngineError
 
 RESPONSE_FORMATS = ("b64_json",)
 EDIT_MODES = ("img2img", "inpaint", "style")
@@ -28,7 +30,7 @@ PerStageFloat = float | list[float | None] | None
 
 
 @dataclass
-class ApiError(Exception):
+class ApiError(IFEngineError):
     """A request the server will not run: answered as JSON ``{"error": {...}}`` with this status."""
 
     status: int
@@ -114,7 +116,7 @@ def stage_one_size(size: str | None, last: int, info: ModelInfo, limits: Limits)
         w, h = (int(v) for v in size.lower().split("x"))
     except ValueError:
         raise _fail("size", f"must look like '1024x1024' (WIDTHxHEIGHT), got {size!r}") from None
-    scale = SR_SCALE ** (last - 1)
+    scale = scale_of(last)
     if w < 1 or h < 1 or w % scale or h % scale:
         raise _fail(
             "size", f"{size} is not stage I's size times {scale} (last stage {last}); e.g. '{64 * scale}x{64 * scale}'"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
+from ..validate import positive_int
 
 from ..pipeline.source import ModelSource
 
@@ -33,9 +34,7 @@ class StageConfig:
 
     def __post_init__(self):
         for name in ("replicas", "max_batch_size", "max_ongoing_requests"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+            positive_int(getattr(self, name), name)
         if self.max_batch_size > self.max_ongoing_requests:
             raise ValueError(
                 f"max_batch_size {self.max_batch_size} exceeds max_ongoing_requests {self.max_ongoing_requests}: "

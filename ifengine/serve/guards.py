@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .api import ApiError
 from .config import ServeConfig
+from ..errors import IFEngineError
 
 log = logging.getLogger(__name__)
 OPEN_PATHS = ("/health",)
@@ -87,7 +88,7 @@ class BearerAuth:
         await _send_json(send, 401, err.body(), {"WWW-Authenticate": "Bearer"})
 
 
-class _TooLarge(Exception):
+class _TooLarge(IFEngineError):
     pass
 
 

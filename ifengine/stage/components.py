@@ -12,6 +12,7 @@ import torch
 
 from ..models.checkpoint import Checkpoint, CheckpointError
 from ..models.config import UNetConfig, VAEConfig
+from ..models.t5_precision import device_has_bf16, t5_dtype
 from ..models.if_unet import IFUNet
 from ..models.vae import DECODER_PREFIXES, VAEDecoder, decode_dtype
 from ..errors import damaged_folder
@@ -22,6 +23,7 @@ from ..schedule.ddpm import DDPMConfig
 from ..text.encoder import PromptEncoder
 from .options import RunDefaults
 from .stages import IFStage, X4Stage
+from ..facts import X4_MAX_NOISE_LEVEL
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +86,7 @@ def load_x4_stage(ckpt: Checkpoint, dtype: torch.dtype, device, variant: str | N
         text=text,
         scheduler=_scheduler(ckpt, "scheduler", DDIMConfig),
         low_res=_scheduler(ckpt, "low_res_scheduler", DDPMConfig),
-        max_noise_level=int(index.get("max_noise_level", 350)),
+        max_noise_level=int(index.get("max_noise_level", X4_MAX_NOISE_LEVEL)),
     )
 
 
@@ -113,27 +115,21 @@ def _from_pretrained(cls, folder, dtype, variant):
         return cls.from_pretrained(folder, dtype=dtype)
 
 
-def t5_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
-    """T5 v1.1 overflows fp16 (FFN activations > 65504): bf16 on GPUs that have it, else fp32."""
-    if dtype != torch.float16:
-        return dtype
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
-
-
 def load_t5(
     ckpt: Checkpoint,
     dtype: torch.dtype,
     device: torch.device,
     variant: str | None,
     text_dtype: torch.dtype | None = None,
+    bf16: bool | None = None,
 ) -> PromptEncoder:
+    """T5 in ``text_dtype``, else in what the T5 rule picks for ``dtype`` (``bf16``: whether the device
+    has bfloat16; None asks ``device``)."""
     from transformers import AutoTokenizer, T5EncoderModel
 
     if not ckpt.has("text_encoder") or not ckpt.has("tokenizer"):
         raise CheckpointError(f"{ckpt.root} ships no T5 text_encoder/tokenizer; stage I checkpoints do")
-    run_dtype = text_dtype or t5_dtype(dtype, device)
+    run_dtype = text_dtype or t5_dtype(dtype, device_has_bf16(device) if bf16 is None else bf16)
     model = _pretrained(T5EncoderModel, ckpt.root / "text_encoder", run_dtype, variant).to(device).eval()
     with damaged_folder(ckpt.root / "tokenizer"):
         tokenizer = AutoTokenizer.from_pretrained(ckpt.root / "tokenizer")

@@ -7,14 +7,12 @@ from dataclasses import dataclass, field
 from typing import Any
 from collections.abc import Mapping, Sequence
 
+from ..errors import IFEngineError
+from ..facts import DEFAULT_GUIDANCE, DEFAULT_NOISE_LEVEL, DEFAULT_STEPS, MAX_NOISE_LEVEL, scale_of
 from ..models.checkpoint import read_run_defaults
+from ..validate import positive_int
 
-DEFAULT_STEPS = (100, 50, 75)
-DEFAULT_GUIDANCE = (7.0, 4.0, 9.0)
-DEFAULT_NOISE_LEVEL = (250, 20)
 OUTPUT_TYPES = ("pil", "np", "pt")
-SR_SCALE = 4  # stage II and III each upscale x4 (64 -> 256 -> 1024)
-MAX_NOISE_LEVEL = (1000, 350)  # stage II noising schedule length; x4 upscaler's max_noise_level
 
 
 @dataclass(frozen=True)
@@ -54,7 +52,7 @@ def stage_record(defaults: RunDefaults, stage: int) -> dict[str, Any]:
     return record
 
 
-class RequestError(ValueError):
+class RequestError(IFEngineError, ValueError):
     """A generate request that cannot run; the message says what is accepted."""
 
 
@@ -90,8 +88,7 @@ class Request:
 
     def size(self, stage: int) -> tuple[int, int]:
         """Output (height, width) of a stage: stage I's size times 4 per super-resolution stage."""
-        factor = SR_SCALE ** (stage - 1)
-        return self.height * factor, self.width * factor
+        return self.height * scale_of(stage), self.width * scale_of(stage)
 
 
 def per_stage(value: Any, default: tuple, name: str) -> tuple:
@@ -162,9 +159,7 @@ def _is_int_list(value) -> bool:
 
 
 def _steps(value, stage: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise RequestError(f"stage {stage} steps must be a whole number >= 1, got {value!r}")
-    return value
+    return positive_int(value, f"stage {stage} steps", error=RequestError)
 
 
 MAX_GUIDANCE = 1e4  # far above any useful scale (IF uses 4-9); larger ones overflow float16/32 into NaN
@@ -206,9 +201,7 @@ def check_output_type(output_type: str) -> str:
 
 
 def check_images_per_prompt(n) -> int:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise RequestError(f"num_images_per_prompt must be a whole number >= 1, got {n!r}")
-    return n
+    return positive_int(n, "num_images_per_prompt", error=RequestError)
 
 
 def check_timesteps(stages: tuple[StageOptions, ...]) -> None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import math
 
-from .options import SR_SCALE, RequestError
+from ..facts import scale_of
+from .options import RequestError
+from ..validate import positive_int
 
 
 def size_multiple(downsample_factors: dict[int, int]) -> int:
@@ -18,7 +20,7 @@ def size_multiple(downsample_factors: dict[int, int]) -> int:
     """
     step = 1
     for stage, factor in downsample_factors.items():
-        scale = SR_SCALE ** (stage - 1)
+        scale = scale_of(stage)
         need = factor // math.gcd(factor, scale)
         step = step * need // math.gcd(step, need)
     return step
@@ -26,8 +28,7 @@ def size_multiple(downsample_factors: dict[int, int]) -> int:
 
 def check_size(height: int, width: int, multiple: int) -> None:
     for name, value in (("height", height), ("width", width)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise RequestError(f"{name} must be a positive whole number of pixels, got {value!r}")
+        positive_int(value, f"{name} (pixels)", error=RequestError)
     bad = [(n, v) for n, v in (("height", height), ("width", width)) if v % multiple]
     if bad:
         name, value = bad[0]

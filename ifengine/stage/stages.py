@@ -23,6 +23,7 @@ from .noise import Generator, ddpm_stage_noise, x4_stage_noise
 from .options import StageOptions
 from .seam import EagerStep, Step, StageRunner, check_step
 from .steps import if_step, x4_step
+from ..facts import X4_MAX_NOISE_LEVEL
 
 log = logging.getLogger(__name__)
 STAGE_LABELS = {1: "stage I", 2: "stage II", 3: "stage III"}
@@ -50,7 +51,7 @@ class X4Stage:
     text: PromptEncoder
     scheduler: DDIMConfig
     low_res: DDPMConfig
-    max_noise_level: int = 350
+    max_noise_level: int = X4_MAX_NOISE_LEVEL
     step_fn: Step | None = None  # what runs each step (stage.seam.Step); None: the eager torch step
 
     def __post_init__(self):

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from .masks import host_attention_mask
+from ..facts import TEXT_TOKENS
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +20,7 @@ class Tokens:
     mask: torch.Tensor  # (B, max_length) int64, 1 on real tokens
 
 
-def tokenize(tokenizer, prompts: list[str], max_length: int = 77) -> Tokens:
+def tokenize(tokenizer, prompts: list[str], max_length: int = TEXT_TOKENS) -> Tokens:
     """Pad/truncate to ``max_length`` as the reference does, warning about what a long prompt loses."""
     batch = tokenizer(
         prompts,
@@ -69,7 +70,7 @@ class PromptEncoder:
         *,
         out_dtype: torch.dtype,
         use_mask: bool = True,
-        max_length: int = 77,
+        max_length: int = TEXT_TOKENS,
         cache_size: int = 64,
         defer_checks: bool = False,
     ):

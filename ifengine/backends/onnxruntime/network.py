@@ -19,7 +19,8 @@ from ...engines.io_plan import IOPlan
 from ...stage.seam import Capture
 from ..base import Network
 from ..static_io import StaticIO
-from .session import ELEMENT_TYPES, OrtGraph
+from ...dtypes import onnx_type
+from .session import OrtGraph
 
 
 class OrtNetwork(Network):
@@ -47,11 +48,9 @@ class OrtNetwork(Network):
         self._binding.clear_binding_inputs()
         self._binding.clear_binding_outputs()
         for name, view in self.io.inputs().items():
-            self._binding.bind_input(name, *_where(view), ELEMENT_TYPES[view.dtype], tuple(view.shape), view.data_ptr())
+            self._binding.bind_input(name, *_where(view), onnx_type(view.dtype), tuple(view.shape), view.data_ptr())
         for name, view in self.io.outputs().items():
-            self._binding.bind_output(
-                name, *_where(view), ELEMENT_TYPES[view.dtype], tuple(view.shape), view.data_ptr()
-            )
+            self._binding.bind_output(name, *_where(view), onnx_type(view.dtype), tuple(view.shape), view.data_ptr())
 
     def inputs(self) -> dict[str, torch.Tensor]:
         return self.io.inputs()

@@ -13,8 +13,6 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Sequence
 
-import numpy as np
-import onnx
 import torch
 
 from ...export.artifacts import HASH_CACHE
@@ -27,12 +25,6 @@ log = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
-ELEMENT_TYPES = {
-    torch.float32: np.float32,
-    torch.float16: np.float16,
-    torch.int64: np.int64,
-    torch.bfloat16: onnx.TensorProto.BFLOAT16,
-}
 
 
 def provider_names(providers: Sequence[Any]) -> list[str]:
