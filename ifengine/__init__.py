@@ -18,12 +18,25 @@ _EXPORTS = {
     "open_cascade": "ifengine.pipeline.cascade",
     "ModelSource": "ifengine.pipeline.source",
     "RequestError": "ifengine.stage.options",
+    "IFEngineError": "ifengine.errors",
+    "RuntimeOptions": "ifengine.runtime.options",
 }
-__all__ = ["Cascade", "CascadeOutput", "ModelSource", "RequestError", "open_cascade", "__version__"]
+__all__ = [
+    "Cascade",
+    "CascadeOutput",
+    "IFEngineError",
+    "ModelSource",
+    "RequestError",
+    "RuntimeOptions",
+    "open_cascade",
+    "__version__",
+]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on first use
     from .pipeline.cascade import Cascade, CascadeOutput, open_cascade
+    from .errors import IFEngineError
     from .pipeline.source import ModelSource
+    from .runtime.options import RuntimeOptions
     from .stage.options import RequestError
 
 
