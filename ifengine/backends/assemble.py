@@ -27,6 +27,7 @@ from ..text.encoder import PromptEncoder
 from .base import Network
 from .parts import NetworkIFStep, NetworkPromptEncoder, NetworkTextModel, NetworkUNet, NetworkVAE, NetworkX4Step
 from .parts import UNetStub
+from ..stage import components as load
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,6 @@ def assemble(
 def torch_parts(checkpoints: Mapping[int, Any], skip: set[str], dtype, device, variant=None, text_dtype=None):
     """Torch parts of the given checkpoints (``models.checkpoint.Checkpoint`` per stage) for the
     components not in ``skip`` (those run on networks). A stage whose U-Net has a network is not loaded."""
-    from ..stage import components as load
 
     stages: dict[int, Any] = {}
     for n in (1, 2):

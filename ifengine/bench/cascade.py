@@ -23,6 +23,8 @@ from .machine import describe, require_cuda, summary_line
 from .report import command_line, markdown_table, stage_chart, write_outputs
 from .systems import STAGES, RunSpec, load_systems
 from ..facts import DEFAULT_STEPS
+from ..demo.build import cache_root
+from ..models.presets import text_preset, unet_preset, vae_preset
 
 log = logging.getLogger(__name__)
 INT8_NOTE = (
@@ -54,7 +56,6 @@ class CascadeBenchConfig:
 
 
 def default_checkpoint_root(preset: str) -> Path:
-    from ..demo.build import cache_root
 
     return cache_root().parent / "bench-checkpoints" / preset
 
@@ -144,7 +145,6 @@ def _measure(systems, run: RunSpec, dtype_name: str, device, config: CascadeBenc
 
 def stage_flops(spec: CascadeSpec, run: RunSpec) -> dict[str, int]:
     """Counted FLOPs of one cascade run per stage (CFG doubles every U-Net and text batch)."""
-    from ..models.presets import text_preset, unet_preset, vae_preset
 
     b2, s = 2 * run.batch, run.size
     u1, u2, u3 = (unet_preset(n) for n in (spec.stage1, spec.stage2, spec.stage3))

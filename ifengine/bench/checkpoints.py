@@ -31,6 +31,8 @@ from ..demo.tokenizers import clip_tokenizer_dir, t5_tokenizer_dir
 from ..models.presets import text_preset, unet_preset, vae_preset
 from ..models.weights import build_on_meta
 from .flops import text_model
+from ..models.if_unet import IFUNet
+from ..models.x4_unet import X4UNet
 
 log = logging.getLogger(__name__)
 VARIANT = "fp16"
@@ -148,7 +150,6 @@ def _save_text(folder: Path, preset: str, tokenizer_dir: Path, seed: int, progre
 
 
 def _write_stage1(root: Path, spec: CascadeSpec, seed: int, progress: bool) -> None:
-    from ..models.if_unet import IFUNet
 
     config = unet_preset(spec.stage1)
     _save_diffusers(root / "unet", build_on_meta(lambda: IFUNet(config)), unet_config_json(config), seed, progress)
@@ -157,7 +158,6 @@ def _write_stage1(root: Path, spec: CascadeSpec, seed: int, progress: bool) -> N
 
 
 def _write_stage2(root: Path, spec: CascadeSpec, seed: int, progress: bool) -> None:
-    from ..models.if_unet import IFUNet
 
     config = unet_preset(spec.stage2)
     _save_diffusers(root / "unet", build_on_meta(lambda: IFUNet(config)), unet_config_json(config), seed, progress)
@@ -165,7 +165,6 @@ def _write_stage2(root: Path, spec: CascadeSpec, seed: int, progress: bool) -> N
 
 
 def _write_stage3(root: Path, spec: CascadeSpec, seed: int, progress: bool) -> None:
-    from ..models.x4_unet import X4UNet
 
     config, vae = unet_preset(spec.stage3), vae_preset(spec.vae)
     _save_diffusers(root / "unet", build_on_meta(lambda: X4UNet(config)), unet_config_json(config), seed, progress)

@@ -18,6 +18,9 @@ from ..models.config import TextEncoderConfig, UNetConfig, VAEConfig
 from ..models.weights import build_on_meta
 from .timing import Clock, synchronize
 from ..facts import TEXT_TOKENS
+from ..models.if_unet import IFUNet
+from ..models.x4_unet import X4UNet
+from ..models.vae import VAEDecoder
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +42,6 @@ def count_flops(fn: Callable[[], object]) -> int:
 
 def if_unet_flops(config: UNetConfig, batch: int, height: int, width: int, text_dim: int = 4096) -> int:
     """One IF stage I/II U-Net call on ``batch`` samples (the CFG batch: 2 per image with guidance)."""
-    from ..models.if_unet import IFUNet
 
     unet = build_on_meta(lambda: IFUNet(config))
     level = torch.zeros(batch, dtype=torch.long, device="meta") if config.class_embed_type else None
@@ -55,7 +57,6 @@ def if_unet_flops(config: UNetConfig, batch: int, height: int, width: int, text_
 
 def x4_unet_flops(config: UNetConfig, batch: int, height: int, width: int) -> int:
     """One x4 upscaler U-Net call at latent size ``height`` x ``width``."""
-    from ..models.x4_unet import X4UNet
 
     unet = build_on_meta(lambda: X4UNet(config))
     return _on_meta(
@@ -70,7 +71,6 @@ def x4_unet_flops(config: UNetConfig, batch: int, height: int, width: int) -> in
 
 def vae_decode_flops(config: VAEConfig, batch: int, height: int, width: int) -> int:
     """VAE decode from a ``height`` x ``width`` latent (the image is x4 larger)."""
-    from ..models.vae import VAEDecoder
 
     vae = build_on_meta(lambda: VAEDecoder(config))
     return _on_meta(lambda m: vae.decode(m(batch, config.latent_channels, height, width)))

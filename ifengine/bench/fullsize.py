@@ -20,6 +20,9 @@ from ..facts import TEXT_TOKENS, X4_MAX_NOISE_LEVEL
 from ..schedule import presets as sched
 from ..text.encoder import PromptEncoder
 from ..memory.plan_inputs import preset_modules
+from ..demo.tokenizers import clip_tokenizer_dir, t5_tokenizer_dir
+from ..pipeline.cascade import Cascade
+from ..memory.plan_inputs import cascade_modules
 
 
 def randomize(module: nn.Module, generator: torch.Generator, device: torch.device | str = "cpu") -> nn.Module:
@@ -52,9 +55,6 @@ def random_cascade(
     ``device``. ``build_on="cuda"`` fills every weight on the GPU (seconds, and already in place)."""
     from transformers import AutoTokenizer
 
-    from ..demo.tokenizers import clip_tokenizer_dir, t5_tokenizer_dir
-    from ..pipeline.cascade import Cascade
-
     build_on = torch.device(build_on)
     generator = torch.Generator(device=build_on).manual_seed(seed)
     t5_tok = AutoTokenizer.from_pretrained(t5_tokenizer_dir())
@@ -80,7 +80,6 @@ def random_cascade(
 
 def move_to(cascade, device: torch.device | str) -> None:
     """Move every module of the cascade (the no-budget path: everything resident)."""
-    from ..memory.plan_inputs import cascade_modules
 
     for module in cascade_modules(cascade).values():
         module.to(device)

@@ -21,6 +21,17 @@ from ..export.spec import DimRange
 from ..models.presets import unet_preset
 from .flops import if_unet_flops, matmul_peak
 from .unet_timing import build_unet
+from ..export.inputs import random_inputs
+from ..export.step_graphs import IFStepGraph
+from ..export.step_spec import if_step_spec
+from ..schedule import presets as sched
+from ..backends.inductor.load import _load
+from ..backends.inductor.network import InductorPackage
+from ..engines.inductor_build import QUICK, compile_module
+from ..engines.io_plan import IOPlan
+from ..backends.base import call
+from .unet_timing import _seconds
+from .unet_timing import _capture as capture
 
 log = logging.getLogger(__name__)
 NOTE = "only stage I (the smallest) is compiled: a stage II / x4 compile does not fit the check's time"
@@ -55,10 +66,6 @@ def inductor_section(device: str | torch.device = "cuda", quick: bool = False, s
 
 
 def _step(preset: str, device, dtype):
-    from ..export.inputs import random_inputs
-    from ..export.step_graphs import IFStepGraph
-    from ..export.step_spec import if_step_spec
-    from ..schedule import presets as sched
 
     config = unet_preset(preset)
     side, m = config.sample_size, config.downsample_factor
@@ -91,10 +98,6 @@ def _as_json(config) -> dict:
 
 
 def _compile(step, spec, dims, config, device, folder: Path, quick: bool):
-    from ..backends.inductor.load import _load
-    from ..backends.inductor.network import InductorPackage
-    from ..engines.inductor_build import QUICK, compile_module
-    from ..engines.io_plan import IOPlan
 
     path = folder / "step1.pt2"
     times = compile_module(step, spec, dims, config, path, str(device), QUICK if quick else None)
@@ -106,20 +109,17 @@ def _compile(step, spec, dims, config, device, folder: Path, quick: bool):
 
 
 def _call(network, feeds):
-    from ..backends.base import call
 
     (out,) = call(network, feeds).values()
     return out
 
 
 def _ms(fn, device, repeats: int) -> float:
-    from .unet_timing import _seconds
 
     return 1e3 * _seconds(fn, device, repeats)
 
 
 def _capture(fn):
-    from .unet_timing import _capture as capture
 
     return capture(fn)
 

@@ -24,6 +24,8 @@ from . import timing
 from .machine import describe, summary_line
 from .report import command_line, markdown_table, stage_chart, write_outputs
 from ..facts import TEXT_TOKENS
+from ..pipeline.cascade import Cascade
+from ..demo.build import demo_checkpoints
 
 log = logging.getLogger(__name__)
 PROMPT = "a red cat on a blue sofa"
@@ -105,7 +107,6 @@ def _load(name: str, checkpoint: Path, config: HostConfig) -> _System:
 
 
 def _ifengine_system(checkpoint: Path, config: HostConfig, executor: str) -> _System:
-    from ..pipeline.cascade import Cascade
 
     pipe = Cascade.from_pretrained(checkpoint, safety=False)
     pipe.set_executor(executor)
@@ -181,7 +182,6 @@ def _unet_timer(call: Callable[[], object], n: int) -> Callable[[], timing.Durat
 
 
 def _demo_stage1() -> Path:
-    from ..demo.build import demo_checkpoints
 
     return demo_checkpoints()["stage1"]
 

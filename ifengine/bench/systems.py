@@ -22,6 +22,11 @@ from .timing import Clock
 from ..pipeline.cascade import open_cascade
 from ..pipeline.source import ModelSource
 from ..facts import DEFAULT_STEPS
+from ..models.t5_precision import device_has_bf16, t5_dtype
+from ..stage import stages as eager_stages
+from ..stage.noise import make_generator
+from ..stage.options import stage_options
+from ..stage.stages import RunContext
 
 log = logging.getLogger(__name__)
 STAGES = ("T5", "I", "II", "III")
@@ -119,7 +124,6 @@ def _ifengine_family(names: list[str], paths, device, dtype) -> dict[str, System
 
 def _ifengine_runtime(name: str, paths, device: torch.device, dtype, vram_budget: int | None) -> System:
     """ifengine's GPU runtime (static buffers, CUDA graphs, memory planner) behind the same chain."""
-    from ..models.t5_precision import device_has_bf16, t5_dtype
 
     try:
         from ..runtime import configure
@@ -171,10 +175,6 @@ def _ifengine_inductor(engines: Path | None, paths, device, dtype) -> System:
 
 def _ifengine_runner(pipe, step_fns, runner=None) -> Callable[[RunSpec, Clock], None]:
     """The chain through ``runner``'s run_if_stage/run_x4_stage (default: the pipeline's eager loops)."""
-    from ..stage import stages as eager_stages
-    from ..stage.noise import make_generator
-    from ..stage.options import stage_options
-    from ..stage.stages import RunContext
 
     runner = runner or eager_stages
     run_if_stage, run_x4_stage = runner.run_if_stage, runner.run_x4_stage

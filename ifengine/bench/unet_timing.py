@@ -15,6 +15,9 @@ from .flops import if_unet_flops, x4_unet_flops
 from .timing import synchronize
 from ..facts import TEXT_TOKENS
 from ..facts import DEFAULT_NOISE_LEVEL
+from ..models.if_unet import IFUNet
+from ..models.x4_unet import X4UNet
+from .fullsize import randomize
 
 X4_UNETS = ("x4-upscaler", "tiny-x4")  # the SD x4 upscaler's U-Net presets (all others are IF U-Nets)
 
@@ -42,9 +45,6 @@ def _side(preset: str, size: int | None) -> int:
 
 
 def build_unet(preset: str, device, dtype):
-    from ..models.if_unet import IFUNet
-    from ..models.x4_unet import X4UNet
-    from .fullsize import randomize
 
     cls = X4UNet if preset in X4_UNETS else IFUNet
     with torch.device("meta"):

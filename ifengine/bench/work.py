@@ -19,6 +19,7 @@ from . import flops as F
 from .machine import describe, summary_line
 from .report import command_line, markdown_table, write_outputs
 from ..facts import DEFAULT_STEPS
+from ..models.presets import text_preset, unet_preset, vae_preset
 
 log = logging.getLogger(__name__)
 DEFAULT_CALLS = {"t5": 1, **{f"stage{n}": steps for n, steps in enumerate(DEFAULT_STEPS, start=1)}, "vae": 1}
@@ -33,7 +34,6 @@ class WorkConfig:
 
 def count_per_call() -> dict[str, int]:
     """FLOPs per call of each full-size component at the if-facts shapes."""
-    from ..models.presets import text_preset, unet_preset, vae_preset
 
     u1, u2 = unet_preset("IF-I-XL"), unet_preset("IF-II-L")
     return {

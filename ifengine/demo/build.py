@@ -24,6 +24,9 @@ from ..models.presets import text_preset, unet_preset, vae_preset
 from ..facts import X4_MAX_NOISE_LEVEL
 from ..schedule import presets as sched
 from .tokenizers import clip_tokenizer_dir, t5_tokenizer_dir
+from ..models.if_unet import IFUNet
+from ..models.vae import VAEDecoder
+from ..models.x4_unet import X4UNet
 
 log = logging.getLogger(__name__)
 DEMO_VERSION = "4"  # 4: model_index.json records the demo's run defaults
@@ -170,7 +173,6 @@ def write_layout(root: Path, stage: int) -> None:
 
 
 def write_stage1(root: Path) -> None:
-    from ..models.if_unet import IFUNet
 
     config = unet_preset("tiny-I")
     _save_module(root / "unet", _seeded(SEED + 1, lambda: IFUNet(config)), unet_config_json(config))
@@ -180,7 +182,6 @@ def write_stage1(root: Path) -> None:
 
 
 def write_stage2(root: Path) -> None:
-    from ..models.if_unet import IFUNet
 
     config = unet_preset("tiny-II")
     _save_module(root / "unet", _seeded(SEED + 2, lambda: IFUNet(config)), unet_config_json(config))
@@ -189,8 +190,6 @@ def write_stage2(root: Path) -> None:
 
 
 def write_stage3(root: Path) -> None:
-    from ..models.vae import VAEDecoder
-    from ..models.x4_unet import X4UNet
 
     config, vae = unet_preset("tiny-x4"), vae_preset("tiny-vae")
     _save_module(root / "unet", _seeded(SEED + 3, lambda: X4UNet(config)), unet_config_json(config))

@@ -23,6 +23,9 @@ from .errors import RecipeError
 from .profiles import Profile, make_profiles
 from .recipe import RECIPE_DIR, Recipe
 from .specs import spec_to_dict
+from ..export.hashing import HashCache
+from ..export.sources import plan_sources
+from ..export.precision import variant
 
 # What Inductor compiles: the image networks and whole steps. The text encoders run once per prompt and
 # stay on torch (or ONNX Runtime / TensorRT), which is where `ifengine generate --engines` takes them from.
@@ -118,8 +121,6 @@ def make_inductor_plan(
     stage_flags: bool = True,
 ) -> InductorPlan:
     """One job per (component, profile) of ``recipe``, from the given checkpoints (stage -> Checkpoint)."""
-    from ..export.hashing import HashCache
-    from ..export.sources import plan_sources
 
     chosen = [c for c in recipe.components if components is None or c.name in components]
     unknown = sorted(set(components or ()) - {c.name for c in recipe.components})
@@ -175,7 +176,6 @@ def _check_part(recipe: Recipe, name: str, precision: str, kind: str) -> None:
 
 def _dtypes(source, precision: str) -> tuple[str, str]:
     """(weights dtype, I/O dtype): the exporter's rules (the fp16 x4 VAE decoder computes in fp32)."""
-    from ..export.precision import variant
 
     v = variant(source, precision)
     return str(v.weights).removeprefix("torch."), v.io_dtype

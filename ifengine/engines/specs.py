@@ -20,6 +20,7 @@ from .errors import RecipeError
 from .recipe import ModelChoice
 
 from ..facts import IF_UNETS, STAGE_OF
+from ..schedule import presets
 
 
 def planned_spec(component: str, models: ModelChoice, checkpoints: Mapping[int, Any] | None = None) -> ComponentSpec:
@@ -54,7 +55,6 @@ def _step_spec(component: str, ckpt, models: ModelChoice, sizes: Mapping[int, Di
             f"component {component!r} has no I/O spec until it is exported: run `ifengine export` "
             f"for it first (or give --stage{stage} so `ifengine build` exports it)"
         )
-    from ..schedule import presets
 
     config = _unet(ckpt, models, stage)
     if stage == 3:

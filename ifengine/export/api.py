@@ -34,6 +34,7 @@ from .precision import DEFAULT_OPSET, Variant, supports, variant
 from .quantize import quantize_weight_only
 from .sources import ComponentSource, plan_sources
 from .verify import check_graph
+from .inputs import random_inputs
 
 log = logging.getLogger(__name__)
 DEFAULT_PRECISION = "fp16"  # for checkpoints that record none (the IF releases ship fp16 weights)
@@ -188,7 +189,6 @@ def _build_graph(
     source: ComponentSource, v: Variant, spec, graph: Path, options: ExportOptions, ckpts: Mapping[int, Checkpoint]
 ) -> dict[str, Any]:
     """Write the variant's graph at ``graph``; returns manifest extras (int8 statistics)."""
-    from .inputs import random_inputs
 
     target = graph.with_name("fp32.onnx") if v.quantize else graph
     module = source.load(v.weights)

@@ -22,6 +22,7 @@ from ..schedule.ddim import DDIMConfig
 from ..schedule.ddpm import DDPMConfig
 from .spec import ComponentSpec
 from ..facts import DEFAULT_NOISE_LEVEL, DEFAULT_STEPS
+from .step_graphs import pack_ddim, pack_ddpm
 
 CALIBRATION_PROMPTS = (
     "a photograph of an astronaut riding a horse",
@@ -86,7 +87,6 @@ def stage_calls(
     width: int,
     seed: int,
 ) -> list[StageCall]:
-    from .step_graphs import pack_ddim, pack_ddpm
 
     gen = torch.Generator().manual_seed(seed)
     tables = _tables(stage, config)

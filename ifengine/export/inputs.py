@@ -19,6 +19,7 @@ from .spec import ComponentSpec, TensorSpec
 
 from ..dtypes import torch_dtype  # noqa: F401 (re-exported)
 from ..facts import TRAIN_TIMESTEPS
+from .step_graphs import pack_ddim, pack_ddpm
 
 
 def random_inputs(
@@ -53,7 +54,6 @@ def _value(t: TensorSpec, shape: tuple[int, ...], dims, config, gen) -> torch.Te
 
 
 def _schedule(config: Mapping[str, Any], steps: int) -> torch.Tensor:
-    from .step_graphs import pack_ddim, pack_ddpm
 
     raw = config["scheduler"]
     if "variance_type" in raw:

@@ -23,13 +23,13 @@ from .quantize import STATIC_OPTIONS, quantize_static_qdq
 from .spec import ComponentSpec
 from .verify import cosine, run_onnx, session
 from ..facts import TEXT_TOKENS
+from ..stage.components import load_clip, load_t5
 
 log = logging.getLogger(__name__)
 
 
 def embedder(stage: int, config: Mapping[str, Any], ckpts: Mapping[int, Checkpoint]) -> Embedder:
     """Prompt -> embeddings with the text encoder the stage is conditioned on, in float32."""
-    from ..stage.components import load_clip, load_t5
 
     if stage == 3:
         encoder = load_clip(ckpts[3], torch.float32, "cpu", None)

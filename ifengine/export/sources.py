@@ -29,6 +29,15 @@ from .sizes import cascade_sizes
 from .spec import ComponentSpec, clip_spec, if_unet_spec, t5_spec, vae_decoder_spec, x4_unet_spec
 from .step_spec import if_step_spec, x4_step_spec
 from ..facts import TEXT_TOKENS, X4_MAX_NOISE_LEVEL
+from .graphs import TextEncoderGraph
+from ..models.if_unet import IFUNet
+from ..models.x4_unet import X4UNet
+from ..stage.components import load_unet
+from .graphs import UNetGraph
+from .step_graphs import IFStepGraph, X4StepGraph
+from ..models.vae import DECODER_PREFIXES, VAEDecoder
+from ..models.weights import load_component
+from .graphs import VAEDecoderGraph
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +155,6 @@ def _clip(ckpt: Checkpoint, parts: _StageParts) -> ComponentSource:
 def _text_encoder(kind: str, folder: Path, dtype: torch.dtype, variant: str | None, use_mask: bool = True) -> nn.Module:
     from transformers import CLIPTextModel, T5EncoderModel
 
-    from .graphs import TextEncoderGraph
     from .precision import keep_t5_ffn_output_fp32
 
     cls = T5EncoderModel if kind == "t5" else CLIPTextModel
@@ -197,21 +205,16 @@ def _unet(ckpt: Checkpoint, parts: _StageParts) -> ComponentSource:
 
 
 def _load_unet(ckpt: Checkpoint, dtype: torch.dtype, variant: str | None) -> nn.Module:
-    from ..models.if_unet import IFUNet
-    from ..models.x4_unet import X4UNet
-    from ..stage.components import load_unet
 
     return load_unet(ckpt, X4UNet if ckpt.stage == 3 else IFUNet, dtype, "cpu", variant)
 
 
 def _unet_graph(ckpt: Checkpoint, dtype: torch.dtype, variant: str | None) -> nn.Module:
-    from .graphs import UNetGraph
 
     return UNetGraph(_load_unet(ckpt, dtype, variant)).eval()
 
 
 def _step(ckpt: Checkpoint, parts: _StageParts) -> ComponentSource:
-    from .step_graphs import IFStepGraph, X4StepGraph
 
     config, files = _stage_config(ckpt, parts)
     unet, stage = parts.unets[ckpt.stage], ckpt.stage
@@ -241,9 +244,6 @@ def _vae(ckpt: Checkpoint, parts: _StageParts) -> ComponentSource:
 
 
 def _vae_graph(ckpt: Checkpoint, vae: VAEConfig, dtype: torch.dtype, variant: str | None) -> nn.Module:
-    from ..models.vae import DECODER_PREFIXES, VAEDecoder
-    from ..models.weights import load_component
-    from .graphs import VAEDecoderGraph
 
     keep = lambda key: key.startswith(DECODER_PREFIXES)  # noqa: E731
     module = load_component(lambda: VAEDecoder(vae), ckpt.root / "vae", dtype, variant, keep=keep)

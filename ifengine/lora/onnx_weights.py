@@ -27,6 +27,8 @@ from onnx.external_data_helper import uses_external_data
 from ..atomic import replacing
 from ..dtypes import onnx_type, torch_dtype
 from .adapters import LoraError, WeightUpdate
+from ..export.hashing import sha256_file
+from ..export.manifest import MANIFEST_NAME, read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
 # The initializer types a LoRA can patch in place.
@@ -157,8 +159,6 @@ def _save_atomic(model: onnx.ModelProto, graph: Path) -> None:
 
 def _update_manifest(graph: Path, changed: set[Path]) -> None:
     """An artifact's manifest records each file's size and sha256: refresh those of the changed files."""
-    from ..export.hashing import sha256_file
-    from ..export.manifest import MANIFEST_NAME, read_manifest, write_manifest
 
     # export/ keeps the manifest next to the graph's folder (<component>/<precision>/manifest.json)
     path = next((p / MANIFEST_NAME for p in (graph.parent, graph.parent.parent) if (p / MANIFEST_NAME).is_file()), None)
@@ -177,7 +177,6 @@ def _update_manifest(graph: Path, changed: set[Path]) -> None:
 
 def refit_artifact(manifest: str | Path, updates: Sequence[WeightUpdate]) -> int:
     """``refit_onnx`` on the graph an ``ifengine export`` manifest names (e.g. unet1/fp16/manifest.json)."""
-    from ..export.manifest import read_manifest
 
     manifest = Path(manifest)
     return refit_onnx(manifest.parent / read_manifest(manifest)["graph"], updates)

@@ -29,6 +29,7 @@ from .sizes import format_size
 from .workload import Workload, buffer_bytes, decode_activation, text_activation_bytes, unet_step_activation
 from ..errors import IFEngineError
 from ..validate import positive_int
+from .plan_inputs import cascade_modules
 
 log = logging.getLogger(__name__)
 ACTIVATION_MARGIN = 1.25  # the planner's: traced peaks assume a perfect allocator
@@ -414,7 +415,6 @@ def estimate_request(
     """The memory estimate of one request on a loaded ``Cascade`` (``batch``: images per call, prompts x
     num_images_per_prompt; ``height``/``width``: stage I). Explicit limits are checked first; the
     returned estimate says whether the request fits, and if not, why and what would."""
-    from .plan_inputs import cascade_modules
 
     limits = limits or getattr(cascade, "request_limits", None) or Limits()
     last = cascade.resolve_last_stage(last_stage)

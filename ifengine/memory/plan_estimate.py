@@ -14,6 +14,7 @@ from dataclasses import replace
 
 from .planner import MemoryPlan, PlanError, plan_memory
 from .workload import Workload
+from .plan_inputs import plan_inputs
 
 
 def within(plan: MemoryPlan, batch: int, height: int, width: int, steps) -> bool:
@@ -27,7 +28,6 @@ def within(plan: MemoryPlan, batch: int, height: int, width: int, steps) -> bool
 
 def planned_estimate(plan: MemoryPlan, modules, base, *, batch: int, height: int, width: int, steps):
     """``base`` (a ``RequestEstimate`` of this request) restated against ``plan``'s budget."""
-    from .plan_inputs import plan_inputs
 
     steps = tuple(steps) + (1,) * (3 - len(tuple(steps)))
     source = f"the memory plan's {plan.budget_bytes / 2**30:.2f} GiB budget"

@@ -35,6 +35,7 @@ from .workload import (
     text_activation_bytes,
     unet_step_activation,
 )
+from ..models.checkpoint import resolve
 
 log = logging.getLogger(__name__)
 DEFAULT_PRESETS = ("IF-I-XL", "IF-II-L", "x4")
@@ -101,8 +102,6 @@ def checkpoint_modules(
     """Meta modules from checkpoint folders' config files (no weights are read); ``bf16`` as in
     ``preset_modules``."""
     from transformers import AutoConfig, CLIPTextModel, T5EncoderModel
-
-    from ..models.checkpoint import resolve
 
     modules: dict[str, nn.Module] = {}
     for stage, source in ((1, stage1), (2, stage2), (3, stage3)):

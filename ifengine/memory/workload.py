@@ -19,6 +19,8 @@ from ..models.int8 import compute_dtype, is_quantized
 from .exec_order import in_execution_order
 from .partition import DEFAULT_MAX_UNIT_BYTES, Partition, partition
 from ..facts import DEFAULT_STEPS, TEXT_ENCODERS, TEXT_TOKENS, UNETS, scale_of
+from .step_trace import trace_step
+from .step_trace import trace_decode
 
 # The phases of one generate call, in order, and the components each one runs.
 PHASES: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -119,7 +121,6 @@ def unet_step_activation(
     kind: str, config, dtype: torch.dtype, batch: int, height: int, width: int, cfg: bool, text_dim: int
 ) -> int:
     """Peak activation bytes of one whole step (U-Net on the CFG batch + guidance + scheduler update)."""
-    from .step_trace import trace_step
 
     return trace_step(kind, config, dtype, batch, height, width, cfg, text_dim)
 
@@ -129,7 +130,6 @@ def decode_activation(
     config, dtype: torch.dtype, batch: int, height: int, width: int, tile: int | None, overlap: int
 ) -> int:
     """Peak activation bytes of the VAE decode of (batch, 4, height, width) latents, whole or tiled."""
-    from .step_trace import trace_decode
 
     return trace_decode(config, dtype, batch, height, width, tile, overlap)
 

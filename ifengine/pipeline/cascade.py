@@ -28,6 +28,8 @@ from ..stage import stages
 from ..stage.components import CascadeParts
 from ..stage.seam import StageRunner
 from ..stage.stages import IFStage, RunContext, X4Stage
+from ..backends.traced.executor import attach_executor
+from ..runtime.api import configure
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +82,6 @@ class Cascade(LoraMixin):
         """How denoising steps run: "eager" (module calls), "traced" (one frozen TorchScript graph per step,
         text-only work hoisted out of the loop; see backends/traced/executor.py) or "auto" (traced where measured
         equal and faster: CPU runs of 20+ steps). Stages run by another backend are left as they are."""
-        from ..backends.traced.executor import attach_executor
 
         for stage in (self.stage1, self.stage2, self.stage3):
             attach_executor(stage, executor)
@@ -174,7 +175,6 @@ class Cascade(LoraMixin):
         """Run stages through the lean runtime (ifengine/runtime): static buffers, one pinned upload per
         stage, CUDA graphs per step shape, and with ``vram_budget`` the memory planner's placement.
         ``options`` or its fields as keywords (``vram_budget=``, ``cuda_graphs=``, ...): see RuntimeOptions."""
-        from ..runtime.api import configure
 
         configure(self, options, **keywords)
         return self

@@ -21,6 +21,9 @@ from ..stage.components import CascadeParts
 from ..stage.options import RunDefaults, checkpoint_defaults, run_defaults
 from . import limits
 from .source import ModelSource
+from .safety import load_safety
+from ..demo import demo_checkpoints
+from ..backends.tensorrt.load import load_engine_parts
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +104,6 @@ def _load_text(ckpts, dtype, device, variant, text_dtype):
 
 
 def _load_safety(ckpt, device):
-    from .safety import load_safety  # CLIP vision + heads: loaded only when the checkpoint ships them
 
     return load_safety(ckpt, device)
 
@@ -110,7 +112,6 @@ def checkpoints_of(source: ModelSource) -> dict[int, Any]:
     """Stage -> checkpoint of a checkpoint or demo source (the demo's are written on first use)."""
     if not source.is_demo:
         return source.checkpoints
-    from ..demo import demo_checkpoints
 
     paths = demo_checkpoints(Path(source.demo_root) if source.demo_root else None)
     return {1: paths["stage1"], 2: paths["stage2"], 3: paths["stage3"]}
@@ -148,7 +149,6 @@ def precision_of(dtype: torch.dtype) -> str:
 
 def _engine_parts(source: ModelSource, device: torch.device, dtype: torch.dtype | None, **options) -> CascadeParts:
     # TensorRT is optional (the gpu extra): imported only for engine sources
-    from ..backends.tensorrt.load import load_engine_parts
 
     if source.providers and "providers" not in options:
         options["providers"] = source.providers

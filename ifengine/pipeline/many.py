@@ -20,6 +20,7 @@ from ..stage import stages
 from ..stage.noise import make_generator
 from ..stage.options import RequestError, as_prompts
 from ..validate import positive_int
+from ..runtime.throughput import run_throughput
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,6 @@ class _PlainRunner:
 def generate_many(
     cascade, prompts: Sequence[str], *, batch_size: int = 1, seed: int | None = None, output_type: str = "pil", **kwargs
 ) -> ManyOutput:
-    from ..runtime.throughput import run_throughput
 
     prompts = list(as_prompts(prompts, "prompts"))
     positive_int(batch_size, "batch_size", error=RequestError)

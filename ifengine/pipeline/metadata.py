@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 from typing import Any
 from ..errors import IFEngineError
+from .. import __version__
 
 PARAMETERS_KEY = "parameters"
 SETTINGS_KEY = "ifengine"
@@ -52,7 +53,6 @@ def run_facts(pipe, last_stage: int) -> dict[str, Any]:
 
 def image_settings(settings: dict, index: int) -> dict:
     """The settings of image ``index`` of a run: the run's settings plus which image it is."""
-    from .. import __version__  # the package imports this module while it initialises
 
     return {**settings, "image_index": index, "ifengine_version": __version__}
 
@@ -98,7 +98,6 @@ def _pairs(settings: dict) -> list[tuple[str, Any]]:
         pairs.append(("Denoising strength", settings["strength"][0]))
     if settings.get("lora"):
         pairs.append(("LoRA", ", ".join(f"{a['stage']}:{a['name']}:{a['weight']:g}" for a in settings["lora"])))
-    from .. import __version__
 
     pairs.append(("Version", f"ifengine {__version__}"))
     return [(k, v) for k, v in pairs if v is not None]

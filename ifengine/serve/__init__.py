@@ -8,6 +8,7 @@ Needs the ``serve`` extra (ray[serve], fastapi, python-multipart).
 from __future__ import annotations
 
 from .config import Limits, ModelSource, ServeConfig, StageConfig
+from .models import model_info
 
 __all__ = ["Limits", "ModelSource", "ServeConfig", "StageConfig", "app", "build_app"]
 
@@ -15,7 +16,6 @@ __all__ = ["Limits", "ModelSource", "ServeConfig", "StageConfig", "app", "build_
 def build_app(config: ServeConfig):
     """The Ray Serve application for ``config``: the ingress bound to its stage deployments."""
     from .http import build_ingress
-    from .models import model_info
     from .workers import CascadeWorker, StageWorker
 
     config = config.with_env_key()

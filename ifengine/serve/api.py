@@ -22,6 +22,7 @@ from .config import Limits
 from .models import ModelInfo
 from .work import Job
 from ..errors import IFEngineError
+from ..pipeline.save import png_info
 
 RESPONSE_FORMATS = ("b64_json",)
 EDIT_MODES = ("img2img", "inpaint", "style")
@@ -182,7 +183,6 @@ def job_settings(job: Job) -> dict:
 
 def png_b64(images, settings: dict) -> list[str]:
     """PIL images -> base64 PNGs carrying the settings as ``ifengine generate``'s files do."""
-    from ..pipeline.save import png_info
 
     out = []
     for i, img in enumerate(images):

@@ -17,6 +17,9 @@ from ..pipeline.cascade import Cascade, open_cascade
 from ..pipeline.loader import checkpoints_of, defaults_of, placement
 from ..pipeline.source import ModelSource
 from ..stage.options import RunDefaults
+from ..models.checkpoint import resolve
+from ..models.config import UNetConfig
+from ..stage import components
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +39,6 @@ def checkpoint_paths(source: ModelSource) -> dict[int, str]:
 
 
 def model_info(source: ModelSource) -> ModelInfo:
-    from ..models.checkpoint import resolve
-    from ..models.config import UNetConfig
 
     configs = {
         n: UNetConfig.from_dict(resolve(p, n, source.variant).config("unet"))
@@ -69,8 +70,6 @@ def load_whole(source: ModelSource):
 
 def load_part(source: ModelSource, part: str):
     """A Cascade holding only ``part`` ("text", "stage1", "stage2" or "stage3")."""
-    from ..models.checkpoint import resolve
-    from ..stage import components
 
     device, dtype = device_and_dtype(source)
     paths = checkpoint_paths(source)

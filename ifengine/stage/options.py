@@ -206,6 +206,7 @@ def check_images_per_prompt(n) -> int:
 
 def check_timesteps(stages: tuple[StageOptions, ...]) -> None:
     """Named or explicit lists are for the DDPM stages (I, II); stage III's DDIM takes a step count."""
+    # imported here: the CLI reads this module to parse flags, and schedule/ loads torch
     from ..schedule import named_timesteps, validate_timesteps
 
     for number, opts in enumerate(stages[:2], start=1):
@@ -222,6 +223,6 @@ def check_timesteps(stages: tuple[StageOptions, ...]) -> None:
 
 def timestep_list(opts: StageOptions) -> tuple[int, ...]:
     """The explicit or named timestep list of a stage (call only when ``opts.timesteps`` is set)."""
-    from ..schedule import named_timesteps
+    from ..schedule import named_timesteps  # see check_timesteps
 
     return named_timesteps(opts.timesteps) if isinstance(opts.timesteps, str) else tuple(opts.timesteps)

@@ -22,6 +22,8 @@ from ...engines.inductor_target import InductorTarget, is_inductor
 from ...engines.io_plan import IOPlan
 from ...facts import ALL_COMPONENTS
 from .network import InductorNetwork, InductorPackage
+from ...export.hashing import HashCache
+from ...export.sources import plan_sources
 
 log = logging.getLogger(__name__)
 
@@ -86,14 +88,12 @@ def verify_inductor(
 
 
 def _hash_cache():
-    from ...export.hashing import HashCache
 
     return HashCache()
 
 
 def _check_weights(path: Path, manifest: dict, ckpt, hashes, rebuild: str) -> None:
     """The package was compiled from the given checkpoint's current files (weights, configs)."""
-    from ...export.sources import plan_sources
 
     (source,) = plan_sources({ckpt.stage: ckpt}, [manifest["component"]])
     now = hashes.files(source.files, source.checkpoint.root)

@@ -20,6 +20,8 @@ from ...export.hashing import HashCache
 from ...export.manifest import ArtifactError, check_files, check_version, read_manifest
 from ...export.spec import ComponentSpec, SpecError
 from ...export.verify import session_options
+from ...installed import ORT_FIX, ort_conflict
+from ..base import call
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +75,6 @@ def check_providers(providers: Sequence[Any]) -> None:
 def _gpu_hint(missing: list[str]) -> str:
     if not any(n in GPU_PROVIDERS for n in missing):
         return ""
-    from ...installed import ORT_FIX, ort_conflict
 
     conflict = ort_conflict()
     if conflict:
@@ -121,7 +122,6 @@ class OrtGraph:
 
     def __call__(self, **inputs: torch.Tensor) -> torch.Tensor:
         """One call, outside any runner: through this graph's ``OrtNetwork`` (static buffers), copied out."""
-        from ..base import call
         from .network import OrtNetwork
 
         if self._network is None:

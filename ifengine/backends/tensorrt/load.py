@@ -27,6 +27,13 @@ from ...engines.io_plan import IOPlan
 from ...facts import ALL_COMPONENTS
 from ...memory.sizes import GiB
 from .engines import EngineNetwork, TensorRTEngine, TensorRTEngineSet, _peek
+from ...models.checkpoint import resolve, source_name
+from ..assemble import assemble, torch_parts
+from ..inductor.load import inductor_folders, open_inductor, verify_inductor
+from ...export.manifest import recorded_defaults
+from ...models.checkpoint import read_run_defaults
+from ...stage.options import run_defaults
+from ...facts import STAGE_COMPONENTS
 
 log = logging.getLogger(__name__)
 
@@ -166,9 +173,6 @@ def load_engine_parts(
     built in; the run defaults are those the checkpoints recorded, as the engine manifests carry them."""
     import torch
 
-    from ...models.checkpoint import resolve, source_name
-    from ..assemble import assemble, torch_parts
-    from ..inductor.load import inductor_folders, open_inductor, verify_inductor
     from ..onnxruntime.load import graph_sources, open_networks, provider_list
 
     check_engines_dir(engines)
@@ -212,9 +216,6 @@ def built_precision_of(verified) -> str:
 
 def engine_run_defaults(verified, networks: Mapping[str, Any], checkpoints: Mapping[int, Any]):
     """What the sources record: the checkpoints given, else the engine manifests, else the ORT graphs'."""
-    from ...export.manifest import recorded_defaults
-    from ...models.checkpoint import read_run_defaults
-    from ...stage.options import run_defaults
 
     graphs = [n.manifest for n in networks.values() if isinstance(getattr(n, "manifest", None), dict)]
     entries = recorded_defaults(graphs) | recorded_defaults(m for _, m, _ in verified)
@@ -230,7 +231,6 @@ def _has_tensorrt(engines: Path, inductor: list[Path]) -> bool:
 def _covered_by(checkpoints: Mapping[int, Any]) -> set[str]:
     """Components the given checkpoints provide on torch (T5 only with a text encoder); their step graphs
     too, because the torch step is capturable and an ONNX Runtime one is not."""
-    from ...facts import STAGE_COMPONENTS
 
     out = {c for n in checkpoints for c in STAGE_COMPONENTS[n]}
     if not any(checkpoints[n].has("text_encoder") for n in (1, 2) if n in checkpoints):

@@ -14,11 +14,16 @@ import torch
 
 from .common import build_cascade, call, on_gpu, release
 from .config import CheckConfig
+from ...memory.sizes import parse_size
+from ..fullsize import move_to
+from ...runtime import configure
+from ...memory.plan_inputs import cascade_modules
+from ...memory.workload import Workload
+from ...models.int8 import is_quantized
+from ..ulps import max_ulps
 
 
 def run(cfg: CheckConfig, save) -> dict:
-    from ...memory.sizes import parse_size
-    from ..fullsize import move_to
 
     report = {"budget": cfg.budget, "budget_bytes": parse_size(cfg.budget), "weights": cfg.budget_weights}
     cascade = build_cascade(cfg)
@@ -35,7 +40,6 @@ def run(cfg: CheckConfig, save) -> dict:
 
 
 def _reference(cascade, cfg: CheckConfig) -> torch.Tensor:
-    from ...runtime import configure
 
     runtime = configure(cascade)
     try:
@@ -45,11 +49,6 @@ def _reference(cascade, cfg: CheckConfig) -> torch.Tensor:
 
 
 def _budgeted(cascade, cfg: CheckConfig, reference: torch.Tensor) -> dict:
-    from ...memory.plan_inputs import cascade_modules
-    from ...memory.workload import Workload
-    from ...models.int8 import is_quantized
-    from ...runtime import configure
-    from ..ulps import max_ulps
 
     if on_gpu(cfg):
         torch.cuda.reset_peak_memory_stats()

@@ -7,6 +7,8 @@ import gc
 import torch
 
 from .config import PRESETS, PROMPTS, CheckConfig
+from ..fullsize import random_cascade
+from ..ulps import max_ulps
 
 
 def dtype_of(cfg: CheckConfig) -> torch.dtype:
@@ -22,7 +24,6 @@ def on_gpu(cfg: CheckConfig) -> bool:
 
 
 def build_cascade(cfg: CheckConfig):
-    from ..fullsize import random_cascade
 
     presets = PRESETS[cfg.preset]["cascade"]
     return random_cascade(presets, dtype=dtype_of(cfg), device=cfg.device, build_on=cfg.device)
@@ -44,6 +45,5 @@ def release(cascade) -> None:
 
 def stage_ulps(a, b) -> list[int]:
     """Max ulps between two calls' outputs, stage by stage."""
-    from ..ulps import max_ulps
 
     return [max_ulps(x.float(), y.float()) for x, y in zip(a.stages, b.stages, strict=True)]

@@ -17,11 +17,13 @@ import torch
 
 from .common import build_cascade, call, on_gpu, release, skip, stage_ulps
 from .config import PROMPTS, CheckConfig
+from ...runtime import configure
+from ..stage_run import run_stage, stage_inputs
+from ..ulps import max_ulps
+from ...text.masks import host_mask_status
 
 
 def equality(cfg: CheckConfig, save) -> dict:
-    from ...runtime import configure
-    from ..stage_run import run_stage, stage_inputs
 
     cascade = build_cascade(cfg)
     req, embeds = stage_inputs(cascade, cfg.steps, size=cfg.size)
@@ -50,7 +52,6 @@ def equality(cfg: CheckConfig, save) -> dict:
 
 def _replay_ulps(graphs, stage: int, states: list[torch.Tensor]) -> dict:  # GPU only
     """Replay the captured step from each eager state and count ulps to the eager next state."""
-    from ..ulps import max_ulps
 
     graph = list(graphs.runner.graphs[stage]._graphs.values())[-1]  # latency mode: stages share one cache
     arena = graphs.runner.arenas[stage]
@@ -65,7 +66,6 @@ def _replay_ulps(graphs, stage: int, states: list[torch.Tensor]) -> dict:  # GPU
 
 
 def reuse(cfg: CheckConfig, save) -> dict:
-    from ...runtime import configure
 
     cascade = build_cascade(cfg)
     try:
@@ -94,9 +94,6 @@ def _captured(runtime) -> int:
 
 
 def sync_debug(cfg: CheckConfig, save) -> dict:
-    from ...runtime import configure
-
-    from ...text.masks import host_mask_status
 
     cascade = build_cascade(cfg)
     try:

@@ -10,11 +10,11 @@ import torch
 
 from .common import dtype_of, release
 from .config import PRESETS, CheckConfig
+from ..flops import matmul_peak
+from ..unet_timing import time_unet
 
 
 def run(cfg: CheckConfig, save) -> dict:
-    from ..flops import matmul_peak
-    from ..unet_timing import time_unet
 
     device, dtype = torch.device(cfg.device), dtype_of(cfg)
     report = {"matmul_peak": matmul_peak(device, dtype, repeats=cfg.repeats), "rows": []}

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from .common import build_cascade, release
 from .config import PROMPTS, CheckConfig
+from ...runtime import configure
+from ...runtime.throughput import run_throughput
 
 
 def run(cfg: CheckConfig, save) -> dict:
-    from ...runtime import configure
-    from ...runtime.throughput import run_throughput
 
     cascade = build_cascade(cfg)
     report, kw = {}, dict(steps=cfg.steps, check_finite=False, height=cfg.size, width=cfg.size)
