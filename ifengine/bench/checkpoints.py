@@ -178,7 +178,7 @@ def _save_vae(folder: Path, config, seed: int, progress: bool) -> None:
     try:
         from diffusers import AutoencoderKL  # only diffusers' class has the encoder half
     except ImportError:
-        from ..models.vae import VAEDecoder
+        from ..models.vae import VAEDecoder  # without diffusers: our decoder-only VAE
 
         log.warning("diffusers is not installed: writing the VAE decoder only (diffusers could not load it)")
         module = build_on_meta(lambda: VAEDecoder(config))

@@ -20,6 +20,7 @@ import torch
 
 from .timing import Clock
 from ..pipeline.cascade import open_cascade
+from ..runtime import configure
 from ..pipeline.source import ModelSource
 from ..facts import DEFAULT_STEPS
 from ..models.t5_precision import device_has_bf16, t5_dtype
@@ -125,10 +126,6 @@ def _ifengine_family(names: list[str], paths, device, dtype) -> dict[str, System
 def _ifengine_runtime(name: str, paths, device: torch.device, dtype, vram_budget: int | None) -> System:
     """ifengine's GPU runtime (static buffers, CUDA graphs, memory planner) behind the same chain."""
 
-    try:
-        from ..runtime import configure
-    except ImportError as err:
-        raise ValueError(f"ifengine-graphs needs ifengine.runtime.configure, missing here ({err})") from err
     # under a budget the planner places the weights: load them on the host, nothing has to fit first
     where = "cpu" if vram_budget is not None else device
     pipe = open_cascade(

@@ -75,7 +75,7 @@ def fingerprint(manifest: dict) -> str:
 
 def _read_manifest(path: Path) -> dict:
     try:
-        from ..export.manifest import read_manifest
+        from ..export.manifest import read_manifest  # the export extra may be absent
     except ModuleNotFoundError as err:
         if err.name != "ifengine.export.manifest":
             raise
@@ -119,7 +119,7 @@ def ensure_exports(
         )
     todo = [(c, p) for c, p in pairs if STAGE_OF[c] in stages]
     if todo:
-        from ..export.api import export_artifacts
+        from ..export.api import export_artifacts  # onnx: the export extra, only when exports are missing
 
         for precision in sorted({p for _, p in todo}):
             components = sorted({c for c, p in todo if p == precision})

@@ -55,7 +55,7 @@ class InductorJob:
     @property
     def dynamic_dims(self) -> tuple[str, ...]:
         """Dims the package takes at run time (a range in the profile); every other dim is compiled in."""
-        from .inductor_build import dynamic_dim_names
+        from .inductor_build import dynamic_dim_names  # imported here: inductor_build imports this module
 
         return dynamic_dim_names(self.spec, self.profile.dims)
 

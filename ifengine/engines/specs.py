@@ -47,7 +47,7 @@ def planned_spec(component: str, models: ModelChoice, checkpoints: Mapping[int, 
 def _step_spec(component: str, ckpt, models: ModelChoice, sizes: Mapping[int, DimRange]) -> ComponentSpec:
     stage = STAGE_OF[component]
     try:
-        from ..export import step_spec
+        from ..export import step_spec  # the export extra may be absent
     except ModuleNotFoundError:
         step_spec = None
     if step_spec is None or stage not in sizes:
@@ -66,7 +66,7 @@ def _step_spec(component: str, ckpt, models: ModelChoice, sizes: Mapping[int, Di
 def _cascade_sizes(models: ModelChoice, checkpoints: Mapping[int, Any]) -> dict[int, DimRange]:
     """Height/width range per stage as the exporter derives it from the U-Nets' sample sizes."""
     try:
-        from ..export.sizes import cascade_sizes
+        from ..export.sizes import cascade_sizes  # the export extra may be absent
     except ModuleNotFoundError:  # an exporter without per-cascade ranges: the spec defaults apply
         return {}
     configs = {n: _unet(checkpoints.get(n), models, n) for n in (1, 2, 3)}

@@ -210,7 +210,7 @@ def _build_graph(
                     "weights": quantize_weight_only(target, graph),
                 }
             }
-        from .int8 import quantize_component
+        from .int8 import quantize_component  # onnxruntime.quantization: only for int8 exports
 
         return {"quantization": quantize_component(source, spec, target, graph, options, ckpts)}
     finally:

@@ -155,7 +155,7 @@ def _clip(ckpt: Checkpoint, parts: _StageParts) -> ComponentSource:
 def _text_encoder(kind: str, folder: Path, dtype: torch.dtype, variant: str | None, use_mask: bool = True) -> nn.Module:
     from transformers import CLIPTextModel, T5EncoderModel
 
-    from .precision import keep_t5_ffn_output_fp32
+    from .precision import keep_t5_ffn_output_fp32  # imported here: precision.py imports this module
 
     cls = T5EncoderModel if kind == "t5" else CLIPTextModel
     # the same files the source hash covered: the variant's when it exists, else the default weights

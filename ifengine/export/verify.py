@@ -100,7 +100,7 @@ def session(path: Path, providers: Sequence[str] = ("CPUExecutionProvider",), em
 
     options = session_options()
     if emulate_bf16 and list(providers) == ["CPUExecutionProvider"] and is_bf16(path):
-        from .bf16 import emulate_bf16 as emulate
+        from .bf16 import emulate_bf16 as emulate  # onnx rewriting, only for bf16 graphs on the CPU
 
         model = emulate(onnx.load(str(path)))
         # no graph optimisation: it could fold the rounding Cast pairs that carry the bf16 precision

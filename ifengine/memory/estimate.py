@@ -432,7 +432,7 @@ def estimate_request(
         return replace(lower, fits=False, reason=reason)
     plan = getattr(getattr(cascade, "runtime", None), "plan", None)
     if plan is not None and limits.memory is None:  # placed by a plan: its budget, not the free memory
-        from .plan_estimate import planned_estimate
+        from .plan_estimate import planned_estimate  # imported here: plan_estimate imports this module
 
         base = estimate(costs_for(modules, True, measure=False), **shape, steps=steps, multiple=multiple)
         return planned_estimate(plan, modules, base, batch=batch, height=height, width=width, steps=steps)

@@ -15,6 +15,7 @@ __all__ = ["Limits", "ModelSource", "ServeConfig", "StageConfig", "app", "build_
 
 def build_app(config: ServeConfig):
     """The Ray Serve application for ``config``: the ingress bound to its stage deployments."""
+    # ray, fastapi: the serve extra, needed only when an application is built
     from .http import build_ingress
     from .workers import CascadeWorker, StageWorker
 

@@ -45,7 +45,7 @@ def model_info(source: ModelSource) -> ModelInfo:
         for n, p in checkpoint_paths(source).items()
     }
     if source.artifacts:  # what no checkpoint gives comes from the exported graphs' manifests
-        from ..backends.onnxruntime.load import graph_unet_configs
+        from ..backends.onnxruntime.load import graph_unet_configs  # onnxruntime: an optional extra
 
         configs = {**graph_unet_configs(Path(source.artifacts)), **configs}
     if 1 not in configs:

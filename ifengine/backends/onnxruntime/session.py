@@ -122,7 +122,7 @@ class OrtGraph:
 
     def __call__(self, **inputs: torch.Tensor) -> torch.Tensor:
         """One call, outside any runner: through this graph's ``OrtNetwork`` (static buffers), copied out."""
-        from .network import OrtNetwork
+        from .network import OrtNetwork  # imported here: network.py imports this module
 
         if self._network is None:
             self._network = OrtNetwork(self)

@@ -173,7 +173,7 @@ def load_engine_parts(
     built in; the run defaults are those the checkpoints recorded, as the engine manifests carry them."""
     import torch
 
-    from ..onnxruntime.load import graph_sources, open_networks, provider_list
+    from ..onnxruntime.load import graph_sources, open_networks, provider_list  # onnxruntime: an optional extra
 
     check_engines_dir(engines)
     given = {n: s for n, s in ((1, stage1), (2, stage2), (3, stage3)) if s}
