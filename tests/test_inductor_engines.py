@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 import ifengine
-from ifengine.backends.base import Capture
+from ifengine.stage.seam import Capture
 from ifengine.backends.inductor.network import InductorNetwork
 from ifengine.backends.parts import NetworkIFStep, NetworkVAE
 from ifengine.engines.errors import EngineCorrupt, EngineForeign, EngineStale
