@@ -62,7 +62,7 @@ def damaged_folder(folder: str | Path, action: str = REDOWNLOAD):
 EXTRA_NOTES = {"export": ' (on a GPU machine install "ifengine[gpu]" instead: it includes onnx and onnxruntime-gpu)'}
 
 
-class MissingExtra(ImportError):
+class MissingExtra(IFEngineError, ImportError):
     """An optional dependency is not installed; the message names the ``pip install`` that adds it."""
 
 

@@ -169,8 +169,8 @@ def prepare(args):
     prompts = _check_prompt_flags(args)  # everything a user can get wrong is refused before any loading
     _check_edit_flags(args)
     backend_flags.check(args)
+    check_before_loading(args, torch.device(device), dtype, prompts)  # names the flag a bad size came from
     runtime = _runtime(args)
-    check_before_loading(args, torch.device(device), dtype, prompts)
     return device, dtype, prompts, runtime
 
 

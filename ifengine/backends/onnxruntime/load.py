@@ -83,9 +83,15 @@ def load_onnx_parts(
 PREFERENCE = {False: ("fp32", "fp16", "int8", "bf16"), True: ("fp16", "bf16", "fp32", "int8")}
 
 
+def check_folder(artifacts: Path) -> None:
+    if not Path(artifacts).is_dir():
+        raise ArtifactError(f"{artifacts} is not a folder of exported graphs: run `ifengine export --out {artifacts}`")
+
+
 def exported_precision(artifacts: Path, gpu: bool = False) -> str:
     """The precision the graphs under ``artifacts`` were exported in (of several: fp32 on a CPU, fp16 on a GPU,
     else the first of ``PREFERENCE`` present)."""
+    check_folder(artifacts)
     found = {p.parent.name for p in Path(artifacts).glob(f"*/*/{MANIFEST_NAME}")}
     for precision in PREFERENCE[gpu]:
         if precision in found:
@@ -97,8 +103,7 @@ def open_networks(
     artifacts: Path, providers: Sequence[Any], precision: str | Mapping[str, str], verify: str = "hash", skip=()
 ) -> dict[str, OrtNetwork]:
     """An OrtNetwork per component exported under ``artifacts`` at the chosen precision (not ``skip``)."""
-    if not artifacts.is_dir():
-        raise ArtifactError(f"{artifacts} is not a folder of exported graphs: run `ifengine export --out {artifacts}`")
+    check_folder(artifacts)
     choose = chooser(precision)
     paths = {c: artifacts / c / choose(c) / MANIFEST_NAME for c in ALL_COMPONENTS if c not in skip}
     networks = {c: OrtNetwork(OrtGraph(p, providers, verify)) for c, p in paths.items() if p.is_file()}

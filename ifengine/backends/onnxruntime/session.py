@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ...errors import IFEngineError
 from ...export.artifacts import HASH_CACHE
 from ...export.hashing import HashCache
 from ...export.manifest import ArtifactError, check_files, check_version, read_manifest
@@ -44,7 +45,7 @@ def binding_device(providers: Sequence[Any]) -> torch.device:
     return torch.device("cpu")
 
 
-class ProviderError(ValueError):
+class ProviderError(IFEngineError, ValueError):
     """Requested ONNX Runtime providers or devices that this machine does not have."""
 
 
