@@ -135,12 +135,7 @@ def make_plan(
     components: tuple[str, ...] | None = None,
 ) -> BuildPlan:
     """Resolve every engine of ``recipe``: exported specs where they exist, planned specs otherwise."""
-    chosen = [c for c in recipe.components if components is None or c.name in components]
-    unknown = sorted(set(components or ()) - {c.name for c in recipe.components})
-    if unknown:
-        raise ValueError(
-            f"{recipe.path} builds no {', '.join(unknown)}; it builds {', '.join(c.name for c in recipe.components)}"
-        )
+    chosen = recipe.chosen(components)
     jobs: list[EngineJob] = []
     for part in chosen:
         export = (exports or {}).get((part.name, part.precision))

@@ -14,7 +14,6 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -25,6 +24,7 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..export.inputs import random_inputs
 from ..export.spec import ComponentSpec, DimRange
+from .builder import BuildResult  # one result type for both compilers
 from .cache import build_once, cache_key, engine_paths, update_index
 from .inductor_plan import InductorJob, InductorPlan
 from .inductor_target import InductorTarget
@@ -37,17 +37,9 @@ _PHASES = ("load", "export", "compile")
 QUICK = MappingProxyType({"aot_inductor.compile_wrapper_opt_level": "O0"})
 
 
-@dataclass(frozen=True)
-class InductorResult:
-    job: str
-    engine: Path
-    built: bool  # False: a fresh package was already in the cache
-    seconds: float
-
-
 def build_inductor(
     plan: InductorPlan, target: InductorTarget, progress: bool = True, configs: dict | None = None
-) -> list[InductorResult]:
+) -> list[BuildResult]:
     """Compile (or find fresh) every package of ``plan`` for ``target``; the index lists them.
     ``configs``: Inductor options for ``aoti_compile_and_package`` (part of every cache key), e.g.
     ``QUICK`` where compile time matters more than the host wrapper's optimisation."""
@@ -73,7 +65,7 @@ def _build_job(job: InductorJob, plan: InductorPlan, target: InductorTarget, pro
     seconds = manifest["build_seconds"] if built else 0.0
     log.info("%s %s", job.name, f"compiled in {seconds:.1f} s" if built else "is up to date")
     update_index(paths.engine.parent, manifest, plan.build_command, replace=first)
-    return InductorResult(job=job.name, engine=paths.engine, built=built, seconds=seconds)
+    return BuildResult(job=job.name, engine=paths.engine, built=built, seconds=seconds)
 
 
 def compile_package(

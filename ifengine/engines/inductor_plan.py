@@ -122,12 +122,7 @@ def make_inductor_plan(
 ) -> InductorPlan:
     """One job per (component, profile) of ``recipe``, from the given checkpoints (stage -> Checkpoint)."""
 
-    chosen = [c for c in recipe.components if components is None or c.name in components]
-    unknown = sorted(set(components or ()) - {c.name for c in recipe.components})
-    if unknown:
-        raise ValueError(
-            f"{recipe.path} builds no {', '.join(unknown)}; it builds {', '.join(c.name for c in recipe.components)}"
-        )
+    chosen = recipe.chosen(components)
     kind = device.split(":")[0]
     for part in chosen:
         _check_part(recipe, part.name, part.precision, kind)

@@ -103,6 +103,15 @@ class Recipe:
     def refittable(self, component: ComponentRecipe) -> bool:
         return self.build.refittable if component.refittable is None else component.refittable
 
+    def chosen(self, components: tuple[str, ...] | None = None) -> list:
+        """The recipe's components named in ``components`` (None: all); a name it does not build is an error."""
+        unknown = sorted(set(components or ()) - {c.name for c in self.components})
+        if unknown:
+            raise ValueError(
+                f"{self.path} builds no {', '.join(unknown)}; it builds {', '.join(c.name for c in self.components)}"
+            )
+        return [c for c in self.components if components is None or c.name in components]
+
 
 def find_recipe(name_or_path: str | Path) -> Path:
     """A recipe file path, or the name of a shipped recipe (``24gb`` -> RECIPE_DIR/24gb.toml)."""
