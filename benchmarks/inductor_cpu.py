@@ -2,6 +2,10 @@
 """ms per guided IF step on this CPU, four ways: eager torch, the traced step, ONNX Runtime, Inductor.
 
     PYTHONPATH=. python benchmarks/inductor_cpu.py [--cases demo,IF-I-M,IF-II-M] [--out benchmarks/results]
+        [--repeats 7 --warmup 2] [--append]
+
+``--append`` keeps the cases already in ``<out>/inductor_cpu.json`` (a case run again replaces its row), so
+a slow case can run on its own later; each row records its own repeat and warm-up counts and machine load.
 
 Each case is one stage I/II step with classifier-free guidance at batch 1 (the U-Net on the CFG batch of
 2, guidance, the DDPM update with thresholding): ``demo`` is the tiny demo stage I at 16x16; ``IF-I-M``
@@ -99,8 +103,8 @@ def spec_and_dims(unet, stage: int, scheduler, side: int, batch=(1, 1)):
     return spec, dims
 
 
-def ms(fn) -> dict:
-    for _ in range(WARMUP):
+def ms(fn, warmed: int = 0) -> dict:
+    for _ in range(max(WARMUP - warmed, 0)):
         fn()
     samples = []
     for _ in range(REPEATS):
@@ -124,9 +128,10 @@ def run_case(name: str, folder: Path) -> dict:
     extra = {"upscaled": feeds.get("upscaled"), "noise_level": feeds.get("noise_level")}
     args = (tables, feeds["step"][0], feeds["sample"], feeds["text_embeds"], feeds["noise"], feeds["guidance"][0], True)
     row = {"case": name, "stage": stage, "size": side, "batch": 1, "cfg_rows": 2}
+    row.update(repeats=REPEATS, warmup=WARMUP, load_average_at_start=_load_average())
     row["params"] = sum(p.numel() for p in unet.parameters())
-    ref = if_step(unet, *args, **extra)
-    row["eager"] = ms(lambda: if_step(unet, *args, **extra))
+    ref = if_step(unet, *args, **extra)  # the reference output doubles as the eager warm-up call
+    row["eager"] = ms(lambda: if_step(unet, *args, **extra), warmed=1)
     traced = TracedStep(IF_STEP)
     row["traced"] = ms(lambda: traced(unet, *args, **extra))
     row["onnxruntime"] = _onnxruntime(graph, spec, feeds, folder, ref)
@@ -184,6 +189,12 @@ def _inductor(graph, spec, dims, feeds, path: Path, ref) -> dict:
     }
 
 
+def _load_average() -> list[float]:
+    import os
+
+    return [round(x, 2) for x in os.getloadavg()]
+
+
 def _json(config) -> dict:
     import dataclasses
 
@@ -199,18 +210,19 @@ def markdown(payload: dict) -> str:
         f"# IF step on the CPU: eager vs traced vs ONNX Runtime vs Inductor ({payload['date']})",
         "",
         f"Machine: {summary_line(payload['machine'])}; torch threads {payload['threads']}. Command: "
-        f"`{payload['command']}`. Median of {REPEATS} after {WARMUP} warm-up calls, ms per guided step "
+        f"`{payload['command']}`. Median of `repeats` after `warmup` calls (per row), ms per guided step "
         "(batch 1, CFG batch 2).",
         "",
         "| case | size | eager ms | traced ms | ORT ms | Inductor ms | ORT build s | ORT load s "
-        "| Inductor build s | Inductor load s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| Inductor build s | Inductor load s | repeats / warm-up | load avg at start |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in payload["cases"]:
         o, i = r["onnxruntime"], r["inductor"]
         lines.append(
             f"| {r['case']} | {r['size']}² | {r['eager']['median_ms']} | {r['traced']['median_ms']} | "
-            f"{o['median_ms']} | {i['median_ms']} | {o['build_s']} | {o['load_s']} | {i['build_s']} | {i['load_s']} |"
+            f"{o['median_ms']} | {i['median_ms']} | {o['build_s']} | {o['load_s']} | {i['build_s']} | {i['load_s']} | "
+            f"{r.get('repeats', 7)} / {r.get('warmup', 2)} | {r.get('load_average_at_start', '-')} |"
         )
     for r in payload["cases"]:
         d = r.get("inductor_dynamic_batch")
@@ -232,12 +244,17 @@ def write(payload: dict, out: Path) -> None:
 
 
 def main() -> None:
+    global REPEATS, WARMUP  # the timing helpers read them; set once from the flags
     import sys
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default="demo,IF-I-M,IF-II-M")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--repeats", type=int, default=REPEATS, help="timed calls per system (median reported)")
+    parser.add_argument("--warmup", type=int, default=WARMUP, help="untimed calls before them")
+    parser.add_argument("--append", action="store_true", help="keep the other cases of OUT/inductor_cpu.json")
     args = parser.parse_args()
+    REPEATS, WARMUP = args.repeats, args.warmup
     payload = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": "python benchmarks/inductor_cpu.py " + " ".join(sys.argv[1:]),
@@ -245,7 +262,14 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "cases": [],
     }
-    for name in args.cases.split(","):
+    names = args.cases.split(",")
+    previous = args.out / "inductor_cpu.json"
+    if args.append and previous.is_file():
+        old = json.loads(previous.read_text())
+        payload["cases"] = [c for c in old["cases"] if c["case"] not in names]
+        payload["notes"] = old.get("notes", [])
+        payload["earlier_runs"] = old.get("earlier_runs", []) + [{k: old[k] for k in ("date", "command", "machine")}]
+    for name in names:
         with tempfile.TemporaryDirectory(prefix=f"inductor-{name}-") as folder:
             start = time.perf_counter()
             payload["cases"].append(run_case(name, Path(folder)))
