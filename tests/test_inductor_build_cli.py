@@ -12,7 +12,7 @@ from ifengine.engines.inductor_plan import COMPILABLE
 def test_the_demo_recipe_plans_with_no_flags(tmp_path, capsys):
     assert main(["build", "demo", "--compiler", "inductor", "--out", str(tmp_path), "--dry-run"]) == 0
     plan = json.loads(capsys.readouterr().out)
-    assert [e["component"] for e in plan["engines"]] == list(COMPILABLE)
+    assert sorted(e["component"] for e in plan["engines"]) == sorted(COMPILABLE)  # every component
     step1 = next(e for e in plan["engines"] if e["component"] == "step1")
     assert step1["dynamic_dims"] == ["batch", "steps"]  # one package serves batch 1-2 and any step count
     assert step1["profile"]["inputs"]["sample"] == {"min": [1, 3, 16, 16], "opt": [1, 3, 16, 16], "max": [2, 3, 16, 16]}
@@ -30,7 +30,6 @@ def _recipe(tmp_path, components: str) -> str:
 @pytest.mark.parametrize(
     "components, message",
     [
-        ('t5 = "fp32"', "t5 .* stays on torch"),
         ('unet1 = "fp16"', "unet1 precision 'fp16' is not compiled by Inductor on cpu; use fp32 or bf16"),
         ('unet1 = "int8"', "precision 'int8' is not compiled by Inductor"),
     ],

@@ -36,14 +36,14 @@ def engines(tmp_path_factory, stage1_dir, stage2_dir, stage3_dir):
     return out
 
 
-def _build(out, *dirs):
+def _build(out, *dirs, components=COMPILED):
     from ifengine.engines.inductor_build import QUICK, build_inductor
     from ifengine.engines.inductor_plan import make_inductor_plan
     from ifengine.engines.inductor_target import current_inductor_target
     from ifengine.models.checkpoint import resolve
 
     ckpts = {n: resolve(d, n) for n, d in enumerate(dirs, start=1)}
-    plan = make_inductor_plan(load_recipe("demo"), ckpts, out, "cpu", COMPILED)
+    plan = make_inductor_plan(load_recipe("demo"), ckpts, out, "cpu", components)
     return build_inductor(plan, current_inductor_target("cpu"), progress=False, configs=QUICK)
 
 
@@ -110,6 +110,28 @@ def test_compiled_cascade_equals_diffusers(compiled, diffusers_stage1, diffusers
     ref = reference_chain(diffusers_stage1, diffusers_stage2, diffusers_stage3, "a red cat", steps=steps)
     ours = compiled("a red cat", steps=steps, generator=torch.Generator().manual_seed(0), **RUN)
     assert_stages_match(ours, ref)  # <= 1e-3 per stage
+
+
+@pytest.mark.slow
+def test_compiled_text_encoders_equal_torch(tmp_path, stages, eager):
+    """T5 and CLIP compiled (their tokenizers copied beside the packages) give the torch encoders'
+    embeddings, so the cascade through them equals the torch one; without the tokenizer copy the
+    package is refused as corrupt before anything loads."""
+    from ifengine.backends.parts import NetworkTextModel
+
+    assert [r.built for r in _build(tmp_path, *stages.values(), components=("t5", "clip"))] == [True, True]
+    text = ifengine.Cascade.from_engines(tmp_path, **stages)
+    assert isinstance(text.text.model, NetworkTextModel) and isinstance(text.stage3.text.model, NetworkTextModel)
+    prompts = ["a red cat", "A <b>Blue</b> DOG on the moon, 1990s photo"]
+    for ours, ref in ((text.text, eager.text), (text.stage3.text, eager.stage3.text)):
+        err = (ours.encode(prompts) - ref.encode(prompts)).abs().max().item()
+        assert err <= TOL, f"compiled text encoder differs from torch by {err:.2e}"
+    a, b = text("a red cat", seed=2, steps=(3, 2, 2), **RUN), eager("a red cat", seed=2, steps=(3, 2, 2), **RUN)
+    for n, (x, y) in enumerate(zip(a.stages, b.stages, strict=True), start=1):
+        assert (x - y).abs().max().item() <= 1e-3, f"stage {n}"
+    shutil.rmtree(_folder(tmp_path) / "assets")
+    with pytest.raises(EngineCorrupt, match="tokenizer folder .* missing"):
+        ifengine.Cascade.from_engines(tmp_path, **stages)
 
 
 def test_generate_with_engines_writes_the_checkpoints_png(engines, stages, tmp_path, monkeypatch):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from collections.abc import Mapping
 from tqdm.auto import tqdm
 
 from .. import __version__
+from ..atomic import replacing_folder
 from ..export.inputs import random_inputs
 from ..export.spec import ComponentSpec, DimRange
 from .builder import BuildResult  # one result type for both compilers
@@ -56,16 +58,32 @@ def build_inductor(
 def _build_job(job: InductorJob, plan: InductorPlan, target: InductorTarget, progress: bool, configs, first: bool):
     key = cache_key({**job.key_fields(), "inductor_configs": configs}, target)
     paths = engine_paths(plan.out, target, job.name, key, SUFFIX)
+    assets = copy_assets(job, paths.engine.parent)  # before the manifest that names them is written
     built, manifest = build_once(
         paths,
         key,
         lambda: compile_package(job, plan.device, paths.engine.parent, progress, configs),
-        lambda: {**package_manifest(job, target, plan), "inductor_configs": configs},
+        lambda: {**package_manifest(job, target, plan), "inductor_configs": configs, "assets": assets},
     )
     seconds = manifest["build_seconds"] if built else 0.0
     log.info("%s %s", job.name, f"compiled in {seconds:.1f} s" if built else "is up to date")
     update_index(paths.engine.parent, manifest, plan.build_command, replace=first)
     return BuildResult(job=job.name, engine=paths.engine, built=built, seconds=seconds)
+
+
+def copy_assets(job: InductorJob, folder: Path) -> dict[str, str]:
+    """The job's asset folders (a text encoder's tokenizer) copied under ``folder``; name -> path relative to
+    it. The copy is named by the source digest (which covers the tokenizer files), so one copy serves every
+    package of that source and a changed tokenizer gets a new one; each is published atomically."""
+    out = {}
+    for name, src in job.source.assets.items():
+        rel = Path("assets") / f"{job.component}-{job.source_sha256[:16]}" / name
+        dest = folder / rel
+        if not dest.is_dir():
+            with replacing_folder(dest, done=lambda p: p.is_dir()) as tmp:
+                shutil.copytree(src, tmp, dirs_exist_ok=True)
+        out[name] = rel.as_posix()
+    return out
 
 
 def compile_package(

@@ -19,6 +19,7 @@ from typing import Any
 from collections.abc import Mapping
 
 from ..export.spec import ComponentSpec
+from ..facts import ALL_COMPONENTS
 from .errors import RecipeError
 from .profiles import Profile, make_profiles
 from .recipe import RECIPE_DIR, Recipe
@@ -27,9 +28,9 @@ from ..export.hashing import HashCache
 from ..export.sources import plan_sources
 from ..export.precision import variant
 
-# What Inductor compiles: the image networks and whole steps. The text encoders run once per prompt and
-# stay on torch (or ONNX Runtime / TensorRT), which is where `ifengine generate --engines` takes them from.
-COMPILABLE = ("unet1", "step1", "unet2", "step2", "x4_unet", "step3", "vae_decoder")
+# What Inductor compiles: the image networks, the whole steps and the text encoders (whose tokenizer is
+# copied next to the package: `backends.assemble` builds the prompt encoder from it, as for ONNX graphs).
+COMPILABLE = ALL_COMPONENTS
 DEVICE_PRECISIONS = {"cpu": ("fp32", "bf16"), "cuda": ("fp16", "bf16", "fp32")}
 # the modules a package's graph is traced from: a change to any of them makes every package stale
 _GRAPH_CODE = ("models", "schedule", "stage/steps.py", "export/graphs.py", "export/step_graphs.py")
@@ -156,11 +157,6 @@ def make_inductor_plan(
 
 
 def _check_part(recipe: Recipe, name: str, precision: str, kind: str) -> None:
-    if name not in COMPILABLE:
-        raise RecipeError(
-            f"{recipe.path}: Inductor compiles {', '.join(COMPILABLE)}; {name} (a text encoder, run once per "
-            "prompt) stays on torch: drop it from [components] or build it with --compiler tensorrt"
-        )
     allowed = DEVICE_PRECISIONS[kind]
     if precision not in allowed:
         raise RecipeError(

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ...engines.cache import INDEX, engine_manifests, manifest_for, read_json, verify_package
-from ...engines.errors import EngineForeign, EngineMissing, EngineStale
+from ...engines.errors import EngineCorrupt, EngineForeign, EngineMissing, EngineStale
 from ...engines.inductor_plan import graph_code_sha256
 from ...engines.inductor_target import InductorTarget, is_inductor
 from ...engines.io_plan import IOPlan
@@ -83,8 +83,18 @@ def verify_inductor(
                 _check_weights(path, manifest, ckpt, hashes, rebuild)
             package = path.with_name(str(manifest.get("engine", "")))
             verify_package(package, manifest, rebuild, checksum)
+            _check_assets(path, manifest, rebuild)
             verified.append(VerifiedPackage(component, manifest, path, package))
     return verified
+
+
+def _check_assets(path: Path, manifest: dict, rebuild: str) -> None:
+    """The folders the manifest names (a text encoder's tokenizer) are there."""
+    for name, rel in manifest.get("assets", {}).items():
+        if not (path.parent / rel).is_dir():
+            raise EngineCorrupt(
+                f"{path.name} needs its {name} folder {path.parent / rel}, which is missing: run `{rebuild}`"
+            )
 
 
 def _hash_cache():
