@@ -51,6 +51,24 @@ def test_static_shapes_give_one_pinned_profile_per_size():
     assert text.label == "b2" and text.shapes["input_ids"] == ((2, 77),) * 3
 
 
+def test_static_shapes_for_each_batch_pin_every_batch_of_the_range_at_every_size():
+    """Inductor's static packages: one per batch value and size, so the whole recipe range is served by
+    static packages (measured faster than one package with a dynamic batch)."""
+    from ifengine.engines.bindings import select
+    from ifengine.engines.io_plan import IOPlan
+
+    spec = if_unet_spec(unet_preset("IF-I-XL"), 1)
+    profiles = make_profiles("unet1", spec, BatchRange(1, 1, 2), SIZES[:2], static=True, each_batch=True)
+    assert [p.label for p in profiles] == [f"b{b}-{s}" for b in (1, 2, 3, 4) for s in ("64x64", "112x64")]
+    assert all(p.static for p in profiles)
+    plans = [IOPlan("unet1", spec, p.dims, {t.name: "float32" for t in spec.inputs + spec.outputs}) for p in profiles]
+    assert select(plans, {"batch": 3, "height": 64, "width": 112, "tokens": 77}) == 5  # the exact static package
+    (vae,) = make_profiles(
+        "vae_decoder", vae_decoder_spec(vae_preset("x4-vae")), BatchRange(1, 1, 1), SIZES[:1], True, True
+    )
+    assert vae.label == "b1-256x256"
+
+
 def test_sizes_the_graph_cannot_take_are_refused_with_the_reason():
     spec = if_unet_spec(unet_preset("IF-I-XL"), 1)
     with pytest.raises(RecipeError, match="unet1: width 100 .* not a multiple of 8"):

@@ -137,7 +137,7 @@ def make_inductor_plan(
         weights, io = _dtypes(source, part.precision)
         spec = source.spec.with_dtype(io)
         for profile in make_profiles(
-            part.name, spec, recipe.batch, recipe.shapes.stage1_sizes(), recipe.build.static_shapes
+            part.name, spec, recipe.batch, recipe.shapes.stage1_sizes(), recipe.build.static_shapes, each_batch=True
         ):
             jobs.append(
                 InductorJob(

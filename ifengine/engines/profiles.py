@@ -57,20 +57,33 @@ class Profile:
 
 
 def make_profiles(
-    component: str, spec: ComponentSpec, batch: BatchRange, sizes: tuple[tuple[int, int], ...], static: bool = False
+    component: str,
+    spec: ComponentSpec,
+    batch: BatchRange,
+    sizes: tuple[tuple[int, int], ...],
+    static: bool = False,
+    each_batch: bool = False,
 ) -> tuple[Profile, ...]:
-    """One dynamic profile covering everything, or one static profile per size (batch fixed at opt)."""
+    """One dynamic profile covering everything, or one static profile per size with the batch fixed at
+    opt (TensorRT: its engines keep one opt point) or, with ``each_batch``, at every batch value of the
+    range (Inductor: a static package per batch is faster than one with a dynamic batch, see RESULTS.md)."""
     ranges = dim_ranges(component, spec, batch, sizes)
     if not static:
         return (_profile("dynamic", spec, ranges),)
     # pin the image-shaped dims; others (a step graph's schedule length) stay ranges
     pinned = {k: _pin(r, r.opt) if k in PINNED else r for k, r in ranges.items()}
-    if "height" not in ranges:
-        return (_profile(_label(pinned), spec, _with_derived(spec, pinned)),)
+    batches = [None]
+    if each_batch and "batch" in ranges:
+        r = ranges["batch"]
+        batches = [_pin(r, b) for b in range(r.min, r.max + 1) if b % r.multiple == 0]
+    sides = _scaled(component, sizes) if "height" in ranges else [None]
     profiles = []
-    for h, w in _scaled(component, sizes):
-        one = {**pinned, "height": _pin(ranges["height"], h), "width": _pin(ranges["width"], w)}
-        profiles.append(_profile(_label(one), spec, _with_derived(spec, one)))
+    for b in batches:
+        for side in sides:
+            one = dict(pinned) if b is None else {**pinned, "batch": b}
+            if side is not None:
+                one |= {"height": _pin(ranges["height"], side[0]), "width": _pin(ranges["width"], side[1])}
+            profiles.append(_profile(_label(one), spec, _with_derived(spec, one)))
     return tuple(profiles)
 
 
