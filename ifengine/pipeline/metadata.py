@@ -41,10 +41,10 @@ def run_facts(pipe, last_stage: int) -> dict[str, Any]:
         "dtype": str(pipe.dtype).removeprefix("torch."),
     }
     lora = [
-        {"stage": n, "name": name, "weight": w * a.lora_scale, "source": a.sources.get(name, "")}
+        {"stage": n, "name": name, "weight": w, "source": a.sources.get(name, ""), "file": a.files.get(name, "")}
         for n, a in sorted(getattr(pipe, "_lora_state", {}).items())
-        if a.enabled and n <= last_stage
-        for name, w in a.active.items()
+        if n <= last_stage
+        for name, w in a.weights().items()
     ]
     if lora:
         facts["lora"] = lora
