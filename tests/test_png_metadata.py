@@ -160,3 +160,26 @@ def test_from_keeps_an_explicit_num_images_and_refuses_one_png_for_a_run_of_many
     message = capsys.readouterr().err
     assert "names one PNG file but the run makes 2 images" in message and "one image of a run of 2" in message
     assert not (tmp_path / "x.png").exists()
+
+
+def test_model_hash_of_hub_cache_blobs_and_of_shards(tmp_path, stage1_dir):
+    """The Hub cache links each file to a blob named by its sha256: that name is the hash, unread; a
+    sharded U-Net hashes its shards' sha256s joined; no weights, no hash."""
+    import hashlib
+
+    from ifengine.pipeline.metadata import model_hash
+
+    digest = hashlib.sha256(b"weights").hexdigest()
+    (tmp_path / "blobs").mkdir()
+    (tmp_path / "blobs" / digest).write_bytes(b"not the bytes of that digest")  # proves it is not read
+    (tmp_path / "snap" / "unet").mkdir(parents=True)
+    (tmp_path / "snap" / "unet" / "diffusion_pytorch_model.safetensors").symlink_to(tmp_path / "blobs" / digest)
+    assert model_hash(str(tmp_path / "snap")) == digest[:10]
+    shards = tmp_path / "sharded" / "unet"
+    shards.mkdir(parents=True)
+    for i, data in enumerate((b"one", b"two"), start=1):
+        (shards / f"diffusion_pytorch_model-0000{i}-of-00002.safetensors").write_bytes(data)
+    joined = "".join(hashlib.sha256(d).hexdigest() for d in (b"one", b"two"))
+    assert model_hash(str(tmp_path / "sharded")) == hashlib.sha256(joined.encode()).hexdigest()[:10]
+    assert model_hash(str(tmp_path)) is None and model_hash(None) is None
+    assert model_hash(str(stage1_dir)) == unet_hash(stage1_dir)

@@ -143,8 +143,7 @@ def _unet_files(source: str) -> list[Path]:
         except Exception:  # noqa: BLE001 - any failure only means no hash is written
             return []
     files = sorted((root / "unet").glob("*.safetensors"))
-    plain = [f for f in files if f.name.startswith("diffusion_pytorch_model") and f.name.count(".") == 1]
-    plain += [f for f in files if re.fullmatch(r"diffusion_pytorch_model-\d+-of-\d+\.safetensors", f.name)]
+    plain = [f for f in files if re.fullmatch(r"diffusion_pytorch_model(-\d+-of-\d+)?\.safetensors", f.name)]
     return plain or files  # the non-variant weights when present (what loads without --variant)
 
 
