@@ -13,11 +13,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_k_proj", "add_v_proj", "conv1"]
 
 
-def make_lora(unet_dir, out, seed, targets=TARGETS, rank=4, alpha=8):
-    """A random peft LoRA (non-zero lora_B) on a copy of the tiny U-Net, saved with IFPipeline.save_lora_weights."""
-    from diffusers import IFPipeline, UNet2DConditionModel
+def peft_unet(unet_dir, seed, targets=TARGETS, rank=4, alpha=8):
+    """A copy of the tiny U-Net with a random peft LoRA (non-zero lora_B) as adapter "default"."""
+    from diffusers import UNet2DConditionModel
     from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel.from_pretrained(unet_dir)
@@ -27,8 +26,18 @@ def make_lora(unet_dir, out, seed, targets=TARGETS, rank=4, alpha=8):
         for name, p in unet.named_parameters():
             if "lora_" in name:
                 p.copy_(0.1 * torch.randn_like(p))
+    return unet, config
+
+
+def make_lora(unet_dir, out, seed, targets=TARGETS, rank=4, alpha=8, metadata=True):
+    """``peft_unet``'s LoRA saved with IFPipeline.save_lora_weights (with its LoraConfig as metadata)."""
+    from diffusers import IFPipeline
+    from peft.utils import get_peft_model_state_dict
+
+    unet, config = peft_unet(unet_dir, seed, targets, rank, alpha)
     state = get_peft_model_state_dict(unet)
-    IFPipeline.save_lora_weights(out, unet_lora_layers=state, unet_lora_adapter_metadata=config.to_dict())
+    meta = {"unet_lora_adapter_metadata": config.to_dict()} if metadata else {}
+    IFPipeline.save_lora_weights(out, unet_lora_layers=state, **meta)
     return out
 
 
@@ -41,13 +50,14 @@ def loras(stage1_dir, tmp_path_factory):
     }
 
 
-def run_ours(pipe, seed=0):
-    return pipe("a red cat", steps=4, seed=seed, output_type="pt", progress=False).stages[0]
+def run_ours(pipe, seed=0, **kwargs):
+    return pipe("a red cat", steps=4, seed=seed, output_type="pt", progress=False, **kwargs).stages[0]
 
 
-def run_ref(d1, seed=0):
+def run_ref(d1, seed=0, **kwargs):
     g = torch.Generator().manual_seed(seed)
-    return d1("a red cat", num_inference_steps=4, height=16, width=16, generator=g, output_type="pt").images
+    d1.set_progress_bar_config(disable=True)
+    return d1("a red cat", num_inference_steps=4, height=16, width=16, generator=g, output_type="pt", **kwargs).images
 
 
 def err(a, b):
@@ -64,15 +74,37 @@ def test_one_lora_matches_diffusers_unfused_and_fused(pipe1, diffusers_stage1, l
     assert err(ours, run_ref(diffusers_stage1)) <= TOL
     diffusers_stage1.fuse_lora(lora_scale=0.5)
     pipe1.fuse_lora(lora_scale=0.5)
-    assert err(run_ours(pipe1), run_ref(diffusers_stage1)) <= TOL
+    fused = run_ours(pipe1)
+    assert err(fused, run_ref(diffusers_stage1)) <= TOL and err(fused, ours) > 0.05
+    # diffusers' unfused layers keep fuse_lora's scale: the image after unfusing is still the 0.5 one
+    diffusers_stage1.unfuse_lora()
+    pipe1.unfuse_lora()
+    assert err(run_ours(pipe1), run_ref(diffusers_stage1)) <= TOL and err(run_ours(pipe1), fused) <= TOL
+    diffusers_stage1.fuse_lora(lora_scale=0.5)  # multiplies again: 0.25
+    pipe1.fuse_lora(0.5)  # ifengine's positional spelling of lora_scale
+    assert err(run_ours(pipe1), run_ref(diffusers_stage1)) <= TOL and err(run_ours(pipe1), fused) > 0.05
+    # unloading keeps what was fused (diffusers' fuse + unload bakes a LoRA in)
+    diffusers_stage1.unload_lora_weights()
     pipe1.unload_lora_weights()
-    assert torch.equal(run_ours(pipe1), base)  # base weights come back exactly
+    assert pipe1.get_list_adapters() == {} and diffusers_stage1.get_list_adapters() == {}
+    assert err(run_ours(pipe1), run_ref(diffusers_stage1)) <= TOL and err(run_ours(pipe1), base) > 0.05
 
 
-def test_two_adapters_with_weights_match_diffusers(pipe1, diffusers_stage1, loras):
+def test_unloading_unfused_lora_gives_base_weights_back_exactly(pipe1, loras):
+    base = run_ours(pipe1)
+    pipe1.load_lora_weights(loras["a"], stage=1)
+    pipe1.set_adapters("default_0", 0.3)
+    pipe1.unload_lora_weights()
+    assert torch.equal(run_ours(pipe1), base)
+
+
+def test_second_adapter_is_the_only_active_one_then_weights_match_diffusers(pipe1, diffusers_stage1, loras):
     for n in ("a", "b"):
         pipe1.load_lora_weights(loras[n], stage=1, adapter_name=n)
         diffusers_stage1.load_lora_weights(loras[n], adapter_name=n)
+    # diffusers activates the adapter loaded last (only it)
+    assert pipe1.get_active_adapters(1) == diffusers_stage1.get_active_adapters() == ["b"]
+    assert err(run_ours(pipe1), run_ref(diffusers_stage1)) <= TOL
     pipe1.set_adapters(["a", "b"], [0.7, -0.4])
     diffusers_stage1.set_adapters(["a", "b"], [0.7, -0.4])
     assert err(run_ours(pipe1), run_ref(diffusers_stage1)) <= TOL
@@ -81,17 +113,113 @@ def test_two_adapters_with_weights_match_diffusers(pipe1, diffusers_stage1, lora
     assert err(run_ours(pipe1), run_ref(diffusers_stage1)) <= TOL
 
 
-def test_scale_on_load_and_older_key_style(pipe1, loras, stage1_dir):
+def test_delete_adapters_matches_diffusers(pipe1, diffusers_stage1, loras):
+    both = (pipe1, diffusers_stage1)
+    for n, file in (("a", "a"), ("b", "b"), ("c", "a")):
+        pipe1.load_lora_weights(loras[file], stage=1, adapter_name=n)
+        diffusers_stage1.load_lora_weights(loras[file], adapter_name=n)
+    for p in both:
+        p.set_adapters(["c", "b"], [0.5, 0.8])
+        p.delete_adapters("c")  # an active one of two: the other stays active, at its weight
+    assert pipe1.get_active_adapters(1) == diffusers_stage1.get_active_adapters() == ["b"]
+    assert err(run_ours(pipe1), run_ref(diffusers_stage1)) <= TOL
+    for p in both:
+        p.delete_adapters(["b"])  # the only active one: peft activates the first remaining by name
+    assert pipe1.get_active_adapters(1) == diffusers_stage1.get_active_adapters() == ["a"]
+    assert pipe1.get_list_adapters() == {1: ["a"]} and diffusers_stage1.get_list_adapters() == {"unet": ["a"]}
+    assert err(run_ours(pipe1), run_ref(diffusers_stage1)) <= TOL
+    with pytest.raises(LoraError, match="no adapter named"):
+        pipe1.delete_adapters("b")
+
+
+def test_fuse_with_adapter_names_and_components_matches_diffusers(pipe1, diffusers_stage1, loras):
+    for n in ("a", "b"):
+        pipe1.load_lora_weights(loras[n], stage=1, adapter_name=n)
+        diffusers_stage1.load_lora_weights(loras[n], adapter_name=n)
+    unfused = run_ref(diffusers_stage1)
+    for p in (pipe1, diffusers_stage1):
+        p.fuse_lora(components=["text_encoder"], lora_scale=0.5)  # no text-encoder LoRA: nothing changes
+    assert err(run_ours(pipe1), unfused) <= TOL and err(run_ref(diffusers_stage1), unfused) <= TOL
+    for p in (pipe1, diffusers_stage1):
+        p.set_adapters("a")
+        # "a" (active) is scaled by 0.5 but "b" is fused: modules holding b give base + b only, the
+        # others keep a's unfused path at 0.5, as peft's merged and unmerged layers compute
+        p.fuse_lora(components=["unet"], lora_scale=0.5, adapter_names=["b"])
+    assert err(run_ours(pipe1), run_ref(diffusers_stage1)) <= TOL
+    for p in (pipe1, diffusers_stage1):
+        p.unfuse_lora(components=["unet"])
+    assert err(run_ours(pipe1), run_ref(diffusers_stage1)) <= TOL
+    with pytest.raises(LoraError, match="components takes 'unet' and 'text_encoder'"):
+        pipe1.fuse_lora(components=["vae"])
+    with pytest.raises(LoraError, match="no adapter named 'missing'"):
+        pipe1.fuse_lora(adapter_names=["missing"])
+
+
+def test_per_call_scale_matches_diffusers(pipe1, diffusers_stage1, loras):
+    pipe1.load_lora_weights(loras["a"], stage=1)
+    diffusers_stage1.load_lora_weights(loras["a"])
+    full = run_ref(diffusers_stage1)
+    scaled = run_ours(pipe1, cross_attention_kwargs={"scale": 0.3})
+    assert err(scaled, run_ref(diffusers_stage1, cross_attention_kwargs={"scale": 0.3})) <= TOL
+    assert err(scaled, full) > 0.05
+    assert err(run_ours(pipe1), full) <= TOL  # the next call is back at the adapters' own scale
+    with pytest.raises(LoraError, match="cross_attention_kwargs takes"):
+        run_ours(pipe1, cross_attention_kwargs={"scale": 0.3, "attn_mask": None})
+    assert err(run_ours(pipe1), full) <= TOL  # a refused call leaves the weights as they were
+
+
+def test_lora_alpha_comes_from_the_files_metadata(pipe1, diffusers_stage1, stage1_dir, tmp_path):
+    """rank 4, lora_alpha 16: the file's metadata says scale 4; without metadata the scale is 1 (alpha =
+    rank), in diffusers as here."""
+    with_meta = make_lora(stage1_dir / "unet", tmp_path / "meta", seed=3, alpha=16)
+    without = make_lora(stage1_dir / "unet", tmp_path / "plain", seed=3, alpha=16, metadata=False)
+    pipe1.load_lora_weights(with_meta, stage=1, adapter_name="m")
+    diffusers_stage1.load_lora_weights(with_meta, adapter_name="m")
+    meta = run_ours(pipe1)
+    assert err(meta, run_ref(diffusers_stage1)) <= TOL
+    for p in (pipe1, diffusers_stage1):
+        p.unload_lora_weights()
+    pipe1.load_lora_weights(without, stage=1, adapter_name="p")
+    diffusers_stage1.load_lora_weights(without, adapter_name="p")
+    assert err(run_ours(pipe1), run_ref(diffusers_stage1)) <= TOL and err(run_ours(pipe1), meta) > 0.05
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "garbage", "no tensors", "bad metadata"])
+def test_damaged_lora_files_raise_one_line_naming_the_file(pipe1, loras, tmp_path, damage):
+    from safetensors.torch import save_file
+
+    good = (loras["a"] / "pytorch_lora_weights.safetensors").read_bytes()
+    path = tmp_path / "damaged.safetensors"
+    if damage == "no tensors":
+        save_file({}, str(path))
+    elif damage == "bad metadata":
+        save_file({"unet.x.lora_A.weight": torch.zeros(1, 1)}, str(path), metadata={"lora_adapter_metadata": "{"})
+    else:
+        path.write_bytes({"empty": b"", "truncated": good[: len(good) // 2], "garbage": b"\x93NUMPY" * 50}[damage])
+    with pytest.raises(ifengine.IFEngineError) as caught:
+        pipe1.load_lora_weights(path, stage=1)
+    assert isinstance(caught.value, LoraFormatError) and str(path) in str(caught.value)
+    assert "\n" not in str(caught.value)
+    assert pipe1.get_list_adapters() == {}
+
+
+def test_scale_on_load_and_older_key_style(pipe1, loras, stage1_dir, diffusers_stage1):
+    """The older key styles (training-script files) against the peft-adapted U-Net itself: diffusers
+    refuses these files ("Invalid LoRA checkpoint": their network-alpha keys hold no 'lora')."""
     from safetensors.torch import load_file
 
     pipe1.load_lora_weights(loras["a"], stage=1, adapter_name="a", scale=0.6)
     peft_style = run_ours(pipe1)
     pipe1.unload_lora_weights()
+    diffusers_stage1.unet = peft_unet(stage1_dir / "unet", seed=1)[0]  # the model loras["a"] was saved from
+    assert err(peft_style, run_ref(diffusers_stage1, cross_attention_kwargs={"scale": 0.6})) <= TOL
     # the older diffusers naming of the same tensors: .lora.down/.lora.up, alphas as network alphas
     state = load_file(loras["a"] / "pytorch_lora_weights.safetensors")
     old = {k.replace("lora_A.weight", "lora.down.weight").replace("lora_B.weight", "lora.up.weight"): v
            for k, v in state.items()}  # fmt: skip
     old.update({k.split(".lora_A")[0] + ".alpha": torch.tensor(8.0) for k in state if "lora_A" in k})
+    with pytest.raises(ValueError, match="Invalid LoRA checkpoint"):
+        diffusers_stage1.load_lora_weights(dict(old))
     pipe1.load_lora_weights(old, stage=1, scale=0.6)
     assert torch.equal(run_ours(pipe1), peft_style)
     pipe1.unload_lora_weights()

@@ -42,7 +42,7 @@ def register(sub) -> None:
     p.add_argument("--height", type=int, default=None, help="stage I height (default 64)")
     p.add_argument("--width", type=int, default=None, help="stage I width (default 64)")
     p.add_argument("--aspect", default=None, help="aspect ratio W:H, e.g. 16:9 (sets height/width)")
-    p.add_argument("--num-images", type=int, default=1, help="images per prompt")
+    p.add_argument("--num-images", type=int, default=None, help="images per prompt (default 1, or --from's)")
     p.add_argument(
         "--last-stage",
         type=int,
@@ -160,6 +160,8 @@ def prepare(args):
 
     if args.from_png is not None:
         apply_png_settings(args)
+    if args.num_images is None:  # None until here, so that --from knows an explicit --num-images
+        args.num_images = 1
     _warn_conflicts()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     check_device(device)

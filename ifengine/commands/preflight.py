@@ -70,8 +70,9 @@ def check_before_loading(args, device: torch.device, dtype: torch.dtype, prompts
 
         unets = {**graph_unet_configs(args.artifacts), **unets}
     if graphs and 1 not in unets:  # engines alone: from_engines checks them (and their shapes) before any work
-        check_out(args.out, None if prompts is not None else options.check_images_per_prompt(args.num_images))
-        return Preflight(args.height or 0, args.width or 0, args.num_images, args.last_stage or 0, None)
+        _check_one_png(args, prompts)
+        check_out(args.out, None if prompts is not None else options.check_images_per_prompt(_num_images(args)))
+        return Preflight(args.height or 0, args.width or 0, _num_images(args), args.last_stage or 0, None)
     last = _last_stage(args.last_stage, tuple(sorted(unets)))
     if 1 not in unets:
         raise ValueError("generate needs a stage I checkpoint (--stage1)")
@@ -80,18 +81,36 @@ def check_before_loading(args, device: torch.device, dtype: torch.dtype, prompts
     defaults = _defaults(args, ckpts)
     stages = options.stage_options(args.steps, args.guidance, args.timesteps, args.noise_level, defaults)
     options.check_timesteps(stages)
-    n = options.check_images_per_prompt(args.num_images)
+    n = options.check_images_per_prompt(_num_images(args))
     batch = args.batch_size if prompts is not None else n
     if args.strength is not None:
         values = args.strength if isinstance(args.strength, tuple) else (args.strength,)
         for i, value in enumerate(values, start=1):
             check_strength(value, f"--strength (stage {i})")
+    _check_one_png(args, prompts)
     check_out(args.out, None if prompts is not None else n)
     steps = tuple(s.steps for s in stages)
     # graphs and engines size their own memory (profiles, ORT arenas): the estimate models torch runs only
     budget = parse_size(args.vram) if getattr(args, "vram", None) is not None else None
     est = None if graphs else _estimate(ckpts, device, dtype, batch, height, width, last, steps, multiple, budget)
     return Preflight(height, width, batch, last, est)
+
+
+def _num_images(args) -> int:
+    """--num-images, 1 when not given (generate's prepare sets it; callers of this module may not)."""
+    return 1 if args.num_images is None else args.num_images
+
+
+def _check_one_png(args, prompts) -> None:
+    """A .png --out holds one image: a run of several is refused here, not after the weights load."""
+    count = 1 if prompts is not None else options.check_images_per_prompt(_num_images(args))
+    if count == 1 or Path(args.out).suffix.lower() != ".png" or Path(args.out).is_dir():
+        return
+    origin = ""
+    if getattr(args, "from_run_images", None) == count:
+        origin = f" ({args.from_png} is one image of a run of {count}, and the run is made again whole"
+        origin += "; add --num-images 1 for a new single image)"
+    raise ValueError(f"--out {args.out} names one PNG file but the run makes {count} images{origin}; give a folder")
 
 
 def _last_stage(last_stage: int | None, loaded: tuple[int, ...]) -> int:

@@ -61,8 +61,9 @@ def apply_png_settings(args) -> None:
     for name, value in fill.items():
         if getattr(args, name) is None and value is not None:
             setattr(args, name, value)
-    if args.num_images == 1:
+    if args.num_images is None:  # an explicit --num-images (1 included) wins
         args.num_images = int(settings.get("num_images_per_prompt", 1))
+        args.from_run_images = args.num_images  # the image's run made this many: a .png --out cannot hold them
     _models(args, settings)
     if not args.lora:
         args.lora = [(a["stage"], a["source"], a["weight"]) for a in settings.get("lora", []) if a.get("source")]

@@ -65,15 +65,28 @@ class LoraLayer:
 
 
 def read_file(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
-    """The tensors of a LoRA safetensors file and its diffusers adapter metadata (None when absent)."""
-    from safetensors import safe_open
+    """The tensors of a LoRA safetensors file and its diffusers adapter metadata (None when absent);
+    LoraFormatError, in one line naming the file, for one that is empty, truncated or no safetensors."""
+    from safetensors import SafetensorError, safe_open
 
     if path.suffix != ".safetensors":
         raise LoraFormatError(f"{path}: only .safetensors LoRA files are read (pickled .bin files can run code)")
-    with safe_open(str(path), framework="pt") as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is no dict
-        raw = (f.metadata() or {}).get(METADATA_KEY)
-    return tensors, json.loads(raw) if raw else None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is no dict
+            raw = (f.metadata() or {}).get(METADATA_KEY)
+    except (SafetensorError, OSError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise LoraFormatError(f"{path} is not a readable safetensors file ({reason}): damaged or incomplete?") from None
+    if not tensors:
+        raise LoraFormatError(f"{path} holds no tensors; a LoRA file holds unet.<module>.lora_A/lora_B.weight pairs")
+    try:
+        metadata = json.loads(raw) if raw else None
+    except json.JSONDecodeError as err:
+        raise LoraFormatError(f"{path}: its {METADATA_KEY!r} metadata is not JSON ({err})") from None
+    if metadata is not None and not isinstance(metadata, dict):
+        raise LoraFormatError(f"{path}: its {METADATA_KEY!r} metadata is not a JSON object")
+    return tensors, metadata
 
 
 def parse(state: Mapping[str, torch.Tensor], metadata: dict | None = None) -> dict[str, LoraLayer]:

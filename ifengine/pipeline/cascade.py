@@ -245,11 +245,13 @@ class Cascade(LoraMixin):
         guidance_scale=None,
         prompt_embeds=None,
         negative_prompt_embeds=None,
+        cross_attention_kwargs=None,
     ) -> CascadeOutput:
         """Text to image. ``steps``/``guidance``/``noise_level`` take one value for every stage or one per
         stage; None means the cascade's defaults ((100, 50, 75), (7, 4, 9), (250, 20) for real weights).
         diffusers' ``num_inference_steps``/``guidance_scale`` are aliases of ``steps``/``guidance``;
-        ``prompt_embeds``/``negative_prompt_embeds`` (from ``encode_prompt``) replace the text."""
+        ``prompt_embeds``/``negative_prompt_embeds`` (from ``encode_prompt``) replace the text;
+        ``cross_attention_kwargs={"scale": s}`` scales the LoRA adapters for this call (see ifengine/lora)."""
         steps, guidance = aliases.call_settings(steps, num_inference_steps, guidance, guidance_scale)
         prompt, negative_prompt, given = embeds.prepare(
             self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds
@@ -270,7 +272,8 @@ class Cascade(LoraMixin):
         request = embeds.attach(self, request, given)
         generator, seed = make_generator(generator, seed)
         ctx = RunContext(self.device, self.dtype, generator, progress)
-        return self.finish(request, self._run(request, ctx, clean_caption), seed)
+        with self.lora_call_scale(cross_attention_kwargs):  # restored after finish's host sync
+            return self.finish(request, self._run(request, ctx, clean_caption), seed)
 
     def generate_many(
         self, prompts: Sequence[str], *, batch_size: int = 1, seed: int | None = None, **kwargs
