@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -185,6 +186,7 @@ def _serve(config, args) -> int:
                 # Ray's own processes listen on the node address: the server's, so a loopback server
                 # opens no port to the network
                 ray.init(num_cpus=args.num_cpus, include_dashboard=False, _node_ip_address=_node_address(args.host))
+            _stop_on_sigterm()  # ray.init installs its own handler (sys.exit(15)); ours stops cleanly
         serve.start(http_options={"host": args.host, "port": args.port})
         serve.run(build_app(config), name="ifengine", route_prefix="/")
         log.info("serving on http://%s:%d (docs: /docs); Ctrl-C stops", args.host, args.port)
@@ -192,6 +194,10 @@ def _serve(config, args) -> int:
             log.warning("serving the tiny DEMO cascade (random weights): its pictures are noise")
         _wait()
     except KeyboardInterrupt:
+        log.info("stopping")
+    except SystemExit as stop:  # Ray's handler, when the signal came while ray.init ran
+        if stop.code != signal.SIGTERM:
+            raise
         log.info("stopping")
     finally:
         _shutdown(started, address)
