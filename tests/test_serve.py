@@ -155,7 +155,8 @@ BAD_GENERATIONS = [
     ({"prompt": "a", "n": 50}, "n"),
     ({"prompt": "a", "n": 0}, "n"),
     ({"prompt": "a", "response_format": "url"}, "response_format"),
-    ({"prompt": "a", "quality": "hd"}, "quality"),  # an unknown field
+    ({"prompt": "a", "colour": "red"}, "colour"),  # an unknown field
+    ({"prompt": "a", "quality": "ultra"}, "quality"),  # not one of OpenAI's values
     ({"prompt": "a", "steps": -1}, "steps"),
     ({"prompt": "a", "steps": 5000}, "steps"),
     ({"prompt": "a", "steps": "many"}, "steps"),

@@ -7,10 +7,12 @@ config file for ``serve deploy``) and ``ifengine.serve.app`` (for ``serve run``)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -75,6 +77,14 @@ def register(sub) -> None:
     group.add_argument("--batch-wait-ms", type=per_stage(float), default={}, help="how long a batch waits to fill")
     group.add_argument("--max-ongoing", type=per_stage(int), default={}, help="requests running per replica")
     group.add_argument("--max-queued", type=per_stage(int), default={}, help="requests waiting per caller (-1: any)")
+    group.add_argument(
+        "--torch-threads",
+        type=per_stage(int),
+        default={},
+        help="torch threads per replica (default: as Ray sets, 1 per reserved CPU; images equal a default "
+        "`generate` up to one uint8 level unless the thread counts match)",
+    )
+    group.add_argument("--request-memory", default=None, help="memory one request may use, e.g. 8GiB (see docs)")
     tools = p.add_argument_group("without serving")
     tools.add_argument("--print-config", metavar="FILE", help="write the Ray Serve config YAML ('-': stdout), exit")
     tools.add_argument("--propose-replicas", metavar="BENCH_JSON", help="replica counts from `ifengine bench cascade`")
@@ -96,7 +106,10 @@ def serve_config(args):
         engines=args.engines,
         providers=args.providers,
     )
-    config = ServeConfig(layout=args.layout, source=source, api_key=args.api_key)
+    from ..serve import Limits
+
+    limits = Limits(request_memory=args.request_memory)
+    config = ServeConfig(layout=args.layout, source=source, api_key=args.api_key, limits=limits)
     flags = {
         "replicas": args.replicas,
         "num_gpus": args.gpus,
@@ -105,6 +118,7 @@ def serve_config(args):
         "batch_wait_timeout_s": {k: v / 1000 for k, v in args.batch_wait_ms.items()},
         "max_ongoing_requests": args.max_ongoing,
         "max_queued_requests": args.max_queued,
+        "torch_threads": args.torch_threads,
     }
     changes = {}
     for part in PARTS:
@@ -152,46 +166,94 @@ def _print_config(config, args) -> int:
 
 
 def _serve(config, args) -> int:
-    from ..errors import require_extra
-
-    require_extra(("ray", "fastapi"), "serve", "ifengine serve")  # one line naming the extra
-    import ray
-    from ray import serve
-
-    from ..serve import build_app
-
+    _stop_on_sigterm()  # first: a stop signal during start-up must still shut Ray down (and its agents)
+    started = False
     address = args.address or os.environ.get("RAY_ADDRESS")
-    started = not ray.is_initialized()
-    if started:
-        if address:
-            ray.init(address=address)
-        else:
-            ray.init(num_cpus=args.num_cpus, include_dashboard=False)
     try:
+        from ..errors import require_extra
+
+        require_extra(("ray", "fastapi"), "serve", "ifengine serve")  # one line naming the extra
+        import ray
+        from ray import serve
+
+        from ..serve import build_app
+
+        started = not ray.is_initialized()
+        if started:
+            if address:
+                ray.init(address=address)
+            else:
+                # Ray's own processes listen on the node address: the server's, so a loopback server
+                # opens no port to the network
+                ray.init(num_cpus=args.num_cpus, include_dashboard=False, _node_ip_address=_node_address(args.host))
+            _stop_on_sigterm()  # ray.init installs its own handler (sys.exit(15)); ours stops cleanly
         serve.start(http_options={"host": args.host, "port": args.port})
         serve.run(build_app(config), name="ifengine", route_prefix="/")
         log.info("serving on http://%s:%d (docs: /docs); Ctrl-C stops", args.host, args.port)
         if config.source.is_demo:
             log.warning("serving the tiny DEMO cascade (random weights): its pictures are noise")
         _wait()
+    except KeyboardInterrupt:
+        log.info("stopping")
+    except SystemExit as stop:  # Ray's handler, when the signal came while ray.init ran
+        if stop.code != signal.SIGTERM:
+            raise
+        log.info("stopping")
     finally:
-        if started and not address:
-            serve.shutdown()
-        if started:
-            ray.shutdown()
+        _shutdown(started, address)
     return 0
 
 
-def _wait() -> None:
+def _node_address(host: str) -> str:
+    return "127.0.0.1" if host in ("127.0.0.1", "localhost", "::1") else host
+
+
+def _shutdown(started: bool, address: str | None) -> None:
     import signal
-    import time
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not cut the shutdown short
+    try:
+        import ray
+        from ray import serve
+    except ImportError:
+        return
+    if started and not address:
+        try:
+            serve.shutdown()
+        except Exception as err:  # a half-started Serve: Ray's own shutdown below still stops the node
+            log.warning("serve.shutdown during stop: %s", err)
+    if started or ray.is_initialized():
+        ray.shutdown()
+    _reap_children()
+
+
+def _reap_children() -> None:
+    """Whatever this process started and Ray left behind (a stop during ray.init): terminated, then killed."""
+    try:
+        import psutil
+    except ImportError:
+        return
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            child.terminate()
+    _, alive = psutil.wait_procs(children, timeout=5)
+    for child in alive:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+
+
+def _stop_on_sigterm() -> None:
+    import signal
 
     def stop(signum, frame):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)  # a container's stop signal shuts down as cleanly as Ctrl-C
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        log.info("stopping")
+
+
+def _wait() -> None:
+    import time
+
+    while True:
+        time.sleep(3600)

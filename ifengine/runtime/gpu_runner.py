@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..stage.cancel import raise_if_stopped
 from ..stage.seam import Capture, Step, capture_of, check_step, weakest
 from ..stage.options import StageOptions
 from ..stage.stages import STAGE_LABELS, IFStage, RunContext, Start, X4Stage
@@ -191,6 +192,7 @@ class GraphRunner:
         graph = cache.get(key, make_step, name=STAGE_LABELS[stage_no]) if capture is not Capture.NEVER else None
         step = graph.step_no_sync if graph is not None else make_step()
         for _ in tqdm(range(steps), desc=STAGE_LABELS[stage_no], disable=not ctx.progress, leave=False):
+            raise_if_stopped()  # a host-side check only: no read-back, the replays stay sync-free
             step()
             if self.observe is not None:
                 self.observe(stage_no, state)

@@ -25,6 +25,9 @@ from ..errors import IFEngineError
 from ..pipeline.save import png_info
 
 RESPONSE_FORMATS = ("b64_json",)
+QUALITIES = ("auto", "standard", "hd", "low", "medium", "high")
+STYLES = ("vivid", "natural")
+PROMPT_FIELDS = ("prompt", "negative_prompt", "positive_prompt")  # capped at Limits.max_prompt_chars
 EDIT_MODES = ("img2img", "inpaint", "style")
 PerStage = int | list[int | None] | None
 PerStageFloat = float | list[float | None] | None
@@ -39,9 +42,10 @@ class ApiError(IFEngineError):
     param: str | None = None
     kind: str = "invalid_request_error"
     headers: dict | None = None
+    code: str | None = None  # OpenAI's machine-readable code: a string or null, never the HTTP status
 
     def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.status}}
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
 
 class GenerationRequest(BaseModel):
@@ -55,6 +59,8 @@ class GenerationRequest(BaseModel):
     response_format: str = Field("b64_json", description="only 'b64_json' (PNG, base64) is served")
     model: str | None = Field(None, description="accepted for OpenAI clients; the server runs its one cascade")
     user: str | None = Field(None, description="accepted for OpenAI clients; ignored")
+    quality: str | None = Field(None, description=f"accepted for OpenAI clients ({', '.join(QUALITIES)}); ignored")
+    style: str | None = Field(None, description=f"accepted for OpenAI clients ({', '.join(STYLES)}); ignored")
     negative_prompt: str | None = None
     seed: int | None = Field(None, description="random seed; the same seed gives the same image (default: fresh)")
     steps: PerStage = Field(None, description="steps, one value or one per stage")
@@ -79,11 +85,27 @@ def _fail(param: str, err: Exception | str) -> ApiError:
     return ApiError(400, f"{param}: {err}", param)
 
 
+def check_text(fields: dict, limits: Limits) -> None:
+    """Every text field: capped in length (prompts at ``max_prompt_chars``, the rest at ``max_text_chars``)
+    and valid Unicode (a lone surrogate is valid JSON but no encoder or PNG can carry it)."""
+    for name, value in fields.items():
+        if not isinstance(value, str):
+            continue
+        cap = limits.max_prompt_chars if name in PROMPT_FIELDS else limits.max_text_chars
+        if len(value) > cap:
+            raise _fail(name, f"is {len(value)} characters; at most {cap} are accepted")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise _fail(name, f"is not valid Unicode (a lone surrogate at character {err.start})") from None
+    for name, allowed in (("quality", QUALITIES), ("style", STYLES)):
+        if fields.get(name) is not None and fields[name] not in allowed:
+            raise _fail(name, f"must be one of {allowed}, got {fields[name]!r}")
+
+
 def check_common(prompt: str, n: int, response_format: str, steps, limits: Limits) -> None:
     if not prompt.strip():
         raise _fail("prompt", "must not be empty")
-    if len(prompt) > limits.max_prompt_chars:
-        raise _fail("prompt", f"is {len(prompt)} characters; at most {limits.max_prompt_chars} are accepted")
     if not 1 <= n <= limits.max_images:
         raise _fail("n", f"must be between 1 and {limits.max_images}, got {n}")
     if response_format not in RESPONSE_FORMATS:
@@ -110,8 +132,8 @@ def last_stage(info: ModelInfo, value: int | None) -> int:
 
 
 def stage_one_size(size: str | None, last: int, info: ModelInfo, limits: Limits) -> tuple[int, int]:
-    """'WxH' (the final size) -> stage I's (height, width)."""
-    if size is None:
+    """'WxH' (the final size) -> stage I's (height, width); None or 'auto': the cascade's own size."""
+    if size is None or size == "auto":
         return info.sample_size, info.sample_size
     try:
         w, h = (int(v) for v in size.lower().split("x"))
@@ -125,12 +147,16 @@ def stage_one_size(size: str | None, last: int, info: ModelInfo, limits: Limits)
     h1, w1 = h // scale, w // scale
     if max(h1, w1) > limits.max_side:
         raise _fail("size", f"{size} needs a stage I side of {max(h1, w1)} px; at most {limits.max_side} are served")
-    multiple = sizes.size_multiple({n: f for n, f in info.downsample.items() if n <= last})
+    multiple = size_multiple(info, last)
     try:
         sizes.check_size(h1, w1, multiple)
     except RequestError as err:
         raise _fail("size", f"{size}: {err}") from None
     return h1, w1
+
+
+def size_multiple(info: ModelInfo, last: int) -> int:
+    return sizes.size_multiple({n: f for n, f in info.downsample.items() if n <= last})
 
 
 def stage_settings(steps, guidance, noise_level, defaults) -> tuple[options.StageOptions, ...]:
@@ -150,6 +176,7 @@ def stage_settings(steps, guidance, noise_level, defaults) -> tuple[options.Stag
 
 
 def to_job(body: GenerationRequest, info: ModelInfo, limits: Limits) -> Job:
+    check_text(body.model_dump(), limits)
     check_common(body.prompt, body.n, body.response_format, body.steps, limits)
     last = last_stage(info, body.last_stage)
     height, width = stage_one_size(body.size, last, info, limits)

@@ -59,12 +59,14 @@ class StageConfig:
 class Limits:
     """What one HTTP request may ask for; anything past these is a 4xx naming the field."""
 
-    max_images: int = 4  # `n`
+    max_images: int = 10  # `n` (OpenAI's range is 1-10; the memory estimate refuses what cannot fit)
     max_side: int = 1024  # the largest stage I side, in pixels
     max_steps: int = 200
     max_body_bytes: int = 16 * 2**20
     max_image_pixels: int = 4096 * 4096  # an uploaded image over this is refused (decompression bombs)
-    max_prompt_chars: int = 4000
+    max_prompt_chars: int = 4000  # prompt, negative_prompt, positive_prompt (T5 reads 77 tokens of it)
+    max_text_chars: int = 256  # every other text field (model, user, size, ...)
+    request_memory: int | str | None = None  # bytes ("8GiB") one request may use; None: see serve/budget.py
     request_timeout_s: float = 300.0  # a request still unanswered then gets a 503; none waits forever
     retry_after_s: int = 1
 

@@ -21,7 +21,7 @@ from .config import ServeConfig
 from ..errors import IFEngineError
 
 log = logging.getLogger(__name__)
-OPEN_PATHS = ("/health",)
+OPEN_PATHS = ("/health", "/ready")
 
 
 def install_guards(app: FastAPI, config: ServeConfig) -> None:
@@ -30,7 +30,7 @@ def install_guards(app: FastAPI, config: ServeConfig) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, err: ApiError):
         headers = dict(err.headers or {})
-        if err.status == 503:
+        if err.status >= 500:  # every 5xx the server itself sends says when to come back
             headers.setdefault("Retry-After", retry)
         return JSONResponse(err.body(), status_code=err.status, headers=headers)
 
@@ -55,7 +55,7 @@ def install_guards(app: FastAPI, config: ServeConfig) -> None:
     async def _unexpected(request: Request, err: Exception):
         log.error("unexpected error on %s", request.url.path, exc_info=err)
         body = ApiError(500, "internal error; the server log has the details", None, "server_error").body()
-        return JSONResponse(body, status_code=500)
+        return JSONResponse(body, status_code=500, headers={"Retry-After": retry})
 
     app.add_middleware(BodyLimit, limit=config.limits.max_body_bytes)
     app.add_middleware(BearerAuth, key=config.api_key)  # added last = runs first
@@ -83,7 +83,10 @@ class BearerAuth:
         if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self.key.encode()):
             return await self.app(scope, receive, send)
         err = ApiError(
-            401, "authorization: missing or wrong API key (send 'Authorization: Bearer KEY')", "authorization"
+            401,
+            "authorization: missing or wrong API key (send 'Authorization: Bearer KEY')",
+            "authorization",
+            code="invalid_api_key",
         )
         await _send_json(send, 401, err.body(), {"WWW-Authenticate": "Bearer"})
 
@@ -131,4 +134,4 @@ class BodyLimit:
 
 
 def _too_large(limit: int) -> ApiError:
-    return ApiError(413, f"body: over the limit of {limit} bytes", "body")
+    return ApiError(413, f"body: over the limit of {limit} bytes", "body", code="request_too_large")

@@ -10,6 +10,8 @@ a request unanswered within ``Limits.request_timeout_s`` -> 503 too, so nothing 
 # still see the real annotation types (string annotations would not resolve after unpickling)
 import asyncio
 import logging
+import math
+import time
 from collections import Counter
 from typing import Annotated
 
@@ -20,13 +22,16 @@ from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
+from ..facts import scale_of
 from ..pipeline.images import convert
+from ..pipeline.inputs import target_size
 from . import api
 from .api import ApiError, GenerationRequest, ImagesResponse
 from .config import ServeConfig
+from .budget import Budget
 from .guards import install_guards
-from .models import ModelInfo
-from .uploads import read_image
+from .models import ModelInfo, checkpoint_paths
+from .uploads import read_image, read_mask
 from .work import Carry, start
 
 log = logging.getLogger(__name__)
@@ -36,6 +41,28 @@ _UNAVAILABLE = (
     ActorUnavailableError,
     DeploymentUnavailableError,
     ReplicaUnavailableError,
+)
+EDIT_FIELDS = frozenset(
+    [
+        "image",
+        "mask",
+        "prompt",
+        "mode",
+        "n",
+        "size",
+        "quality",
+        "model",
+        "user",
+        "response_format",
+        "seed",
+        "steps",
+        "guidance",
+        "strength",
+        "negative_prompt",
+        "last_stage",
+        "positive_prompt",
+        "mixer",
+    ]
 )
 
 
@@ -59,15 +86,50 @@ def build_ingress(config: ServeConfig):
         def __init__(self, info: ModelInfo, **handles):
             self.config, self.info, self.handles = config, info, handles
             self.batches: dict[str, Counter] = {}
+            self.created = int(time.time())
+            self.budget = _budget(config)
+            self._ready = (0.0, None)  # (when, the deployments not ready)
 
         @app.get("/health")
-        async def health(self) -> dict:
+        async def health(self):
+            """Ready: 200 only when every deployment of the application has its replicas running."""
+            waiting = await self._not_ready()
+            if waiting:
+                body = ApiError(503, f"not ready: {', '.join(waiting)}", None, "server_busy").body()
+                retry = str(config.limits.retry_after_s)
+                return JSONResponse({**body, "status": "starting"}, status_code=503, headers={"Retry-After": retry})
             return {"status": "ok", "layout": config.layout}
+
+        @app.get("/ready")
+        async def ready(self):
+            return await self.health()
+
+        async def _not_ready(self) -> list[str]:
+            when, waiting = self._ready
+            if waiting is None or time.monotonic() - when > 1.0:  # the controller is asked at most once a second
+                waiting = await asyncio.to_thread(_deployments_not_ready)
+                self._ready = (time.monotonic(), waiting)
+            return waiting
+
+        def _model(self) -> dict:
+            return {
+                "id": config.model_name,
+                "object": "model",
+                "created": self.created,
+                "owned_by": "ifengine",
+                "stages": self.info.stages,
+            }
 
         @app.get("/v1/models")
         async def models(self) -> dict:
-            entry = {"id": config.model_name, "object": "model", "owned_by": "ifengine", "stages": self.info.stages}
-            return {"object": "list", "data": [entry]}
+            return {"object": "list", "data": [self._model()]}
+
+        @app.get("/v1/models/{model_id}")
+        async def model(self, model_id: str) -> dict:
+            if model_id != config.model_name:
+                message = f"model: no model {model_id[:100]!r}; this server has {config.model_name!r}"
+                raise ApiError(404, message, "model", code="model_not_found")
+            return self._model()
 
         @app.get("/v1/stats")
         async def stats(self) -> dict:
@@ -77,9 +139,11 @@ def build_ingress(config: ServeConfig):
         @app.post("/v1/images/generations", response_model=ImagesResponse)
         async def generations(self, body: GenerationRequest) -> dict:
             job = api.to_job(body, self.info, config.limits)
+            r = job.request
+            await self._check_budget(r.batch, r.height, r.width, r.last_stage, r.stages, "size")
             carry = await self._bounded(self._cascade(start(job)))
             if carry.error:
-                raise ApiError(500, carry.error, None, "server_error")
+                raise ApiError(500, carry.error, None, "server_error")  # the guards add Retry-After
             for stage, size in carry.batched.items():
                 self.batches.setdefault(stage, Counter())[size] += 1
             settings = {**api.job_settings(job), "batched": carry.batched}
@@ -88,11 +152,18 @@ def build_ingress(config: ServeConfig):
         @app.post("/v1/images/edits", response_model=ImagesResponse)
         async def edits(
             self,
+            request: Request,
             image: Annotated[UploadFile, File(description="the source image (PNG/JPEG)")],
             prompt: Annotated[str, Form()],
-            mask: Annotated[UploadFile | None, File(description="inpainting mask, white = repaint")] = None,
-            mode: Annotated[str, Form(description="img2img, inpaint or style")] = "img2img",
+            mask: Annotated[
+                UploadFile | None, File(description="OpenAI's mask: transparent = edit (or greyscale: white = edit)")
+            ] = None,
+            mode: Annotated[str | None, Form(description="img2img, inpaint or style (mask given: inpaint)")] = None,
             n: Annotated[int, Form()] = 1,
+            size: Annotated[str | None, Form(description="'auto' or the size the source gives")] = None,
+            quality: Annotated[str | None, Form(description="accepted for OpenAI clients; ignored")] = None,
+            model: Annotated[str | None, Form(description="accepted for OpenAI clients")] = None,
+            user: Annotated[str | None, Form(description="accepted for OpenAI clients; ignored")] = None,
             response_format: Annotated[str, Form()] = "b64_json",
             seed: Annotated[int | None, Form()] = None,
             steps: Annotated[int | None, Form()] = None,
@@ -104,30 +175,74 @@ def build_ingress(config: ServeConfig):
             mixer: Annotated[float | None, Form(description="style: weight of positive_prompt")] = None,
         ) -> dict:
             limits = config.limits
+            unknown = sorted(set((await request.form()).keys()) - EDIT_FIELDS)
+            if unknown:
+                raise ApiError(400, f"{unknown[0]}: unknown field; known: {sorted(EDIT_FIELDS)}", unknown[0][:64])
+            texts = dict(prompt=prompt, negative_prompt=negative_prompt, positive_prompt=positive_prompt, size=size)
+            api.check_text({**texts, "quality": quality, "model": model, "user": user, "mode": mode}, limits)
             api.check_common(prompt, n, response_format, steps, limits)
+            source = read_image(await image.read(), "image", limits.max_image_pixels)
+            mask_image = read_mask(await mask.read(), limits.max_image_pixels) if mask is not None else None
+            mode = mode or ("inpaint" if mask_image is not None else "img2img")
             if mode not in api.EDIT_MODES:
                 raise ApiError(400, f"mode: must be one of {api.EDIT_MODES}, got {mode!r}", "mode")
-            source = read_image(await image.read(), "image", limits.max_image_pixels)
+            last = api.last_stage(self.info, last_stage)
+            h1, w1 = self._edit_size(source, last, size)
+            stages = api.stage_settings(steps, guidance, None, self.info.defaults)
+            await self._check_budget(n, h1, w1, last, stages, "image")
             kwargs = dict(
                 negative_prompt=negative_prompt,
                 num_images_per_prompt=n,
                 seed=api.check_seed(seed),
                 steps=steps,
                 guidance=guidance,
-                last_stage=api.last_stage(self.info, last_stage),
+                last_stage=last,
             )
             extra = dict(strength=strength, positive_prompt=positive_prompt, mixer=mixer)
             kwargs.update({k: v for k, v in extra.items() if v is not None})
             if mode == "inpaint":
-                if mask is None:
-                    raise ApiError(400, "mask: inpaint needs a mask image (white = repaint)", "mask")
-                kwargs["mask"] = read_image(await mask.read(), "mask", limits.max_image_pixels)
+                if mask_image is None:
+                    raise ApiError(400, "mask: inpaint needs a mask image (transparent = edit)", "mask")
+                kwargs["mask"] = mask_image
             worker = self.handles["edits"]
             result = await self._bounded(self._call(worker.edit, mode, source, prompt, kwargs))
             if isinstance(result, ValueError):
                 raise ApiError(400, str(result), _param_of(str(result)))
             final, settings = result
             return api.response(convert(final, "pil"), kwargs["seed"], {**settings, "mode": mode})
+
+        def _edit_size(self, source, last: int, size: str | None) -> tuple[int, int]:
+            """Stage I's (height, width) for this source, as the editing modes resize it, within the limits."""
+            multiple = math.lcm(8, self.info.downsample[1])
+            w1, h1 = target_size(source.width, source.height, self.info.sample_size, multiple)
+            scale = scale_of(last)
+            made = f"{w1 * scale}x{h1 * scale}"
+            if max(h1, w1) > config.limits.max_side:
+                message = (
+                    f"a {source.width}x{source.height} source makes a {made} image (stage I side {max(h1, w1)} px); "
+                    f"at most {config.limits.max_side} are served: send an image nearer to square"
+                )
+                raise ApiError(400, f"image: {message}", "image")
+            if size not in (None, "auto", made):
+                message = f"edits keep the source's shape at the cascade's size: this image makes {made}"
+                raise ApiError(400, f"size: {size!r} cannot be served; {message}; send 'auto' or {made!r}", "size")
+            return h1, w1
+
+        async def _check_budget(self, batch, height, width, last, stages, param):
+            if self.budget is None:
+                return
+            steps = tuple(s.steps for s in stages)
+            multiple = api.size_multiple(self.info, last)
+            await asyncio.to_thread(
+                self.budget.check,
+                batch=batch,
+                height=height,
+                width=width,
+                last_stage=last,
+                steps=steps,
+                multiple=multiple,
+                param=param,
+            )
 
         async def _cascade(self, carry: Carry) -> Carry:
             if config.layout == "single":
@@ -154,6 +269,39 @@ def build_ingress(config: ServeConfig):
                 raise _busy(f"no answer within {config.limits.request_timeout_s:g} s; retry shortly") from None
 
     return Ingress
+
+
+def _budget(config: ServeConfig) -> Budget | None:
+    """The memory check of the ingress (None for exported graphs or engines: no torch modules to model)."""
+    paths = checkpoint_paths(config.source)
+    if 1 not in paths or config.source.uses_graphs:
+        return None
+    parts = (config.text, config.stage1, config.stage2, config.stage3, config.single, config.edits)
+    on_gpu = any(p.num_gpus > 0 for p in parts) or config.source.device == "cuda"
+    dtype = _dtype(config.source.dtype, on_gpu)
+    return Budget(paths, dtype, on_gpu, config.limits.request_memory)
+
+
+def _dtype(name, on_gpu: bool):
+    import torch
+
+    if name is not None:
+        return getattr(torch, str(name))
+    return torch.float16 if on_gpu else torch.float32
+
+
+def _deployments_not_ready() -> list[str]:
+    """Deployments of this application whose replicas are not all running (per Ray Serve's controller)."""
+    try:
+        status = serve.status()
+    except Exception as err:  # the controller itself unreachable: not ready, say why
+        return [f"controller ({type(err).__name__})"]
+    out = []
+    for app_status in status.applications.values():
+        for name, dep in app_status.deployments.items():
+            if str(getattr(dep.status, "value", dep.status)) != "HEALTHY":
+                out.append(f"{name} ({getattr(dep.status, 'value', dep.status)})")
+    return out
 
 
 def _busy(message: str) -> ApiError:

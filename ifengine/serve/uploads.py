@@ -17,6 +17,20 @@ FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
 
 
 def read_image(data: bytes, field: str, max_pixels: int) -> Image.Image:
+    return _read(data, field, max_pixels).convert("RGB")
+
+
+def read_mask(data: bytes, max_pixels: int) -> Image.Image:
+    """OpenAI's mask convention: where the mask is transparent the image is edited. A mask without an alpha
+    channel is read as greyscale, white = edit (ifengine's own convention). Returned as L, 255 = edit."""
+    img = _read(data, "mask", max_pixels)
+    if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+        alpha = img.convert("RGBA").getchannel("A")
+        return alpha.point(lambda a: 255 if a < 128 else 0)
+    return img.convert("L")
+
+
+def _read(data: bytes, field: str, max_pixels: int) -> Image.Image:
     if not data:
         raise ApiError(400, f"{field}: the upload is empty; send a PNG or JPEG file", field)
     try:
@@ -39,4 +53,4 @@ def read_image(data: bytes, field: str, max_pixels: int) -> Image.Image:
         raise ApiError(
             400, f"{field}: not a readable image ({type(err).__name__}); send a PNG or JPEG file", field
         ) from None
-    return img.convert("L" if field == "mask" else "RGB")
+    return img

@@ -7,7 +7,6 @@ accepting the next batch meanwhile, and one lock keeps the cascade to one batch 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 
@@ -15,6 +14,7 @@ from ray import serve
 
 from .config import ModelSource, StageConfig
 from .models import load_part, load_whole
+from .stopping import Gone
 from .work import Carry, cascade_batch, encode_batch, stage_batch
 
 log = logging.getLogger(__name__)
@@ -39,11 +39,15 @@ class StageWorker:
         self.part = part
         self.cascade = load_part(source, part)
         self.lock = threading.Lock()
-        _configure(self.run, cfg)
+        self.gone = Gone()  # requests whose callers left: a batch of only those stops between steps
+        _configure(self._batched, cfg)
+
+    async def run(self, carry: Carry) -> Carry:
+        return await self.gone.track(carry, self._batched(carry))
 
     @serve.batch(**_BATCH)
-    async def run(self, carries: list[Carry]) -> list[Carry]:
-        return await asyncio.to_thread(self._work, carries)
+    async def _batched(self, carries: list[Carry]) -> list[Carry]:
+        return await self.gone.in_thread(carries, self._work, carries)
 
     def _work(self, carries: list[Carry]) -> list[Carry]:
         with self.lock:
@@ -59,16 +63,20 @@ class CascadeWorker:
     def __init__(self, source: ModelSource, cfg: StageConfig):
         self.cascade = load_whole(source)
         self.lock = threading.Lock()
-        _configure(self.run, cfg)
+        self.gone = Gone()
+        _configure(self._batched, cfg)
+
+    async def run(self, carry: Carry) -> Carry:
+        return await self.gone.track(carry, self._batched(carry))
 
     @serve.batch(**_BATCH)
-    async def run(self, carries: list[Carry]) -> list[Carry]:
-        return await asyncio.to_thread(self._locked, cascade_batch, carries)
+    async def _batched(self, carries: list[Carry]) -> list[Carry]:
+        return await self.gone.in_thread(carries, self._locked, cascade_batch, carries)
 
     async def edit(self, mode: str, image, prompt: str, kwargs: dict):
         """One editing request (img2img / inpaint / style); returns (final images NCHW [-1, 1], settings)
         or the ValueError that names what was wrong (the caller answers it as a 400)."""
-        return await asyncio.to_thread(self._locked, self._edit, mode, image, prompt, kwargs)
+        return await self.gone.call(self._locked, self._edit, mode, image, prompt, kwargs)
 
     def _locked(self, fn, *args):
         with self.lock:

@@ -19,6 +19,7 @@ from ..schedule import add_noise, ddim_tables, ddpm_tables
 from ..schedule.ddim import DDIMConfig
 from ..schedule.ddpm import DDPMConfig
 from ..text.encoder import PromptEncoder
+from .cancel import raise_if_stopped
 from .noise import Generator, ddpm_stage_noise, x4_stage_noise
 from .options import StageOptions
 from .seam import EagerStep, Step, StageRunner, check_step
@@ -73,7 +74,10 @@ def _tables(build, config, opts: StageOptions):
 
 
 def _steps(stage: int, n: int, ctx: RunContext):
-    return tqdm(range(n), desc=STAGE_LABELS[stage], disable=not ctx.progress, leave=False)
+    """The step indices, each one yielded only after the run's stop check (``stage.cancel``) let it go."""
+    for i in tqdm(range(n), desc=STAGE_LABELS[stage], disable=not ctx.progress, leave=False):
+        raise_if_stopped()
+        yield i
 
 
 @dataclass(frozen=True)
