@@ -183,9 +183,9 @@ def _serve(config, args) -> int:
             if address:
                 ray.init(address=address)
             else:
-                # Ray's own processes listen on the node address: the server's, so a loopback server
-                # opens no port to the network
-                ray.init(num_cpus=args.num_cpus, include_dashboard=False, _node_ip_address=_node_address(args.host))
+                # no dashboard: one listening service less. Ray's other ports cannot be bound to loopback
+                # (it rewrites a loopback node address to the machine's): docs/serving.md says so
+                ray.init(num_cpus=args.num_cpus, include_dashboard=False)
             _stop_on_sigterm()  # ray.init installs its own handler (sys.exit(15)); ours stops cleanly
         serve.start(http_options={"host": args.host, "port": args.port})
         serve.run(build_app(config), name="ifengine", route_prefix="/")
@@ -204,20 +204,20 @@ def _serve(config, args) -> int:
     return 0
 
 
-def _node_address(host: str) -> str:
-    return "127.0.0.1" if host in ("127.0.0.1", "localhost", "::1") else host
-
-
 def _shutdown(started: bool, address: str | None) -> None:
     import signal
 
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not cut the shutdown short
-    try:
-        import ray
-        from ray import serve
-    except ImportError:
+    ray = sys.modules.get("ray")
+    if not hasattr(ray, "shutdown"):  # never imported, or a stop signal cut its import short: no node yet
+        _reap_children()
         return
-    if started and not address:
+    try:
+        from ray import serve
+    except Exception as err:  # noqa: BLE001 - a half-imported ray.serve: stop the node all the same
+        log.warning("ray.serve unavailable during stop: %s", err)
+        serve = None
+    if started and not address and serve is not None:
         try:
             serve.shutdown()
         except Exception as err:  # a half-started Serve: Ray's own shutdown below still stops the node
