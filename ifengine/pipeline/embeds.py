@@ -100,7 +100,7 @@ _ISSUED: dict[int, tuple[weakref.ref, PromptEmbeds]] = {}
 
 def _remember(result: PromptEmbeds) -> PromptEmbeds:
     key = id(result.prompt_embeds)
-    _ISSUED[key] = (weakref.ref(result.prompt_embeds, lambda _ref, k=key: _ISSUED.pop(k, None)), result)
+    _ISSUED[key] = (weakref.ref(result.prompt_embeds, lambda _ref, k=key, table=_ISSUED: table.pop(k, None)), result)
     return result
 
 
