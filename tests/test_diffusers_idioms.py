@@ -145,3 +145,22 @@ def test_fixed_small_scheduler_swap_matches_diffusers(stage1_dir, diffusers_stag
     ours = view("a cat", generator=torch.manual_seed(4), **common).images
     ref = d("a cat", generator=torch.manual_seed(4), **common).images
     assert (ours - ref).abs().max() <= 1e-3
+
+
+def test_callback_through_the_runtime_loop(stage1_dir, stage2_dir):
+    """The GPU runner's loop (here on the CPU, without graphs) hands each step to the callback and copies a
+    returned sample into its static buffer."""
+    cascade = ifengine.Cascade.from_pretrained(stage1_dir, stage2_dir, safety=False).use_runtime(cuda_graphs=False)
+    assert cascade.runtime is not None
+    calls = []
+
+    def last_zero(pipe, i, t, kwargs):
+        calls.append(i)
+        return {"intermediate_images": torch.zeros_like(kwargs["intermediate_images"])} if i == 2 else None
+
+    view = ifengine.IFSuperResolutionPipeline.from_cascade(cascade)
+    out = view(
+        image=torch.zeros(1, 3, 16, 16), prompt="a cat", num_inference_steps=3, output_type="pt",
+        callback_on_step_end=last_zero, callback_on_step_end_tensor_inputs=["intermediate_images"],
+    ).images  # fmt: skip
+    assert calls == [0, 1, 2] and torch.count_nonzero(out) == 0
