@@ -20,8 +20,26 @@ _EXPORTS = {
     "RequestError": "ifengine.stage.options",
     "IFEngineError": "ifengine.errors",
     "RuntimeOptions": "ifengine.runtime.options",
+    "DiffusionPipeline": "ifengine.pipeline.diffusers_pipes",
+    "IFPipeline": "ifengine.pipeline.diffusers_pipes",
+    "IFImg2ImgPipeline": "ifengine.pipeline.diffusers_pipes",
+    "IFInpaintingPipeline": "ifengine.pipeline.diffusers_pipes",
+    "IFSuperResolutionPipeline": "ifengine.pipeline.diffusers_pipes",
+    "IFImg2ImgSuperResolutionPipeline": "ifengine.pipeline.diffusers_pipes",
+    "IFInpaintingSuperResolutionPipeline": "ifengine.pipeline.diffusers_pipes",
+    "StableDiffusionUpscalePipeline": "ifengine.pipeline.diffusers_pipes",
+    "PromptEmbeds": "ifengine.pipeline.embeds",
 }
 __all__ = [
+    "DiffusionPipeline",
+    "IFPipeline",
+    "IFImg2ImgPipeline",
+    "IFInpaintingPipeline",
+    "IFSuperResolutionPipeline",
+    "IFImg2ImgSuperResolutionPipeline",
+    "IFInpaintingSuperResolutionPipeline",
+    "StableDiffusionUpscalePipeline",
+    "PromptEmbeds",
     "Cascade",
     "CascadeOutput",
     "IFEngineError",
@@ -36,6 +54,17 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
     from .pipeline.cascade import Cascade, CascadeOutput, open_cascade
     from .errors import IFEngineError
     from .pipeline.source import ModelSource
+    from .pipeline.embeds import PromptEmbeds
+    from .pipeline.diffusers_pipes import (
+        DiffusionPipeline,
+        IFPipeline,
+        IFImg2ImgPipeline,
+        IFInpaintingPipeline,
+        IFSuperResolutionPipeline,
+        IFImg2ImgSuperResolutionPipeline,
+        IFInpaintingSuperResolutionPipeline,
+        StableDiffusionUpscalePipeline,
+    )
     from .runtime.options import RuntimeOptions
     from .stage.options import RequestError
 

@@ -112,7 +112,7 @@ def test_cascade_without_t5_runs_from_embeddings(pipe, stage1_dir, stage2_dir, s
     with pytest.raises(ValueError, match="without T5"):
         lean("a lighthouse", progress=False)
     with pytest.raises(ValueError, match="negative_prompt_embeds"):
-        lean(prompt_embeds=emb.prompt_embeds, last_stage=1, progress=False)
+        lean(prompt_embeds=emb.prompt_embeds.clone(), last_stage=1, progress=False)  # not from encode_prompt
     with pytest.raises(ValueError, match="without T5"):
         lean.encode_prompt("a lighthouse")
 

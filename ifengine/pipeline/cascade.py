@@ -14,7 +14,7 @@ import torch
 from ..lora.api import LoraMixin
 from ..text.clean import preprocess
 from ..text.encoder import PromptEncoder
-from . import aliases, edit, embeds, limits, metadata
+from . import aliases, edit, embeds, hub, limits, metadata
 from ..stage import options, sizes
 from ..runtime.fetch import fetch_checked
 from ..runtime.options import DEFAULTS as RUNTIME_DEFAULTS, RuntimeOptions
@@ -32,6 +32,7 @@ from ..backends.traced.executor import attach_executor
 from ..runtime.api import configure
 
 log = logging.getLogger(__name__)
+_GIVEN = object()  # a keyword left out (None has a meaning of its own)
 
 
 @dataclass
@@ -110,6 +111,8 @@ class Cascade(LoraMixin):
         torch_dtype: torch.dtype | None = None,
         text_encoder: str | None = "auto",
         runtime: RuntimeOptions | None = None,
+        safety_checker=_GIVEN,
+        **hub_arguments,
     ) -> Cascade:
         """Load checkpoints given as local folders in the Hub layout or as Hub ids.
 
@@ -123,9 +126,21 @@ class Cascade(LoraMixin):
         with all of these (and the rest of the runtime's switches); the keywords above override it.
 
         diffusers spellings: ``torch_dtype`` is ``dtype`` (float32 when neither is given);
-        ``text_encoder=None`` loads no T5 (calls then take ``prompt_embeds=``, see ``encode_prompt``).
+        ``text_encoder=None`` loads no T5 (calls then take ``prompt_embeds=``, see ``encode_prompt``);
+        ``safety_checker=None`` is ``safety=False``; ``revision``, ``token``, ``cache_dir``,
+        ``local_files_only``, ``force_download`` and ``proxies`` go to ``huggingface_hub`` for Hub ids,
+        ``use_safetensors`` and ``device_map`` (a device name) are checked (see ``pipeline/hub.py``).
         """
         dtype = aliases.load_dtype(dtype, torch_dtype, torch.float32)
+        if safety_checker is None:
+            safety = False
+        elif safety_checker is not _GIVEN:
+            raise ValueError("safety_checker takes None (no checker); leave it out to load the checkpoint's own")
+        load = hub.LoadArguments.of(dict(hub_arguments))
+        device = load.device or device
+        stage1, stage2, stage3 = (
+            None if s is None else hub.local_path(s, variant, load) if load.hub else s for s in (stage1, stage2, stage3)
+        )
         if text_encoder not in ("auto", None):
             raise ValueError(f"text_encoder takes None (load no T5) or 'auto', got {text_encoder!r}")
         if stage1 is None and stage2 is None and stage3 is None:
@@ -253,6 +268,7 @@ class Cascade(LoraMixin):
         ``prompt_embeds``/``negative_prompt_embeds`` (from ``encode_prompt``) replace the text;
         ``cross_attention_kwargs={"scale": s}`` scales the LoRA adapters for this call (see ifengine/lora)."""
         steps, guidance = aliases.call_settings(steps, num_inference_steps, guidance, guidance_scale)
+        self.require_stage1("text-to-image")
         prompt, negative_prompt, given = embeds.prepare(
             self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds
         )
@@ -289,8 +305,11 @@ class Cascade(LoraMixin):
         II) and denoised with ``prompt``; other keyword arguments as ``__call__``."""
         return edit.run(self, "img2img", image, prompt, strength=strength, **kwargs)
 
-    def inpaint(self, image, mask, prompt: str | Sequence[str] | None = None, strength=1.0, **kwargs) -> CascadeOutput:
-        """Repaint where ``mask`` is white; pixels outside it stay the source's."""
+    def inpaint(
+        self, image, mask=None, prompt: str | Sequence[str] | None = None, strength=1.0, *, mask_image=None, **kwargs
+    ) -> CascadeOutput:
+        """Repaint where ``mask`` (diffusers' ``mask_image=``) is white; pixels outside it stay the source's."""
+        mask = aliases.merge("mask", mask, "mask_image", mask_image)
         return edit.run(self, "inpaint", image, prompt, mask=mask, strength=strength, **kwargs)
 
     def style_transfer(
@@ -315,12 +334,30 @@ class Cascade(LoraMixin):
             **kwargs,
         )
 
-    def encode_prompt(self, prompts, negative_prompts=None, clean_caption: bool = True) -> embeds.PromptEmbeds:
+    def encode_prompt(
+        self,
+        prompts,
+        negative_prompts=None,
+        clean_caption: bool = True,
+        *,
+        negative_prompt=None,
+        num_images_per_prompt: int = 1,
+        do_classifier_free_guidance: bool = True,
+    ) -> embeds.PromptEmbeds:
         """T5 embeddings of ``prompts`` and ``negative_prompts`` (default ""), and stage III's CLIP ones
         when it is loaded, for ``prompt_embeds=`` on any call; unpacks to ``(prompt_embeds,
-        negative_prompt_embeds)`` as diffusers' ``encode_prompt``. One row per prompt: a call's
-        ``num_images_per_prompt`` repeats them."""
-        return embeds.encode_prompt(self, prompts, negative_prompts, clean_caption)
+        negative_prompt_embeds)`` as diffusers' ``encode_prompt``. One row per prompt unless
+        ``num_images_per_prompt`` repeats them. diffusers' ``negative_prompt=`` is ``negative_prompts``;
+        unlike diffusers' ``encode_prompt`` (False) captions are cleaned by default here, as in every call."""
+        negative_prompts = aliases.merge("negative_prompts", negative_prompts, "negative_prompt", negative_prompt)
+        return embeds.encode_prompt(
+            self,
+            prompts,
+            negative_prompts,
+            clean_caption,
+            num_images_per_prompt=num_images_per_prompt,
+            do_classifier_free_guidance=do_classifier_free_guidance,
+        )
 
     def make_request(
         self,
@@ -355,9 +392,19 @@ class Cascade(LoraMixin):
             stages=options.stage_options(steps, guidance, timesteps, noise_level, self.defaults),
         )
         sizes.check_size(req.height, req.width, self.size_multiple(last))
-        options.check_timesteps(req.stages)
+        options.check_timesteps(req.stages, last)
         limits.check(self, req)  # a request that cannot fit is refused before any allocation
         return req
+
+    def require_stage1(self, what: str) -> None:
+        """Refuse a chain that starts at stage I on a cascade without it, saying what runs a later stage alone."""
+        if self.stage1 is None:
+            alone = {2: "IFSuperResolutionPipeline", 3: "StableDiffusionUpscalePipeline"}
+            views = [alone[n] for n in self.loaded_stages if n in alone]
+            hint = (
+                f"; to run a loaded stage alone on an image use ifengine.{views[0]}.from_cascade(pipe)" if views else ""
+            )
+            raise RequestError(f"{what} needs a stage I checkpoint (stage1=){hint}")
 
     def set_limits(self, *, memory=None, max_pixels: int | None = None, max_batch: int | None = None) -> Cascade:
         """Refuse later requests above ``max_pixels`` (output pixels per image) or ``max_batch`` (images per

@@ -74,10 +74,12 @@ def run(
     guidance_scale=None,
     prompt_embeds=None,
     negative_prompt_embeds=None,
+    on_step=None,
 ):
     """Validate everything, then run the stages from the source image (diffusers' argument names and
-    prompt embeddings as in ``Cascade.__call__``)."""
+    prompt embeddings as in ``Cascade.__call__``; ``on_step``: a ``stage.stages.StepCallback``)."""
     steps, guidance = aliases.call_settings(steps, num_inference_steps, guidance, guidance_scale)
+    pipe.require_stage1(mode)
     prompt, negative_prompt, given = embeds.prepare(
         pipe, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds
     )
@@ -103,7 +105,7 @@ def run(
     )
     plan = dataclasses.replace(plan, request=embeds.attach(pipe, plan.request, given))
     generator, seed = make_generator(generator, seed)
-    outs = _run_stages(pipe, plan, RunContext(pipe.device, pipe.dtype, generator, progress), clean_caption)
+    outs = _run_stages(pipe, plan, RunContext(pipe.device, pipe.dtype, generator, progress, on_step), clean_caption)
     result = pipe.finish(plan.request, outs, seed)
     result.settings.update(
         mode=mode,
@@ -160,7 +162,7 @@ def make_plan(
         output_type=options.check_output_type(output_type),
         stages=options.stage_options(steps, guidance, timesteps, noise_level, defaults),
     )
-    options.check_timesteps(request.stages)
+    options.check_timesteps(request.stages, last)
     limits.check(pipe, request)  # before the sources are resized to a size that cannot fit
     strengths = _strengths(strength, spec, request)
     sources = tuple(image_tensor(src, short, mult) for short, mult in _resolutions(pipe, last))

@@ -11,12 +11,13 @@ from bare tensors is refused with a message saying what to pass.
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from dataclasses import dataclass
 
 import torch
 
 from ..text.clean import preprocess
-from ..stage.options import Request, RequestError, as_prompts, negatives_for
+from ..stage.options import Request, RequestError, as_prompts, check_images_per_prompt, negatives_for
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,14 @@ class PromptEmbeds:
         """``pe, ne = pipe.encode_prompt(...)``, as diffusers' IFPipeline.encode_prompt returns."""
         return iter((self.prompt_embeds, self.negative_prompt_embeds))
 
+    def __reduce__(self):
+        # rebuilt from its fields, so ``torch.load(path, weights_only=True)`` accepts it once this class
+        # is allowed (below, when ifengine.PromptEmbeds is first imported)
+        return (PromptEmbeds, tuple(getattr(self, f.name) for f in dataclasses.fields(self)))
+
+
+torch.serialization.add_safe_globals([PromptEmbeds])
+
 
 @dataclass(frozen=True)
 class Given:
@@ -45,19 +54,60 @@ class Given:
     clip_neg: torch.Tensor | None
 
 
-def encode_prompt(pipe, prompts, negative_prompts=None, clean_caption: bool = True) -> PromptEmbeds:
-    """Run T5 (and stage III's CLIP when loaded) once; the embeddings are checked for NaN right here."""
+def encode_prompt(
+    pipe,
+    prompts,
+    negative_prompts=None,
+    clean_caption: bool = True,
+    *,
+    num_images_per_prompt: int = 1,
+    do_classifier_free_guidance: bool = True,
+    prompt_embeds=None,
+    negative_prompt_embeds=None,
+) -> PromptEmbeds:
+    """Run T5 (and stage III's CLIP when loaded) once; the embeddings are checked for NaN right here.
+    diffusers' options: ``num_images_per_prompt`` repeats each row, ``do_classifier_free_guidance=False``
+    leaves the negatives out, given ``prompt_embeds`` come back as they are (repeated)."""
+    n = check_images_per_prompt(num_images_per_prompt)
+    if prompt_embeds is not None:
+        if prompts is not None:
+            raise RequestError("give prompt or prompt_embeds, not both")
+        pos, neg = _tensor(prompt_embeds, "prompt_embeds"), negative_prompt_embeds
+        return _remember(PromptEmbeds(*_repeat(n, pos, neg if do_classifier_free_guidance else None)))
     if pipe.text is None:
         raise RequestError("this cascade was loaded without T5 (text_encoder=None): it cannot encode text")
     prompts = as_prompts(prompts)
     negatives = negatives_for(prompts, negative_prompts)
     pos = pipe.text.encode(preprocess(list(prompts), clean_caption))
-    neg = pipe.text.encode(preprocess(list(negatives), clean_caption))
+    neg = pipe.text.encode(preprocess(list(negatives), clean_caption)) if do_classifier_free_guidance else None
     clip = getattr(pipe.stage3, "text", None)
     clip_pos = clip.encode(list(prompts)) if clip is not None else None
-    clip_neg = clip.encode(list(negatives)) if clip is not None else None
+    clip_neg = clip.encode(list(negatives)) if clip is not None and neg is not None else None
     _check_now(pipe.encoders())
-    return PromptEmbeds(pos, neg, clip_pos, clip_neg, prompts, negatives)
+    each = lambda rows: tuple(p for p in rows for _ in range(n))  # noqa: E731
+    rows = _repeat(n, pos, neg, clip_pos, clip_neg)
+    return _remember(PromptEmbeds(*rows, each(prompts), each(negatives) if neg is not None else None))
+
+
+def _repeat(n: int, *tensors):
+    return tuple(None if t is None else t.repeat_interleave(n, 0) if n > 1 else t for t in tensors)
+
+
+# encode_prompt's results by the identity of their T5 tensor: a caller who unpacks the pair
+# (``pe, ne = pipe.encode_prompt(...)``) still brings stage III's CLIP rows and the text labels along
+_ISSUED: dict[int, tuple[weakref.ref, PromptEmbeds]] = {}
+
+
+def _remember(result: PromptEmbeds) -> PromptEmbeds:
+    key = id(result.prompt_embeds)
+    _ISSUED[key] = (weakref.ref(result.prompt_embeds, lambda _ref, k=key, table=_ISSUED: table.pop(k, None)), result)
+    return result
+
+
+def issued(tensor) -> PromptEmbeds | None:
+    """The ``PromptEmbeds`` that ``tensor`` (a bare ``prompt_embeds``) came from, when encode_prompt made it."""
+    entry = _ISSUED.get(id(tensor))
+    return entry[1] if entry is not None and entry[0]() is tensor else None
 
 
 def _check_now(encoders) -> None:
@@ -86,7 +136,12 @@ def prepare(pipe, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds
         return prompt, negative_prompt, None
     if prompt is not None:
         raise RequestError("give prompt= or prompt_embeds=, not both")
-    given = prompt_embeds if isinstance(prompt_embeds, PromptEmbeds) else PromptEmbeds(prompt_embeds)
+    given = prompt_embeds if isinstance(prompt_embeds, PromptEmbeds) else issued(prompt_embeds)
+    if given is None or (
+        negative_prompt_embeds is not None and negative_prompt_embeds is not given.negative_prompt_embeds
+    ):
+        given = PromptEmbeds(prompt_embeds, clip_prompt_embeds=getattr(given, "clip_prompt_embeds", None),
+                             prompts=getattr(given, "prompts", None))  # fmt: skip
     pos = _tensor(given.prompt_embeds, "prompt_embeds")
     neg = negative_prompt_embeds if negative_prompt_embeds is not None else given.negative_prompt_embeds
     if neg is not None:

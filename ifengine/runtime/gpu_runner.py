@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from ..stage.cancel import raise_if_stopped
 from ..stage.seam import Capture, Step, capture_of, check_step, weakest
 from ..stage.options import StageOptions
-from ..stage.stages import STAGE_LABELS, IFStage, RunContext, Start, X4Stage
+from ..stage.stages import STAGE_LABELS, IFStage, RunContext, Start, X4Stage, after_step
 from ..facts import UNET_OF
 from ..schedule import add_noise
 from ..memory.workload import stage_buffers
@@ -191,11 +191,13 @@ class GraphRunner:
             self._generations[stage_no] = arena.generation
         graph = cache.get(key, make_step, name=STAGE_LABELS[stage_no]) if capture is not Capture.NEVER else None
         step = graph.step_no_sync if graph is not None else make_step()
-        for _ in tqdm(range(steps), desc=STAGE_LABELS[stage_no], disable=not ctx.progress, leave=False):
+        for i in tqdm(range(steps), desc=STAGE_LABELS[stage_no], disable=not ctx.progress, leave=False):
             raise_if_stopped()  # a host-side check only: no read-back, the replays stay sync-free
             step()
             if self.observe is not None:
                 self.observe(stage_no, state)
+            # a step callback runs on the host between two replays, outside the captured graph
+            after_step(ctx, stage_no, i, state, in_place=True)
         if self.release_graphs_after_stage:
             cache.clear()  # tight budgets: the graph's private memory must not outlive the stage
 

@@ -204,8 +204,9 @@ def check_images_per_prompt(n) -> int:
     return positive_int(n, "num_images_per_prompt", error=RequestError)
 
 
-def check_timesteps(stages: tuple[StageOptions, ...]) -> None:
-    """Named or explicit lists are for the DDPM stages (I, II); stage III's DDIM takes a step count."""
+def check_timesteps(stages: tuple[StageOptions, ...], last_stage: int = 3) -> None:
+    """Named or explicit lists are for the DDPM stages (I, II); stage III's DDIM takes a step count, which
+    matters only when stage III runs (``timesteps="fast27"`` on a stage-I-only run is stage I's list)."""
     # imported here: the CLI reads this module to parse flags, and schedule/ loads torch
     from ..schedule import named_timesteps, validate_timesteps
 
@@ -217,7 +218,7 @@ def check_timesteps(stages: tuple[StageOptions, ...]) -> None:
                 validate_timesteps(opts.timesteps)
         except ValueError as err:
             raise RequestError(f"stage {number} timesteps: {err}") from None
-    if stages[2].timesteps is not None:
+    if last_stage >= 3 and stages[2].timesteps is not None:
         raise RequestError("stage III (DDIM) takes a step count, not a timestep list; use steps=(..., ..., N)")
 
 

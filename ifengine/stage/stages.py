@@ -8,6 +8,7 @@ loop body never reads a tensor back, so on a GPU the host only enqueues work.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -59,12 +60,35 @@ class X4Stage:
         self.step_fn = check_step(self.step_fn or EagerStep(x4_step))
 
 
+StepCallback = Callable[[int, int, torch.Tensor], "torch.Tensor | None"]
+"""A per-step callable ``on_step(stage_no, step_index, sample)``, called after every denoising step (the
+sample is stage I/II's image or stage III's latents). A tensor it returns replaces the sample; None keeps
+it. It runs on the host between steps: whatever it reads back from the device is a host sync."""
+
+
 @dataclass(frozen=True)
 class RunContext:
     device: torch.device
     dtype: torch.dtype
     generator: Generator
     progress: bool = True
+    on_step: StepCallback | None = None  # see StepCallback; None: the loops call nothing between steps
+
+
+def after_step(ctx: RunContext, stage_no: int, i: int, x: torch.Tensor, in_place: bool = False) -> torch.Tensor:
+    """The sample after step ``i`` once ``ctx.on_step`` has seen it; ``in_place`` copies a returned tensor
+    into ``x`` (the GPU runtime's static buffer, whose address its captured graphs hold)."""
+    if ctx.on_step is None:
+        return x
+    new = ctx.on_step(stage_no, i, x)
+    if new is None or new is x:
+        return x
+    if tuple(new.shape) != tuple(x.shape):
+        raise ValueError(f"a step callback returned shape {tuple(new.shape)} for a sample of shape {tuple(x.shape)}")
+    if in_place:
+        x.copy_(new)
+        return x
+    return new.to(x.device, x.dtype)
 
 
 def _tables(build, config, opts: StageOptions):
@@ -151,6 +175,7 @@ def run_if_stage(
             mask=mask,
             mixer=mix,
         )
+        x = after_step(ctx, stage_no, i, x)
     return x
 
 
@@ -197,6 +222,7 @@ def run_x4_stage(
     step = stage.step_fn
     for i in _steps(3, len(tables), ctx):
         latents = step(stage.unet, tables, index[i], latents, low_res, embeds, level, guidance, opts.cfg)
+        latents = after_step(ctx, 3, i, latents)
     return stage.vae.decode(latents)
 
 
