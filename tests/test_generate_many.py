@@ -33,6 +33,24 @@ def test_batches_equal_plain_calls_seeded_seed_plus_k(pipe, stage1_dir, stage2_d
     assert torch.equal(got, (want / 2 + 0.5).clamp(0, 1))
 
 
+def test_embeddings_instead_of_prompts_give_the_images_of_the_text(pipe):
+    """generate_many(prompt_embeds=encode_prompt(...)): the same images as from the prompts' text, batch k
+    seeded seed + k, with the prompts recorded; tensors alone (a T5-only pair) stop at stage II."""
+    embeds = pipe.encode_prompt(PROMPTS)
+    from_text = pipe.generate_many(PROMPTS, batch_size=2, seed=5, output_type="pt", **KW)
+    out = pipe.generate_many(prompt_embeds=embeds, batch_size=2, seed=5, output_type="pt", **KW)
+    assert out.prompts == PROMPTS and out.seeds == [5, 5, 6]
+    assert torch.equal(torch.stack(list(out.images)), torch.stack(list(from_text.images)))
+    pe, ne = embeds
+    two = pipe.generate_many(
+        prompt_embeds=pe.clone(), negative_prompt_embeds=ne.clone(), seed=5, output_type="pt", last_stage=2, **KW
+    )
+    want = pipe(PROMPTS[:1], seed=5, output_type="pt", progress=False, last_stage=2, **KW).stages[-1]
+    assert len(two.images) == 3 and torch.equal(two.images[0], (want[0] / 2 + 0.5).clamp(0, 1))
+    with pytest.raises(RequestError, match="not both"):
+        pipe.generate_many(PROMPTS, prompt_embeds=embeds)
+
+
 def test_bad_many_requests_are_refused(pipe):
     with pytest.raises(RequestError, match="batch_size"):
         pipe.generate_many(PROMPTS, batch_size=0)

@@ -292,12 +292,13 @@ class Cascade(LoraMixin):
             return self.finish(request, self._run(request, ctx, clean_caption), seed)
 
     def generate_many(
-        self, prompts: Sequence[str], *, batch_size: int = 1, seed: int | None = None, **kwargs
+        self, prompts: Sequence[str] | None = None, *, batch_size: int = 1, seed: int | None = None, **kwargs
     ) -> ManyOutput:
         """One image per prompt, in batches of ``batch_size``; reports images per second. With a throughput
         runtime (``from_pretrained(..., throughput=True)`` on a GPU) stage I of the next batch overlaps
-        stages II/III of the current one. Batch k uses ``seed + k``. Other keyword arguments: negative_prompt,
-        height, width, steps, guidance, noise_level, clean_caption, output_type."""
+        stages II/III of the current one. Batch k uses ``seed + k``. ``prompt_embeds=`` (from
+        ``encode_prompt``) instead of prompts: one image per row, batches one after another. Other keyword
+        arguments: negative_prompt, height, width, steps, guidance, noise_level, clean_caption, output_type."""
         return generate_many(self, prompts, batch_size=batch_size, seed=seed, **kwargs)
 
     def img2img(self, image, prompt: str | Sequence[str] | None = None, strength=0.7, **kwargs) -> CascadeOutput:

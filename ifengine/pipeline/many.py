@@ -53,12 +53,24 @@ class _PlainRunner:
 
 
 def generate_many(
-    cascade, prompts: Sequence[str], *, batch_size: int = 1, seed: int | None = None, output_type: str = "pil", **kwargs
+    cascade,
+    prompts: Sequence[str] | None = None,
+    *,
+    batch_size: int = 1,
+    seed: int | None = None,
+    output_type: str = "pil",
+    prompt_embeds=None,
+    negative_prompt_embeds=None,
+    **kwargs,
 ) -> ManyOutput:
 
-    prompts = list(as_prompts(prompts, "prompts"))
     positive_int(batch_size, "batch_size", error=RequestError)
     _, seed = make_generator(None, seed)
+    if prompt_embeds is not None:
+        if prompts is not None:
+            raise RequestError("give prompts or prompt_embeds=, not both")
+        return _many_from_embeds(cascade, prompt_embeds, negative_prompt_embeds, batch_size, seed, output_type, kwargs)
+    prompts = list(as_prompts(prompts, "prompts"))
     runtime = cascade.runtime or _PlainRunner()
     overlap = runtime.options.mode == "throughput"
     if not overlap and torch.device(cascade.device).type == "cuda":
@@ -79,3 +91,50 @@ def generate_many(
     }
     has_nsfw = cascade.safety is not None and output_type == "pil"
     return ManyOutput(images, prompts, seeds, result.seconds, nsfw if has_nsfw else None, settings)
+
+
+def _many_from_embeds(cascade, prompt_embeds, negative_prompt_embeds, batch_size, seed, output_type, kwargs):
+    """One image per row of the caller's embeddings (``encode_prompt``'s ``PromptEmbeds``, or tensors), batch
+    k as a plain call with ``seed + k`` and those rows. The batches run one after another: the overlapped
+    throughput path encodes text itself, so it is used only for prompts given as text."""
+    import dataclasses
+    import time
+
+    from .embeds import PromptEmbeds
+
+    given = prompt_embeds
+    if not isinstance(given, PromptEmbeds):
+        given = PromptEmbeds(prompt_embeds, negative_prompt_embeds)
+    elif negative_prompt_embeds is not None:
+        given = dataclasses.replace(given, negative_prompt_embeds=negative_prompt_embeds)
+    rows = int(given.prompt_embeds.shape[0])
+    images, nsfw, seeds, prompts = [], [], [], []
+    started = time.perf_counter()
+    for k, i in enumerate(range(0, rows, batch_size)):
+        part = _rows(given, slice(i, i + batch_size))
+        out = cascade(prompt_embeds=part, seed=seed + k, output_type=output_type, progress=False, **kwargs)
+        images.extend(out.images)
+        nsfw.extend(out.nsfw_detected or [False] * len(out.images))
+        seeds.extend([seed + k] * len(out.images))
+        prompts.extend(part.prompts or [f"[prompt_embeds {j}]" for j in range(i, i + len(out.images))])
+    seconds = time.perf_counter() - started
+    settings = {"prompt_embeds": rows, "seed": seed, "batch_size": batch_size, "seeds": "seed + batch index"}
+    settings |= {k: v for k, v in kwargs.items() if v is not None}
+    has_nsfw = cascade.safety is not None and output_type == "pil"
+    return ManyOutput(images, prompts, seeds, seconds, nsfw if has_nsfw else None, settings)
+
+
+def _rows(given, rows: slice):
+    """The PromptEmbeds of some rows (every tensor and label list cut the same way)."""
+    import dataclasses
+
+    cut = lambda v: None if v is None else v[rows]  # noqa: E731 - tensors and tuples alike
+    return dataclasses.replace(
+        given,
+        prompt_embeds=given.prompt_embeds[rows],
+        negative_prompt_embeds=cut(given.negative_prompt_embeds),
+        clip_prompt_embeds=cut(given.clip_prompt_embeds),
+        clip_negative_prompt_embeds=cut(given.clip_negative_prompt_embeds),
+        prompts=cut(given.prompts),
+        negative_prompts=cut(given.negative_prompts),
+    )
