@@ -9,6 +9,7 @@ a request unanswered within ``Limits.request_timeout_s`` -> 503 too, so nothing 
 # no `from __future__ import annotations`: Ray pickles the ingress class by value, and FastAPI must
 # still see the real annotation types (string annotations would not resolve after unpickling)
 import asyncio
+import dataclasses
 import logging
 from collections import Counter
 from typing import Annotated
@@ -25,7 +26,7 @@ from . import api
 from .api import ApiError, GenerationRequest, ImagesResponse
 from .config import ServeConfig
 from .guards import install_guards
-from .models import ModelInfo
+from .models import ModelInfo, lora_names
 from .uploads import read_image
 from .work import Carry, start
 
@@ -67,7 +68,8 @@ def build_ingress(config: ServeConfig):
         @app.get("/v1/models")
         async def models(self) -> dict:
             entry = {"id": config.model_name, "object": "model", "owned_by": "ifengine", "stages": self.info.stages}
-            return {"object": "list", "data": [entry]}
+            loras = [{"id": n, "object": "model", "owned_by": "ifengine", "lora": True} for n in self._loras()]
+            return {"object": "list", "data": [entry, *loras]}
 
         @app.get("/v1/stats")
         async def stats(self) -> dict:
@@ -76,14 +78,15 @@ def build_ingress(config: ServeConfig):
 
         @app.post("/v1/images/generations", response_model=ImagesResponse)
         async def generations(self, body: GenerationRequest) -> dict:
-            job = api.to_job(body, self.info, config.limits)
+            job = dataclasses.replace(api.to_job(body, self.info, config.limits), lora=self._lora_of(body.model))
             carry = await self._bounded(self._cascade(start(job)))
             if carry.error:
                 raise ApiError(500, carry.error, None, "server_error")
             for stage, size in carry.batched.items():
                 self.batches.setdefault(stage, Counter())[size] += 1
-            settings = {**api.job_settings(job), "batched": carry.batched}
-            return api.response(convert(carry.image, "pil"), job.seed, settings)
+            settings = {**api.job_settings(job), "batched": carry.batched, "model": job.lora or config.model_name}
+            images = carry.images if carry.images is not None else convert(carry.image, "pil")
+            return _with_nsfw(api.response(images, job.seed, settings), carry.nsfw)
 
         @app.post("/v1/images/edits", response_model=ImagesResponse)
         async def edits(
@@ -102,6 +105,7 @@ def build_ingress(config: ServeConfig):
             last_stage: Annotated[int | None, Form()] = None,
             positive_prompt: Annotated[str | None, Form(description="style: mixed into the guidance")] = None,
             mixer: Annotated[float | None, Form(description="style: weight of positive_prompt")] = None,
+            model: Annotated[str | None, Form(description="the served model or a LoRA from /v1/models")] = None,
         ) -> dict:
             limits = config.limits
             api.check_common(prompt, n, response_format, steps, limits)
@@ -122,21 +126,52 @@ def build_ingress(config: ServeConfig):
                 if mask is None:
                     raise ApiError(400, "mask: inpaint needs a mask image (white = repaint)", "mask")
                 kwargs["mask"] = read_image(await mask.read(), "mask", limits.max_image_pixels)
+            lora = self._lora_of(model)
             worker = self.handles["edits"]
+            if lora is not None:
+                worker = worker.options(multiplexed_model_id=lora)
             result = await self._bounded(self._call(worker.edit, mode, source, prompt, kwargs))
             if isinstance(result, ValueError):
                 raise ApiError(400, str(result), _param_of(str(result)))
-            final, settings = result
-            return api.response(convert(final, "pil"), kwargs["seed"], {**settings, "mode": mode})
+            images, settings, nsfw = result
+            settings = {**settings, "mode": mode, "model": lora or config.model_name}
+            return _with_nsfw(api.response(images, kwargs["seed"], settings), nsfw)
 
         async def _cascade(self, carry: Carry) -> Carry:
+            last = carry.job.request.last_stage
             if config.layout == "single":
-                return await self._call(self.handles["single"].run, carry)
-            for part in ("text", "stage1", "stage2", "stage3")[: carry.job.request.last_stage + 1]:
-                carry = await self._call(self.handles[part].run, carry)
-                if carry.error:
-                    break
-            return carry
+                carry = await self._call(self._routed("single", carry).run, carry)
+                checker = self.handles["single"]
+            else:
+                for part in ("text", "stage1", "stage2", "stage3")[: last + 1]:
+                    carry = await self._call(self._routed(part, carry).run, carry)
+                    if carry.error:
+                        return carry
+                checker = self.handles["text"]  # the text deployment holds the safety checker
+            if carry.error:
+                return carry
+            return await self._call(checker.check, carry, self.info.watermark_size(last))
+
+        def _routed(self, part: str, carry: Carry):
+            """The deployment's handle, routed by the request's LoRA (Ray Serve's multiplexed model id)
+            where that deployment applies it."""
+            handle = self.handles[part]
+            if carry.job.lora is None or part not in ("single", "stage1", "edits"):
+                return handle
+            return handle.options(multiplexed_model_id=carry.job.lora)
+
+        def _loras(self) -> list[str]:
+            return lora_names(config.lora_dir)
+
+        def _lora_of(self, model: str | None) -> str | None:
+            """The LoRA a request's ``model`` names: None for the base model; 404 for an unknown name."""
+            if model is None or model == config.model_name:
+                return None
+            names = self._loras()
+            if model not in names:
+                known = ", ".join([config.model_name, *names])
+                raise ApiError(404, f"model: no model {model!r}; available: {known}", "model", "not_found_error")
+            return model
 
         async def _call(self, method, *args):
             try:
@@ -154,6 +189,13 @@ def build_ingress(config: ServeConfig):
                 raise _busy(f"no answer within {config.limits.request_timeout_s:g} s; retry shortly") from None
 
     return Ingress
+
+
+def _with_nsfw(payload: dict, nsfw: list[bool] | None) -> dict:
+    """The safety checker's verdict per image (None where no checker ran)."""
+    for i, item in enumerate(payload["data"]):
+        item["nsfw"] = None if nsfw is None else bool(nsfw[i])
+    return payload
 
 
 def _busy(message: str) -> ApiError:
