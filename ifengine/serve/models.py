@@ -117,6 +117,8 @@ def load_part(source: ModelSource, part: str, cfg: StageConfig | None = None, sa
         **_runtime_keywords(source, cfg),
     )
     log.info("loaded %s on %s (%s), runner %s", part, pipe.device, pipe.dtype, type(pipe.runner).__name__)
+    if part == "text" and not safety:
+        log.warning("the safety checker is off (ServeConfig.safety=False, --no-safety): images are not checked")
     return PartModels(pipe, held.get("clip"), pipe.safety)
 
 

@@ -143,9 +143,7 @@ class StageWorker(_LoraMixin):
         self.lock = threading.Lock()
         self.loras = LoraSlots(serve_config.lora_dir if part == "stage1" else None)
         self.lora_timeout_s = serve_config.lora_load_timeout_s
-        if part == "text" and not serve_config.safety:
-            log.warning("the safety checker is off (ServeConfig.safety=False / --no-safety)")
-        _configure(self.run, cfg)
+        _configure(self._run, cfg)
         _configure(self.check, cfg)
 
     async def run(self, carry: Carry) -> Carry:
@@ -181,7 +179,7 @@ class CascadeWorker(_LoraMixin):
         self.loras = LoraSlots(serve_config.lora_dir)
         self.lora_timeout_s = serve_config.lora_load_timeout_s
         if not serve_config.safety:
-            log.warning("the safety checker is off (ServeConfig.safety=False / --no-safety)")
+            log.warning("the safety checker is off (ServeConfig.safety=False, --no-safety): images are not checked")
         _configure(self._run, cfg)
         _configure(self.check, cfg)
 
