@@ -50,6 +50,9 @@ class _Held:
         self.adapters.evicted.add(self.name)
 
 
+_UNKNOWN = object()  # the merged state after a load, until choose() sets it
+
+
 class LoraSlots:
     """The adapters a replica's cascade holds (stage I), and the one merged into its weights now."""
 
@@ -57,7 +60,7 @@ class LoraSlots:
         self.folder = Path(folder) if folder else None
         self.loaded: set[str] = set()
         self.evicted: set[str] = set()
-        self.active: str | None = None
+        self.active: str | None | object = None  # None: the base weights
 
     def load(self, cascade, name: str) -> None:
         """Read and merge adapter ``name`` (held under the cascade's lock); the merge stays inactive."""
@@ -67,7 +70,7 @@ class LoraSlots:
             raise ValueError(f"no LoRA adapter {name!r} in the configured folder")
         cascade.load_lora_weights(self.folder / f"{name}.safetensors", stage=1, adapter_name=name)
         self.loaded.add(name)
-        self.active = None  # loading activated it next to the others: choose() sets the state again
+        self.active = _UNKNOWN  # loading merged it next to the others: choose() must set the state again
         log.info("LoRA adapter %r loaded", name)
 
     def choose(self, cascade, name: str | None) -> None:
