@@ -1,11 +1,15 @@
 #!/usr/bin/env python
 """Load on `ifengine serve` (loopback only, bounded): requests/s and latency at several concurrencies.
 
-Starts a local Ray Serve with the demo cascade (split layout: one deployment per stage) on 127.0.0.1,
-sends --requests requests at each --concurrency, and records requests/s, p50/p95/p99 latency and the
-batch sizes each stage actually ran (from each response's settings). Then the same prompts go through
-in-process `Cascade.generate_many` (batch size = the concurrency, capped by --max-batch) with Ray shut
-down, for the serving overhead. Writes <out>/serve_load.json and .md.
+Starts a local Ray Serve with the demo cascade on 127.0.0.1, per --layouts (split: one deployment per
+stage; single: the whole cascade in one), sends --requests requests at each --concurrency, and records
+images/s, p50/p95/p99 latency and the batch sizes each stage actually ran (from each response's settings).
+Then the same prompts go through in-process `Cascade.generate_many` (batch size = the concurrency, capped
+by --max-batch) with Ray shut down; the table gives server / in-process per concurrency.
+
+On a CPU the whole run (this process, and so Ray and every replica it starts, which inherit it) is pinned
+to --cores CPUs, and the in-process run uses that many torch threads: the stage processes get no more
+cores than the in-process run, so the ratio is serving overhead. Writes <out>/serve_load.json and .md.
 """
 
 from __future__ import annotations
@@ -29,8 +33,9 @@ def parse_args(argv=None):
     p.add_argument("--steps", default="8,4,4", help="steps per stage of every request")
     p.add_argument("--max-batch", type=int, default=8, help="max_batch_size of every stage deployment")
     p.add_argument("--batch-wait-ms", type=float, default=50.0)
-    p.add_argument("--num-cpus", type=int, default=2, help="logical CPUs of the local Ray")
-    p.add_argument("--max-seconds", type=float, default=900.0, help="stop sending once this much time has passed")
+    p.add_argument("--cores", type=int, default=2, help="CPUs the run (server and in-process alike) is pinned to")
+    p.add_argument("--layouts", default="split,single", help="comma-separated serving layouts")
+    p.add_argument("--max-seconds", type=float, default=900.0, help="per layout: stop sending after this long")
     return p.parse_args(argv)
 
 
@@ -41,7 +46,14 @@ def percentile(values: list[float], q: float) -> float:
     return values[lo] + (values[hi] - values[lo]) * (k - lo)
 
 
-def start_server(args):
+def pin_cores(count: int) -> list[int]:
+    """Pin this process (and every process it starts from now on) to its first ``count`` allowed CPUs."""
+    cores = sorted(os.sched_getaffinity(0))[:count]
+    os.sched_setaffinity(0, cores)
+    return cores
+
+
+def start_server(args, layout: str):
     import ray
     from ray import serve
 
@@ -54,11 +66,11 @@ def start_server(args):
         max_queued_requests=64,
         torch_threads=1,
     )
-    config = ServeConfig(text=stage, stage1=stage, stage2=stage, stage3=stage)
+    config = ServeConfig(layout=layout, text=stage, stage1=stage, stage2=stage, stage3=stage, single=stage)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False, object_store_memory=128 * 2**20, log_to_driver=False)
+    ray.init(num_cpus=args.cores, include_dashboard=False, object_store_memory=128 * 2**20, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(config), name="ifengine", route_prefix="/")
     return f"http://127.0.0.1:{port}"
@@ -117,13 +129,12 @@ def load_level(url: str, concurrency: int, n: int, steps: list[int], deadline: f
     }
 
 
-def in_process(levels: list[int], n: int, steps: list[int], max_batch: int) -> list[dict]:
+def in_process(levels: list[int], n: int, steps: list[int], max_batch: int, threads: int) -> list[dict]:
     import torch
 
     from ifengine.pipeline.cascade import open_cascade
 
-    # one intra-op thread, as each serving replica runs: on a busy 2-core machine more threads only spin
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)  # as many cores as the server's processes share
     pipe = open_cascade(device="cpu")
     prompts = [f"prompt {i % 5}" for i in range(n)]
     pipe.generate_many(prompts[:1], batch_size=1, seed=0, steps=steps)  # warm-up
@@ -133,7 +144,9 @@ def in_process(levels: list[int], n: int, steps: list[int], max_batch: int) -> l
         t0 = time.perf_counter()
         pipe.generate_many(prompts, batch_size=batch, seed=1000, steps=steps)
         wall = time.perf_counter() - t0
-        out.append({"concurrency": c, "batch_size": batch, "seconds": wall, "images_per_s": n / wall, "threads": 1})
+        out.append(
+            {"concurrency": c, "batch_size": batch, "seconds": wall, "images_per_s": n / wall, "threads": threads}
+        )
     return out
 
 
@@ -143,36 +156,42 @@ def table(payload: dict) -> str:
 
     direct = {r["concurrency"]: r for r in payload["in_process"]}
     rows = []
-    for r in payload["serve"]:
-        lat, d = r["latency_s"], direct.get(r["concurrency"])
-        sizes = "; ".join(f"{k} {v}" for k, v in r["batch_sizes"].items())
-        ms = lambda v: "n/a" if v is None else f"{v * 1000:.0f}"  # noqa: E731
-        rows.append(
-            [
-                r["concurrency"],
-                f"{r['ok']}/{r['requests']}",
-                f"{r['requests_per_s']:.2f}",
-                ms(lat["p50"]),
-                ms(lat["p95"]),
-                ms(lat["p99"]),
-                f"{d['images_per_s']:.2f} (batch {d['batch_size']})" if d else "n/a",
-                sizes,
-            ]
-        )
+    for layout, runs in payload["serve"].items():
+        for r in runs:
+            lat, d = r["latency_s"], direct.get(r["concurrency"])
+            sizes = "; ".join(f"{k} {v}" for k, v in r["batch_sizes"].items())
+            ms = lambda v: "n/a" if v is None else f"{v * 1000:.0f}"  # noqa: E731
+            ratio = f"{100 * r['requests_per_s'] / d['images_per_s']:.0f}%" if d and d["images_per_s"] else "n/a"
+            rows.append(
+                [
+                    layout,
+                    r["concurrency"],
+                    f"{r['ok']}/{r['requests']}",
+                    f"{r['requests_per_s']:.2f}",
+                    f"{d['images_per_s']:.2f} (batch {d['batch_size']})" if d else "n/a",
+                    ratio,
+                    ms(lat["p50"]),
+                    ms(lat["p95"]),
+                    sizes,
+                ]
+            )
     header = [
+        "layout",
         "concurrency",
         "ok",
-        "serve req/s",
+        "server img/s",
+        "in-process generate_many img/s",
+        "server / in-process",
         "p50 ms",
         "p95 ms",
-        "p99 ms",
-        "in-process generate_many img/s",
         "images per stage call (size: requests)",
     ]
     cfg = payload["config"]
     head = (
-        f"`ifengine serve` on the demo cascade, split layout, steps {cfg['steps']}, {cfg['requests']} requests per "
-        f"level, max batch {cfg['max_batch']}, loopback; {summary_line(payload['machine'])}\n\n"
+        f"`ifengine serve` on the demo cascade, steps {cfg['steps']}, {cfg['requests']} requests per level, "
+        f"max batch {cfg['max_batch']}, loopback, server and in-process both pinned to CPUs {payload['cores']}; "
+        f"load average before {payload['load_before']}, after {payload['load_after']}; "
+        f"{summary_line(payload['machine'])}\n\n"
     )
     return head + markdown_table(header, rows)
 
@@ -185,21 +204,27 @@ def main(argv=None) -> int:
 
     levels = [int(c) for c in args.concurrency.split(",")]
     steps = [int(s) for s in args.steps.split(",")]
-    deadline = time.monotonic() + args.max_seconds
-    url = start_server(args)
-    try:
-        load_level(url, 2, 2, steps, deadline)  # warm-up: first calls trace and allocate
-        serve_runs = [load_level(url, c, args.requests, steps, deadline) for c in levels]
-    finally:
-        stop_server()
+    cores = pin_cores(args.cores)
+    load_before = [round(v, 2) for v in os.getloadavg()]
+    serve_runs = {}
+    for layout in args.layouts.split(","):
+        url = start_server(args, layout)
+        deadline = time.monotonic() + args.max_seconds  # per layout: one slow start must not starve the next
+        try:
+            load_level(url, 2, 2, steps, deadline)  # warm-up: first calls trace and allocate
+            serve_runs[layout] = [load_level(url, c, args.requests, steps, deadline) for c in levels]
+        finally:
+            stop_server()
     payload = {
         "benchmark": "serve_load",
         "command": command_line(),
         "machine": describe("cpu"),
+        "cores": cores,
         "config": {**vars(args), "out": str(args.out), "steps": steps, "concurrency": levels},
         "serve": serve_runs,
-        "in_process": in_process(levels, args.requests, steps, args.max_batch),
+        "in_process": in_process(levels, args.requests, steps, args.max_batch, len(cores)),
     }
+    payload["load_before"], payload["load_after"] = load_before, [round(v, 2) for v in os.getloadavg()]
     paths = write_outputs(args.out, "serve_load", payload, table(payload))
     sys.stdout.write(Path(paths["md"]).read_text())
     return 0

@@ -1,4 +1,4 @@
-"""`ifengine serve --artifacts/--engines`: exported graphs served whole (--layout single), from the same loader
+"""`ifengine serve --artifacts/--engines`: exported graphs served in either layout, from the same loader
 as `ifengine generate --artifacts`; checked without starting Ray (tests/test_serve.py runs a real Ray Serve)."""
 
 import pytest
@@ -12,12 +12,14 @@ from ifengine.serve.models import load_whole, model_info
 pytest.importorskip("ray.serve")
 
 
-def test_graphs_need_the_single_layout(exports, capsys):
-    assert main(["serve", "--artifacts", str(exports.get("fp32")), "--print-config", "-"]) == 2
-    err = capsys.readouterr().err
-    assert "--layout single" in err and "Traceback" not in err
-    with pytest.raises(ValueError, match="--layout single"):
-        ServeConfig(source=ModelSource(engines="engines"))
+def test_graphs_serve_in_the_split_layout_too(exports, tmp_path):
+    import yaml
+
+    out = tmp_path / "serve.yaml"
+    assert main(["serve", "--artifacts", str(exports.get("fp32")), "--print-config", str(out)]) == 0
+    (app,) = yaml.safe_load(out.read_text())["applications"]
+    assert {d["name"] for d in app["deployments"]} >= {"text", "stage1", "stage2", "stage3"}
+    assert ServeConfig(source=ModelSource(engines="engines")).layout == "split"
 
 
 def test_print_config_carries_the_artifacts(exports, tmp_path):

@@ -55,10 +55,10 @@ def register(sub) -> None:
     p.add_argument("--stage3", help="stage III checkpoint")
     p.add_argument("--variant", default=None, help="weight variant, e.g. fp16")
     p.add_argument(
-        "--artifacts", default=None, help="exported graphs (`ifengine export`) on ONNX Runtime; --layout single"
+        "--artifacts", default=None, help="exported graphs (`ifengine export`) on ONNX Runtime, in either layout"
     )
     p.add_argument(
-        "--engines", default=None, help="TensorRT engines (`ifengine build`), checked before serving; --layout single"
+        "--engines", default=None, help="TensorRT engines (`ifengine build`), checked before serving, in either layout"
     )
     p.add_argument("--providers", default=None, help="ONNX Runtime providers for --artifacts: cpu, cuda or tensorrt")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda where a replica has a GPU)")
@@ -69,6 +69,8 @@ def register(sub) -> None:
     p.add_argument("--address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray (default: all)")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' ($IFENGINE_API_KEY)")
+    p.add_argument("--no-safety", action="store_true", help="skip the safety checker and watermark (logged)")
+    p.add_argument("--lora-dir", default=None, help="LoRA files (NAME.safetensors) a request names as its `model`")
     group = p.add_argument_group("deployments ('N' for all, or e.g. 'stage1=2,stage3=4')")
     group.add_argument("--replicas", type=per_stage(int), default={}, help="replicas per deployment")
     group.add_argument("--gpus", type=per_stage(float), default={}, help="GPUs per replica (fractions allowed)")
@@ -109,7 +111,14 @@ def serve_config(args):
     from ..serve import Limits
 
     limits = Limits(request_memory=args.request_memory)
-    config = ServeConfig(layout=args.layout, source=source, api_key=args.api_key, limits=limits)
+    config = ServeConfig(
+        layout=args.layout,
+        source=source,
+        api_key=args.api_key,
+        limits=limits,
+        safety=not args.no_safety,
+        lora_dir=args.lora_dir,
+    )
     flags = {
         "replicas": args.replicas,
         "num_gpus": args.gpus,

@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
@@ -499,6 +499,7 @@ def open_cascade(
     text_dtype: torch.dtype | None = None,
     runtime: RuntimeOptions | None = None,
     graph_runtime: bool = True,
+    select: Callable[[CascadeParts], CascadeParts] | None = None,
     **options,
 ) -> Cascade:
     """The cascade ``source`` names (default: the tiny demo), on ``device`` in ``dtype`` (default: the
@@ -508,7 +509,9 @@ def open_cascade(
     ``runtime`` (a ``RuntimeOptions``) or its fields as keywords (vram_budget, weights, throughput,
     max_batch, cuda_graphs, ...) set up the torch runtime for checkpoints; with graphs and engines only
     ``cuda_graphs`` applies. Other keywords go to the graph or engine loader (precision, providers,
-    verify, use_step_graphs, ...); ``graph_runtime=False`` leaves exported graphs on the plain loops."""
+    verify, use_step_graphs, ...); ``graph_runtime=False`` leaves exported graphs on the plain loops.
+    ``select``: parts -> the parts to keep, applied before the runtime is set up (a serving replica keeps
+    only its own stage, so buffers and plans are made for what it runs)."""
     source = source or ModelSource()
     asked = dtype or source.dtype  # graphs and engines run in their own precision unless one is asked for
     device, dtype = placement(device or source.device, asked)
@@ -528,9 +531,16 @@ def open_cascade(
         host_first=settings.vram_budget is not None,  # the planner places every weight itself
         **options,
     )
-    pipe = Cascade.from_parts(parts)
+    if select is not None:
+        parts = select(parts)
+    return attach_runtime(Cascade.from_parts(parts), source, settings, graph_runtime)
+
+
+def attach_runtime(pipe: Cascade, source: ModelSource, settings: RuntimeOptions, graph_runtime: bool = True) -> Cascade:
+    """``pipe`` with the runtime ``open_cascade`` gives a cascade of ``source``'s kind (serving replicas that
+    keep only some of the parts attach it after dropping the rest)."""
     if source.kind == "artifacts":
         return pipe.use_runtime(cuda_graphs=False) if graph_runtime else pipe  # ORT calls are never capturable
     if source.kind == "engines":  # on a CPU (Inductor packages compiled for it) nothing is captured
-        return pipe.use_runtime(cuda_graphs=settings.cuda_graphs is not False and parts.device.type == "cuda")
-    return pipe.use_runtime(settings) if settings.wanted_on(device.type) else pipe
+        return pipe.use_runtime(cuda_graphs=settings.cuda_graphs is not False and pipe.device.type == "cuda")
+    return pipe.use_runtime(settings) if settings.wanted_on(pipe.device.type) else pipe

@@ -57,7 +57,7 @@ class GenerationRequest(BaseModel):
     n: int = Field(1, description="images to make for the prompt")
     size: str | None = Field(None, description="final image size WIDTHxHEIGHT, e.g. '256x256' (demo) or '1024x1024'")
     response_format: str = Field("b64_json", description="only 'b64_json' (PNG, base64) is served")
-    model: str | None = Field(None, description="accepted for OpenAI clients; the server runs its one cascade")
+    model: str | None = Field(None, description="the served model's name, or a LoRA adapter listed by /v1/models")
     user: str | None = Field(None, description="accepted for OpenAI clients; ignored")
     quality: str | None = Field(None, description=f"accepted for OpenAI clients ({', '.join(QUALITIES)}); ignored")
     style: str | None = Field(None, description=f"accepted for OpenAI clients ({', '.join(STYLES)}); ignored")
@@ -74,6 +74,7 @@ class ImageData(BaseModel):
     b64_json: str
     seed: int
     settings: dict
+    nsfw: bool | None = None  # the safety checker flagged this image (it is then black); None: no checker ran
 
 
 class ImagesResponse(BaseModel):

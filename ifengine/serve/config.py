@@ -31,6 +31,11 @@ class StageConfig:
     max_ongoing_requests: int = 8  # per replica: at least max_batch_size, or batches never fill
     max_queued_requests: int = 16  # per caller; past it Ray raises BackPressureError -> 503 + Retry-After
     torch_threads: int | None = None  # intra-op threads per replica (None: as Ray's OMP_NUM_THREADS sets)
+    # the batch sizes a stage call is padded up to (a CUDA graph is captured per size, so a few fixed sizes
+    # keep the captures few); None: powers of two up to max_batch_size on a CUDA-graph runtime, no padding
+    # elsewhere; () never pads
+    batch_sizes: tuple[int, ...] | None = None
+    runtime_mode: str = "latency"  # the GPU runtime's mode on a CUDA replica: "latency" or "throughput"
 
     def __post_init__(self):
         for name in ("replicas", "max_batch_size", "max_ongoing_requests"):
@@ -44,6 +49,13 @@ class StageConfig:
             raise ValueError(f"max_queued_requests must be >= 0 or -1 (unbounded), got {self.max_queued_requests!r}")
         if self.num_gpus < 0 or self.num_cpus < 0 or self.batch_wait_timeout_s < 0:
             raise ValueError("num_gpus, num_cpus and batch_wait_timeout_s must be >= 0")
+        if self.batch_sizes is not None:
+            sizes = tuple(sorted(set(self.batch_sizes)))
+            for size in sizes:
+                positive_int(size, "batch_sizes")
+            object.__setattr__(self, "batch_sizes", sizes)  # a YAML list becomes the tuple
+        if self.runtime_mode not in ("latency", "throughput"):
+            raise ValueError(f"runtime_mode must be 'latency' or 'throughput', got {self.runtime_mode!r}")
 
     def deployment_options(self) -> dict:
         """Keyword arguments of ``Deployment.options``."""
@@ -85,13 +97,15 @@ class ServeConfig:
     limits: Limits = Limits()
     api_key: str | None = field(default=None, repr=False)
     model_name: str = "ifengine-demo"
+    safety: bool = True  # run the checkpoints' safety checker on every final image (when they ship one)
+    lora_dir: str | None = None  # LoRA files (<name>.safetensors) a request names in its `model` field
+    lora_load_timeout_s: float = 60.0  # a LoRA not loaded (read + merged) within this is a 503
 
     def __post_init__(self):
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
-        if self.source.uses_graphs and self.layout != "single":
-            # a split deployment loads one stage's torch modules; graphs and engines load as one cascade
-            raise ValueError("--artifacts/--engines are served whole: add --layout single")
+        if self.lora_load_timeout_s <= 0:
+            raise ValueError(f"lora_load_timeout_s must be > 0, got {self.lora_load_timeout_s!r}")
 
     def with_env_key(self) -> ServeConfig:
         """The API key from the environment when none was given."""

@@ -9,6 +9,7 @@ a request unanswered within ``Limits.request_timeout_s`` -> 503 too, so nothing 
 # no `from __future__ import annotations`: Ray pickles the ingress class by value, and FastAPI must
 # still see the real annotation types (string annotations would not resolve after unpickling)
 import asyncio
+import dataclasses
 import logging
 import math
 import time
@@ -30,7 +31,7 @@ from .api import ApiError, GenerationRequest, ImagesResponse
 from .config import ServeConfig
 from .budget import Budget
 from .guards import install_guards
-from .models import ModelInfo, checkpoint_paths
+from .models import ModelInfo, checkpoint_paths, lora_names
 from .uploads import read_image, read_mask
 from .work import Carry, start
 
@@ -122,14 +123,18 @@ def build_ingress(config: ServeConfig):
 
         @app.get("/v1/models")
         async def models(self) -> dict:
-            return {"object": "list", "data": [self._model()]}
+            loras = [{**self._model(), "id": n, "lora": True} for n in self._loras()]
+            return {"object": "list", "data": [self._model(), *loras]}
 
         @app.get("/v1/models/{model_id}")
         async def model(self, model_id: str) -> dict:
-            if model_id != config.model_name:
-                message = f"model: no model {model_id[:100]!r}; this server has {config.model_name!r}"
-                raise ApiError(404, message, "model", code="model_not_found")
-            return self._model()
+            if model_id == config.model_name:
+                return self._model()
+            if model_id in self._loras():
+                return {**self._model(), "id": model_id, "lora": True}
+            known = ", ".join([config.model_name, *self._loras()])
+            message = f"model: no model {model_id[:100]!r}; available: {known}"
+            raise ApiError(404, message, "model", code="model_not_found")
 
         @app.get("/v1/stats")
         async def stats(self) -> dict:
@@ -138,7 +143,7 @@ def build_ingress(config: ServeConfig):
 
         @app.post("/v1/images/generations", response_model=ImagesResponse)
         async def generations(self, body: GenerationRequest) -> dict:
-            job = api.to_job(body, self.info, config.limits)
+            job = dataclasses.replace(api.to_job(body, self.info, config.limits), lora=self._lora_of(body.model))
             r = job.request
             await self._check_budget(r.batch, r.height, r.width, r.last_stage, r.stages, "size")
             carry = await self._bounded(self._cascade(start(job)))
@@ -146,8 +151,9 @@ def build_ingress(config: ServeConfig):
                 raise ApiError(500, carry.error, None, "server_error")  # the guards add Retry-After
             for stage, size in carry.batched.items():
                 self.batches.setdefault(stage, Counter())[size] += 1
-            settings = {**api.job_settings(job), "batched": carry.batched}
-            return api.response(convert(carry.image, "pil"), job.seed, settings)
+            settings = {**api.job_settings(job), "batched": carry.batched, "model": job.lora or config.model_name}
+            images = carry.images if carry.images is not None else convert(carry.image, "pil")
+            return _with_nsfw(api.response(images, job.seed, settings), carry.nsfw)
 
         @app.post("/v1/images/edits", response_model=ImagesResponse)
         async def edits(
@@ -162,7 +168,7 @@ def build_ingress(config: ServeConfig):
             n: Annotated[int, Form()] = 1,
             size: Annotated[str | None, Form(description="'auto' or the size the source gives")] = None,
             quality: Annotated[str | None, Form(description="accepted for OpenAI clients; ignored")] = None,
-            model: Annotated[str | None, Form(description="accepted for OpenAI clients")] = None,
+            model: Annotated[str | None, Form(description="the served model or a LoRA from /v1/models")] = None,
             user: Annotated[str | None, Form(description="accepted for OpenAI clients; ignored")] = None,
             response_format: Annotated[str, Form()] = "b64_json",
             seed: Annotated[int | None, Form()] = None,
@@ -204,12 +210,16 @@ def build_ingress(config: ServeConfig):
                 if mask_image is None:
                     raise ApiError(400, "mask: inpaint needs a mask image (transparent = edit)", "mask")
                 kwargs["mask"] = mask_image
+            lora = self._lora_of(model)
             worker = self.handles["edits"]
+            if lora is not None:
+                worker = worker.options(multiplexed_model_id=lora)
             result = await self._bounded(self._call(worker.edit, mode, source, prompt, kwargs))
             if isinstance(result, ValueError):
                 raise ApiError(400, str(result), _param_of(str(result)))
-            final, settings = result
-            return api.response(convert(final, "pil"), kwargs["seed"], {**settings, "mode": mode})
+            images, settings, nsfw = result
+            settings = {**settings, "mode": mode, "model": lora or config.model_name}
+            return _with_nsfw(api.response(images, kwargs["seed"], settings), nsfw)
 
         def _edit_size(self, source, last: int, size: str | None) -> tuple[int, int]:
             """Stage I's (height, width) for this source, as the editing modes resize it, within the limits."""
@@ -245,13 +255,41 @@ def build_ingress(config: ServeConfig):
             )
 
         async def _cascade(self, carry: Carry) -> Carry:
+            last = carry.job.request.last_stage
             if config.layout == "single":
-                return await self._call(self.handles["single"].run, carry)
-            for part in ("text", "stage1", "stage2", "stage3")[: carry.job.request.last_stage + 1]:
-                carry = await self._call(self.handles[part].run, carry)
-                if carry.error:
-                    break
-            return carry
+                carry = await self._call(self._routed("single", carry).run, carry)
+                checker = self.handles["single"]
+            else:
+                for part in ("text", "stage1", "stage2", "stage3")[: last + 1]:
+                    carry = await self._call(self._routed(part, carry).run, carry)
+                    if carry.error:
+                        return carry
+                checker = self.handles["text"]  # the text deployment holds the safety checker
+            if carry.error:
+                return carry
+            return await self._call(checker.check, carry, self.info.watermark_size(last))
+
+        def _routed(self, part: str, carry: Carry):
+            """The deployment's handle, routed by the request's LoRA (Ray Serve's multiplexed model id)
+            where that deployment applies it."""
+            handle = self.handles[part]
+            if carry.job.lora is None or part not in ("single", "stage1", "edits"):
+                return handle
+            return handle.options(multiplexed_model_id=carry.job.lora)
+
+        def _loras(self) -> list[str]:
+            return lora_names(config.lora_dir)
+
+        def _lora_of(self, model: str | None) -> str | None:
+            """The LoRA a request's ``model`` names: None for the base model; 404 for an unknown name."""
+            if model is None or model == config.model_name:
+                return None
+            names = self._loras()
+            if model not in names:
+                known = ", ".join([config.model_name, *names])
+                message = f"model: no model {model[:100]!r}; available: {known}"
+                raise ApiError(404, message, "model", code="model_not_found")
+            return model
 
         async def _call(self, method, *args):
             try:
@@ -302,6 +340,13 @@ def _deployments_not_ready() -> list[str]:
             if str(getattr(dep.status, "value", dep.status)) != "HEALTHY":
                 out.append(f"{name} ({getattr(dep.status, 'value', dep.status)})")
     return out
+
+
+def _with_nsfw(payload: dict, nsfw: list[bool] | None) -> dict:
+    """The safety checker's verdict per image (None where no checker ran)."""
+    for i, item in enumerate(payload["data"]):
+        item["nsfw"] = None if nsfw is None else bool(nsfw[i])
+    return payload
 
 
 def _busy(message: str) -> ApiError:

@@ -1,9 +1,10 @@
 """The work of each deployment on a batch of requests, with no Ray in sight (so it is tested directly).
 
-A request travels from deployment to deployment as a ``Carry``: its validated ``Request``, its T5
-embeddings, the previous stage's images and the state of its own random generator. A stage groups the
-requests it was handed by everything that must be equal to share a loop (stage settings and size), runs
-each group through the cascade's own stage function once, and gives each request back its rows.
+A request travels from deployment to deployment as a ``Carry``: its validated ``Request``, its T5 and
+CLIP embeddings (host tensors: encoded once, in the text deployment), the previous stage's images and the
+state of its own random generator. A stage groups the requests it was handed by everything that must be
+equal to share a loop (stage settings, size, LoRA), pads each group up to the next batch size the runtime
+captures graphs for, runs it through the cascade's runner once, and gives each request back its rows.
 
 Noise: each request draws its rows from its own generator (``GeneratorGroups``), in the order a single
 call draws them, and the generator's state after a stage travels on to the next. So a request batched with
@@ -19,6 +20,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..pipeline.embeds import FixedText
+from ..pipeline.images import convert
 from ..runtime.fetch import fetch_checked
 from ..stage.noise import GeneratorGroups
 from ..stage.options import Request
@@ -33,6 +36,7 @@ class Job:
     request: Request
     seed: int
     clean_caption: bool = True
+    lora: str | None = None  # the LoRA adapter (a file of the configured folder) stage I runs with
 
 
 @dataclass
@@ -43,9 +47,46 @@ class Carry:
     rng: torch.Tensor  # the request's generator state, as the next stage must continue it
     pos: torch.Tensor | None = None  # T5 embeddings of the prompts, one row per image
     neg: torch.Tensor | None = None
+    clip_pos: torch.Tensor | None = None  # stage III's CLIP embeddings, one row per image (split layout)
+    clip_neg: torch.Tensor | None = None
     image: torch.Tensor | None = None  # the last stage run's output, NCHW [-1, 1], host float32
     batched: dict[str, int] = field(default_factory=dict)  # deployment -> images run in the same call
     error: str | None = None  # set when this request's group failed; the ingress answers it
+    images: list | None = None  # the final PIL images after the safety checker and watermark
+    nsfw: list[bool] | None = None  # the safety checker's verdict per image (None: no checker ran)
+
+
+class _NoClip:
+    """Stage III's text encoder in a stage III replica: CLIP lives in the text deployment, and the
+    embeddings come with each request (a replica holds only the x4 U-Net and the VAE)."""
+
+    model = None  # nothing for the memory planner to place
+
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        raise RuntimeError("stage III replicas hold no CLIP encoder: the text deployment encodes the prompts")
+
+    def take_checks(self) -> list:
+        return []
+
+
+NO_CLIP = _NoClip()
+
+
+def captured_sizes(cfg, graphs: bool) -> tuple[int, ...]:
+    """The batch sizes a stage call is padded up to: the deployment's ``batch_sizes``, else on a CUDA-graph
+    runtime the powers of two up to ``max_batch_size`` (one captured graph each), else none."""
+    if cfg.batch_sizes is not None:
+        return tuple(cfg.batch_sizes)
+    if not graphs:
+        return ()
+    sizes = {1 << k for k in range(cfg.max_batch_size.bit_length()) if 1 << k <= cfg.max_batch_size}
+    return tuple(sorted(sizes | {cfg.max_batch_size}))
+
+
+def uses_graphs(cascade) -> bool:
+    """Whether the cascade's runner captures CUDA graphs (so each new batch size costs a capture)."""
+    options = getattr(cascade.runtime, "options", None)
+    return bool(options is not None and options.cuda_graphs)
 
 
 def start(job: Job) -> Carry:
@@ -81,41 +122,88 @@ def _each_group(carries: list[Carry], key, run, label: str) -> list[Carry]:
     return result
 
 
-def encode_batch(cascade, carries: list[Carry]) -> list[Carry]:
-    """T5 embeddings for every request of the batch in one encoder call per caption-cleaning setting."""
+def encode_batch(cascade, carries: list[Carry], clip=None) -> list[Carry]:
+    """T5 (and with ``clip`` stage III's CLIP) embeddings for every request of the batch, in one encoder
+    call per caption-cleaning setting; they travel on as host tensors."""
 
     def run(batch: list[Carry]) -> list[Carry]:
         clean = batch[0].job.clean_caption
         prompts = [p for c in batch for p in c.job.request.prompts]
         negatives = [p for c in batch for p in c.job.request.negatives]
-        pos = cascade.text.encode(preprocess(prompts, clean))
-        neg = cascade.text.encode(preprocess(negatives, clean))
-        pos, neg = fetch_checked([pos, neg], cascade.encoders(), labels=["prompt", "negative_prompt"])
-        out, row = [], 0
-        for c in batch:
-            k, n = len(c.job.request.prompts), c.job.request.num_images_per_prompt
-            out.append(
-                dataclasses.replace(
-                    c,
-                    pos=pos[row : row + k].repeat_interleave(n, 0),
-                    neg=neg[row : row + k].repeat_interleave(n, 0),
-                    batched={**c.batched, "text": len(prompts)},
-                )
-            )
-            row += k
-        return out
+        out = [cascade.text.encode(preprocess(prompts, clean)), cascade.text.encode(preprocess(negatives, clean))]
+        encoders, labels = cascade.encoders(), ["prompt", "negative_prompt"]
+        if clip is not None:  # CLIP reads the raw prompts, as stage III of a whole cascade does
+            out += [clip.encode(prompts), clip.encode(negatives)]
+            encoders, labels = [*encoders, clip], [*labels, "prompt (CLIP)", "negative_prompt (CLIP)"]
+        host = fetch_checked(out, encoders, labels=labels)
+        return [_with_rows(c, host, rows) for c, rows in zip(batch, _prompt_rows(batch), strict=True)]
 
     return _each_group(carries, lambda c: c.job.clean_caption, run, "text encoder")
 
 
+def _prompt_rows(batch: list[Carry]) -> list[slice]:
+    out, row = [], 0
+    for c in batch:
+        k = len(c.job.request.prompts)
+        out.append(slice(row, row + k))
+        row += k
+    return out
+
+
+def _with_rows(c: Carry, host: list[torch.Tensor], rows: slice) -> Carry:
+    n = c.job.request.num_images_per_prompt
+    per_image = [t[rows].repeat_interleave(n, 0) for t in host]
+    pos, neg, *clip = per_image
+    clip_pos, clip_neg = clip if clip else (None, None)
+    return dataclasses.replace(
+        c, pos=pos, neg=neg, clip_pos=clip_pos, clip_neg=clip_neg, batched={**c.batched, "text": host[0].shape[0]}
+    )
+
+
 def stage_key(stage_no: int) -> Callable[[Carry], object]:
-    return lambda c: (c.job.request.stages[stage_no - 1], c.job.request.size(stage_no))
+    lora = (lambda c: c.job.lora) if stage_no == 1 else (lambda c: None)
+    return lambda c: (c.job.request.stages[stage_no - 1], c.job.request.size(stage_no), lora(c))
 
 
-def stage_batch(cascade, stage_no: int, carries: list[Carry]) -> list[Carry]:
-    """Run stage ``stage_no`` once per group of compatible requests."""
-    run = (lambda b: _x4_group(cascade, b)) if stage_no == 3 else (lambda b: _if_group(cascade, stage_no, b))
+def stage_batch(cascade, stage_no: int, carries: list[Carry], sizes: tuple[int, ...] = ()) -> list[Carry]:
+    """Run stage ``stage_no`` once per group of compatible requests, each group padded up to the next of
+    ``sizes`` (the batch sizes the runtime captures) so that no new size costs a graph capture."""
+    group = (lambda b: _x4_group(cascade, b)) if stage_no == 3 else (lambda b: _if_group(cascade, stage_no, b))
+
+    def run(batch: list[Carry]) -> list[Carry]:
+        padded = pad(batch, sizes)
+        return group(padded)[: len(batch)]
+
     return _each_group(carries, stage_key(stage_no), run, f"stage {stage_no}")
+
+
+def pad(batch: list[Carry], sizes: tuple[int, ...]) -> list[Carry]:
+    """``batch`` plus one filler request whose rows bring it up to the smallest of ``sizes`` that holds it
+    (none past the largest). The filler copies the last request's inputs and a copy of its generator, so
+    no real request's noise changes; its rows are dropped after the stage."""
+    rows = sum(c.job.request.batch for c in batch)
+    target = next((s for s in sorted(sizes) if s >= rows), rows)
+    if target == rows:
+        return batch
+    last, k = batch[-1], target - rows
+    request = dataclasses.replace(
+        last.job.request,
+        prompts=last.job.request.prompts[:1],
+        negatives=last.job.request.negatives[:1],
+        num_images_per_prompt=k,
+    )
+    rep = lambda t: None if t is None else t[:1].repeat(k, *([1] * (t.dim() - 1)))  # noqa: E731
+    filler = dataclasses.replace(
+        last,
+        job=dataclasses.replace(last.job, request=request),
+        rng=last.rng.clone(),
+        pos=rep(last.pos),
+        neg=rep(last.neg),
+        clip_pos=rep(last.clip_pos),
+        clip_neg=rep(last.clip_neg),
+        image=rep(last.image),
+    )
+    return [*batch, filler]
 
 
 def _context(cascade, batch: list[Carry]) -> tuple[RunContext, list[torch.Generator]]:
@@ -143,14 +231,28 @@ def _if_group(cascade, stage_no: int, batch: list[Carry]) -> list[Carry]:
 def _x4_group(cascade, batch: list[Carry]) -> list[Carry]:
     opts = batch[0].job.request.stages[2]
     ctx, gens = _context(cascade, batch)
-    prompts, negatives = [], []
-    for c in batch:
-        r = c.job.request
-        prompts += [p for p in r.prompts for _ in range(r.num_images_per_prompt)]
-        negatives += [p for p in r.negatives for _ in range(r.num_images_per_prompt)]
+    stage, prompts, negatives = _x4_text(cascade.stage3, batch, cascade.device, cascade.dtype)
     image = torch.cat([c.image for c in batch]).to(cascade.device)
-    x = cascade.runner.run_x4_stage(cascade.stage3, opts, prompts, negatives, image, ctx)
+    x = cascade.runner.run_x4_stage(stage, opts, prompts, negatives, image, ctx)
     return _split(cascade, batch, x, gens, "stage3")
+
+
+def _x4_text(stage, batch: list[Carry], device, dtype):
+    """(stage III, prompt keys, negative keys): the carried CLIP rows when the text deployment encoded them
+    (``FixedText`` hands them to the runner by key), else the prompts for the stage's own CLIP."""
+    if batch[0].clip_pos is None:
+        prompts, negatives = [], []
+        for c in batch:
+            r = c.job.request
+            prompts += [p for p in r.prompts for _ in range(r.num_images_per_prompt)]
+            negatives += [p for p in r.negatives for _ in range(r.num_images_per_prompt)]
+        return stage, prompts, negatives
+    pos, neg = torch.cat([c.clip_pos for c in batch]), torch.cat([c.clip_neg for c in batch])
+    prompts = [f"\0prompt {i}" for i in range(pos.shape[0])]
+    negatives = [f"\0negative {i}" for i in range(neg.shape[0])]
+    rows = torch.cat([pos, neg]).to(device, dtype)  # one upload for the whole group
+    table = dict(zip(prompts + negatives, rows.unbind(0), strict=True))
+    return dataclasses.replace(stage, text=FixedText(table, NO_CLIP)), prompts, negatives
 
 
 def _split(cascade, batch: list[Carry], x: torch.Tensor, gens, name: str) -> list[Carry]:
@@ -168,11 +270,34 @@ def _split(cascade, batch: list[Carry], x: torch.Tensor, gens, name: str) -> lis
     return out
 
 
-def cascade_batch(cascade, carries: list[Carry]) -> list[Carry]:
+def cascade_batch(cascade, carries: list[Carry], sizes: tuple[int, ...] = ()) -> list[Carry]:
     """The whole cascade on a batch (``--layout single``): text, then each stage a request asks for."""
     carries = encode_batch(cascade, carries)
     for stage_no in (1, 2, 3):
         todo = [i for i, c in enumerate(carries) if c.error is None and c.job.request.last_stage >= stage_no]
-        for i, c in zip(todo, stage_batch(cascade, stage_no, [carries[i] for i in todo]), strict=True):
+        done = stage_batch(cascade, stage_no, [carries[i] for i in todo], sizes)
+        for i, c in zip(todo, done, strict=True):
             carries[i] = c
     return carries
+
+
+def safety_batch(safety, carries: list[Carry], watermark_sizes: list[int | None]) -> list[Carry]:
+    """The final images through the safety checker and watermark (as ``Cascade.to_images`` does), one
+    checker call per group of equal image size and watermark size; no checker: plain PIL images."""
+    marks = {id(c): m for c, m in zip(carries, watermark_sizes, strict=True)}
+
+    def run(batch: list[Carry]) -> list[Carry]:
+        images = torch.cat([c.image for c in batch])
+        if safety is None:
+            pil, flags = convert(images, "pil"), None
+        else:
+            pil, flags = safety(images, watermark_size=marks[id(batch[0])])
+        out, row = [], 0
+        for c in batch:
+            n = c.image.shape[0]
+            nsfw = None if flags is None else list(flags[row : row + n])
+            out.append(dataclasses.replace(c, images=pil[row : row + n], nsfw=nsfw))
+            row += n
+        return out
+
+    return _each_group(carries, lambda c: (tuple(c.image.shape[1:]), marks[id(c)]), run, "safety checker")

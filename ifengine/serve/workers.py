@@ -3,23 +3,33 @@
 Each is a thin shell around ``work``: Ray batches the calls (``@serve.batch``, its size and wait set
 from the deployment's ``StageConfig``), the batch runs in a worker thread so the replica keeps
 accepting the next batch meanwhile, and one lock keeps the cascade to one batch at a time.
+
+LoRA per request: the ingress routes a request naming an adapter with Ray Serve's multiplexed model id,
+so it reaches a replica that holds it; ``@serve.multiplexed`` keeps ``LORAS_PER_REPLICA`` adapters per
+replica (least recently used out) and splits batches by adapter. Adapters are merged into the U-Net's
+weights in place (``Cascade.load_lora_weights`` / ``set_adapters``): the modules, the runtime's buffers
+and its captured graphs stay as they are, so a swap rebuilds nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
+from pathlib import Path
 
 from ray import serve
 
-from .config import ModelSource, StageConfig
+from .config import ModelSource, ServeConfig, StageConfig
 from .models import load_part, load_whole
 from .stopping import Gone
-from .work import Carry, cascade_batch, encode_batch, stage_batch
+from .work import Carry, captured_sizes, cascade_batch, encode_batch, groups, safety_batch, stage_batch, uses_graphs
 
 log = logging.getLogger(__name__)
-# @serve.batch needs values at class definition; every replica resets them from its StageConfig
+# @serve.batch and @serve.multiplexed need values at class definition; every replica resets the batch
+# values from its StageConfig (Ray reads the multiplexed count at the first load: it stays fixed)
 _BATCH = dict(max_batch_size=4, batch_wait_timeout_s=0.05)
+LORAS_PER_REPLICA = 3
 
 
 def _configure(method, cfg: StageConfig) -> None:
@@ -31,67 +41,185 @@ def _configure(method, cfg: StageConfig) -> None:
     method.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
 
 
-@serve.deployment
-class StageWorker:
-    """The text encoder (T5), stage I, stage II or stage III, batched."""
+class _Held:
+    """What the multiplexer caches per adapter; its eviction marks the adapter for removal."""
 
-    def __init__(self, part: str, source: ModelSource, cfg: StageConfig):
-        self.part = part
-        self.cascade = load_part(source, part)
-        self.lock = threading.Lock()
-        self.gone = Gone()  # requests whose callers left: a batch of only those stops between steps
-        _configure(self._batched, cfg)
+    def __init__(self, name: str, adapters: LoraSlots):
+        self.name, self.adapters = name, adapters
 
-    async def run(self, carry: Carry) -> Carry:
-        return await self.gone.track(carry, self._batched(carry))
-
-    @serve.batch(**_BATCH)
-    async def _batched(self, carries: list[Carry]) -> list[Carry]:
-        return await self.gone.in_thread(carries, self._work, carries)
-
-    def _work(self, carries: list[Carry]) -> list[Carry]:
-        with self.lock:
-            if self.part == "text":
-                return encode_batch(self.cascade, carries)
-            return stage_batch(self.cascade, int(self.part[-1]), carries)
+    def __del__(self):
+        self.adapters.evicted.add(self.name)
 
 
-@serve.deployment
-class CascadeWorker:
-    """The whole cascade in one replica: batched text-to-image (``--layout single``) and image edits."""
+_UNKNOWN = object()  # the merged state after a load, until choose() sets it
 
-    def __init__(self, source: ModelSource, cfg: StageConfig):
-        self.cascade = load_whole(source)
-        self.lock = threading.Lock()
-        self.gone = Gone()
-        _configure(self._batched, cfg)
 
-    async def run(self, carry: Carry) -> Carry:
-        return await self.gone.track(carry, self._batched(carry))
+class LoraSlots:
+    """The adapters a replica's cascade holds (stage I), and the one merged into its weights now."""
 
-    @serve.batch(**_BATCH)
-    async def _batched(self, carries: list[Carry]) -> list[Carry]:
-        return await self.gone.in_thread(carries, self._locked, cascade_batch, carries)
+    def __init__(self, folder: str | None):
+        self.folder = Path(folder) if folder else None
+        self.loaded: set[str] = set()
+        self.evicted: set[str] = set()
+        self.active: str | None | object = None  # None: the base weights
 
-    async def edit(self, mode: str, image, prompt: str, kwargs: dict):
-        """One editing request (img2img / inpaint / style); returns (final images NCHW [-1, 1], settings)
-        or the ValueError that names what was wrong (the caller answers it as a 400)."""
-        return await self.gone.call(self._locked, self._edit, mode, image, prompt, kwargs)
+    def load(self, cascade, name: str) -> None:
+        """Read and merge adapter ``name`` (held under the cascade's lock); the merge stays inactive."""
+        if name in self.loaded:
+            return
+        if self.folder is None or not (self.folder / f"{name}.safetensors").is_file():
+            raise ValueError(f"no LoRA adapter {name!r} in the configured folder")
+        cascade.load_lora_weights(self.folder / f"{name}.safetensors", stage=1, adapter_name=name)
+        self.loaded.add(name)
+        self.active = _UNKNOWN  # loading merged it next to the others: choose() must set the state again
+        log.info("LoRA adapter %r loaded", name)
+
+    def choose(self, cascade, name: str | None) -> None:
+        """Make exactly ``name`` (None: the base weights) merged, in place (held under the lock)."""
+        if self.evicted & self.loaded:
+            self._forget(cascade)
+        if name is not None and name not in self.loaded:
+            self.load(cascade, name)  # evicted meanwhile: the multiplexer re-lists it on its next load
+        if name == self.active:
+            return
+        if name is None:
+            cascade.disable_lora(stage=1)
+        else:
+            cascade.enable_lora(stage=1)
+            cascade.set_adapters([name], stage=1)
+        self.active = name
+
+    def per_adapter(self, cascade, carries: list[Carry], run) -> list[Carry]:
+        """``run`` on each group of carries that name the same adapter, with that adapter merged (Ray's
+        batches already hold one multiplexed id each; this keeps a mixed list correct too)."""
+        if self.folder is None:
+            return run(carries)
+        out = list(carries)
+        for idx in groups(carries, lambda c: c.job.lora):
+            self.choose(cascade, carries[idx[0]].job.lora)
+            for i, c in zip(idx, run([carries[i] for i in idx]), strict=True):
+                out[i] = c
+        return out
+
+    def _forget(self, cascade) -> None:
+        """Drop evicted adapters: base weights back, then the still-held ones merged in again."""
+        keep = self.loaded - self.evicted
+        cascade.unload_lora_weights(stage=1)
+        self.loaded, self.evicted, self.active = set(), set(), None
+        for name in sorted(keep):
+            self.load(cascade, name)
+
+
+class _LoraMixin:
+    """The multiplexed adapter loader shared by the stage I and whole-cascade deployments."""
+
+    @serve.multiplexed(max_num_models_per_replica=LORAS_PER_REPLICA)
+    async def lora(self, name: str) -> _Held:
+        work = asyncio.to_thread(self._locked, self.loras.load, self.cascade, name)
+        try:
+            await asyncio.wait_for(work, timeout=self.lora_timeout_s)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"LoRA adapter {name!r} not loaded within {self.lora_timeout_s:g} s") from None
+        return _Held(name, self.loras)
+
+    async def _adapter(self) -> str | None:
+        """The request's adapter (its multiplexed model id), loaded on this replica."""
+        name = serve.get_multiplexed_model_id() or None
+        if name is not None and self.loras.folder is not None:
+            await self.lora(name)
+        return name
 
     def _locked(self, fn, *args):
         with self.lock:
             return fn(*args)
 
-    def _edit(self, mode: str, image, prompt: str, kwargs: dict):
+
+@serve.deployment
+class StageWorker(_LoraMixin):
+    """The text encoders (T5, CLIP) and safety checker, stage I, stage II or stage III, batched."""
+
+    def __init__(self, part: str, source: ModelSource, cfg: StageConfig, serve_config: ServeConfig | None = None):
+        serve_config = serve_config or ServeConfig(source=source)
+        self.part = part
+        self.models = load_part(source, part, cfg, safety=serve_config.safety)
+        self.cascade = self.models.cascade
+        self.sizes = captured_sizes(cfg, uses_graphs(self.cascade))
+        self.lock = threading.Lock()
+        self.loras = LoraSlots(serve_config.lora_dir if part == "stage1" else None)
+        self.lora_timeout_s = serve_config.lora_load_timeout_s
+        self.gone = Gone()  # requests whose callers left: a batch of only those stops between steps
+        _configure(self._run, cfg)
+        _configure(self.check, cfg)
+
+    async def run(self, carry: Carry) -> Carry:
+        await self._adapter()
+        return await self.gone.track(carry, self._run(carry))
+
+    @serve.batch(**_BATCH)
+    async def _run(self, carries: list[Carry]) -> list[Carry]:
+        return await self.gone.in_thread(carries, self._locked, self._work, carries)
+
+    @serve.batch(**_BATCH)
+    async def check(self, carries: list[Carry], marks: list[int | None]) -> list[Carry]:
+        """The text deployment's second job: the safety checker and watermark on final images."""
+        return await asyncio.to_thread(self._locked, safety_batch, self.models.safety, carries, marks)
+
+    def _work(self, carries: list[Carry]) -> list[Carry]:
+        if self.part == "text":
+            return encode_batch(self.cascade, carries, clip=self.models.clip)
+        run = lambda batch: stage_batch(self.cascade, int(self.part[-1]), batch, self.sizes)  # noqa: E731
+        return self.loras.per_adapter(self.cascade, carries, run) if self.part == "stage1" else run(carries)
+
+
+@serve.deployment
+class CascadeWorker(_LoraMixin):
+    """The whole cascade in one replica: batched text-to-image (``--layout single``) and image edits."""
+
+    def __init__(self, source: ModelSource, cfg: StageConfig, serve_config: ServeConfig | None = None):
+        serve_config = serve_config or ServeConfig(source=source)
+        self.cascade = load_whole(source, cfg, safety=serve_config.safety)
+        self.safety = self.cascade.safety
+        self.sizes = captured_sizes(cfg, uses_graphs(self.cascade))
+        self.lock = threading.Lock()
+        self.loras = LoraSlots(serve_config.lora_dir)
+        self.lora_timeout_s = serve_config.lora_load_timeout_s
+        if not serve_config.safety:
+            log.warning("the safety checker is off (ServeConfig.safety=False, --no-safety): images are not checked")
+        self.gone = Gone()
+        _configure(self._run, cfg)
+        _configure(self.check, cfg)
+
+    async def run(self, carry: Carry) -> Carry:
+        await self._adapter()
+        return await self.gone.track(carry, self._run(carry))
+
+    @serve.batch(**_BATCH)
+    async def _run(self, carries: list[Carry]) -> list[Carry]:
+        run = lambda batch: cascade_batch(self.cascade, batch, self.sizes)  # noqa: E731
+        return await self.gone.in_thread(carries, self._locked, self.loras.per_adapter, self.cascade, carries, run)
+
+    @serve.batch(**_BATCH)
+    async def check(self, carries: list[Carry], marks: list[int | None]) -> list[Carry]:
+        return await asyncio.to_thread(self._locked, safety_batch, self.safety, carries, marks)
+
+    async def edit(self, mode: str, image, prompt: str, kwargs: dict):
+        """One editing request (img2img / inpaint / style); returns (PIL images after the safety checker and
+        watermark, settings, nsfw flags or None) or the ValueError that names what was wrong (a 400)."""
+        name = await self._adapter()
+        return await self.gone.call(self._locked, self._edit, mode, image, prompt, kwargs, name)
+
+    def _edit(self, mode: str, image, prompt: str, kwargs: dict, name: str | None):
         pipe = self.cascade
+        if self.loras.folder is not None:
+            self.loras.choose(pipe, name)
         try:
             if mode == "img2img":
-                out = pipe.img2img(image, prompt, progress=False, output_type="pt", **kwargs)
+                out = pipe.img2img(image, prompt, progress=False, output_type="pil", **kwargs)
             elif mode == "inpaint":
                 mask = kwargs.pop("mask")
-                out = pipe.inpaint(image, mask, prompt, progress=False, output_type="pt", **kwargs)
+                out = pipe.inpaint(image, mask, prompt, progress=False, output_type="pil", **kwargs)
             else:
-                out = pipe.style_transfer(image, prompt, progress=False, output_type="pt", **kwargs)
+                out = pipe.style_transfer(image, prompt, progress=False, output_type="pil", **kwargs)
         except ValueError as err:  # RequestError and friends: the request's fault, said in words
             return err
-        return out.stages[-1], out.settings
+        return out.images, out.settings, out.nsfw_detected
