@@ -8,14 +8,13 @@ checks run last.
 import base64
 import dataclasses
 import io
-import os
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 from PIL import Image
+from serve_support import local_serve
 
 pytest.importorskip("ray.serve")
 httpx = pytest.importorskip("httpx")
@@ -23,12 +22,6 @@ httpx = pytest.importorskip("httpx")
 KEY = "test-key"
 STEPS = [4, 2, 2]
 TIMEOUT = 60.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _config():
@@ -52,24 +45,8 @@ def _config():
 
 @pytest.fixture(scope="module")
 def server():
-    import ray
-    from ray import serve
-
-    from ifengine.serve import app
-
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    port = _free_port()
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=96 * 2**20, log_to_driver=False)
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        # through the `serve run ifengine.serve:app` builder, from the config's plain-dict form
-        serve.run(app(_config().to_dict()), name="ifengine", route_prefix="/")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        try:
-            serve.shutdown()
-        finally:
-            ray.shutdown()
+    with local_serve(_config().to_dict()) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -261,8 +238,12 @@ def test_a_killed_stage_replica_is_restarted_and_requests_recover(client):
         slow = [pool.submit(generate, client, seed=s, steps=[200, 2, 2]) for s in range(3)]
         time.sleep(2.0)
         ray.kill(actor, no_restart=True)
+        not_ready = _first_not_ready(client, seconds=30)
         codes = [f.result(timeout=TIMEOUT).status_code for f in slow]
     assert set(codes) <= {200, 503} and 503 in codes, codes  # none hangs, none is a 500
+    # readiness follows the dead stage: a JSON 503 naming it, with Retry-After, until it is back
+    assert not_ready is not None, "/ready stayed 200 while stage1 was dead"
+    assert "stage1" in not_ready.json()["error"]["message"] and not_ready.headers.get("Retry-After")
     deadline = time.monotonic() + 90
     while True:
         r = generate(client, seed=1)
@@ -272,3 +253,19 @@ def test_a_killed_stage_replica_is_restarted_and_requests_recover(client):
         time.sleep(2)
     assert r.status_code == 200, r.text
     assert _replica_actor("stage1")[0] != killed  # Ray's controller started a new replica
+    deadline = time.monotonic() + 30
+    while client.get("/ready").status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert client.get("/ready").status_code == 200
+
+
+def _first_not_ready(client, seconds: float):
+    """The first non-200 answer of /ready within ``seconds`` (polled 4 times a second), else None."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        r = client.get("/ready")
+        if r.status_code != 200:
+            assert r.status_code == 503, r.text
+            return r
+        time.sleep(0.25)
+    return None

@@ -11,9 +11,7 @@ import base64
 import dataclasses
 import io
 import logging
-import os
 import shutil
-import socket
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -27,6 +25,7 @@ from ifengine.serve.api import GenerationRequest, to_job
 from ifengine.serve.config import Limits
 from ifengine.serve.models import load_part, model_info
 from ifengine.serve.work import NO_CLIP, captured_sizes
+from serve_support import local_serve
 
 pytest.importorskip("ray.serve")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -194,12 +193,6 @@ def test_lora_swaps_in_place_and_back(ckpt_source, lora_dir):
 # -- a real Ray Serve -------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _stage(**kw) -> StageConfig:
     base = dict(max_batch_size=4, batch_wait_timeout_s=0.3, max_ongoing_requests=4, max_queued_requests=8)
     return StageConfig(**{**base, "torch_threads": 1, **kw})
@@ -213,20 +206,10 @@ def _config(source, **kw) -> ServeConfig:
 
 @pytest.fixture(scope="module")
 def ray_serve():
-    ray = pytest.importorskip("ray")
-    from ray import serve
+    pytest.importorskip("ray")
 
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    port = _free_port()
-    ray.init(num_cpus=4, include_dashboard=False, object_store_memory=96 * 2**20, log_to_driver=False)
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        try:
-            serve.shutdown()
-        finally:
-            ray.shutdown()
+    with local_serve(num_cpus=4) as url:
+        yield url
 
 
 def _deploy(config: ServeConfig, name: str, url: str) -> str:

@@ -2,10 +2,10 @@
 
 import base64
 import io
-import socket
 
 import pytest
 from PIL import Image
+from serve_support import local_serve
 
 pytest.importorskip("ray.serve")
 openai = pytest.importorskip("openai")
@@ -13,34 +13,17 @@ openai = pytest.importorskip("openai")
 KEY = "test-key"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server():
-    import ray
-    from ray import serve
 
-    from ifengine.serve import Limits, ServeConfig, StageConfig, app
+    from ifengine.serve import Limits, ServeConfig, StageConfig
 
     stage = StageConfig(max_batch_size=2, batch_wait_timeout_s=0.05, torch_threads=1)
     config = ServeConfig(
         text=stage, stage1=stage, stage2=stage, stage3=stage, edits=stage, limits=Limits(), api_key=KEY
     )
-    port = _free_port()
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=96 * 2**20, log_to_driver=False)
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(app(config.to_dict()), name="ifengine", route_prefix="/")
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        try:
-            serve.shutdown()
-        finally:
-            ray.shutdown()
+    with local_serve(config.to_dict()) as url:
+        yield f"{url}/v1"
 
 
 @pytest.fixture(scope="module")

@@ -178,6 +178,8 @@ def _serve(config, args) -> int:
     _stop_on_sigterm()  # first: a stop signal during start-up must still shut Ray down (and its agents)
     started = False
     address = args.address or os.environ.get("RAY_ADDRESS")
+    if not address and args.host in LOOPBACK:
+        _local_ray_on_loopback()
     try:
         from ..errors import require_extra
 
@@ -192,9 +194,7 @@ def _serve(config, args) -> int:
             if address:
                 ray.init(address=address)
             else:
-                # no dashboard: one listening service less. Ray's other ports cannot be bound to loopback
-                # (it rewrites a loopback node address to the machine's): docs/serving.md says so
-                ray.init(num_cpus=args.num_cpus, include_dashboard=False)
+                ray.init(num_cpus=args.num_cpus, include_dashboard=False)  # no dashboard: one service less
             _stop_on_sigterm()  # ray.init installs its own handler (sys.exit(15)); ours stops cleanly
         serve.start(http_options={"host": args.host, "port": args.port})
         serve.run(build_app(config), name="ifengine", route_prefix="/")
@@ -211,6 +211,20 @@ def _serve(config, args) -> int:
     finally:
         _shutdown(started, address)
     return 0
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _local_ray_on_loopback() -> None:
+    """A loopback server starts a loopback Ray. Ray replaces a loopback node address with the machine's
+    (``resolve_ip_for_localhost``) unless its multi-node support is off, which is what this variable (read
+    when ``ray`` is imported, and inherited by its processes) turns off: every Ray service then listens on
+    127.0.0.1 only (measured with psutil: tests/test_serve_hostile.py). A Ray joined with ``--address`` or a
+    server bound to another address keeps Ray's own defaults."""
+    if "ray" in sys.modules:
+        log.warning("ray was imported before `serve` started: its services may listen beyond loopback")
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 def _shutdown(started: bool, address: str | None) -> None:
