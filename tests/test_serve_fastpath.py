@@ -259,6 +259,7 @@ def _generate(http, url, **body):
     return http.post(f"{url}/v1/images/generations", json={"prompt": "a red cat", "steps": STEPS, **body})
 
 
+@pytest.mark.slow  # a second application on the module's Ray: about a minute on 2 cores
 def test_lora_per_request_and_batched_equal_alone(http, lora_server, pipe, lora_dir):
     names = [m["id"] for m in http.get(f"{lora_server}/v1/models").json()["data"]]
     assert names == ["ifengine-demo", "style-a", "style-b"]

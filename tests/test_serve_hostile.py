@@ -44,6 +44,7 @@ def test_sigterm_during_start_up_leaves_no_process_behind(tmp_path):
             proc.kill()
 
 
+@pytest.mark.slow  # a whole `ifengine serve` start-up in a subprocess: about a minute on 2 cores
 def test_a_loopback_server_and_its_ray_listen_only_on_loopback_and_stop_cleanly(tmp_path):
     """`ifengine serve` (default --host 127.0.0.1) fully started: every listening socket of it and of every
     Ray process it started is on 127.0.0.1, except the one port per Serve replica that Ray Serve hard-codes
