@@ -9,7 +9,9 @@ with that seed and the batch's prompts.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 from collections.abc import Sequence
@@ -17,6 +19,7 @@ from collections.abc import Sequence
 import torch
 
 from ..stage import stages
+from .embeds import PromptEmbeds
 from ..stage.noise import make_generator
 from ..stage.options import RequestError, as_prompts
 from ..validate import positive_int
@@ -97,11 +100,6 @@ def _many_from_embeds(cascade, prompt_embeds, negative_prompt_embeds, batch_size
     """One image per row of the caller's embeddings (``encode_prompt``'s ``PromptEmbeds``, or tensors), batch
     k as a plain call with ``seed + k`` and those rows. The batches run one after another: the overlapped
     throughput path encodes text itself, so it is used only for prompts given as text."""
-    import dataclasses
-    import time
-
-    from .embeds import PromptEmbeds
-
     given = prompt_embeds
     if not isinstance(given, PromptEmbeds):
         given = PromptEmbeds(prompt_embeds, negative_prompt_embeds)
@@ -126,8 +124,6 @@ def _many_from_embeds(cascade, prompt_embeds, negative_prompt_embeds, batch_size
 
 def _rows(given, rows: slice):
     """The PromptEmbeds of some rows (every tensor and label list cut the same way)."""
-    import dataclasses
-
     cut = lambda v: None if v is None else v[rows]  # noqa: E731 - tensors and tuples alike
     return dataclasses.replace(
         given,
