@@ -33,6 +33,35 @@ def test_bad_deployment_flags_are_refused(flag, capsys):
     assert "error" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        (["--request-memory", "banana"], "cannot read 'banana' as a memory size"),
+        (["--torch-threads", "0"], "whole number >= 1"),
+        (["--torch-threads", "stage1=x"], "whole number >= 1 for stage1"),
+    ],
+)
+def test_bad_limit_flags_name_what_is_accepted(flag, message, capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", *flag])
+    assert message in capsys.readouterr().err
+    assert config_of("--request-memory", "8GiB").limits.request_memory == 8 * 2**30
+
+
+def test_a_missing_lora_dir_is_refused_before_ray_starts(tmp_path, capsys):
+    assert main(["serve", "--lora-dir", str(tmp_path / "none")]) == 2  # returns at once: no Ray was started
+    assert "--lora-dir" in capsys.readouterr().err
+
+
+def test_configs_refuse_unreadable_limits():
+    from ifengine.serve import Limits
+
+    with pytest.raises(ValueError, match="memory size"):
+        Limits(request_memory="zz")
+    with pytest.raises(ValueError, match="torch_threads"):
+        StageConfig(torch_threads=0)
+
+
 def test_stage_config_refuses_batches_larger_than_what_a_replica_runs():
     with pytest.raises(ValueError, match="max_ongoing_requests"):
         StageConfig(max_batch_size=8, max_ongoing_requests=4)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from .common import DTYPES, csv_values
+from .common import DTYPES, csv_values, memory_size
 from ..facts import DEFAULT_STEPS
 from ..stage.options import per_stage
 from ..validate import positive_int
@@ -13,15 +12,6 @@ from ..validate import positive_int
 STEPS_TEXT = ",".join(map(str, DEFAULT_STEPS))
 
 DEFAULT_PRESET = "IF-I-XL,IF-II-L,x4"
-
-
-def _size(text: str) -> int:
-    from ..memory.sizes import SizeError, parse_size
-
-    try:
-        return parse_size(text)
-    except SizeError as err:
-        raise argparse.ArgumentTypeError(str(err)) from err
 
 
 def register(sub) -> None:
@@ -32,7 +22,7 @@ def register(sub) -> None:
         "in per stage from pinned host memory, or streamed), whether the VAE decodes in tiles, "
         "and the predicted peak per stage. Nothing is loaded: sizes come from model configs.",
     )
-    p.add_argument("--vram", required=True, type=_size, help="memory budget, e.g. 8GiB, 12GB or 8000MiB")
+    p.add_argument("--vram", required=True, type=memory_size, help="memory budget, e.g. 8GiB, 12GB or 8000MiB")
     p.add_argument(
         "--preset",
         default=None,
@@ -55,7 +45,7 @@ def register(sub) -> None:
     )
     p.add_argument("--no-cuda-graphs", action="store_true", help="plan for eager steps")
     p.add_argument("--throughput", action="store_true", help="plan for overlapped stages (all U-Nets resident)")
-    p.add_argument("--reserve", type=_size, default=None, help="headroom for workspaces (default 512MiB)")
+    p.add_argument("--reserve", type=memory_size, default=None, help="headroom for workspaces (default 512MiB)")
     p.set_defaults(run=run)
 
 

@@ -16,10 +16,21 @@ import signal
 import sys
 from pathlib import Path
 
-from .common import DTYPES
+from .common import DTYPES, memory_size
 
 log = logging.getLogger("ifengine.cli")
 PARTS = ("text", "stage1", "stage2", "stage3", "single", "edits")
+
+
+def positive(text: str) -> int:
+    """A whole number >= 1 (argparse reports the ValueError with the flag's name)."""
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+positive.__name__ = "whole number >= 1"  # what per_stage's message calls the expected value
 
 
 def per_stage(kind):
@@ -81,12 +92,14 @@ def register(sub) -> None:
     group.add_argument("--max-queued", type=per_stage(int), default={}, help="requests waiting per caller (-1: any)")
     group.add_argument(
         "--torch-threads",
-        type=per_stage(int),
+        type=per_stage(positive),
         default={},
         help="torch threads per replica (default: as Ray sets, 1 per reserved CPU; images equal a default "
         "`generate` up to one uint8 level unless the thread counts match)",
     )
-    group.add_argument("--request-memory", default=None, help="memory one request may use, e.g. 8GiB (see docs)")
+    group.add_argument(
+        "--request-memory", type=memory_size, default=None, help="memory one request may use, e.g. 8GiB (see docs)"
+    )
     tools = p.add_argument_group("without serving")
     tools.add_argument("--print-config", metavar="FILE", help="write the Ray Serve config YAML ('-': stdout), exit")
     tools.add_argument("--propose-replicas", metavar="BENCH_JSON", help="replica counts from `ifengine bench cascade`")
@@ -148,6 +161,9 @@ def run(args) -> int:
     config = serve_config(args)
     if args.print_config:
         return _print_config(config, args)
+    if args.lora_dir and not Path(args.lora_dir).is_dir():  # checked here, before Ray starts; a printed
+        # config may name a folder that exists only on the cluster
+        raise ValueError(f"--lora-dir {args.lora_dir}: no such folder (it holds NAME.safetensors LoRA files)")
     return _serve(config, args)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
+from ..memory.sizes import parse_size
 from ..validate import positive_int
 
 from ..pipeline.source import ModelSource
@@ -49,6 +50,7 @@ class StageConfig:
             raise ValueError(f"max_queued_requests must be >= 0 or -1 (unbounded), got {self.max_queued_requests!r}")
         if self.num_gpus < 0 or self.num_cpus < 0 or self.batch_wait_timeout_s < 0:
             raise ValueError("num_gpus, num_cpus and batch_wait_timeout_s must be >= 0")
+        positive_int(self.torch_threads, "torch_threads", none_ok=True)
         if self.batch_sizes is not None:
             sizes = tuple(sorted(set(self.batch_sizes)))
             for size in sizes:
@@ -81,6 +83,10 @@ class Limits:
     request_memory: int | str | None = None  # bytes ("8GiB") one request may use; None: see serve/budget.py
     request_timeout_s: float = 300.0  # a request still unanswered then gets a 503; none waits forever
     retry_after_s: int = 1
+
+    def __post_init__(self):
+        if self.request_memory is not None:
+            parse_size(self.request_memory)  # an unreadable size is refused when the config is made
 
 
 @dataclass(frozen=True)
