@@ -6,7 +6,6 @@ checks run last.
 """
 
 import base64
-import dataclasses
 import io
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -37,7 +36,6 @@ def _config():
         stage1=stage,
         stage2=stage,
         stage3=stage,
-        edits=dataclasses.replace(stage, max_batch_size=1),
         limits=Limits(max_body_bytes=256 * 1024, max_image_pixels=512 * 512, request_timeout_s=60.0),
         api_key=KEY,
     )
@@ -182,6 +180,37 @@ def test_edit_img2img_and_inpaint(client):
     files = {"image": ("in.png", _png((32, 32)), "image/png"), "mask": ("m.png", _png((32, 32), "L", 255), "image/png")}
     r = edit(client, files, mode="inpaint")
     assert r.status_code == 200, r.text
+
+
+def _noise_png(seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_concurrent_edits_batch_per_stage_and_each_matches_the_library(client, demo, one_thread):
+    """Edits travel the stage deployments as generations do: concurrent ones meet in one stage call, and
+    each equals ``Cascade.img2img`` alone with its seed (up to one uint8 level of float rounding)."""
+    seeds = [21, 22, 23, 24]
+
+    def send(seed):
+        files = {"image": ("in.png", _noise_png(seed), "image/png")}
+        return edit(client, files, mode="img2img", strength="0.5", seed=str(seed), prompt=f"edit {seed % 2}")
+
+    with ThreadPoolExecutor(4) as pool:
+        responses = list(pool.map(send, seeds))
+    assert [r.status_code for r in responses] == [200] * 4, [r.text for r in responses if r.status_code != 200]
+    settings = [r.json()["data"][0]["settings"] for r in responses]
+    assert max(s["batched"]["stage1"] for s in settings) > 1, settings
+    assert {s["mode"] for s in settings} == {"img2img"} and settings[0]["strength"] == [0.5, 0.8]
+    for seed, r in zip(seeds, responses, strict=True):
+        source = Image.open(io.BytesIO(_noise_png(seed))).convert("RGB")
+        prompt = f"edit {seed % 2}"
+        alone = demo.img2img(source, prompt, strength=0.5, seed=seed, steps=4, output_type="np", progress=False)
+        got = pixels(r.json()["data"][0]["b64_json"]) / 255.0
+        assert got.shape == alone.images[0].shape
+        assert np.abs(got - alone.images[0]).max() <= 1 / 255 + 1e-6
 
 
 def _bomb() -> bytes:

@@ -79,7 +79,7 @@ def test_print_config_is_a_serve_deploy_file_that_rebuilds_the_config(tmp_path, 
     assert rebuilt.stage3 == StageConfig(replicas=2, num_gpus=1.0)
     stage3 = next(d for d in app["deployments"] if d["name"] == "stage3")
     assert stage3["num_replicas"] == 2 and stage3["ray_actor_options"]["num_gpus"] == 1.0
-    assert {d["name"] for d in app["deployments"]} == {"text", "stage1", "stage2", "stage3", "edits", "ingress"}
+    assert {d["name"] for d in app["deployments"]} == {"text", "stage1", "stage2", "stage3", "ingress"}
 
 
 def test_serve_config_from_dict_names_unknown_keys():

@@ -200,7 +200,7 @@ def _stage(**kw) -> StageConfig:
 
 def _config(source, **kw) -> ServeConfig:
     stage = _stage(batch_sizes=(4,))
-    parts = dict(text=stage, stage1=stage, stage2=stage, stage3=stage, edits=_stage(max_batch_size=1))
+    parts = dict(text=stage, stage1=stage, stage2=stage, stage3=stage)
     return ServeConfig(source=source, limits=Limits(request_timeout_s=TIMEOUT), **parts, **kw)
 
 

@@ -89,7 +89,7 @@ def _config():
 
     stage = StageConfig(max_batch_size=2, batch_wait_timeout_s=0.05, max_ongoing_requests=4, torch_threads=1)
     limits = Limits(max_body_bytes=4 * 2**20, max_image_pixels=512 * 512, max_steps=5000, request_timeout_s=60.0)
-    return ServeConfig(text=stage, stage1=stage, stage2=stage, stage3=stage, edits=stage, limits=limits, api_key=KEY)
+    return ServeConfig(text=stage, stage1=stage, stage2=stage, stage3=stage, limits=limits, api_key=KEY)
 
 
 @pytest.fixture(scope="module")

@@ -8,14 +8,17 @@ have run the requests together.
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from ifengine.pipeline.images import to_unit
 from ifengine.stage.noise import GeneratorGroups, randn
 from ifengine.serve import work
 from ifengine.serve.api import GenerationRequest, to_job
 from ifengine.serve.config import Limits
+from ifengine.serve.edit_jobs import EditForm, edit_job
 from ifengine.serve.models import ModelInfo
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -38,6 +41,7 @@ def info_of(pipe) -> ModelInfo:
             for n, s in zip((1, 2, 3), (pipe.stage1, pipe.stage2, pipe.stage3), strict=True)
         },
         defaults=pipe.defaults,
+        sample_sizes={n: s.unet.config.sample_size for n, s in ((1, pipe.stage1), (2, pipe.stage2))},
     )
 
 
@@ -100,3 +104,91 @@ def test_a_failing_group_marks_only_its_requests(demo):
     done = work.stage_batch(demo, 1, work.encode_batch(demo, [good, bad]))
     assert done[0].error is None and done[0].image is not None
     assert done[1].error is not None and done[1].error.startswith("stage 1")
+
+
+def _picture(w: int, h: int, seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+def _edit(pipe, mode, seed, mask=None, **fields):
+    form = EditForm(mode, _picture(40, 30, 0), mask, fields.pop("prompt", "a watercolour"), steps=4, **fields)
+    return edit_job(info_of(pipe), form, last=3, seed=seed, lora=None)
+
+
+def _alone(pipe, j):
+    plan, mode = j.edit, j.edit.mode
+    kwargs = dict(
+        negative_prompt=list(j.request.negatives),
+        num_images_per_prompt=j.request.num_images_per_prompt,
+        seed=j.seed,
+        steps=4,
+        strength=plan.strength,
+        output_type="pt",
+        progress=False,
+    )
+    source = _picture(40, 30, 0)
+    if mode == "img2img":
+        return pipe.img2img(source, list(j.request.prompts), **kwargs)
+    if mode == "inpaint":
+        return pipe.inpaint(source, _mask(), list(j.request.prompts), **kwargs)
+    return pipe.style_transfer(
+        source, list(j.request.prompts), positive_prompt=list(plan.positives or []) or None, mixer=plan.mixer, **kwargs
+    )
+
+
+def _mask() -> Image.Image:
+    mask = Image.new("L", (40, 30), 0)
+    mask.paste(255, (10, 5, 30, 25))
+    return mask
+
+
+def test_batched_edits_match_their_single_calls(demo):
+    """Edits travel the stages as generations do: those that share a start (mode settings, strength, mask
+    or not) run in one call per stage, each one equal to the library's editing call alone."""
+    jobs = [
+        _edit(demo, "img2img", 3, strength=0.5),
+        _edit(demo, "img2img", 7, strength=0.5, n=2, negative_prompt="blurry", prompt="an oil painting"),
+        _edit(demo, "inpaint", 5, mask=_mask()),
+        _edit(demo, "style", 9, positive_prompt="bright colours", mixer=0.3),
+        _edit(demo, "style", 11, positive_prompt="dark", mixer=0.3, prompt="ink"),
+        _edit(demo, "img2img", 13, strength=0.75),  # another strength: its own call at stage I
+        job(demo, prompt="a red cat", seed=3),
+    ]
+    done = work.cascade_batch(demo, [work.start(j) for j in jobs])
+    assert [c.error for c in done] == [None] * len(jobs)
+    assert [c.batched["stage1"] for c in done] == [3, 3, 1, 2, 2, 1, 1]
+    # stage II: every img2img here keeps the mode's stage II strength (0.8), so all four rows meet there
+    assert done[0].batched["stage2"] == done[5].batched["stage2"] == 4 and done[3].batched["stage2"] == 2
+    # stage II rounds the 40x30 source's long side on its own: 64x88, not 4x stage I's 16x24
+    assert done[0].image.shape[-2:] == (256, 352)
+    for j, carry in zip(jobs[:-1], done[:-1], strict=True):
+        alone = _alone(demo, j)
+        assert carry.image.shape[-2:] == alone.images.shape[-2:]
+        assert (to_unit(carry.image) - alone.images).abs().max().item() <= 1e-3, j.edit.mode
+
+
+def test_padded_edit_batches_keep_each_image(demo):
+    """A stage call padded up to a captured size: the filler copies an edit's start, its rows are dropped."""
+    jobs = [_edit(demo, "inpaint", 5, mask=_mask()), _edit(demo, "inpaint", 6, mask=_mask(), prompt="ink")]
+    carries = work.encode_batch(demo, [work.start(j) for j in jobs])
+    plain = work.stage_batch(demo, 1, carries)
+    padded = work.stage_batch(demo, 1, carries, sizes=(4,))
+    assert [c.batched["stage1"] for c in padded] == [4, 4] and [c.batched["stage1"] for c in plain] == [2, 2]
+    for a, b in zip(plain, padded, strict=True):
+        assert torch.allclose(a.image, b.image, atol=1e-5)
+
+
+def test_edit_jobs_refuse_bad_fields_by_name(demo):
+    from ifengine.serve.api import ApiError
+
+    for fields, param in (
+        (dict(mode="inpaint"), "mask"),
+        (dict(mode="img2img", strength=0.01), "strength"),
+        (dict(mode="img2img", mixer=0.5, positive_prompt="x"), "positive_prompt"),
+        (dict(mode="style", positive_prompt="x", mixer=2.0), "mixer"),
+    ):
+        mode = fields.pop("mode")
+        with pytest.raises(ApiError) as err:
+            _edit(demo, mode, 1, **fields)
+        assert err.value.status == 400 and err.value.param == param, err.value.message

@@ -19,7 +19,7 @@ from pathlib import Path
 from .common import DTYPES, memory_size
 
 log = logging.getLogger("ifengine.cli")
-PARTS = ("text", "stage1", "stage2", "stage3", "single", "edits")
+PARTS = ("text", "stage1", "stage2", "stage3", "single")
 
 
 def positive(text: str) -> int:

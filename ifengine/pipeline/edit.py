@@ -46,6 +46,7 @@ class EditPlan:
     masks: tuple[torch.Tensor | None, ...]
     positives: tuple[str, ...] | None
     mixer: float | None
+    mode: str = "img2img"
 
 
 def run(
@@ -134,7 +135,6 @@ def make_plan(
     last_stage,
     output_type,
 ) -> EditPlan:
-    spec = MODES[mode]
     if pipe.stage1 is None:
         raise RequestError(f"{mode} needs a stage I checkpoint (stage1=)")
     if mode == "style" and pipe.stage2 is None:
@@ -142,35 +142,88 @@ def make_plan(
             "style transfer needs a stage II checkpoint (stage2=): the style is carried "
             "through the super-resolution stages"
         )
-    src = load_image(image)
-    if mode == "inpaint":
-        if mask is None:
-            raise RequestError("inpaint needs a mask (white = repaint)")
-        mask = load_image(mask, "mask")
-        check_mask(src, mask)
     last = pipe.resolve_last_stage(last_stage)
-    sizes = _stage_sizes(pipe, src, last)
-    prompts = options.as_prompts(prompt, "style_prompt" if mode == "style" else "prompt")
-    defaults = _defaults(pipe, spec)
+    shape = EditShape(tuple(_resolutions(pipe, last)), _defaults(pipe, MODES[mode]))
+    return plan_edit(
+        shape,
+        mode,
+        load_image(image),
+        load_image(mask, "mask") if mode == "inpaint" and mask is not None else None,
+        EditFields(prompt, negative_prompt, n, steps, guidance, noise_level, timesteps, last, output_type),
+        strength,
+        positive_prompt,
+        mixer,
+        check=lambda request: limits.check(pipe, request),  # before the sources are resized to a size that cannot fit
+    )
+
+
+@dataclass(frozen=True)
+class EditShape:
+    """What planning an edit needs of the cascade: (short side, size multiple) of each IF stage the edit
+    runs, and the mode's step defaults. A server's front builds it from model facts, holding no model."""
+
+    resolutions: tuple[tuple[int, int], ...]
+    defaults: RunDefaults
+
+
+@dataclass(frozen=True)
+class EditFields:
+    """An edit's settings that ``Request`` carries (``last_stage`` already resolved)."""
+
+    prompt: object
+    negative_prompt: object = None
+    n: int = 1
+    steps: object = None
+    guidance: object = None
+    noise_level: object = None
+    timesteps: tuple = (None, None, None)
+    last_stage: int = 2
+    output_type: str = "pil"
+
+
+def plan_edit(
+    shape: EditShape,
+    mode: str,
+    src,
+    mask,
+    fields: EditFields,
+    strength=None,
+    positive_prompt=None,
+    mixer=None,
+    check=None,
+) -> EditPlan:
+    """Validate an edit of the PIL image ``src`` (``mask``: a PIL image or None) and resize its sources;
+    ``check(request)`` refuses a request too large before any resize (the memory estimate)."""
+    spec = MODES[mode]
+    if mode != "inpaint":
+        mask = None  # only inpainting repaints within a mask
+    elif mask is None:
+        raise RequestError("inpaint needs a mask (white = repaint)")
+    else:
+        check_mask(src, mask)
+    last = fields.last_stage
+    sizes = [tuple(reversed(target_size(src.width, src.height, short, mult))) for short, mult in shape.resolutions]
+    prompts = options.as_prompts(fields.prompt, "style_prompt" if mode == "style" else "prompt")
     request = Request(
         prompts=prompts,
-        negatives=options.negatives_for(prompts, negative_prompt),
+        negatives=options.negatives_for(prompts, fields.negative_prompt),
         height=sizes[0][0],
         width=sizes[0][1],
-        num_images_per_prompt=options.check_images_per_prompt(n),
+        num_images_per_prompt=options.check_images_per_prompt(fields.n),
         last_stage=last,
-        output_type=options.check_output_type(output_type),
-        stages=options.stage_options(steps, guidance, timesteps, noise_level, defaults),
+        output_type=options.check_output_type(fields.output_type),
+        stages=options.stage_options(
+            fields.steps, fields.guidance, fields.timesteps, fields.noise_level, shape.defaults
+        ),
     )
     options.check_timesteps(request.stages, last)
-    limits.check(pipe, request)  # before the sources are resized to a size that cannot fit
+    if check is not None:
+        check(request)
     strengths = _strengths(strength, spec, request)
-    sources = tuple(image_tensor(src, short, mult) for short, mult in _resolutions(pipe, last))
-    masks = tuple(
-        mask_tensor(mask, short, mult) if mask is not None else None for short, mult in _resolutions(pipe, last)
-    )
+    sources = tuple(image_tensor(src, short, mult) for short, mult in shape.resolutions)
+    masks = tuple(mask_tensor(mask, short, mult) if mask is not None else None for short, mult in shape.resolutions)
     positives, mixer = _positive(mode, positive_prompt, mixer, prompts)
-    return EditPlan(request, strengths, sources, masks, positives, mixer)
+    return EditPlan(request, strengths, sources, masks, positives, mixer, mode)
 
 
 def _defaults(pipe, spec: Mode) -> RunDefaults:
@@ -189,12 +242,6 @@ def _resolutions(pipe, last: int) -> list[tuple[int, int]]:
     """(short side, size multiple) of each IF stage used: the U-Net's sample size, multiples of 8 or more."""
     stages = [pipe.stage1, pipe.stage2][: min(last, 2)]
     return [(s.unet.config.sample_size, math.lcm(8, s.unet.config.downsample_factor)) for s in stages]
-
-
-def _stage_sizes(pipe, img, last: int) -> list[tuple[int, int]]:
-    return [
-        tuple(reversed(target_size(img.width, img.height, short, mult))) for short, mult in _resolutions(pipe, last)
-    ]
 
 
 def _strengths(strength, spec: Mode, request: Request) -> tuple[float, float]:

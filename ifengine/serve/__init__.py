@@ -24,15 +24,13 @@ def build_app(config: ServeConfig):
     handles = {}
     if config.layout == "single":
         whole = CascadeWorker.options(name="cascade", **config.single.deployment_options())
-        handles["single"] = handles["edits"] = whole.bind(config.source, config.single, config)
+        handles["single"] = whole.bind(config.source, config.single, config)
     else:
         for part in ("text", "stage1", "stage2", "stage3"):
             if part == "text" or int(part[-1]) in info.stages:
                 cfg = getattr(config, part)
                 worker = StageWorker.options(name=part, **cfg.deployment_options())
                 handles[part] = worker.bind(part, config.source, cfg, config)
-        edits = CascadeWorker.options(name="edits", **config.edits.deployment_options())
-        handles["edits"] = edits.bind(config.source, config.edits, config)
     ingress = build_ingress(config).options(name="ingress", **config.ingress.deployment_options())
     return ingress.bind(info, **handles)
 

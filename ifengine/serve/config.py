@@ -98,7 +98,6 @@ class ServeConfig:
     stage2: StageConfig = StageConfig()
     stage3: StageConfig = StageConfig()
     single: StageConfig = StageConfig()  # the whole cascade in one deployment (--layout single)
-    edits: StageConfig = StageConfig(max_batch_size=1)  # editing requests run one at a time, whole cascade
     ingress: StageConfig = StageConfig(num_cpus=0.1, max_ongoing_requests=256, max_queued_requests=256)
     limits: Limits = Limits()
     api_key: str | None = field(default=None, repr=False)
@@ -126,12 +125,17 @@ class ServeConfig:
     def from_dict(cls, raw: dict) -> ServeConfig:
         """The inverse of ``to_dict`` (the `serve deploy` file carries it as the builder's args)."""
         known = {f.name for f in dataclasses.fields(cls)}
+        if "edits" in raw:  # configs written before edits ran through the stage deployments
+            raise ValueError(
+                "serve config key 'edits' is gone: edits run through the stage deployments (or 'single') now, "
+                "batched with generations; remove it and size those deployments instead"
+            )
         unknown = set(raw) - known
         if unknown:
             raise ValueError(f"unknown serve config keys {sorted(unknown)}; known: {sorted(known)}")
         kinds = {"source": ModelSource, "limits": Limits}
         out = {}
         for key, value in raw.items():
-            kind = kinds.get(key, StageConfig if key in (*STAGE_NAMES, "single", "edits", "ingress") else None)
+            kind = kinds.get(key, StageConfig if key in (*STAGE_NAMES, "single", "ingress") else None)
             out[key] = kind(**value) if kind is not None and isinstance(value, dict) else value
         return cls(**out)

@@ -17,7 +17,7 @@ def deployment_names(config: ServeConfig) -> dict[str, str]:
     """Deployment name -> the ServeConfig field that configures it."""
     if config.layout == "single":
         return {"cascade": "single", "ingress": "ingress"}
-    return {n: n for n in ("text", "stage1", "stage2", "stage3", "edits", "ingress")}
+    return {n: n for n in ("text", "stage1", "stage2", "stage3", "ingress")}
 
 
 def config_dict(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000) -> dict:

@@ -23,7 +23,6 @@ from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
-from ..facts import scale_of
 from ..pipeline.images import convert
 from ..pipeline.inputs import target_size
 from . import api
@@ -32,6 +31,7 @@ from .config import ServeConfig
 from .budget import Budget
 from .guards import install_guards
 from .models import ModelInfo, checkpoint_paths, lora_names
+from .edit_jobs import EditForm, edit_job, edit_settings, edit_shape
 from .uploads import read_image, read_mask
 from .work import Carry, start
 
@@ -146,12 +146,21 @@ def build_ingress(config: ServeConfig):
             job = dataclasses.replace(api.to_job(body, self.info, config.limits), lora=self._lora_of(body.model))
             r = job.request
             await self._check_budget(r.batch, r.height, r.width, r.last_stage, r.stages, "size")
+            return await self._answer(job)
+
+        async def _answer(self, job, extra: dict | None = None) -> dict:
+            """Walk ``job`` through the deployments; its images with settings (and ``extra`` ones) and nsfw flags."""
             carry = await self._bounded(self._cascade(start(job)))
             if carry.error:
                 raise ApiError(500, carry.error, None, "server_error")  # the guards add Retry-After
             for stage, size in carry.batched.items():
                 self.batches.setdefault(stage, Counter())[size] += 1
-            settings = {**api.job_settings(job), "batched": carry.batched, "model": job.lora or config.model_name}
+            settings = {
+                **api.job_settings(job),
+                **(extra or {}),
+                "batched": carry.batched,
+                "model": job.lora or config.model_name,
+            }
             images = carry.images if carry.images is not None else convert(carry.image, "pil")
             return _with_nsfw(api.response(images, job.seed, settings), carry.nsfw)
 
@@ -192,41 +201,27 @@ def build_ingress(config: ServeConfig):
             mode = mode or ("inpaint" if mask_image is not None else "img2img")
             if mode not in api.EDIT_MODES:
                 raise ApiError(400, f"mode: must be one of {api.EDIT_MODES}, got {mode!r}", "mode")
+            if mode == "inpaint" and mask_image is None:
+                raise ApiError(400, "mask: inpaint needs a mask image (transparent = edit)", "mask")
             last = api.last_stage(self.info, last_stage)
-            h1, w1 = self._edit_size(source, last, size)
-            stages = api.stage_settings(steps, guidance, None, self.info.defaults)
-            await self._check_budget(n, h1, w1, last, stages, "image")
-            kwargs = dict(
-                negative_prompt=negative_prompt,
-                num_images_per_prompt=n,
-                seed=api.check_seed(seed),
-                steps=steps,
-                guidance=guidance,
-                last_stage=last,
+            self._edit_size(source, last, size)
+            form = EditForm(
+                mode, source, mask_image, prompt, n, steps, guidance, strength, negative_prompt, positive_prompt, mixer
             )
-            extra = dict(strength=strength, positive_prompt=positive_prompt, mixer=mixer)
-            kwargs.update({k: v for k, v in extra.items() if v is not None})
-            if mode == "inpaint":
-                if mask_image is None:
-                    raise ApiError(400, "mask: inpaint needs a mask image (transparent = edit)", "mask")
-                kwargs["mask"] = mask_image
-            lora = self._lora_of(model)
-            worker = self.handles["edits"]
-            if lora is not None:
-                worker = worker.options(multiplexed_model_id=lora)
-            result = await self._bounded(self._call(worker.edit, mode, source, prompt, kwargs))
-            if isinstance(result, ValueError):
-                raise ApiError(400, str(result), _param_of(str(result)))
-            images, settings, nsfw = result
-            settings = {**settings, "mode": mode, "model": lora or config.model_name}
-            return _with_nsfw(api.response(images, kwargs["seed"], settings), nsfw)
+            # resizing a large upload is CPU work: off the event loop, which keeps taking requests
+            job = await asyncio.to_thread(edit_job, self.info, form, last, api.check_seed(seed), self._lora_of(model))
+            r = job.request
+            await self._check_budget(r.batch, r.height, r.width, r.last_stage, r.stages, "image")
+            return await self._answer(job, edit_settings(job))
 
-        def _edit_size(self, source, last: int, size: str | None) -> tuple[int, int]:
-            """Stage I's (height, width) for this source, as the editing modes resize it, within the limits."""
+        def _edit_size(self, source, last: int, size: str | None) -> None:
+            """Refuse a source whose stage I side is over the limits, or a ``size`` other than the one it makes."""
             multiple = math.lcm(8, self.info.downsample[1])
             w1, h1 = target_size(source.width, source.height, self.info.sample_size, multiple)
-            scale = scale_of(last)
-            made = f"{w1 * scale}x{h1 * scale}"
+            short, last_multiple = edit_shape(self.info, "img2img", last).resolutions[-1]
+            w, h = target_size(source.width, source.height, short, last_multiple)  # the last IF stage's size
+            x4 = 4 if last == 3 else 1  # stage III upscales stage II's image four times
+            made = f"{w * x4}x{h * x4}"
             if max(h1, w1) > config.limits.max_side:
                 message = (
                     f"a {source.width}x{source.height} source makes a {made} image (stage I side {max(h1, w1)} px); "
@@ -236,7 +231,6 @@ def build_ingress(config: ServeConfig):
             if size not in (None, "auto", made):
                 message = f"edits keep the source's shape at the cascade's size: this image makes {made}"
                 raise ApiError(400, f"size: {size!r} cannot be served; {message}; send 'auto' or {made!r}", "size")
-            return h1, w1
 
         async def _check_budget(self, batch, height, width, last, stages, param):
             if self.budget is None:
@@ -273,7 +267,7 @@ def build_ingress(config: ServeConfig):
             """The deployment's handle, routed by the request's LoRA (Ray Serve's multiplexed model id)
             where that deployment applies it."""
             handle = self.handles[part]
-            if carry.job.lora is None or part not in ("single", "stage1", "edits"):
+            if carry.job.lora is None or part not in ("single", "stage1"):
                 return handle
             return handle.options(multiplexed_model_id=carry.job.lora)
 
@@ -314,7 +308,7 @@ def _budget(config: ServeConfig) -> Budget | None:
     paths = checkpoint_paths(config.source)
     if 1 not in paths or config.source.uses_graphs:
         return None
-    parts = (config.text, config.stage1, config.stage2, config.stage3, config.single, config.edits)
+    parts = (config.text, config.stage1, config.stage2, config.stage3, config.single)
     on_gpu = any(p.num_gpus > 0 for p in parts) or config.source.device == "cuda"
     dtype = _dtype(config.source.dtype, on_gpu)
     return Budget(paths, dtype, on_gpu, config.limits.request_memory)
@@ -351,25 +345,6 @@ def _with_nsfw(payload: dict, nsfw: list[bool] | None) -> dict:
 
 def _busy(message: str) -> ApiError:
     return ApiError(503, message, None, "server_busy", None)
-
-
-def _param_of(message: str) -> str | None:
-    """The field a cascade RequestError is about (its messages start with or name it)."""
-    for name in (
-        "positive_prompt",
-        "mixer",
-        "strength",
-        "mask",
-        "image",
-        "steps",
-        "guidance",
-        "noise_level",
-        "last_stage",
-        "prompt",
-    ):
-        if name in message:
-            return name
-    return None
 
 
 __all__ = ["build_ingress", "make_app", "RequestValidationError", "Request", "JSONResponse"]

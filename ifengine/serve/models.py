@@ -4,7 +4,7 @@ Every deployment loads through the one loader (``open_cascade``), from any sourc
 graphs, engines, or a mix), and runs what ``ifengine generate`` runs: the GPU runtime on a CUDA replica.
 A stage deployment keeps only its own parts: the text deployment holds T5, stage III's CLIP and the
 safety checker; stage I and II replicas their U-Net; stage III replicas the x4 U-Net and the VAE (the CLIP
-embeddings come with the request). ``--layout single`` and the edits deployment hold the whole cascade.
+embeddings come with the request). ``--layout single`` holds the whole cascade. Edits run through the same deployments.
 """
 
 from __future__ import annotations

@@ -6,6 +6,11 @@ state of its own random generator. A stage groups the requests it was handed by 
 equal to share a loop (stage settings, size, LoRA), pads each group up to the next batch size the runtime
 captures graphs for, runs it through the cascade's runner once, and gives each request back its rows.
 
+Edits (img2img, inpainting, style transfer) travel the same way: the ingress plans them
+(``pipeline.edit.plan_edit``: sources resized for each IF stage, masks, strengths), the carry takes the
+plan along, and a stage batches edits that share their start (strength, mask or not, style mixing) with
+each other, as it batches generations.
+
 Noise: each request draws its rows from its own generator (``GeneratorGroups``), in the order a single
 call draws them, and the generator's state after a stage travels on to the next. So a request batched with
 others gets the image it would get alone with its seed.
@@ -20,12 +25,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..pipeline.edit import EditPlan
 from ..pipeline.embeds import FixedText
 from ..pipeline.images import convert
 from ..runtime.fetch import fetch_checked
 from ..stage.noise import GeneratorGroups
 from ..stage.options import Request
-from ..stage.stages import RunContext
+from ..stage.stages import RunContext, Start
 from ..text.clean import preprocess
 
 log = logging.getLogger(__name__)
@@ -37,6 +43,7 @@ class Job:
     seed: int
     clean_caption: bool = True
     lora: str | None = None  # the LoRA adapter (a file of the configured folder) stage I runs with
+    edit: EditPlan | None = None  # an image edit: its sources, masks and strengths (None: text to image)
 
 
 @dataclass
@@ -47,6 +54,7 @@ class Carry:
     rng: torch.Tensor  # the request's generator state, as the next stage must continue it
     pos: torch.Tensor | None = None  # T5 embeddings of the prompts, one row per image
     neg: torch.Tensor | None = None
+    positive: torch.Tensor | None = None  # T5 rows of a style transfer's positive prompts
     clip_pos: torch.Tensor | None = None  # stage III's CLIP embeddings, one row per image (split layout)
     clip_neg: torch.Tensor | None = None
     image: torch.Tensor | None = None  # the last stage run's output, NCHW [-1, 1], host float32
@@ -135,10 +143,31 @@ def encode_batch(cascade, carries: list[Carry], clip=None) -> list[Carry]:
         if clip is not None:  # CLIP reads the raw prompts, as stage III of a whole cascade does
             out += [clip.encode(prompts), clip.encode(negatives)]
             encoders, labels = [*encoders, clip], [*labels, "prompt (CLIP)", "negative_prompt (CLIP)"]
+        positives = [p for c in batch for p in _positives(c)]
+        if positives:  # style transfers' positive prompts, one call for the batch
+            out.append(cascade.text.encode(preprocess(positives, clean)))
+            encoders, labels = [*encoders, cascade.text], [*labels, "positive_prompt"]
         host = fetch_checked(out, encoders, labels=labels)
-        return [_with_rows(c, host, rows) for c, rows in zip(batch, _prompt_rows(batch), strict=True)]
+        positive = host.pop() if positives else None
+        rows = _prompt_rows(batch)
+        carries = [_with_rows(c, host, r) for c, r in zip(batch, rows, strict=True)]
+        return _with_positives(carries, positive) if positive is not None else carries
 
     return _each_group(carries, lambda c: c.job.clean_caption, run, "text encoder")
+
+
+def _positives(c: Carry) -> tuple[str, ...]:
+    return c.job.edit.positives if c.job.edit is not None and c.job.edit.positives else ()
+
+
+def _with_positives(batch: list[Carry], positive: torch.Tensor) -> list[Carry]:
+    out, row = [], 0
+    for c in batch:
+        k = len(_positives(c))
+        rows = positive[row : row + k].repeat_interleave(c.job.request.num_images_per_prompt, 0) if k else None
+        out.append(dataclasses.replace(c, positive=rows))
+        row += k
+    return out
 
 
 def _prompt_rows(batch: list[Carry]) -> list[slice]:
@@ -161,8 +190,35 @@ def _with_rows(c: Carry, host: list[torch.Tensor], rows: slice) -> Carry:
 
 
 def stage_key(stage_no: int) -> Callable[[Carry], object]:
+    """What requests must share to run in one stage call: settings, output size, LoRA (stage I), the
+    input image's shape (stages II, III) and an edit's start."""
     lora = (lambda c: c.job.lora) if stage_no == 1 else (lambda c: None)
-    return lambda c: (c.job.request.stages[stage_no - 1], c.job.request.size(stage_no), lora(c))
+    shape = (lambda c: None) if stage_no == 1 else (lambda c: tuple(c.image.shape[1:]))
+    return lambda c: (
+        c.job.request.stages[stage_no - 1],
+        _out_size(c, stage_no),
+        lora(c),
+        shape(c),
+        _edit_key(c, stage_no),
+    )
+
+
+def _edit_key(c: Carry, stage_no: int) -> object:
+    """An edit's start at an IF stage: requests share a call only with the same strength, mask or not,
+    and style mixing (stage III upscales edits and generations alike)."""
+    edit = c.job.edit
+    if edit is None or stage_no == 3:
+        return None
+    return (edit.strength[stage_no - 1], edit.masks[stage_no - 1] is not None, edit.mixer)
+
+
+def _out_size(c: Carry, stage_no: int) -> tuple[int, int]:
+    """An IF stage's output size: the request's, or for an edit the source's at that stage (the two can
+    differ by rounding: each stage rounds the source's long side to its own multiple)."""
+    edit = c.job.edit
+    if edit is None or stage_no == 3:
+        return c.job.request.size(stage_no)
+    return tuple(edit.sources[stage_no - 1].shape[-2:])
 
 
 def stage_batch(cascade, stage_no: int, carries: list[Carry], sizes: tuple[int, ...] = ()) -> list[Carry]:
@@ -199,6 +255,7 @@ def pad(batch: list[Carry], sizes: tuple[int, ...]) -> list[Carry]:
         rng=last.rng.clone(),
         pos=rep(last.pos),
         neg=rep(last.neg),
+        positive=rep(last.positive),
         clip_pos=rep(last.clip_pos),
         clip_neg=rep(last.clip_neg),
         image=rep(last.image),
@@ -213,19 +270,32 @@ def _context(cascade, batch: list[Carry]) -> tuple[RunContext, list[torch.Genera
 
 
 def _if_group(cascade, stage_no: int, batch: list[Carry]) -> list[Carry]:
-    req = batch[0].job.request
-    opts = req.stages[stage_no - 1]
+    first = batch[0]
+    opts = first.job.request.stages[stage_no - 1]
     ctx, gens = _context(cascade, batch)
-    device = cascade.device
-    pos = torch.cat([c.pos for c in batch]).to(device, cascade.dtype)
-    neg = torch.cat([c.neg for c in batch]).to(device, cascade.dtype)
-    embeds = torch.cat([neg, pos]) if opts.cfg else pos
-    rows = pos.shape[0]
-    image = torch.cat([c.image for c in batch]).to(device) if stage_no == 2 else None
+    rows = lambda name: torch.cat([getattr(c, name) for c in batch]).to(cascade.device, cascade.dtype)  # noqa: E731
+    pos, neg = rows("pos"), rows("neg")
+    branches = [neg, pos, rows("positive")] if _positives(first) else [neg, pos]
+    embeds = torch.cat(branches) if opts.cfg else pos
+    image = torch.cat([c.image for c in batch]).to(cascade.device) if stage_no == 2 else None
     stage = cascade.stage1 if stage_no == 1 else cascade.stage2
-    shape = (rows, 3, *req.size(stage_no))
-    x = cascade.runner.run_if_stage(stage_no, stage, opts, embeds, shape, ctx, image=image)
+    shape = (pos.shape[0], 3, *_out_size(first, stage_no))
+    edit = {} if first.job.edit is None else dict(start=_start(batch, stage_no), mixer=first.job.edit.mixer)
+    x = cascade.runner.run_if_stage(stage_no, stage, opts, embeds, shape, ctx, image=image, **edit)
     return _split(cascade, batch, x, gens, f"stage{stage_no}")
+
+
+def _start(batch: list[Carry], stage_no: int) -> Start:
+    """The edits' start at this stage: each request's source (and mask) repeated for its rows."""
+    edits = [c.job.edit for c in batch]
+    source = _each_rows(batch, [e.sources[stage_no - 1] for e in edits])
+    has_mask = edits[0].masks[stage_no - 1] is not None
+    mask = _each_rows(batch, [e.masks[stage_no - 1] for e in edits]) if has_mask else None
+    return Start(source, edits[0].strength[stage_no - 1], mask)
+
+
+def _each_rows(batch: list[Carry], tensors: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([t.expand(c.job.request.batch, -1, -1, -1) for t, c in zip(tensors, batch, strict=True)])
 
 
 def _x4_group(cascade, batch: list[Carry]) -> list[Carry]:

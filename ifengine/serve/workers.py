@@ -136,7 +136,8 @@ class _LoraMixin:
 
 @serve.deployment
 class StageWorker(_LoraMixin):
-    """The text encoders (T5, CLIP) and safety checker, stage I, stage II or stage III, batched."""
+    """The text encoders (T5, CLIP) and safety checker, stage I, stage II or stage III, batched (generations
+    and edits alike: an edit's plan travels with its carry)."""
 
     def __init__(self, part: str, source: ModelSource, cfg: StageConfig, serve_config: ServeConfig | None = None):
         serve_config = serve_config or ServeConfig(source=source)
@@ -173,7 +174,7 @@ class StageWorker(_LoraMixin):
 
 @serve.deployment
 class CascadeWorker(_LoraMixin):
-    """The whole cascade in one replica: batched text-to-image (``--layout single``) and image edits."""
+    """The whole cascade in one replica (``--layout single``): generations and edits, batched per stage."""
 
     def __init__(self, source: ModelSource, cfg: StageConfig, serve_config: ServeConfig | None = None):
         serve_config = serve_config or ServeConfig(source=source)
@@ -201,25 +202,3 @@ class CascadeWorker(_LoraMixin):
     @serve.batch(**_BATCH)
     async def check(self, carries: list[Carry], marks: list[int | None]) -> list[Carry]:
         return await asyncio.to_thread(self._locked, safety_batch, self.safety, carries, marks)
-
-    async def edit(self, mode: str, image, prompt: str, kwargs: dict):
-        """One editing request (img2img / inpaint / style); returns (PIL images after the safety checker and
-        watermark, settings, nsfw flags or None) or the ValueError that names what was wrong (a 400)."""
-        name = await self._adapter()
-        return await self.gone.call(self._locked, self._edit, mode, image, prompt, kwargs, name)
-
-    def _edit(self, mode: str, image, prompt: str, kwargs: dict, name: str | None):
-        pipe = self.cascade
-        if self.loras.folder is not None:
-            self.loras.choose(pipe, name)
-        try:
-            if mode == "img2img":
-                out = pipe.img2img(image, prompt, progress=False, output_type="pil", **kwargs)
-            elif mode == "inpaint":
-                mask = kwargs.pop("mask")
-                out = pipe.inpaint(image, mask, prompt, progress=False, output_type="pil", **kwargs)
-            else:
-                out = pipe.style_transfer(image, prompt, progress=False, output_type="pil", **kwargs)
-        except ValueError as err:  # RequestError and friends: the request's fault, said in words
-            return err
-        return out.images, out.settings, out.nsfw_detected
