@@ -19,9 +19,7 @@ def server():
     from ifengine.serve import Limits, ServeConfig, StageConfig
 
     stage = StageConfig(max_batch_size=2, batch_wait_timeout_s=0.05, torch_threads=1)
-    config = ServeConfig(
-        text=stage, stage1=stage, stage2=stage, stage3=stage, limits=Limits(), api_key=KEY
-    )
+    config = ServeConfig(text=stage, stage1=stage, stage2=stage, stage3=stage, limits=Limits(), api_key=KEY)
     with local_serve(config.to_dict()) as url:
         yield f"{url}/v1"
 
