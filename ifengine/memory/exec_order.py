@@ -65,15 +65,23 @@ def component_args(name: str, module: nn.Module) -> tuple:
     return (torch.zeros(1, config.latent_channels, 16, 16, dtype=dtype, device=META),)  # vae_decoder
 
 
-def in_execution_order(part: Partition, name: str, module: nn.Module) -> Partition:
-    """``part`` with its units sorted by when the forward reaches them; the registration order, with a
-    warning, where the forward cannot run on meta. Units the forward never enters (an untied copy of
-    T5's embedding) go first: the planner streams units from the end, and a unit whose hook never
-    fires cannot be streamed."""
+def unit_order(name: str, module: nn.Module) -> list[str] | None:
+    """The execution order of ``module`` (a cascade component), or None, with a warning, where its forward
+    cannot run on meta."""
     try:
-        order = execution_order(module, component_args(name, module))
+        return execution_order(module, component_args(name, module))
     except Exception as err:  # noqa: BLE001 - a module we cannot trace still streams, just less well
         log.warning("%s: no execution order (%s: %s); streaming in registration order", name, type(err).__name__, err)
+        return None
+
+
+def in_execution_order(part: Partition, name: str, module: nn.Module, order: list[str] | None = None) -> Partition:
+    """``part`` with its units sorted by when the forward reaches them (``order``, traced here when not
+    given); the registration order where the forward cannot run on meta. Units the forward never enters
+    (an untied copy of T5's embedding) go first: the planner streams units from the end, and a unit whose
+    hook never fires cannot be streamed."""
+    order = unit_order(name, module) if order is None else order
+    if order is None:
         return part
     rank = {path: i for i, path in enumerate(order)}
     units = sorted(part.units, key=lambda u: rank.get(u.path, -1))

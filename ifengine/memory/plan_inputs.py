@@ -27,6 +27,7 @@ from .workload import (
     PHASES,
     PhaseInfo,
     PlanInputs,
+    ComponentInfo,
     Workload,
     buffer_bytes,
     component_info,
@@ -36,6 +37,7 @@ from .workload import (
     unet_step_activation,
 )
 from ..models.checkpoint import resolve
+from .exec_order import unit_order
 
 log = logging.getLogger(__name__)
 DEFAULT_PRESETS = ("IF-I-XL", "IF-II-L", "x4")
@@ -187,12 +189,35 @@ def _decode_options(vae: nn.Module, workload: Workload) -> tuple[tuple[int | Non
     return ((None, measure(None)),) + tuple((t, measure(t)) for t in tiles)
 
 
-def plan_inputs(modules: dict[str, nn.Module], workload: Workload = DEFAULT_WORKLOAD) -> PlanInputs:
-    """Measure every component and phase of ``modules`` for ``workload``."""
+class PlanMemo:
+    """What one planning session measures only once, however many candidates it plans: each module's
+    ComponentInfo, and each component's execution order (traced on meta, the slow part: seconds for
+    T5-XXL), which an int8 twin shares with its native module. Keeps the modules it measured alive, so
+    their ids stay theirs."""
+
+    def __init__(self) -> None:
+        self._infos: dict[tuple[str, int, int], tuple[nn.Module, ComponentInfo]] = {}
+        self._orders: dict[str, list[str]] = {}
+
+    def info(self, name: str, module: nn.Module, forwards: int) -> ComponentInfo:
+        key = (name, id(module), forwards)
+        if key not in self._infos:
+            if name not in self._orders:
+                self._orders[name] = unit_order(name, module) or []  # [] keeps the registration order
+            self._infos[key] = (module, component_info(name, module, forwards, order=self._orders[name]))
+        return self._infos[key][1]
+
+
+def plan_inputs(
+    modules: dict[str, nn.Module], workload: Workload = DEFAULT_WORKLOAD, memo: PlanMemo | None = None
+) -> PlanInputs:
+    """Measure every component and phase of ``modules`` for ``workload``; ``memo`` shares measurements
+    between the calls of one planning session."""
     if "unet1" not in modules:
         raise ValueError("planning needs at least stage I (unet1)")
+    memo = memo or PlanMemo()
     names = [n for _, phase in PHASES for n in phase if n in modules]  # in the order a call uses them
-    comps = tuple(component_info(n, modules[n], forwards_per_run(n, workload)) for n in names)
+    comps = tuple(memo.info(n, modules[n], forwards_per_run(n, workload)) for n in names)
     phases = []
     for phase, names in PHASES:
         present = tuple(n for n in names if n in modules)

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..models.int8 import compute_dtype, is_quantized, quantize_module
 from .workload import PlanInputs, Workload
-from .plan_inputs import plan_inputs
+from .plan_inputs import PlanMemo, plan_inputs
 from .planner import UNETS, MemoryPlan, PlanError, PlanOptions, plan_memory
 from .sizes import format_size
 
@@ -74,9 +74,10 @@ def choose_weights(
     """The preferred (int8 set, plan) under ``budget``; PlanError when even all-int8 fits nothing."""
     tried: list[WeightChoice] = []
     error = None
+    memo, twins = PlanMemo(), {}  # each twin built and each module measured once over all candidates
     for int8 in candidates(modules, check_weights(weights)):
-        trial = {n: int8_twin(m) if n in int8 else m for n, m in modules.items()}
-        inputs = plan_inputs(trial, workload)
+        trial = {n: _twin(twins, n, m) if n in int8 else m for n, m in modules.items()}
+        inputs = plan_inputs(trial, workload, memo)
         try:
             choice = WeightChoice(int8, plan_memory(inputs, budget, options), inputs)
         except PlanError as err:
@@ -91,6 +92,12 @@ def choose_weights(
     best = min(tried, key=lambda c: c.plan.unet_streamed_bytes_per_call)
     _explain(best, tried)
     return best
+
+
+def _twin(twins: dict[str, nn.Module], name: str, module: nn.Module) -> nn.Module:
+    if name not in twins:
+        twins[name] = int8_twin(module)
+    return twins[name]
 
 
 def _explain(choice: WeightChoice, tried: list[WeightChoice]) -> None:

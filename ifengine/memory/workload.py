@@ -89,9 +89,15 @@ class PlanInputs:
 
 
 def component_info(
-    name: str, module: nn.Module, forwards: int, max_unit_bytes: int = DEFAULT_MAX_UNIT_BYTES
+    name: str,
+    module: nn.Module,
+    forwards: int,
+    max_unit_bytes: int = DEFAULT_MAX_UNIT_BYTES,
+    order: list[str] | None = None,
 ) -> ComponentInfo:
-    part = in_execution_order(partition(module, max_unit_bytes), name, module)  # streaming prefetches in it
+    """``order``: the forward's execution order when already known (an int8 twin runs its native twin's
+    order: the same paths in the same forward), else traced here."""
+    part = in_execution_order(partition(module, max_unit_bytes), name, module, order)  # streaming prefetches in it
     tensors = {id(t): t for t in (*module.parameters(), *module.buffers())}.values()
     params = sum(p.numel() for p in {id(p): p for p in module.parameters()}.values())
     return ComponentInfo(
