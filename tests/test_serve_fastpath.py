@@ -140,6 +140,21 @@ def test_safety_checker_in_the_text_part_matches_the_cascade(stage1_safety_dir, 
     assert off.safety is None and "safety checker is off" in caplog.text
 
 
+def test_the_single_layout_checks_its_own_images_as_the_cascade_does(stage1_safety_dir, stage2_dir):
+    """``--layout single``: the replica that makes the images runs the checker and watermark itself (one
+    round trip per request); each PIL image and flag equals the library's own call."""
+    source = ModelSource(str(stage1_safety_dir), str(stage2_dir), device="cpu")
+    whole = open_cascade(source)
+    jobs = _two_jobs(source)
+    checked = work.checked_cascade_batch(whole, [work.start(j) for j in jobs])
+    assert [c.error for c in checked] == [None, None]
+    for c, (prompt, seed) in zip(checked, [("a", 1), ("b", 2)], strict=True):
+        alone = whole(prompt, seed=seed, steps=STEPS[:2], last_stage=2, progress=False)
+        assert c.nsfw is not None and c.nsfw == alone.nsfw_detected and len(c.images) == 1
+        got, want = np.asarray(c.images[0], dtype=np.int16), np.asarray(alone.images[0], dtype=np.int16)
+        assert got.shape == want.shape and np.abs(got - want).max() <= 1  # batched rows: float rounding
+
+
 def _two_jobs(source):
     return _jobs(model_info(source), [("a", 1), ("b", 2)], last_stage=2)
 
@@ -285,3 +300,19 @@ def test_lora_per_request_and_batched_equal_alone(http, lora_server, pipe, lora_
             pipe.unload_lora_weights()
         # batched (and padded) rows equal the request alone up to float rounding (one uint8 level)
         assert np.abs(_pixels(item["b64_json"]) / 255.0 - alone).max() <= 1 / 255 + 1e-6, body
+
+
+def test_the_single_layout_answers_checked_pngs_over_http(ray_serve, http, stage1_safety_dir, stage2_dir):
+    """One replica runs the cascade and its safety checker: the response carries the checker's flags and
+    the library's watermarked PNG, with one round trip from the ingress."""
+    source = ModelSource(str(stage1_safety_dir), str(stage2_dir), device="cpu")
+    limits = Limits(request_timeout_s=TIMEOUT)
+    url = _deploy(ServeConfig(source=source, layout="single", single=_stage(), limits=limits), "single", ray_serve)
+    body = {"prompt": "a red cat", "seed": 5, "steps": STEPS[:2], "n": 2}
+    r = http.post(f"{url}/v1/images/generations", json=body)
+    assert r.status_code == 200, r.text
+    alone = open_cascade(source)("a red cat", seed=5, steps=STEPS[:2], num_images_per_prompt=2, progress=False)
+    items = r.json()["data"]
+    assert [i["nsfw"] for i in items] == list(alone.nsfw_detected)
+    for item, want in zip(items, alone.images, strict=True):
+        assert np.abs(_pixels(item["b64_json"]) - np.asarray(want.convert("RGB"), dtype=np.int16)).max() <= 1

@@ -481,10 +481,10 @@ class Cascade(LoraMixin):
         """A last stage's output (on the host, [-1, 1]) as ``output_type``; PIL images pass the safety
         checker and get the watermark when the cascade has them. Returns (images, nsfw flags or None)."""
         if output_type == "pil" and self.safety is not None:
-            return self.safety(final, watermark_size=self._watermark_size(last_stage))
+            return self.safety(final, watermark_size=self.watermark_size(last_stage))
         return convert(final, output_type), None
 
-    def _watermark_size(self, last_stage: int) -> int | None:
+    def watermark_size(self, last_stage: int) -> int | None:
         """IF pipelines scale the logo by their U-Net's sample size; the x4 pipeline by the image itself."""
         return None if last_stage == 3 else (self.stage1, self.stage2)[last_stage - 1].unet.config.sample_size
 

@@ -250,18 +250,14 @@ def build_ingress(config: ServeConfig):
 
         async def _cascade(self, carry: Carry) -> Carry:
             last = carry.job.request.last_stage
-            if config.layout == "single":
-                carry = await self._call(self._routed("single", carry).run, carry)
-                checker = self.handles["single"]
-            else:
-                for part in ("text", "stage1", "stage2", "stage3")[: last + 1]:
-                    carry = await self._call(self._routed(part, carry).run, carry)
-                    if carry.error:
-                        return carry
-                checker = self.handles["text"]  # the text deployment holds the safety checker
-            if carry.error:
-                return carry
-            return await self._call(checker.check, carry, self.info.watermark_size(last))
+            if config.layout == "single":  # the replica checked its own images (work.checked_cascade_batch)
+                return await self._call(self._routed("single", carry).run, carry)
+            for part in ("text", "stage1", "stage2", "stage3")[: last + 1]:
+                carry = await self._call(self._routed(part, carry).run, carry)
+                if carry.error:
+                    return carry
+            # the text deployment holds the safety checker
+            return await self._call(self.handles["text"].check, carry, self.info.watermark_size(last))
 
         def _routed(self, part: str, carry: Carry):
             """The deployment's handle, routed by the request's LoRA (Ray Serve's multiplexed model id)

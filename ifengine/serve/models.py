@@ -40,7 +40,7 @@ class ModelInfo:
     sample_sizes: dict[int, int] | None = None  # stage -> the U-Net's sample size (sizes the watermark)
 
     def watermark_size(self, last_stage: int) -> int | None:
-        """As ``Cascade._watermark_size``: IF stages scale the logo by their sample size, stage III by the image."""
+        """As ``Cascade.watermark_size``: IF stages scale the logo by their sample size, stage III by the image."""
         return None if last_stage == 3 or not self.sample_sizes else self.sample_sizes.get(last_stage)
 
 

@@ -23,7 +23,16 @@ from ray import serve
 from .config import ModelSource, ServeConfig, StageConfig
 from .models import load_part, load_whole
 from .stopping import Gone
-from .work import Carry, captured_sizes, cascade_batch, encode_batch, groups, safety_batch, stage_batch, uses_graphs
+from .work import (
+    Carry,
+    captured_sizes,
+    checked_cascade_batch,
+    encode_batch,
+    groups,
+    safety_batch,
+    stage_batch,
+    uses_graphs,
+)
 
 log = logging.getLogger(__name__)
 # @serve.batch and @serve.multiplexed need values at class definition; every replica resets the batch
@@ -150,7 +159,6 @@ class StageWorker(_LoraMixin):
         self.lora_timeout_s = serve_config.lora_load_timeout_s
         self.gone = Gone()  # requests whose callers left: a batch of only those stops between steps
         _configure(self._run, cfg)
-        _configure(self.check, cfg)
 
     async def run(self, carry: Carry) -> Carry:
         await self._adapter()
@@ -179,7 +187,6 @@ class CascadeWorker(_LoraMixin):
     def __init__(self, source: ModelSource, cfg: StageConfig, serve_config: ServeConfig | None = None):
         serve_config = serve_config or ServeConfig(source=source)
         self.cascade = load_whole(source, cfg, safety=serve_config.safety)
-        self.safety = self.cascade.safety
         self.sizes = captured_sizes(cfg, uses_graphs(self.cascade))
         self.lock = threading.Lock()
         self.loras = LoraSlots(serve_config.lora_dir)
@@ -188,7 +195,6 @@ class CascadeWorker(_LoraMixin):
             log.warning("the safety checker is off (ServeConfig.safety=False, --no-safety): images are not checked")
         self.gone = Gone()
         _configure(self._run, cfg)
-        _configure(self.check, cfg)
 
     async def run(self, carry: Carry) -> Carry:
         await self._adapter()
@@ -196,9 +202,5 @@ class CascadeWorker(_LoraMixin):
 
     @serve.batch(**_BATCH)
     async def _run(self, carries: list[Carry]) -> list[Carry]:
-        run = lambda batch: cascade_batch(self.cascade, batch, self.sizes)  # noqa: E731
+        run = lambda batch: checked_cascade_batch(self.cascade, batch, self.sizes)  # noqa: E731
         return await self.gone.in_thread(carries, self._locked, self.loras.per_adapter, self.cascade, carries, run)
-
-    @serve.batch(**_BATCH)
-    async def check(self, carries: list[Carry], marks: list[int | None]) -> list[Carry]:
-        return await asyncio.to_thread(self._locked, safety_batch, self.safety, carries, marks)
