@@ -8,8 +8,12 @@ Then the same prompts go through in-process `Cascade.generate_many` (batch size 
 by --max-batch) with Ray shut down; the table gives server / in-process per concurrency.
 
 On a CPU the whole run (this process, and so Ray and every replica it starts, which inherit it) is pinned
-to --cores CPUs, and the in-process run uses that many torch threads: the stage processes get no more
-cores than the in-process run, so the ratio is serving overhead. Writes <out>/serve_load.json and .md.
+to --cores CPUs (checked over the whole process tree once the server is up), and the in-process run uses
+that many torch threads: the stage processes get no more cores than the in-process run, so the ratio is
+serving overhead. The default is one core: with more, the server's stage processes overlap consecutive
+requests' stages on different cores, which one in-process call cannot, and the ratio would measure that
+pipelining instead. The in-process figure is taken before and after the servers (the table gives their
+mean, the JSON both) so that a change of machine load shows. Writes <out>/serve_load.json and .md.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ def parse_args(argv=None):
     p.add_argument("--steps", default="8,4,4", help="steps per stage of every request")
     p.add_argument("--max-batch", type=int, default=8, help="max_batch_size of every stage deployment")
     p.add_argument("--batch-wait-ms", type=float, default=50.0)
-    p.add_argument("--cores", type=int, default=2, help="CPUs the run (server and in-process alike) is pinned to")
+    p.add_argument("--cores", type=int, default=1, help="CPUs the run (server and in-process alike) is pinned to")
     p.add_argument("--layouts", default="split,single", help="comma-separated serving layouts")
     p.add_argument("--max-seconds", type=float, default=900.0, help="per layout: stop sending after this long")
     return p.parse_args(argv)
@@ -70,10 +74,52 @@ def start_server(args, layout: str):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    ray.init(num_cpus=args.cores, include_dashboard=False, object_store_memory=128 * 2**20, log_to_driver=False)
+    # Ray's logical CPUs only place the replicas (each reserves a fraction); the affinity mask bounds them
+    ray.init(num_cpus=4, include_dashboard=False, object_store_memory=128 * 2**20, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(config), name="ifengine", route_prefix="/")
     return f"http://127.0.0.1:{port}"
+
+
+def tree_affinity() -> dict:
+    """The CPUs each process of this run's tree may use (Ray's raylet, workers and replicas included)."""
+    import psutil
+
+    me = psutil.Process()
+    out = {}
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            out[proc.pid] = sorted(proc.cpu_affinity())
+        except psutil.Error:  # exited meanwhile
+            continue
+    return out
+
+
+# where a server's CPU time goes, by the process title Ray gives each actor and service
+CPU_GROUPS = (
+    ("stage replicas", ("ServeReplica:ifengine:text", "ServeReplica:ifengine:stage", "ServeReplica:ifengine:cascade")),
+    ("ingress", ("ServeReplica:ifengine:ingress",)),
+    ("proxy", ("ProxyActor",)),
+    ("controller", ("ServeController",)),
+    ("client", ("serve_load.py",)),
+)
+
+
+def cpu_by_group() -> dict[str, float]:
+    """CPU seconds so far of every process of this run's tree, summed per ``CPU_GROUPS`` (the rest: Ray's
+    own services and idle workers)."""
+    import psutil
+
+    me = psutil.Process()
+    out = dict.fromkeys([g for g, _ in CPU_GROUPS] + ["ray services"], 0.0)
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            title, times = " ".join(proc.cmdline()), proc.cpu_times()
+        except psutil.Error:
+            continue
+        group = next((g for g, keys in CPU_GROUPS if any(k in title for k in keys)), "ray services")
+        out[group] += times.user + times.system
+    return out
 
 
 def stop_server():
@@ -129,6 +175,14 @@ def load_level(url: str, concurrency: int, n: int, steps: list[int], deadline: f
     }
 
 
+def measured_level(url: str, concurrency: int, n: int, steps: list[int], deadline: float) -> dict:
+    """``load_level`` plus the CPU seconds each process group spent meanwhile."""
+    before = cpu_by_group()
+    run = load_level(url, concurrency, n, steps, deadline)
+    after = cpu_by_group()
+    return {**run, "cpu_s": {g: round(after[g] - before[g], 3) for g in after}}
+
+
 def in_process(levels: list[int], n: int, steps: list[int], max_batch: int, threads: int) -> list[dict]:
     import torch
 
@@ -150,6 +204,17 @@ def in_process(levels: list[int], n: int, steps: list[int], max_batch: int, thre
     return out
 
 
+def mean_runs(before: list[dict], after: list[dict]) -> list[dict]:
+    """Per concurrency: the mean of the runs before and after the servers, both kept."""
+    out = []
+    for a, b in zip(before, after, strict=True):
+        rates = [a["images_per_s"], b["images_per_s"]]
+        seconds = statistics.fmean([a["seconds"], b["seconds"]])
+        mean = {"seconds": seconds, "images_per_s": statistics.fmean(rates), "images_per_s_before_after": rates}
+        out.append({**a, **mean})
+    return out
+
+
 def table(payload: dict) -> str:
     from ifengine.bench.machine import summary_line
     from ifengine.bench.report import markdown_table
@@ -167,8 +232,8 @@ def table(payload: dict) -> str:
                     layout,
                     r["concurrency"],
                     f"{r['ok']}/{r['requests']}",
-                    f"{r['requests_per_s']:.2f}",
-                    f"{d['images_per_s']:.2f} (batch {d['batch_size']})" if d else "n/a",
+                    f"{r['requests_per_s']:.3f}",
+                    _direct(d),
                     ratio,
                     ms(lat["p50"]),
                     ms(lat["p95"]),
@@ -189,11 +254,36 @@ def table(payload: dict) -> str:
     cfg = payload["config"]
     head = (
         f"`ifengine serve` on the demo cascade, steps {cfg['steps']}, {cfg['requests']} requests per level, "
-        f"max batch {cfg['max_batch']}, loopback, server and in-process both pinned to CPUs {payload['cores']}; "
+        f"max batch {cfg['max_batch']}, loopback, server and in-process both pinned to CPUs {payload['cores']} "
+        f"(processes of the server checked pinned: {payload['processes_pinned']}); "
         f"load average before {payload['load_before']}, after {payload['load_after']}; "
         f"{summary_line(payload['machine'])}\n\n"
     )
-    return head + markdown_table(header, rows)
+    return head + markdown_table(header, rows) + "\n\n" + cpu_table(payload, direct)
+
+
+def cpu_table(payload: dict, direct: dict) -> str:
+    """Where the server's CPU seconds went per level, next to the in-process run's wall time."""
+    from ifengine.bench.report import markdown_table
+
+    groups = [g for g, _ in CPU_GROUPS] + ["ray services"]
+    rows = []
+    for layout, runs in payload["serve"].items():
+        for r in runs:
+            cpu, d = r.get("cpu_s", {}), direct.get(r["concurrency"])
+            rows.append(
+                [layout, r["concurrency"], f"{r['seconds']:.2f}", *(f"{cpu.get(g, 0):.2f}" for g in groups)]
+                + [f"{d['seconds']:.2f}" if d else "n/a"]
+            )
+    header = ["layout", "concurrency", "server wall s", *(f"{g} CPU s" for g in groups), "in-process wall s (mean)"]
+    return "CPU seconds per process group while each level ran:\n\n" + markdown_table(header, rows)
+
+
+def _direct(d: dict | None) -> str:
+    if not d:
+        return "n/a"
+    a, b = d["images_per_s_before_after"]
+    return f"{d['images_per_s']:.3f} (batch {d['batch_size']}; {a:.3f} before, {b:.3f} after)"
 
 
 def main(argv=None) -> int:
@@ -206,13 +296,18 @@ def main(argv=None) -> int:
     steps = [int(s) for s in args.steps.split(",")]
     cores = pin_cores(args.cores)
     load_before = [round(v, 2) for v in os.getloadavg()]
-    serve_runs = {}
+    serve_runs, pinned = {}, {}
+    before = in_process(levels, args.requests, steps, args.max_batch, len(cores))
     for layout in args.layouts.split(","):
         url = start_server(args, layout)
         deadline = time.monotonic() + args.max_seconds  # per layout: one slow start must not starve the next
         try:
             load_level(url, 2, 2, steps, deadline)  # warm-up: first calls trace and allocate
-            serve_runs[layout] = [load_level(url, c, args.requests, steps, deadline) for c in levels]
+            affinity = tree_affinity()
+            if any(set(cpus) - set(cores) for cpus in affinity.values()):
+                raise RuntimeError(f"a server process may run outside CPUs {cores}: {affinity}")
+            pinned[layout] = len(affinity)
+            serve_runs[layout] = [measured_level(url, c, args.requests, steps, deadline) for c in levels]
         finally:
             stop_server()
     payload = {
@@ -222,7 +317,8 @@ def main(argv=None) -> int:
         "cores": cores,
         "config": {**vars(args), "out": str(args.out), "steps": steps, "concurrency": levels},
         "serve": serve_runs,
-        "in_process": in_process(levels, args.requests, steps, args.max_batch, len(cores)),
+        "processes_pinned": pinned,
+        "in_process": mean_runs(before, in_process(levels, args.requests, steps, args.max_batch, len(cores))),
     }
     payload["load_before"], payload["load_after"] = load_before, [round(v, 2) for v in os.getloadavg()]
     paths = write_outputs(args.out, "serve_load", payload, table(payload))
