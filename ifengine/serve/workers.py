@@ -1,14 +1,15 @@
 """The Ray Serve deployments that hold models: one per stage, or the whole cascade.
 
-Each is a thin shell around ``work``: Ray batches the calls (``@serve.batch``, its size and wait set
-from the deployment's ``StageConfig``), the batch runs in a worker thread so the replica keeps
-accepting the next batch meanwhile, and one lock keeps the cascade to one batch at a time.
+Each is a thin shell around ``work``: ``batcher.Batcher`` batches the calls (its size and wait from the
+deployment's ``StageConfig``; not ``@serve.batch``, which cuts the next batch while one runs), the batch
+runs in a worker thread so the replica keeps accepting requests meanwhile, and one lock keeps the
+cascade to one batch at a time.
 
 LoRA per request: the ingress routes a request naming an adapter with Ray Serve's multiplexed model id,
 so it reaches a replica that holds it; ``@serve.multiplexed`` keeps ``LORAS_PER_REPLICA`` adapters per
-replica (least recently used out) and splits batches by adapter. Adapters are merged into the U-Net's
-weights in place (``Cascade.load_lora_weights`` / ``set_adapters``): the modules, the runtime's buffers
-and its captured graphs stay as they are, so a swap rebuilds nothing.
+replica (least recently used out), and a batch runs each adapter's requests with it merged. Adapters
+are merged into the U-Net's weights in place (``Cascade.load_lora_weights`` / ``set_adapters``): the
+modules, the runtime's buffers and its captured graphs stay as they are, so a swap rebuilds nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ray import serve
 
 from .config import ModelSource, ServeConfig, StageConfig
 from .models import load_part, load_whole
+from .batcher import Batcher
 from .stopping import Gone
 from .work import (
     Carry,
@@ -35,19 +37,17 @@ from .work import (
 )
 
 log = logging.getLogger(__name__)
-# @serve.batch and @serve.multiplexed need values at class definition; every replica resets the batch
-# values from its StageConfig (Ray reads the multiplexed count at the first load: it stays fixed)
-_BATCH = dict(max_batch_size=4, batch_wait_timeout_s=0.05)
+# @serve.multiplexed needs its count at class definition (Ray reads it at the first load: it stays fixed)
 LORAS_PER_REPLICA = 3
+CHECKS = dict(max_size=4, wait_s=0.05)  # the safety checker's batches: small images, one quick call
 
 
-def _configure(method, cfg: StageConfig) -> None:
+def _batcher(run, cfg: StageConfig) -> Batcher:
     if cfg.torch_threads is not None:
         import torch
 
         torch.set_num_threads(cfg.torch_threads)
-    method.set_max_batch_size(cfg.max_batch_size)
-    method.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
+    return Batcher(run, cfg.max_batch_size, cfg.batch_wait_timeout_s)
 
 
 class _Held:
@@ -158,19 +158,21 @@ class StageWorker(_LoraMixin):
         self.loras = LoraSlots(serve_config.lora_dir if part == "stage1" else None)
         self.lora_timeout_s = serve_config.lora_load_timeout_s
         self.gone = Gone()  # requests whose callers left: a batch of only those stops between steps
-        _configure(self._run, cfg)
+        self.batches = _batcher(self._run, cfg)
+        self.checks = Batcher(self._check, **CHECKS)
 
     async def run(self, carry: Carry) -> Carry:
         await self._adapter()
-        return await self.gone.track(carry, self._run(carry))
+        return await self.gone.track(carry, self.batches(carry))
 
-    @serve.batch(**_BATCH)
     async def _run(self, carries: list[Carry]) -> list[Carry]:
         return await self.gone.in_thread(carries, self._locked, self._work, carries)
 
-    @serve.batch(**_BATCH)
-    async def check(self, carries: list[Carry], marks: list[int | None]) -> list[Carry]:
+    async def check(self, carry: Carry, mark: int | None) -> Carry:
         """The text deployment's second job: the safety checker and watermark on final images."""
+        return await self.checks(carry, mark)
+
+    async def _check(self, carries: list[Carry], marks: list[int | None]) -> list[Carry]:
         return await asyncio.to_thread(self._locked, safety_batch, self.models.safety, carries, marks)
 
     def _work(self, carries: list[Carry]) -> list[Carry]:
@@ -194,13 +196,12 @@ class CascadeWorker(_LoraMixin):
         if not serve_config.safety:
             log.warning("the safety checker is off (ServeConfig.safety=False, --no-safety): images are not checked")
         self.gone = Gone()
-        _configure(self._run, cfg)
+        self.batches = _batcher(self._run, cfg)
 
     async def run(self, carry: Carry) -> Carry:
         await self._adapter()
-        return await self.gone.track(carry, self._run(carry))
+        return await self.gone.track(carry, self.batches(carry))
 
-    @serve.batch(**_BATCH)
     async def _run(self, carries: list[Carry]) -> list[Carry]:
         run = lambda batch: checked_cascade_batch(self.cascade, batch, self.sizes)  # noqa: E731
         return await self.gone.in_thread(carries, self._locked, self.loras.per_adapter, self.cascade, carries, run)
