@@ -29,18 +29,48 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 
+def _whole_numbers(text: str) -> list[int]:
+    """'1,4,16' -> [1, 4, 16], every value >= 1 (an argparse type: one clear line otherwise)."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
+    if min(values) < 1:
+        raise argparse.ArgumentTypeError(f"every value must be >= 1, got {text!r}")
+    return values
+
+
+def _whole_number(text: str) -> int:
+    values = _whole_numbers(text)
+    if len(values) != 1:
+        raise argparse.ArgumentTypeError(f"expected one whole number >= 1, got {text!r}")
+    return values[0]
+
+
 def parse_args(argv=None):
+    from ifengine.serve.config import LAYOUTS
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    p.add_argument("--concurrency", default="1,4,16", help="comma-separated client concurrencies")
-    p.add_argument("--requests", type=int, default=16, help="requests per concurrency level")
-    p.add_argument("--steps", default="8,4,4", help="steps per stage of every request")
-    p.add_argument("--max-batch", type=int, default=8, help="max_batch_size of every stage deployment")
+    p.add_argument("--concurrency", type=_whole_numbers, default="1,4,16", help="comma-separated client concurrencies")
+    p.add_argument("--requests", type=_whole_number, default=16, help="requests per concurrency level")
+    p.add_argument("--steps", type=_whole_numbers, default="8,4,4", help="steps per stage of every request")
+    p.add_argument("--max-batch", type=_whole_number, default=8, help="max_batch_size of every stage deployment")
     p.add_argument("--batch-wait-ms", type=float, default=50.0)
-    p.add_argument("--cores", type=int, default=1, help="CPUs the run (server and in-process alike) is pinned to")
-    p.add_argument("--layouts", default="split,single", help="comma-separated serving layouts")
+    p.add_argument(
+        "--cores", type=_whole_number, default=1, help="CPUs the run (server and in-process alike) is pinned to"
+    )
+    p.add_argument("--layouts", default="split,single", help="comma-separated serving layouts: split, single")
     p.add_argument("--max-seconds", type=float, default=900.0, help="per layout: stop sending after this long")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    unknown = set(args.layouts.split(",")) - set(LAYOUTS)
+    if unknown:
+        p.error(f"--layouts: unknown {', '.join(sorted(unknown))}; accepted: {', '.join(LAYOUTS)}")
+    if args.cores > len(os.sched_getaffinity(0)):
+        p.error(f"--cores {args.cores}: this process may use only {len(os.sched_getaffinity(0))} CPUs")
+    if args.batch_wait_ms < 0 or args.max_seconds <= 0:
+        p.error("--batch-wait-ms must be >= 0 and --max-seconds > 0")
+    return args
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -81,18 +111,22 @@ def start_server(args, layout: str):
     return f"http://127.0.0.1:{port}"
 
 
-def tree_affinity() -> dict:
-    """The CPUs each process of this run's tree may use (Ray's raylet, workers and replicas included)."""
+def _tree(read):
+    """``(process, read(process))`` for every live process of this run's tree (Ray's raylet, workers and
+    replicas included); those that exit meanwhile are skipped."""
     import psutil
 
     me = psutil.Process()
-    out = {}
     for proc in [me, *me.children(recursive=True)]:
         try:
-            out[proc.pid] = sorted(proc.cpu_affinity())
-        except psutil.Error:  # exited meanwhile
+            yield proc, read(proc)
+        except psutil.Error:
             continue
-    return out
+
+
+def tree_affinity() -> dict:
+    """The CPUs each process of this run's tree may use."""
+    return {proc.pid: sorted(cpus) for proc, cpus in _tree(lambda p: p.cpu_affinity())}
 
 
 # where a server's CPU time goes, by the process title Ray gives each actor and service
@@ -108,15 +142,8 @@ CPU_GROUPS = (
 def cpu_by_group() -> dict[str, float]:
     """CPU seconds so far of every process of this run's tree, summed per ``CPU_GROUPS`` (the rest: Ray's
     own services and idle workers)."""
-    import psutil
-
-    me = psutil.Process()
     out = dict.fromkeys([g for g, _ in CPU_GROUPS] + ["ray services"], 0.0)
-    for proc in [me, *me.children(recursive=True)]:
-        try:
-            title, times = " ".join(proc.cmdline()), proc.cpu_times()
-        except psutil.Error:
-            continue
+    for _, (title, times) in _tree(lambda p: (" ".join(p.cmdline()), p.cpu_times())):
         group = next((g for g, keys in CPU_GROUPS if any(k in title for k in keys)), "ray services")
         out[group] += times.user + times.system
     return out
@@ -292,8 +319,7 @@ def main(argv=None) -> int:
     from ifengine.bench.machine import describe
     from ifengine.bench.report import command_line, write_outputs
 
-    levels = [int(c) for c in args.concurrency.split(",")]
-    steps = [int(s) for s in args.steps.split(",")]
+    levels, steps = args.concurrency, args.steps
     cores = pin_cores(args.cores)
     load_before = [round(v, 2) for v in os.getloadavg()]
     serve_runs, pinned = {}, {}

@@ -24,11 +24,16 @@ class Recorder:
         return [(i, e) for i, e in zip(items, extras, strict=True)] if extras is not None else [i * 10 for i in items]
 
 
+def gated(max_size: int, wait_s: float):
+    """A batcher whose first batch runs until the test opens the gate."""
+    gate = asyncio.Event()
+    record = Recorder(gate=gate)
+    return gate, record, Batcher(record, max_size=max_size, wait_s=wait_s)
+
+
 def test_requests_that_queue_while_a_batch_runs_make_the_next_batch_whole():
     async def scenario():
-        gate = asyncio.Event()
-        record = Recorder(gate=gate)
-        batcher = Batcher(record, max_size=4, wait_s=0.01)
+        gate, record, batcher = gated(max_size=4, wait_s=0.01)
         first = asyncio.ensure_future(batcher(0))
         await asyncio.sleep(0.05)  # the first batch (just item 0) is running now
         rest = []
@@ -63,9 +68,7 @@ def test_a_lone_request_waits_at_most_wait_s_for_companions():
 
 def test_cancelled_callers_are_dropped_before_their_batch_is_cut():
     async def scenario():
-        gate = asyncio.Event()
-        record = Recorder(gate=gate)
-        batcher = Batcher(record, max_size=4, wait_s=0.0)
+        gate, record, batcher = gated(max_size=4, wait_s=0.0)
         busy = asyncio.ensure_future(batcher(0))
         await asyncio.sleep(0.02)
         left = asyncio.ensure_future(batcher(1))

@@ -36,18 +36,14 @@ class Batcher:
     argument, as ``@serve.batch`` passes them) and returns this call's item of the list it returns."""
 
     def __init__(self, run: Callable[..., Awaitable[list]], max_size: int = 4, wait_s: float = 0.05):
-        self.run = run
-        self.configure(max_size, wait_s)
-        self._queue: deque[_Waiting] = deque()
-        self._arrived: asyncio.Event | None = None
-        self._task: asyncio.Task | None = None
-
-    def configure(self, max_size: int, wait_s: float) -> None:
         if not isinstance(max_size, int) or max_size < 1:
             raise ValueError(f"max_size must be a whole number >= 1, got {max_size!r}")
         if not wait_s >= 0:
             raise ValueError(f"wait_s must be >= 0 seconds, got {wait_s!r}")
-        self.max_size, self.wait_s = max_size, float(wait_s)
+        self.run, self.max_size, self.wait_s = run, max_size, float(wait_s)
+        self._queue: deque[_Waiting] = deque()
+        self._arrived: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
 
     async def __call__(self, *args):
         loop = asyncio.get_running_loop()

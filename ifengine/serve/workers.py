@@ -42,11 +42,14 @@ LORAS_PER_REPLICA = 3
 CHECKS = dict(max_size=4, wait_s=0.05)  # the safety checker's batches: small images, one quick call
 
 
-def _batcher(run, cfg: StageConfig) -> Batcher:
+def _threads(cfg: StageConfig) -> None:
     if cfg.torch_threads is not None:
         import torch
 
         torch.set_num_threads(cfg.torch_threads)
+
+
+def _batcher(run, cfg: StageConfig) -> Batcher:
     return Batcher(run, cfg.max_batch_size, cfg.batch_wait_timeout_s)
 
 
@@ -158,6 +161,7 @@ class StageWorker(_LoraMixin):
         self.loras = LoraSlots(serve_config.lora_dir if part == "stage1" else None)
         self.lora_timeout_s = serve_config.lora_load_timeout_s
         self.gone = Gone()  # requests whose callers left: a batch of only those stops between steps
+        _threads(cfg)
         self.batches = _batcher(self._run, cfg)
         self.checks = Batcher(self._check, **CHECKS)
 
@@ -196,6 +200,7 @@ class CascadeWorker(_LoraMixin):
         if not serve_config.safety:
             log.warning("the safety checker is off (ServeConfig.safety=False, --no-safety): images are not checked")
         self.gone = Gone()
+        _threads(cfg)
         self.batches = _batcher(self._run, cfg)
 
     async def run(self, carry: Carry) -> Carry:
